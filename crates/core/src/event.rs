@@ -1,0 +1,489 @@
+//! Validated domain events, built from the wire type with
+//! `TryFrom<proto::Event>`. Everything downstream of this module can rely on
+//! the invariants checked here.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+use crate::ident::Identifier;
+use crate::time::{self, Millis};
+use omnifold_proto::v1 as proto;
+
+pub const MAX_EVENT_ID_LEN: usize = 128;
+const MAX_TEXT: usize = 512;
+const MAX_LINES: usize = 500;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Channel {
+    OnlineWeb,
+    MobileApp,
+    MiniProgram,
+    StorePos,
+    Marketplace,
+    CallCenter,
+}
+
+impl Channel {
+    pub const ALL: [Channel; 6] = [
+        Channel::OnlineWeb,
+        Channel::MobileApp,
+        Channel::MiniProgram,
+        Channel::StorePos,
+        Channel::Marketplace,
+        Channel::CallCenter,
+    ];
+
+    pub fn to_proto(self) -> proto::Channel {
+        match self {
+            Channel::OnlineWeb => proto::Channel::OnlineWeb,
+            Channel::MobileApp => proto::Channel::MobileApp,
+            Channel::MiniProgram => proto::Channel::MiniProgram,
+            Channel::StorePos => proto::Channel::StorePos,
+            Channel::Marketplace => proto::Channel::Marketplace,
+            Channel::CallCenter => proto::Channel::CallCenter,
+        }
+    }
+
+    pub fn from_proto(value: i32) -> Option<Channel> {
+        match proto::Channel::try_from(value).ok()? {
+            proto::Channel::OnlineWeb => Some(Channel::OnlineWeb),
+            proto::Channel::MobileApp => Some(Channel::MobileApp),
+            proto::Channel::MiniProgram => Some(Channel::MiniProgram),
+            proto::Channel::StorePos => Some(Channel::StorePos),
+            proto::Channel::Marketplace => Some(Channel::Marketplace),
+            proto::Channel::CallCenter => Some(Channel::CallCenter),
+            proto::Channel::Unspecified => None,
+        }
+    }
+}
+
+/// Who an event is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subject {
+    pub member_id: Option<String>,
+    pub anonymous_id: Option<String>,
+    pub identifiers: Vec<Identifier>,
+}
+
+impl Subject {
+    /// The Kafka record key and the aggregate's key: the member id, else the
+    /// anonymous id, else the first identifier as `TYPE:value`.
+    pub fn key(&self) -> String {
+        if let Some(m) = &self.member_id {
+            m.clone()
+        } else if let Some(a) = &self.anonymous_id {
+            a.clone()
+        } else {
+            // Validation guarantees at least one identifier here.
+            self.identifiers[0].key()
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    pub sku: String,
+    pub category: String,
+    pub quantity: u32,
+    pub unit_price_minor: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReturnLine {
+    pub sku: String,
+    pub quantity: u32,
+}
+
+/// What a return gives back: lines priced from the order, or an amount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Returned {
+    Lines(Vec<ReturnLine>),
+    Amount(i64),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Payload {
+    ProductViewed {
+        sku: String,
+        category: String,
+        price_minor: i64,
+    },
+    SearchPerformed {
+        query: String,
+    },
+    CartUpdated {
+        cart_id: String,
+        lines: Vec<Line>,
+    },
+    OrderPlaced {
+        order_id: String,
+        currency: String,
+        lines: Vec<Line>,
+        total_minor: i64,
+    },
+    OrderReturned {
+        order_id: String,
+        return_id: String,
+        returned: Returned,
+    },
+    OrderCancelled {
+        order_id: String,
+        reason: String,
+    },
+    MemberEnrolled {
+        program: String,
+    },
+    ProfileUpdated {
+        traits: BTreeMap<String, String>,
+    },
+    ConsentChanged {
+        purpose: String,
+        granted: bool,
+    },
+    IdentityLinked {
+        anonymous_id: Option<String>,
+        identifiers: Vec<Identifier>,
+    },
+    MembersMerged {
+        from_member_id: String,
+        into_member_id: String,
+    },
+    PointsAdjusted {
+        delta: i64,
+        reason: String,
+        actor: String,
+    },
+    PointsRedemptionRequested {
+        request_id: String,
+        points: i64,
+        reward: String,
+    },
+    ErasureRequested {
+        reason: String,
+    },
+}
+
+impl Payload {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Payload::ProductViewed { .. } => "productViewed",
+            Payload::SearchPerformed { .. } => "searchPerformed",
+            Payload::CartUpdated { .. } => "cartUpdated",
+            Payload::OrderPlaced { .. } => "orderPlaced",
+            Payload::OrderReturned { .. } => "orderReturned",
+            Payload::OrderCancelled { .. } => "orderCancelled",
+            Payload::MemberEnrolled { .. } => "memberEnrolled",
+            Payload::ProfileUpdated { .. } => "profileUpdated",
+            Payload::ConsentChanged { .. } => "consentChanged",
+            Payload::IdentityLinked { .. } => "identityLinked",
+            Payload::MembersMerged { .. } => "membersMerged",
+            Payload::PointsAdjusted { .. } => "pointsAdjusted",
+            Payload::PointsRedemptionRequested { .. } => "pointsRedemptionRequested",
+            Payload::ErasureRequested { .. } => "erasureRequested",
+        }
+    }
+}
+
+/// A validated event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub event_id: String,
+    pub occurred_at: Millis,
+    pub channel: Channel,
+    pub store_id: Option<String>,
+    pub subject: Subject,
+    pub payload: Payload,
+}
+
+fn text(field: &'static str, s: &str, required: bool) -> Result<String, Error> {
+    let t = s.trim();
+    if required && t.is_empty() {
+        return Err(Error::Missing(field));
+    }
+    if t.len() > MAX_TEXT {
+        return Err(Error::invalid(
+            field,
+            format!("longer than {MAX_TEXT} bytes"),
+        ));
+    }
+    Ok(t.to_owned())
+}
+
+fn opt_text(field: &'static str, s: &str) -> Result<Option<String>, Error> {
+    let t = text(field, s, false)?;
+    Ok(if t.is_empty() { None } else { Some(t) })
+}
+
+fn non_negative(field: &'static str, v: i64) -> Result<i64, Error> {
+    if v < 0 {
+        return Err(Error::invalid(
+            field,
+            format!("must not be negative, got {v}"),
+        ));
+    }
+    Ok(v)
+}
+
+fn quantity(field: &'static str, q: i32) -> Result<u32, Error> {
+    if q <= 0 {
+        return Err(Error::invalid(
+            field,
+            format!("must be at least 1, got {q}"),
+        ));
+    }
+    Ok(q as u32)
+}
+
+fn currency(field: &'static str, c: &str) -> Result<String, Error> {
+    let c = c.trim();
+    if c.is_empty() {
+        return Err(Error::Missing(field));
+    }
+    if c.len() != 3 || !c.bytes().all(|b| b.is_ascii_alphabetic()) {
+        return Err(Error::invalid(
+            field,
+            format!("`{c}` is not an ISO 4217 code like CNY"),
+        ));
+    }
+    Ok(c.to_ascii_uppercase())
+}
+
+fn lines<'a>(
+    field: &'static str,
+    raw: impl ExactSizeIterator<Item = (&'a str, &'a str, i32, i64)>,
+) -> Result<Vec<Line>, Error> {
+    if raw.len() > MAX_LINES {
+        return Err(Error::invalid(
+            field,
+            format!("more than {MAX_LINES} lines"),
+        ));
+    }
+    raw.map(|(sku, category, q, price)| {
+        Ok(Line {
+            sku: text("lines.sku", sku, true)?,
+            category: text("lines.category", category, false)?,
+            quantity: quantity("lines.quantity", q)?,
+            unit_price_minor: non_negative("lines.unitPriceMinor", price)?,
+        })
+    })
+    .collect()
+}
+
+impl TryFrom<proto::Event> for Event {
+    type Error = Error;
+
+    fn try_from(e: proto::Event) -> Result<Self, Error> {
+        let event_id = e.event_id.trim().to_owned();
+        if event_id.is_empty() {
+            return Err(Error::Missing("eventId"));
+        }
+        if event_id.len() > MAX_EVENT_ID_LEN {
+            return Err(Error::invalid(
+                "eventId",
+                format!("longer than {MAX_EVENT_ID_LEN} characters"),
+            ));
+        }
+        let occurred_at =
+            time::from_timestamp(e.occurred_at.as_ref().ok_or(Error::Missing("occurredAt"))?);
+        if !(time::MIN_EVENT_TIME..time::MAX_EVENT_TIME).contains(&occurred_at) {
+            return Err(Error::invalid(
+                "occurredAt",
+                "must be between 2000-01-01 and 2100-01-01",
+            ));
+        }
+        let channel = Channel::from_proto(e.channel).ok_or_else(|| {
+            if e.channel == 0 {
+                Error::Missing("channel")
+            } else {
+                Error::invalid("channel", format!("unknown channel {}", e.channel))
+            }
+        })?;
+        let store_id = opt_text("storeId", &e.store_id)?;
+        let s = e.subject.ok_or(Error::Missing("subject"))?;
+        let identifiers = s
+            .identifiers
+            .iter()
+            .map(Identifier::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        let subject = Subject {
+            member_id: opt_text("subject.memberId", &s.member_id)?,
+            anonymous_id: opt_text("subject.anonymousId", &s.anonymous_id)?,
+            identifiers,
+        };
+        if subject.member_id.is_none()
+            && subject.anonymous_id.is_none()
+            && subject.identifiers.is_empty()
+        {
+            return Err(Error::invalid(
+                "subject",
+                "needs memberId, anonymousId or an identifier",
+            ));
+        }
+        use proto::event::Payload as P;
+        let payload = match e.payload.ok_or(Error::Missing("payload"))? {
+            P::ProductViewed(p) => Payload::ProductViewed {
+                sku: text("productViewed.sku", &p.sku, true)?,
+                category: text("productViewed.category", &p.category, false)?,
+                price_minor: non_negative("productViewed.priceMinor", p.price_minor)?,
+            },
+            P::SearchPerformed(p) => Payload::SearchPerformed {
+                query: text("searchPerformed.query", &p.query, true)?,
+            },
+            P::CartUpdated(p) => Payload::CartUpdated {
+                cart_id: text("cartUpdated.cartId", &p.cart_id, false)?,
+                lines: lines(
+                    "cartUpdated.lines",
+                    p.lines.iter().map(|l| {
+                        (
+                            l.sku.as_str(),
+                            l.category.as_str(),
+                            l.quantity,
+                            l.unit_price_minor,
+                        )
+                    }),
+                )?,
+            },
+            P::OrderPlaced(p) => {
+                let lines = lines(
+                    "orderPlaced.lines",
+                    p.lines.iter().map(|l| {
+                        (
+                            l.sku.as_str(),
+                            l.category.as_str(),
+                            l.quantity,
+                            l.unit_price_minor,
+                        )
+                    }),
+                )?;
+                let total_minor = non_negative("orderPlaced.totalMinor", p.total_minor)?;
+                if lines.is_empty() && total_minor == 0 {
+                    return Err(Error::invalid("orderPlaced", "needs lines or a totalMinor"));
+                }
+                Payload::OrderPlaced {
+                    order_id: text("orderPlaced.orderId", &p.order_id, true)?,
+                    currency: currency("orderPlaced.currency", &p.currency)?,
+                    lines,
+                    total_minor,
+                }
+            }
+            P::OrderReturned(p) => {
+                let returned = if !p.lines.is_empty() {
+                    if p.amount_minor != 0 {
+                        return Err(Error::invalid(
+                            "orderReturned",
+                            "give lines or amountMinor, not both",
+                        ));
+                    }
+                    Returned::Lines(
+                        p.lines
+                            .iter()
+                            .map(|l| {
+                                Ok(ReturnLine {
+                                    sku: text("orderReturned.lines.sku", &l.sku, true)?,
+                                    quantity: quantity("orderReturned.lines.quantity", l.quantity)?,
+                                })
+                            })
+                            .collect::<Result<_, Error>>()?,
+                    )
+                } else if p.amount_minor > 0 {
+                    Returned::Amount(p.amount_minor)
+                } else {
+                    return Err(Error::invalid(
+                        "orderReturned",
+                        "needs lines or a positive amountMinor",
+                    ));
+                };
+                Payload::OrderReturned {
+                    order_id: text("orderReturned.orderId", &p.order_id, true)?,
+                    return_id: text("orderReturned.returnId", &p.return_id, true)?,
+                    returned,
+                }
+            }
+            P::OrderCancelled(p) => Payload::OrderCancelled {
+                order_id: text("orderCancelled.orderId", &p.order_id, true)?,
+                reason: text("orderCancelled.reason", &p.reason, false)?,
+            },
+            P::MemberEnrolled(p) => Payload::MemberEnrolled {
+                program: text("memberEnrolled.program", &p.program, false)?,
+            },
+            P::ProfileUpdated(p) => {
+                let mut traits = BTreeMap::new();
+                for (k, v) in p.traits {
+                    traits.insert(
+                        text("profileUpdated.traits", &k, true)?,
+                        text("profileUpdated.traits", &v, false)?,
+                    );
+                }
+                Payload::ProfileUpdated { traits }
+            }
+            P::ConsentChanged(p) => Payload::ConsentChanged {
+                purpose: text("consentChanged.purpose", &p.purpose, true)?,
+                granted: p.granted,
+            },
+            P::IdentityLinked(p) => {
+                let anonymous_id = opt_text("identityLinked.anonymousId", &p.anonymous_id)?;
+                let identifiers = p
+                    .identifiers
+                    .iter()
+                    .map(Identifier::try_from)
+                    .collect::<Result<Vec<_>, _>>()?;
+                if subject.member_id.is_none() {
+                    return Err(Error::invalid(
+                        "subject.memberId",
+                        "identityLinked needs the member it links to",
+                    ));
+                }
+                if anonymous_id.is_none() && identifiers.is_empty() {
+                    return Err(Error::invalid(
+                        "identityLinked",
+                        "needs an anonymousId or identifiers to link",
+                    ));
+                }
+                Payload::IdentityLinked {
+                    anonymous_id,
+                    identifiers,
+                }
+            }
+            P::MembersMerged(p) => Payload::MembersMerged {
+                from_member_id: text("membersMerged.fromMemberId", &p.from_member_id, true)?,
+                into_member_id: text("membersMerged.intoMemberId", &p.into_member_id, true)?,
+            },
+            P::PointsAdjusted(p) => {
+                if p.delta == 0 {
+                    return Err(Error::invalid("pointsAdjusted.delta", "must not be zero"));
+                }
+                Payload::PointsAdjusted {
+                    delta: p.delta,
+                    reason: text("pointsAdjusted.reason", &p.reason, true)?,
+                    actor: text("pointsAdjusted.actor", &p.actor, true)?,
+                }
+            }
+            P::PointsRedemptionRequested(p) => {
+                if p.points <= 0 {
+                    return Err(Error::invalid(
+                        "pointsRedemptionRequested.points",
+                        "must be positive",
+                    ));
+                }
+                Payload::PointsRedemptionRequested {
+                    request_id: text("pointsRedemptionRequested.requestId", &p.request_id, true)?,
+                    points: p.points,
+                    reward: text("pointsRedemptionRequested.reward", &p.reward, false)?,
+                }
+            }
+            P::ErasureRequested(p) => Payload::ErasureRequested {
+                reason: text("erasureRequested.reason", &p.reason, false)?,
+            },
+        };
+        Ok(Event {
+            event_id,
+            occurred_at,
+            channel,
+            store_id,
+            subject,
+            payload,
+        })
+    }
+}

@@ -1,0 +1,435 @@
+//! The fold: apply one validated event to a member aggregate.
+//!
+//! `apply` either changes the member and returns `Ok`, or leaves it exactly as
+//! it was and returns a [`Rejection`]. All checks run before any change.
+
+use crate::Rejection;
+use crate::config::FoldConfig;
+use crate::event::{Event, Line, Payload, ReturnLine, Returned};
+use crate::member::{
+    CategoryStats, Consent, Member, OrderLine, OrderRecord, ProfileKind, RecentProduct,
+    RecentSearch, Stamped,
+};
+use crate::time::{DAY, Millis};
+
+/// Where in the log an event was read: the fold records it as the member's version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub partition: u32,
+    pub offset: i64,
+}
+
+/// The kind of profile an event's subject starts.
+pub fn kind_of(event: &Event) -> ProfileKind {
+    if event.subject.member_id.is_some() {
+        ProfileKind::KnownMember
+    } else if event.subject.anonymous_id.is_some() {
+        ProfileKind::Anonymous
+    } else {
+        ProfileKind::Provisional
+    }
+}
+
+/// Applies `event`, read at `pos`, to `member`.
+pub fn apply(
+    member: &mut Member,
+    event: &Event,
+    pos: Position,
+    cfg: &FoldConfig,
+) -> Result<(), Rejection> {
+    let at = event.occurred_at;
+    match &event.payload {
+        Payload::ProductViewed { sku, category, .. } => {
+            view_product(member, sku, category, at, cfg)
+        }
+        Payload::SearchPerformed { query } => search(member, query, at, cfg),
+        Payload::CartUpdated { .. } => member.browse.cart_updates += 1,
+        Payload::OrderPlaced {
+            order_id,
+            currency,
+            lines,
+            total_minor,
+        } => place_order(member, event, order_id, currency, lines, *total_minor, cfg)?,
+        Payload::OrderReturned {
+            order_id,
+            return_id,
+            returned,
+        } => return_order(member, order_id, return_id, returned, cfg)?,
+        Payload::OrderCancelled { order_id, .. } => cancel_order(member, order_id)?,
+        Payload::MemberEnrolled { .. } => {
+            member.enrolled_at = Some(member.enrolled_at.map_or(at, |e| e.min(at)));
+        }
+        Payload::ProfileUpdated { traits } => {
+            for (k, v) in traits {
+                let newer = member
+                    .traits
+                    .get(k)
+                    .is_none_or(|old| old.older_than(at, &event.event_id));
+                if newer {
+                    member.traits.insert(
+                        k.clone(),
+                        Stamped {
+                            value: v.clone(),
+                            at,
+                            event_id: event.event_id.clone(),
+                        },
+                    );
+                }
+            }
+        }
+        Payload::ConsentChanged { purpose, granted } => {
+            let newer = member
+                .consents
+                .get(purpose)
+                .is_none_or(|old| old.older_than(at, &event.event_id));
+            if newer {
+                member.consents.insert(
+                    purpose.clone(),
+                    Stamped {
+                        value: Consent {
+                            granted: *granted,
+                            channel: event.channel,
+                        },
+                        at,
+                        event_id: event.event_id.clone(),
+                    },
+                );
+            }
+        }
+        Payload::IdentityLinked {
+            anonymous_id,
+            identifiers,
+        } => {
+            member.identifiers.extend(identifiers.iter().cloned());
+            member.aliases.extend(anonymous_id.iter().cloned());
+        }
+        Payload::MembersMerged { from_member_id, .. } => {
+            member.aliases.insert(from_member_id.clone());
+        }
+        // The loyalty ledger folds these; until then they count as activity.
+        Payload::PointsAdjusted { .. } | Payload::PointsRedemptionRequested { .. } => {}
+        Payload::ErasureRequested { .. } => {
+            // Identifiers and aliases are cleared below, after the subject's own.
+            member.traits.clear();
+            member.consents.clear();
+            member.browse.recent_searches.clear();
+            member.erased_at = Some(at);
+        }
+    }
+    // Every subject identifier the event carried is known to belong here.
+    member
+        .identifiers
+        .extend(event.subject.identifiers.iter().cloned());
+    if let (Some(anon), Some(_)) = (&event.subject.anonymous_id, &event.subject.member_id) {
+        member.aliases.insert(anon.clone());
+    }
+    if matches!(event.payload, Payload::ErasureRequested { .. }) {
+        member.identifiers.clear();
+        member.aliases.clear();
+    }
+    let stats = member.channels.entry(event.channel).or_default();
+    stats.events += 1;
+    stats.last_seen_at = stats.last_seen_at.max(at);
+    member.first_seen_at = Some(member.first_seen_at.map_or(at, |f| f.min(at)));
+    member.last_seen_at = Some(member.last_seen_at.map_or(at, |l| l.max(at)));
+    member.version.partition = pos.partition;
+    member.version.next_offset = member.version.next_offset.max(pos.offset + 1);
+    member.version.events_applied += 1;
+    Ok(())
+}
+
+fn view_product(member: &mut Member, sku: &str, category: &str, at: Millis, cfg: &FoldConfig) {
+    let b = &mut member.browse;
+    b.product_views += 1;
+    let mut views = 1;
+    let mut last = at;
+    let mut category = category.to_owned();
+    if let Some(i) = b.recent.iter().position(|p| p.sku == sku) {
+        let old = b.recent.remove(i);
+        views += old.views;
+        last = last.max(old.last_viewed_at);
+        if category.is_empty() {
+            category = old.category;
+        }
+    }
+    // Most recent first; equal times keep SKU order so the result is deterministic.
+    let idx = b.recent.partition_point(|p| {
+        (p.last_viewed_at, std::cmp::Reverse(p.sku.as_str())) > (last, std::cmp::Reverse(sku))
+    });
+    if idx < cfg.recent_products {
+        b.recent.insert(
+            idx,
+            RecentProduct {
+                sku: sku.to_owned(),
+                category: category.clone(),
+                last_viewed_at: last,
+                views,
+            },
+        );
+        b.recent.truncate(cfg.recent_products);
+    }
+    if !category.is_empty() {
+        bump_category(member, &category, 1, 0, cfg);
+    }
+}
+
+fn bump_category(member: &mut Member, category: &str, views: u64, units: u64, cfg: &FoldConfig) {
+    let cats = &mut member.browse.categories;
+    let c = cats
+        .entry(category.to_owned())
+        .or_insert_with(CategoryStats::default);
+    c.views += views;
+    c.units += units;
+    if cats.len() > cfg.max_categories {
+        // Drop the weakest, the greatest name among equals.
+        let weakest = cats
+            .iter()
+            .min_by(|a, b| a.1.weight().cmp(&b.1.weight()).then_with(|| b.0.cmp(a.0)))
+            .map(|(k, _)| k.clone());
+        if let Some(k) = weakest {
+            cats.remove(&k);
+        }
+    }
+}
+
+fn search(member: &mut Member, query: &str, at: Millis, cfg: &FoldConfig) {
+    let b = &mut member.browse;
+    b.searches += 1;
+    let mut at = at;
+    if let Some(i) = b.recent_searches.iter().position(|s| s.query == query) {
+        at = at.max(b.recent_searches.remove(i).at);
+    }
+    let idx = b.recent_searches.partition_point(|s| {
+        (s.at, std::cmp::Reverse(s.query.as_str())) > (at, std::cmp::Reverse(query))
+    });
+    if idx < cfg.recent_searches {
+        b.recent_searches.insert(
+            idx,
+            RecentSearch {
+                query: query.to_owned(),
+                at,
+            },
+        );
+        b.recent_searches.truncate(cfg.recent_searches);
+    }
+}
+
+fn place_order(
+    member: &mut Member,
+    event: &Event,
+    order_id: &str,
+    currency: &str,
+    lines: &[Line],
+    total_minor: i64,
+    cfg: &FoldConfig,
+) -> Result<(), Rejection> {
+    if member
+        .purchases
+        .history
+        .iter()
+        .any(|o| o.order_id == order_id)
+    {
+        return Err(Rejection(format!(
+            "order {order_id} was already placed by another event"
+        )));
+    }
+    let list_total: i64 = lines
+        .iter()
+        .map(|l| l.unit_price_minor * i64::from(l.quantity))
+        .sum();
+    let total = if total_minor > 0 {
+        total_minor
+    } else {
+        list_total
+    };
+    let total_program = cfg.to_program(currency, total).ok_or_else(|| {
+        Rejection(format!(
+            "no conversion rate configured for currency {currency}"
+        ))
+    })?;
+    let units: u32 = lines.iter().map(|l| l.quantity).sum();
+    let at = event.occurred_at;
+    let p = &mut member.purchases;
+    p.orders += 1;
+    p.units += u64::from(units);
+    p.gross_minor += total_program;
+    p.first_order_at = Some(p.first_order_at.map_or(at, |f| f.min(at)));
+    p.last_order_at = Some(p.last_order_at.map_or(at, |l| l.max(at)));
+    if let Some(store) = &event.store_id {
+        *p.stores.entry(store.clone()).or_default() += 1;
+    }
+    let record = OrderRecord {
+        order_id: order_id.to_owned(),
+        at,
+        channel: event.channel,
+        store_id: event.store_id.clone(),
+        currency: currency.to_owned(),
+        total_minor: total,
+        total_program_minor: total_program,
+        units,
+        lines: lines
+            .iter()
+            .map(|l| OrderLine {
+                sku: l.sku.clone(),
+                quantity: l.quantity,
+                unit_price_minor: l.unit_price_minor,
+            })
+            .collect(),
+        returned_list_minor: 0,
+        returned_minor: 0,
+        returned_program_minor: 0,
+        returned_units: Default::default(),
+        return_ids: Default::default(),
+        cancelled: false,
+    };
+    let idx = p
+        .history
+        .partition_point(|o| (o.at, o.order_id.as_str()) < (at, order_id));
+    p.history.insert(idx, record);
+    prune_history(member, cfg);
+    let stats = member.channels.entry(event.channel).or_default();
+    stats.orders += 1;
+    stats.spend_minor += total_program;
+    for l in lines {
+        if !l.category.is_empty() {
+            bump_category(member, &l.category, 0, u64::from(l.quantity), cfg);
+        }
+    }
+    Ok(())
+}
+
+/// Keeps orders within `order_history_days` of the latest one, at most
+/// `max_orders_kept`.
+fn prune_history(member: &mut Member, cfg: &FoldConfig) {
+    let h = &mut member.purchases.history;
+    let Some(latest) = h.last().map(|o| o.at) else {
+        return;
+    };
+    let horizon = latest - i64::from(cfg.order_history_days) * DAY;
+    let old = h.partition_point(|o| o.at < horizon);
+    let over = h.len().saturating_sub(cfg.max_orders_kept);
+    h.drain(..old.max(over));
+}
+
+fn find_order<'a>(
+    member: &'a mut Member,
+    order_id: &str,
+) -> Result<&'a mut OrderRecord, Rejection> {
+    member
+        .purchases
+        .history
+        .iter_mut()
+        .find(|o| o.order_id == order_id)
+        .ok_or_else(|| Rejection(format!("order {order_id} is not known for this subject")))
+}
+
+fn return_order(
+    member: &mut Member,
+    order_id: &str,
+    return_id: &str,
+    returned: &Returned,
+    cfg: &FoldConfig,
+) -> Result<(), Rejection> {
+    let order = find_order(member, order_id)?;
+    if order.return_ids.contains(return_id) {
+        return Ok(()); // the same return reported again under another event id
+    }
+    if order.cancelled {
+        return Err(Rejection(format!("order {order_id} was cancelled")));
+    }
+    let list_total: i64 = order
+        .lines
+        .iter()
+        .map(|l| l.unit_price_minor * i64::from(l.quantity))
+        .sum();
+    let (new_list, new_returned, new_units) = match returned {
+        Returned::Lines(lines) => {
+            let mut units = order.returned_units.clone();
+            let mut list = order.returned_list_minor;
+            for ReturnLine { sku, quantity } in lines {
+                let Some(line) = order.lines.iter().find(|l| &l.sku == sku) else {
+                    return Err(Rejection(format!(
+                        "order {order_id} has no line for SKU {sku}"
+                    )));
+                };
+                let done = units.entry(sku.clone()).or_default();
+                if *done + quantity > line.quantity {
+                    return Err(Rejection(format!(
+                        "return of {quantity} × {sku} exceeds the {} ordered ({} already returned)",
+                        line.quantity, *done
+                    )));
+                }
+                *done += quantity;
+                list += line.unit_price_minor * i64::from(*quantity);
+            }
+            // Refund what was paid for the returned share, cumulatively so
+            // rounding never drifts over several returns.
+            let refunded = if list_total > 0 {
+                (i128::from(order.total_minor) * i128::from(list) / i128::from(list_total)) as i64
+            } else {
+                0
+            };
+            (list, refunded, units)
+        }
+        Returned::Amount(amount) => {
+            let refunded = order.returned_minor + amount;
+            if refunded > order.total_minor {
+                return Err(Rejection(format!(
+                    "return of {amount} exceeds what is left of order {order_id} ({} of {})",
+                    order.total_minor - order.returned_minor,
+                    order.total_minor
+                )));
+            }
+            (
+                order.returned_list_minor,
+                refunded,
+                order.returned_units.clone(),
+            )
+        }
+    };
+    let new_program = cfg.to_program(&order.currency, new_returned).unwrap_or(0);
+    let delta = new_program - order.returned_program_minor;
+    order.returned_list_minor = new_list;
+    order.returned_minor = new_returned;
+    order.returned_program_minor = new_program;
+    order.returned_units = new_units;
+    order.return_ids.insert(return_id.to_owned());
+    let channel = order.channel;
+    member.purchases.returned_minor += delta;
+    member.purchases.returns += 1;
+    member.channels.entry(channel).or_default().spend_minor -= delta;
+    Ok(())
+}
+
+fn cancel_order(member: &mut Member, order_id: &str) -> Result<(), Rejection> {
+    let order = find_order(member, order_id)?;
+    if order.cancelled {
+        return Ok(());
+    }
+    order.cancelled = true;
+    let (channel, store, units, total, returned) = (
+        order.channel,
+        order.store_id.clone(),
+        order.units,
+        order.total_program_minor,
+        order.returned_program_minor,
+    );
+    let p = &mut member.purchases;
+    p.orders -= 1;
+    p.units -= u64::from(units);
+    p.gross_minor -= total;
+    p.returned_minor -= returned;
+    p.cancelled += 1;
+    if let Some(s) = store {
+        if let Some(n) = p.stores.get_mut(&s) {
+            *n -= 1;
+            if *n == 0 {
+                p.stores.remove(&s);
+            }
+        }
+    }
+    let stats = member.channels.entry(channel).or_default();
+    stats.orders -= 1;
+    stats.spend_minor -= total - returned;
+    Ok(())
+}

@@ -1,0 +1,27 @@
+//! The domain of omnifold: validated events, member aggregates and the fold
+//! that applies one to the other.
+//!
+//! Architecture invariant: this crate does no I/O, never reads the clock and
+//! has no async runtime, database or Kafka client. The same events in the same
+//! order give byte-identical aggregates ([`Member::encode`]).
+
+pub mod config;
+pub mod decode;
+pub mod error;
+pub mod event;
+pub mod fold;
+pub mod ident;
+pub mod member;
+pub mod partition;
+pub mod time;
+pub mod windows;
+
+pub use config::FoldConfig;
+pub use decode::{Encoding, decode_event};
+pub use error::{Error, Rejection};
+pub use event::{Channel, Event, Payload, Subject};
+pub use fold::{Position, apply};
+pub use ident::{IdType, Identifier};
+pub use member::{Member, ProfileKind};
+pub use time::Millis;
+pub use windows::Windows;

@@ -1,0 +1,73 @@
+//! Ingest settings: broker, topics, group and batching.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    pub topic: String,
+    pub dead_letter_topic: String,
+    pub group_id: String,
+    /// Most records folded into one store batch.
+    pub batch_max_records: usize,
+    /// Longest a batch waits to fill before it is committed.
+    pub batch_max_wait_ms: u64,
+    /// librdkafka `fetch.wait.max.ms`. Keep it low for tansu, which answers a
+    /// fetch only when this runs out.
+    pub fetch_wait_max_ms: u32,
+    /// Larger records go to the dead-letter topic.
+    pub max_event_bytes: usize,
+    /// Extra librdkafka settings for the consumer and producer.
+    pub librdkafka: BTreeMap<String, String>,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            brokers: "127.0.0.1:9092".into(),
+            topic: "omnifold.events".into(),
+            dead_letter_topic: "omnifold.events.dlq".into(),
+            group_id: "omnifold".into(),
+            batch_max_records: 5_000,
+            batch_max_wait_ms: 20,
+            fetch_wait_max_ms: 10,
+            max_event_bytes: 64 * 1024,
+            librdkafka: BTreeMap::new(),
+        }
+    }
+}
+
+impl IngestConfig {
+    pub fn validate(&self) -> Result<(), Error> {
+        for (name, v) in [
+            ("brokers", &self.brokers),
+            ("topic", &self.topic),
+            ("dead_letter_topic", &self.dead_letter_topic),
+            ("group_id", &self.group_id),
+        ] {
+            if v.trim().is_empty() {
+                return Err(Error::Config(format!("{name} must not be empty")));
+            }
+        }
+        if self.topic == self.dead_letter_topic {
+            return Err(Error::Config(
+                "dead_letter_topic must differ from topic".into(),
+            ));
+        }
+        if self.batch_max_records == 0 {
+            return Err(Error::Config("batch_max_records must be at least 1".into()));
+        }
+        if self.max_event_bytes < 1024 {
+            return Err(Error::Config(
+                "max_event_bytes must be at least 1024".into(),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,357 @@
+//! The Kafka side: a consumer-group member that resumes every assigned
+//! partition from the offset in the store, and a blocking poll loop that
+//! runs micro-batches through the [`Processor`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tracing::{debug, error, info, warn};
+
+use omnifold_store::Store;
+
+use crate::processor::{Processor, Record};
+use crate::{DeadLetter, Error, IngestConfig, Result};
+
+/// A stop signal the poll loop checks between batches: the batch in hand is
+/// finished and committed, then the loop returns.
+#[derive(Debug, Clone, Default)]
+pub struct Shutdown(Arc<AtomicBool>);
+
+impl Shutdown {
+    pub fn trigger(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_triggered(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Base librdkafka settings shared by every client omnifold creates.
+pub fn client_config(cfg: &IngestConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers);
+    c.set("log_level", "3");
+    for (k, v) in &cfg.librdkafka {
+        c.set(k, v);
+    }
+    c
+}
+
+struct IngestContext {
+    store: Arc<Store>,
+    topic: String,
+    /// Partitions this member owns, with the next offset to apply.
+    assigned: Mutex<HashMap<u32, i64>>,
+    fatal: Mutex<Option<String>>,
+}
+
+impl ClientContext for IngestContext {}
+
+impl ConsumerContext for IngestContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let parts: Vec<(String, i32)> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_owned(), e.partition()))
+                    .collect();
+                let mut assigned = self.assigned.lock().expect("assignment lock");
+                for (topic, p) in parts {
+                    let next = match self.store.next_offset(&topic, p as u32) {
+                        Ok(next) => next,
+                        Err(e) => {
+                            *self.fatal.lock().expect("fatal lock") =
+                                Some(format!("reading stored offset: {e}"));
+                            None
+                        }
+                    };
+                    let offset = next.map_or(Offset::Beginning, Offset::Offset);
+                    if let Err(e) = tpl.set_partition_offset(&topic, p, offset) {
+                        error!(error = %e, partition = p, "cannot set start offset");
+                    }
+                    if topic == self.topic {
+                        assigned.insert(p as u32, next.unwrap_or(0));
+                    }
+                    info!(partition = p, next_offset = ?next, "partition assigned; resuming from the store's offset");
+                }
+                let r = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(e) = r {
+                    error!(error = %e, "assign failed");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let mut assigned = self.assigned.lock().expect("assignment lock");
+                for e in tpl.elements() {
+                    assigned.remove(&(e.partition() as u32));
+                    info!(partition = e.partition(), "partition revoked");
+                }
+                let r = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(e) = r {
+                    error!(error = %e, "unassign failed");
+                }
+            }
+            other => {
+                error!(error = ?other, "rebalance error");
+                let _ = consumer.unassign();
+                self.assigned.lock().expect("assignment lock").clear();
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct DlqContext {
+    failed: Mutex<Vec<usize>>,
+}
+
+impl ClientContext for DlqContext {}
+
+impl ProducerContext for DlqContext {
+    type DeliveryOpaque = Box<usize>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, index: Box<usize>) {
+        if let Err((e, _)) = result {
+            warn!(error = %e, "dead letter not delivered; will retry");
+            self.failed.lock().expect("dlq lock").push(*index);
+        }
+    }
+}
+
+fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Produces dead letters and waits until the broker has every one of them.
+/// Retries failed deliveries until they succeed or shutdown is requested.
+fn deliver(
+    producer: &BaseProducer<DlqContext>,
+    topic: &str,
+    letters: &[DeadLetter],
+    shutdown: &Shutdown,
+) -> Result<()> {
+    let now = now_millis();
+    let values: Vec<Vec<u8>> = letters.iter().map(|d| d.encode(now)).collect();
+    let mut pending: Vec<usize> = (0..letters.len()).collect();
+    let mut backoff = Duration::from_millis(100);
+    while !pending.is_empty() {
+        for &i in &pending {
+            let d = &letters[i];
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "omnifold.reason",
+                    value: Some(d.reason.as_str()),
+                })
+                .insert(Header {
+                    key: "omnifold.kind",
+                    value: Some(d.kind),
+                });
+            let mut record = BaseRecord::with_opaque_to(topic, Box::new(i))
+                .payload(&values[i])
+                .headers(headers);
+            if let Some(k) = &d.key {
+                record = record.key(k);
+            }
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        record = r;
+                        producer.poll(Duration::from_millis(50));
+                    }
+                    Err((e, _)) => return Err(e.into()),
+                }
+            }
+        }
+        producer.flush(Duration::from_secs(30))?;
+        pending = std::mem::take(&mut *producer.context().failed.lock().expect("dlq lock"));
+        if !pending.is_empty() {
+            if shutdown.is_triggered() {
+                return Err(Error::Kafka(KafkaError::MessageProduction(
+                    RDKafkaErrorCode::MessageTimedOut,
+                )));
+            }
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+    metrics::counter!("omnifold_dead_letters_total").increment(letters.len() as u64);
+    Ok(())
+}
+
+/// The number of partitions of `topic`, from the broker.
+pub fn partition_count(cfg: &IngestConfig, topic: &str) -> Result<u32> {
+    let consumer: BaseConsumer = client_config(cfg).create()?;
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let n = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map_or(0, |t| t.partitions().len());
+    if n == 0 {
+        return Err(Error::NoTopic(topic.to_owned()));
+    }
+    Ok(n as u32)
+}
+
+/// Runs ingest until `shutdown`: joins the consumer group, folds every
+/// assigned partition from the store's offsets, and commits per partition.
+/// Blocking: run it on its own thread.
+pub fn run(cfg: &IngestConfig, processor: Processor, shutdown: Shutdown) -> Result<()> {
+    cfg.validate()?;
+    let store = processor.store().clone();
+    let partitions = partition_count(cfg, &cfg.topic)?;
+    store.set_partition_count(&cfg.topic, partitions)?;
+
+    let context = IngestContext {
+        store: store.clone(),
+        topic: cfg.topic.clone(),
+        assigned: Mutex::new(HashMap::new()),
+        fatal: Mutex::new(None),
+    };
+    let consumer: BaseConsumer<IngestContext> = client_config(cfg)
+        .set("group.id", &cfg.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", cfg.fetch_wait_max_ms.to_string())
+        .create_with_context(context)?;
+    let producer: BaseProducer<DlqContext> = client_config(cfg)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create_with_context(DlqContext::default())?;
+    consumer.subscribe(&[cfg.topic.as_str()])?;
+    info!(topic = %cfg.topic, partitions, group = %cfg.group_id, "ingest started");
+
+    let max_wait = Duration::from_millis(cfg.batch_max_wait_ms);
+    while !shutdown.is_triggered() {
+        let mut messages: Vec<BorrowedMessage<'_>> = Vec::new();
+        match consumer.poll(Duration::from_millis(100)) {
+            None => continue,
+            Some(Err(e)) => {
+                warn!(error = %e, "poll error");
+                continue;
+            }
+            Some(Ok(m)) => messages.push(m),
+        }
+        let deadline = Instant::now() + max_wait;
+        while messages.len() < cfg.batch_max_records {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match consumer.poll(left) {
+                Some(Ok(m)) => messages.push(m),
+                Some(Err(e)) => warn!(error = %e, "poll error"),
+                None => break,
+            }
+        }
+        if let Some(reason) = consumer.context().fatal.lock().expect("fatal lock").take() {
+            return Err(Error::Config(reason));
+        }
+        commit_messages(cfg, &processor, &consumer, &producer, &messages, &shutdown)?;
+    }
+    info!("ingest stopping: last batch committed");
+    store.flush()?;
+    Ok(())
+}
+
+fn commit_messages(
+    cfg: &IngestConfig,
+    processor: &Processor,
+    consumer: &BaseConsumer<IngestContext>,
+    producer: &BaseProducer<DlqContext>,
+    messages: &[BorrowedMessage<'_>],
+    shutdown: &Shutdown,
+) -> Result<()> {
+    let mut by_partition: BTreeMap<u32, Vec<Record<'_>>> = BTreeMap::new();
+    {
+        let assigned = consumer.context().assigned.lock().expect("assignment lock");
+        for m in messages {
+            let p = m.partition() as u32;
+            // Skip partitions revoked meanwhile, and records already applied
+            // (fetched before the seek to the store's offset took effect).
+            match assigned.get(&p) {
+                Some(next) if m.offset() >= *next => {}
+                _ => continue,
+            }
+            by_partition.entry(p).or_default().push(Record {
+                offset: m.offset(),
+                key: m.key(),
+                value: m.payload(),
+            });
+        }
+    }
+    let mut offsets = TopicPartitionList::new();
+    for (partition, records) in by_partition {
+        let started = Instant::now();
+        let processed = processor.process(partition, &records)?;
+        if !processed.dead_letters.is_empty() {
+            deliver(
+                producer,
+                &cfg.dead_letter_topic,
+                &processed.dead_letters,
+                shutdown,
+            )?;
+        }
+        let next = processed.next_offset;
+        processor.store().commit(processed.batch)?;
+        if let Some(n) = consumer
+            .context()
+            .assigned
+            .lock()
+            .expect("assignment lock")
+            .get_mut(&partition)
+        {
+            *n = next;
+        }
+        offsets.add_partition_offset(&cfg.topic, partition as i32, Offset::Offset(next))?;
+        metrics::counter!("omnifold_events_applied_total").increment(processed.applied);
+        metrics::counter!("omnifold_events_duplicate_total").increment(processed.duplicates);
+        metrics::histogram!("omnifold_batch_seconds").record(started.elapsed().as_secs_f64());
+        debug!(
+            partition,
+            records = records.len(),
+            applied = processed.applied,
+            next_offset = next,
+            "batch committed"
+        );
+    }
+    // The store is authoritative; the group offsets only feed lag monitoring.
+    if offsets.count() > 0 {
+        if let Err(e) = consumer.commit(&offsets, CommitMode::Async) {
+            debug!(error = %e, "group offset commit failed (monitoring only)");
+        }
+    }
+    Ok(())
+}

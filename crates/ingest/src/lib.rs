@@ -1,0 +1,32 @@
+//! Kafka ingest: a blocking poll loop that reads micro-batches, folds them
+//! per partition and commits state, dedupe markers and offsets in one store
+//! batch; undecodable, invalid or refused events go to the dead-letter topic.
+//!
+//! Architecture invariant: this crate knows nothing about gRPC. Offsets
+//! advance only in the same store batch as the state that covers them, and
+//! only after the batch's dead letters are acknowledged by the broker.
+
+mod config;
+mod consumer;
+mod dead_letter;
+mod processor;
+
+pub use config::IngestConfig;
+pub use consumer::{Shutdown, client_config, partition_count, run};
+pub use dead_letter::DeadLetter;
+pub use processor::{Processed, Processor, Record};
+
+/// The crate's one error type.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    Store(#[from] omnifold_store::Error),
+    #[error("invalid ingest config: {0}")]
+    Config(String),
+    #[error("topic {0} does not exist or has no partitions")]
+    NoTopic(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

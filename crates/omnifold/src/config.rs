@@ -1,0 +1,180 @@
+//! The binary's configuration: one TOML file, then `OMNIFOLD_*` environment
+//! overrides, then command-line flags; validated once before anything starts.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use omnifold_core::FoldConfig;
+use omnifold_ingest::IngestConfig;
+use omnifold_store::StoreConfig;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// gRPC listen address; port 0 picks a free port (printed at start).
+    pub listen: String,
+    /// Prometheus `/metrics` listen address; empty disables it.
+    pub metrics_listen: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:50051".into(),
+            metrics_listen: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub kafka: IngestConfig,
+    pub store: StoreConfig,
+    pub fold: FoldConfig,
+    pub server: ServerConfig,
+}
+
+const ENV_PREFIX: &str = "OMNIFOLD_";
+
+impl Config {
+    /// Reads `file` (if any), applies overrides from `env` (for example
+    /// `OMNIFOLD_KAFKA__BROKERS=host:9092` sets `kafka.brokers`), validates.
+    pub fn load(file: Option<&Path>, env: &BTreeMap<String, String>) -> Result<Config> {
+        let mut table: toml::Table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+            }
+            None => toml::Table::new(),
+        };
+        for (name, value) in env {
+            let Some(path) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            // Variables the CLI reads itself are not config paths.
+            if !path.contains("__") {
+                continue;
+            }
+            let keys: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
+            set_path(&mut table, &keys, parse_value(value))
+                .with_context(|| format!("applying {name}"))?;
+        }
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .context("invalid configuration")?;
+        config.validate()
+    }
+
+    /// Checks every section; the result is what the rest of the binary uses.
+    pub fn validate(mut self) -> Result<Config> {
+        self.fold = self.fold.validate().context("[fold]")?;
+        self.store.validate().context("[store]")?;
+        self.kafka.validate().context("[kafka]")?;
+        self.server
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .with_context(|| {
+                format!(
+                    "[server] listen `{}` is not an address like 127.0.0.1:50051",
+                    self.server.listen
+                )
+            })?;
+        Ok(self)
+    }
+}
+
+fn parse_value(raw: &str) -> toml::Value {
+    // Numbers and booleans keep their type; anything else is a string.
+    match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.to_owned())),
+        Err(_) => toml::Value::String(raw.to_owned()),
+    }
+}
+
+fn set_path(table: &mut toml::Table, keys: &[String], value: toml::Value) -> Result<()> {
+    let (last, parents) = keys.split_last().context("empty key")?;
+    let mut t = table;
+    for k in parents {
+        let entry = t
+            .entry(k.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        t = match entry {
+            toml::Value::Table(inner) => inner,
+            _ => bail!("`{k}` is not a section"),
+        };
+    }
+    t.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::load(None, &BTreeMap::new()).unwrap();
+        assert_eq!(c.kafka.topic, "omnifold.events");
+        assert_eq!(c.fold.program_currency, "CNY");
+    }
+
+    #[test]
+    fn env_overrides_nested_keys_with_types() {
+        let c = Config::load(
+            None,
+            &env(&[
+                ("OMNIFOLD_KAFKA__BROKERS", "10.1.1.1:9092"),
+                ("OMNIFOLD_KAFKA__BATCH_MAX_RECORDS", "77"),
+                ("OMNIFOLD_STORE__SYNC_WRITES", "true"),
+                ("OMNIFOLD_FOLD__RATES__USD", "7.25"),
+                ("OMNIFOLD_CONFIG", "ignored.toml"),
+                ("PATH", "/bin"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.kafka.brokers, "10.1.1.1:9092");
+        assert_eq!(c.kafka.batch_max_records, 77);
+        assert!(c.store.sync_writes);
+        assert_eq!(c.fold.to_program("USD", 100), Some(725));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        let err = Config::load(None, &env(&[("OMNIFOLD_KAFKA__BROKER", "x")])).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("unknown field `broker`"),
+            "{err:#}"
+        );
+        let err = Config::load(None, &env(&[("OMNIFOLD_SERVER__LISTEN", "nowhere")])).unwrap_err();
+        assert!(format!("{err:#}").contains("listen"), "{err:#}");
+        let err =
+            Config::load(None, &env(&[("OMNIFOLD_FOLD__ORDER_HISTORY_DAYS", "10")])).unwrap_err();
+        assert!(format!("{err:#}").contains("order_history_days"), "{err:#}");
+    }
+
+    #[test]
+    fn file_then_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("omnifold.toml");
+        std::fs::write(&path, "[kafka]\ntopic = \"a\"\ngroup_id = \"g\"\n").unwrap();
+        let c = Config::load(Some(&path), &env(&[("OMNIFOLD_KAFKA__TOPIC", "b")])).unwrap();
+        assert_eq!(
+            (c.kafka.topic.as_str(), c.kafka.group_id.as_str()),
+            ("b", "g")
+        );
+    }
+}

@@ -1,0 +1,120 @@
+//! `omnifold`: the one binary. `serve` runs ingest and gRPC; `produce`,
+//! `profile get` and `topics create` are the tools around it.
+
+mod config;
+mod demo;
+mod produce;
+mod serve;
+mod tools;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "omnifold",
+    version,
+    about = "Unified customer profiles and loyalty from retail event streams"
+)]
+struct Cli {
+    /// Configuration file (TOML). `OMNIFOLD_SECTION__KEY` variables override it.
+    #[arg(long, short, global = true, env = "OMNIFOLD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Kafka bootstrap servers (overrides kafka.brokers).
+    #[arg(long, global = true, env = "OMNIFOLD_BROKERS")]
+    brokers: Option<String>,
+    /// More log output (-v info, -vv debug). RUST_LOG takes precedence.
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Log as JSON lines.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Ingest events and serve gRPC until SIGINT/SIGTERM.
+    Serve {
+        /// gRPC listen address (overrides server.listen).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Store directory (overrides store.path).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Prometheus metrics listen address (overrides server.metrics_listen).
+        #[arg(long)]
+        metrics_listen: Option<String>,
+    },
+    /// Send events to the events topic.
+    Produce(produce::ProduceArgs),
+    /// Read profiles over gRPC.
+    Profile {
+        #[command(subcommand)]
+        command: tools::ProfileCommand,
+    },
+    /// Manage the topics omnifold uses.
+    Topics {
+        #[command(subcommand)]
+        command: tools::TopicsCommand,
+    },
+}
+
+fn init_logging(verbose: u8, json: bool) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.log_json);
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let mut config = Config::load(cli.config.as_deref(), &env)?;
+    if let Some(b) = cli.brokers {
+        config.kafka.brokers = b;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Serve {
+            listen,
+            data_dir,
+            metrics_listen,
+        } => {
+            if let Some(l) = listen {
+                config.server.listen = l;
+            }
+            if let Some(d) = data_dir {
+                config.store.path = d;
+            }
+            if let Some(m) = metrics_listen {
+                config.server.metrics_listen = m;
+            }
+            let config = config.validate()?;
+            runtime.block_on(serve::serve(config))
+        }
+        Command::Produce(args) => produce::run(&config, args),
+        Command::Profile { command } => runtime.block_on(tools::profile(command)),
+        Command::Topics { command } => runtime.block_on(tools::topics(&config, command)),
+    }
+}

@@ -1,0 +1,95 @@
+//! `omnifold serve`: wires the store, the ingest thread and the gRPC server,
+//! and shuts them down in order: stop ingest (last batch committed), flush,
+//! then stop serving.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use omnifold_ingest::{Processor, Shutdown};
+use omnifold_server::AppState;
+use omnifold_store::Store;
+
+use crate::config::Config;
+
+async fn signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+pub async fn serve(config: Config) -> Result<()> {
+    if !config.server.metrics_listen.is_empty() {
+        let addr: std::net::SocketAddr = config
+            .server
+            .metrics_listen
+            .parse()
+            .context("server.metrics_listen")?;
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .context("starting the metrics endpoint")?;
+    }
+    let store = Store::open(&config.store)
+        .with_context(|| format!("opening store {}", config.store.path.display()))?;
+    let processor = Processor::new(
+        store.clone(),
+        Arc::new(config.fold.clone()),
+        &config.kafka.topic,
+        config.kafka.max_event_bytes,
+    );
+    let shutdown = Shutdown::default();
+    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
+    let kafka = config.kafka.clone();
+    let stop_ingest = shutdown.clone();
+    std::thread::Builder::new()
+        .name("ingest".into())
+        .spawn(move || {
+            let result = omnifold_ingest::run(&kafka, processor, stop_ingest);
+            let _ = done_tx.send(result);
+        })?;
+
+    let listener = TcpListener::bind(&config.server.listen)
+        .await
+        .with_context(|| format!("binding {}", config.server.listen))?;
+    let addr = listener.local_addr()?;
+    println!("omnifold serving gRPC on {addr}");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(omnifold_server::run(
+        listener,
+        AppState::new(store.clone(), &config.kafka.topic),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+
+    let ingest = tokio::select! {
+        _ = signal() => {
+            info!("stopping: finishing the current batch");
+            shutdown.trigger();
+            (&mut done_rx).await
+        }
+        r = &mut done_rx => {
+            warn!("ingest stopped on its own");
+            r
+        }
+    };
+    let _ = stop_tx.send(());
+    server.await.context("gRPC server task")??;
+    store.flush()?;
+    ingest
+        .context("ingest thread ended without a result")?
+        .context("ingest failed")?;
+    info!("stopped cleanly");
+    Ok(())
+}

@@ -1,0 +1,126 @@
+//! The gRPC face of omnifold: `ProfileService`, `LoyaltyService`,
+//! `AdminService`, `grpc.health.v1` and server reflection.
+//!
+//! Architecture invariant: generated protobuf types stay in this crate and
+//! `omnifold-proto`; requests become validated domain values in `request.rs`,
+//! and every error becomes a `tonic::Status` in one place (`From<Error>`).
+
+mod convert;
+mod request;
+mod services;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::Status;
+
+use omnifold_core::{Member, Millis, partition::partition_for};
+use omnifold_proto::v1::{
+    admin_service_server::AdminServiceServer, loyalty_service_server::LoyaltyServiceServer,
+    profile_service_server::ProfileServiceServer,
+};
+use omnifold_store::Store;
+
+/// The crate's one error type; `From<Error> for Status` is the only place
+/// errors become gRPC statuses.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Unimplemented(&'static str),
+    #[error("store: {0}")]
+    Store(#[from] omnifold_store::Error),
+    #[error("server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        match e {
+            Error::InvalidArgument(m) => Status::invalid_argument(m),
+            Error::NotFound(m) => Status::not_found(m),
+            Error::Unavailable(m) => Status::unavailable(m),
+            Error::Unimplemented(m) => Status::unimplemented(m),
+            other => {
+                tracing::error!(error = %other, "internal error");
+                Status::internal(other.to_string())
+            }
+        }
+    }
+}
+
+/// What the services read from.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub store: Arc<Store>,
+    /// The events topic; member keys route to its partitions.
+    pub topic: String,
+}
+
+impl AppState {
+    pub fn new(store: Arc<Store>, topic: impl Into<String>) -> Self {
+        AppState {
+            store,
+            topic: topic.into(),
+        }
+    }
+
+    /// Loads the aggregate stored under a subject key.
+    pub(crate) fn load(&self, key: &str) -> Result<Option<Member>, Error> {
+        let partitions = self.store.partition_count(&self.topic)?.ok_or_else(|| {
+            Error::Unavailable(
+                "the store has not joined the events topic yet; retry shortly".into(),
+            )
+        })?;
+        Ok(self
+            .store
+            .member(partition_for(key.as_bytes(), partitions), key)?)
+    }
+}
+
+pub(crate) fn now_millis() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Serves every service on `listener` until `shutdown` resolves, then
+/// finishes in-flight requests and returns.
+pub async fn run(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<ProfileServiceServer<services::Profiles>>()
+        .await;
+    health
+        .set_serving::<LoyaltyServiceServer<services::Loyalty>>()
+        .await;
+    health
+        .set_serving::<AdminServiceServer<services::Admin>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(omnifold_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(ProfileServiceServer::new(services::Profiles(state.clone())))
+        .add_service(LoyaltyServiceServer::new(services::Loyalty(state.clone())))
+        .add_service(AdminServiceServer::new(services::Admin(state)))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}

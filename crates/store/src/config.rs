@@ -1,0 +1,59 @@
+//! Store settings: where it lives and how much memory it may use.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    /// Block cache shared by all column families; memtables are charged to
+    /// it too, so this bounds the store's memory whatever the member count.
+    pub block_cache_bytes: usize,
+    /// Memtable budget, taken from the block cache.
+    pub write_buffer_bytes: usize,
+    /// How long an applied event id is remembered for dedupe.
+    pub dedupe_retention_hours: u64,
+    /// fsync every commit. Off: a process crash loses nothing (the WAL is in
+    /// the OS cache); a power loss may lose the last commits, which are then
+    /// re-read from Kafka because the offsets roll back with them.
+    pub sync_writes: bool,
+    pub max_open_files: i32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: PathBuf::from(".omnifold/data"),
+            block_cache_bytes: 256 << 20,
+            write_buffer_bytes: 64 << 20,
+            dedupe_retention_hours: 7 * 24,
+            sync_writes: false,
+            max_open_files: 512,
+        }
+    }
+}
+
+impl StoreConfig {
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.block_cache_bytes < (8 << 20) {
+            return Err(Error::Config(
+                "block_cache_bytes must be at least 8 MiB".into(),
+            ));
+        }
+        if self.write_buffer_bytes < (4 << 20) || self.write_buffer_bytes > self.block_cache_bytes {
+            return Err(Error::Config(
+                "write_buffer_bytes must be at least 4 MiB and at most block_cache_bytes".into(),
+            ));
+        }
+        if self.dedupe_retention_hours == 0 {
+            return Err(Error::Config(
+                "dedupe_retention_hours must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,344 @@
+//! RocksDB storage for omnifold: member aggregates, dedupe markers and the
+//! consumed offsets, written together in one atomic batch per partition.
+//!
+//! Architecture invariant: no RocksDB type appears in this crate's public API,
+//! and this crate knows nothing about Kafka or gRPC. Offsets are plain
+//! `(topic, partition, next offset)` numbers to it.
+
+mod config;
+mod keys;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rocksdb::compaction_filter::Decision;
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Options, WriteBufferManager, WriteOptions,
+};
+
+pub use config::StoreConfig;
+use omnifold_core::Member;
+
+const CF_MEMBERS: &str = "members";
+const CF_DEDUPE: &str = "dedupe";
+const CF_META: &str = "meta";
+
+/// The crate's one error type.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("rocksdb: {0}")]
+    Db(String),
+    #[error(transparent)]
+    Corrupt(#[from] omnifold_core::Error),
+    #[error("invalid store config: {0}")]
+    Config(String),
+}
+
+impl From<rocksdb::Error> for Error {
+    fn from(e: rocksdb::Error) -> Self {
+        Error::Db(e.into_string())
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An open store. Cheap to share behind an `Arc`; reads and commits may run
+/// from several threads.
+pub struct Store {
+    db: DB,
+    write_opts: WriteOptions,
+    _cache: Cache,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.db.path())
+            .finish()
+    }
+}
+
+fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `config.path`.
+    pub fn open(config: &StoreConfig) -> Result<Arc<Store>> {
+        config.validate()?;
+        let cache = Cache::new_lru_cache(config.block_cache_bytes);
+        // Memtables are charged to the same cache, so block cache + memtables
+        // together stay within `block_cache_bytes`.
+        let wbm = WriteBufferManager::new_write_buffer_manager_with_cache(
+            config.write_buffer_bytes,
+            true,
+            cache.clone(),
+        );
+
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&cache);
+        table.set_bloom_filter(10.0, false);
+        table.set_cache_index_and_filter_blocks(true);
+        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+
+        let cf_opts = |name: &str| {
+            let mut o = Options::default();
+            o.set_block_based_table_factory(&table);
+            o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            o.set_write_buffer_size(config.write_buffer_bytes / 4);
+            if name == CF_DEDUPE {
+                let retention = i64::try_from(
+                    Duration::from_secs(config.dedupe_retention_hours * 3600).as_millis(),
+                )
+                .unwrap_or(i64::MAX);
+                o.set_compaction_filter(
+                    "dedupe-retention",
+                    move |_level: u32, _key: &[u8], value: &[u8]| match keys::decode_i64(value) {
+                        Some(marked) if marked.saturating_add(retention) < now_millis() => {
+                            Decision::Remove
+                        }
+                        _ => Decision::Keep,
+                    },
+                );
+            }
+            ColumnFamilyDescriptor::new(name, o)
+        };
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        db_opts.set_write_buffer_manager(&wbm);
+        db_opts.increase_parallelism(2);
+        db_opts.set_max_open_files(config.max_open_files);
+        db_opts.set_keep_log_file_num(3);
+        let db = DB::open_cf_descriptors(
+            &db_opts,
+            &config.path,
+            [CF_MEMBERS, CF_DEDUPE, CF_META].map(cf_opts),
+        )?;
+        let mut write_opts = WriteOptions::default();
+        write_opts.set_sync(config.sync_writes);
+        Ok(Arc::new(Store {
+            db,
+            write_opts,
+            _cache: cache,
+        }))
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .expect("column family created at open")
+    }
+
+    pub fn path(&self) -> &Path {
+        self.db.path()
+    }
+
+    /// The next offset to consume for a partition, if the store has one.
+    pub fn next_offset(&self, topic: &str, partition: u32) -> Result<Option<i64>> {
+        let v = self
+            .db
+            .get_cf(self.cf(CF_META), keys::offset(topic, partition))?;
+        Ok(v.and_then(|v| keys::decode_i64(&v)))
+    }
+
+    /// The partition count the store was built for, per topic.
+    pub fn partition_count(&self, topic: &str) -> Result<Option<u32>> {
+        let v = self.db.get_cf(self.cf(CF_META), keys::partitions(topic))?;
+        Ok(v.and_then(|v| keys::decode_i64(&v)).map(|n| n as u32))
+    }
+
+    pub fn set_partition_count(&self, topic: &str, count: u32) -> Result<()> {
+        self.db.put_cf_opt(
+            self.cf(CF_META),
+            keys::partitions(topic),
+            i64::from(count).to_be_bytes(),
+            &self.write_opts,
+        )?;
+        Ok(())
+    }
+
+    /// One member's aggregate.
+    pub fn member(&self, partition: u32, key: &str) -> Result<Option<Member>> {
+        match self
+            .db
+            .get_pinned_cf(self.cf(CF_MEMBERS), keys::scoped(partition, key))?
+        {
+            Some(bytes) => Ok(Some(Member::decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Several members of one partition in one round of reads.
+    pub fn members(&self, partition: u32, keys: &[&str]) -> Result<Vec<Option<Member>>> {
+        let mut ks: Vec<Vec<u8>> = keys.iter().map(|k| keys::scoped(partition, k)).collect();
+        let order: Vec<usize> = {
+            let mut idx: Vec<usize> = (0..ks.len()).collect();
+            idx.sort_by(|a, b| ks[*a].cmp(&ks[*b]));
+            idx
+        };
+        let sorted: Vec<Vec<u8>> = order.iter().map(|i| std::mem::take(&mut ks[*i])).collect();
+        let got = self
+            .db
+            .batched_multi_get_cf(self.cf(CF_MEMBERS), &sorted, true);
+        let mut out: Vec<Option<Member>> = vec![None; keys.len()];
+        for (slot, r) in order.into_iter().zip(got) {
+            if let Some(bytes) = r? {
+                out[slot] = Some(Member::decode(&bytes)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// For each event id, whether it was already applied in this partition.
+    pub fn seen(&self, partition: u32, event_ids: &[&str]) -> Result<Vec<bool>> {
+        let ks: Vec<Vec<u8>> = event_ids
+            .iter()
+            .map(|id| keys::scoped(partition, id))
+            .collect();
+        let got = self.db.batched_multi_get_cf(self.cf(CF_DEDUPE), &ks, false);
+        got.into_iter().map(|r| Ok(r?.is_some())).collect()
+    }
+
+    /// Starts a batch for one partition of one topic.
+    pub fn batch(&self, topic: &str, partition: u32) -> Batch {
+        Batch {
+            inner: rocksdb::WriteBatch::default(),
+            topic: topic.to_owned(),
+            partition,
+            marked_at: now_millis(),
+        }
+    }
+
+    /// Writes a batch atomically: state, dedupe markers and offset together.
+    pub fn commit(&self, batch: Batch) -> Result<()> {
+        self.db.write_opt(batch.inner, &self.write_opts)?;
+        Ok(())
+    }
+
+    /// All members of a partition, in key order.
+    pub fn scan_members(&self, partition: u32) -> impl Iterator<Item = Result<Member>> + '_ {
+        let prefix = partition.to_be_bytes();
+        self.db
+            .prefix_iterator_cf(self.cf(CF_MEMBERS), prefix)
+            .take_while(move |r| r.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix)))
+            .map(|r| {
+                let (_, v) = r?;
+                Ok(Member::decode(&v)?)
+            })
+    }
+
+    /// Flushes memtables to disk (used at shutdown so restarts replay less WAL).
+    pub fn flush(&self) -> Result<()> {
+        for cf in [CF_MEMBERS, CF_DEDUPE, CF_META] {
+            self.db.flush_cf(self.cf(cf))?;
+        }
+        Ok(())
+    }
+}
+
+/// Changes to one partition that become visible together, or not at all.
+pub struct Batch {
+    inner: rocksdb::WriteBatch,
+    topic: String,
+    partition: u32,
+    marked_at: i64,
+}
+
+impl Batch {
+    pub fn put_member(&mut self, store: &Store, member: &Member) {
+        self.inner.put_cf(
+            store.cf(CF_MEMBERS),
+            keys::scoped(self.partition, &member.key),
+            member.encode(),
+        );
+    }
+
+    pub fn mark_seen(&mut self, store: &Store, event_id: &str) {
+        self.inner.put_cf(
+            store.cf(CF_DEDUPE),
+            keys::scoped(self.partition, event_id),
+            self.marked_at.to_be_bytes(),
+        );
+    }
+
+    /// Records that every offset before `next` has been applied.
+    pub fn set_next_offset(&mut self, store: &Store, next: i64) {
+        self.inner.put_cf(
+            store.cf(CF_META),
+            keys::offset(&self.topic, self.partition),
+            next.to_be_bytes(),
+        );
+    }
+
+    pub fn partition(&self) -> u32 {
+        self.partition
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use omnifold_core::ProfileKind;
+
+    fn open(dir: &Path) -> Arc<Store> {
+        Store::open(&StoreConfig {
+            path: dir.to_owned(),
+            ..StoreConfig::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn batch_commits_state_markers_and_offset_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        assert_eq!(store.next_offset("events", 3).unwrap(), None);
+        let mut m = Member::new("m-1", ProfileKind::KnownMember);
+        m.browse.product_views = 7;
+        let mut b = store.batch("events", 3);
+        b.put_member(&store, &m);
+        b.mark_seen(&store, "e-1");
+        b.set_next_offset(&store, 42);
+        // Nothing is visible before the commit.
+        assert_eq!(store.member(3, "m-1").unwrap(), None);
+        store.commit(b).unwrap();
+        assert_eq!(store.member(3, "m-1").unwrap(), Some(m.clone()));
+        assert_eq!(
+            store.member(2, "m-1").unwrap(),
+            None,
+            "partitions are separate key spaces"
+        );
+        assert_eq!(store.seen(3, &["e-1", "e-2"]).unwrap(), vec![true, false]);
+        assert_eq!(store.next_offset("events", 3).unwrap(), Some(42));
+        let got = store.members(3, &["zz", "m-1"]).unwrap();
+        assert_eq!(got, vec![None, Some(m)]);
+    }
+
+    #[test]
+    fn reopened_store_keeps_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = open(dir.path());
+            let mut b = store.batch("events", 0);
+            b.put_member(&store, &Member::new("a", ProfileKind::Anonymous));
+            b.set_next_offset(&store, 9);
+            store.commit(b).unwrap();
+            store.set_partition_count("events", 4).unwrap();
+        }
+        let store = open(dir.path());
+        assert_eq!(store.next_offset("events", 0).unwrap(), Some(9));
+        assert_eq!(store.partition_count("events").unwrap(), Some(4));
+        assert_eq!(
+            store
+                .scan_members(0)
+                .map(|m| m.unwrap().key)
+                .collect::<Vec<_>>(),
+            vec!["a"]
+        );
+        assert_eq!(store.scan_members(1).count(), 0);
+    }
+}
