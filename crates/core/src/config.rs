@@ -37,11 +37,7 @@ impl Default for FoldConfig {
     fn default() -> Self {
         FoldConfig {
             program_currency: "CNY".into(),
-            rates: BTreeMap::from([
-                ("USD".into(), 7.1),
-                ("EUR".into(), 7.7),
-                ("HKD".into(), 0.91),
-            ]),
+            rates: BTreeMap::from([("USD".into(), 7.1), ("EUR".into(), 7.7), ("HKD".into(), 0.91)]),
             recent_products: 20,
             recent_searches: 10,
             max_categories: 50,
@@ -57,18 +53,13 @@ impl FoldConfig {
     pub fn validate(mut self) -> Result<Self, Error> {
         let cur = self.program_currency.trim().to_ascii_uppercase();
         if cur.len() != 3 || !cur.bytes().all(|b| b.is_ascii_alphabetic()) {
-            return Err(Error::Config(format!(
-                "program_currency `{}` is not an ISO 4217 code",
-                self.program_currency
-            )));
+            return Err(Error::Config(format!("program_currency `{}` is not an ISO 4217 code", self.program_currency)));
         }
         self.program_currency = cur;
         let mut micro = BTreeMap::new();
         for (code, rate) in &self.rates {
             if !(rate.is_finite() && *rate > 0.0) {
-                return Err(Error::Config(format!(
-                    "rate for {code} must be a positive number, got {rate}"
-                )));
+                return Err(Error::Config(format!("rate for {code} must be a positive number, got {rate}")));
             }
             micro.insert(code.to_ascii_uppercase(), (rate * 1e6).round() as i128);
         }
@@ -80,9 +71,7 @@ impl FoldConfig {
             ("max_orders_kept", self.max_orders_kept, 1, 100_000),
         ] {
             if !(lo..=hi).contains(&v) {
-                return Err(Error::Config(format!(
-                    "{name} must be between {lo} and {hi}, got {v}"
-                )));
+                return Err(Error::Config(format!("{name} must be between {lo} and {hi}, got {v}")));
             }
         }
         if self.order_history_days < 365 {
@@ -120,20 +109,9 @@ mod tests {
 
     #[test]
     fn rejects_bad_config() {
-        let bad = FoldConfig {
-            order_history_days: 30,
-            ..FoldConfig::default()
-        };
-        assert!(
-            bad.validate()
-                .unwrap_err()
-                .to_string()
-                .contains("order_history_days")
-        );
-        let bad = FoldConfig {
-            rates: BTreeMap::from([("USD".into(), -1.0)]),
-            ..FoldConfig::default()
-        };
+        let bad = FoldConfig { order_history_days: 30, ..FoldConfig::default() };
+        assert!(bad.validate().unwrap_err().to_string().contains("order_history_days"));
+        let bad = FoldConfig { rates: BTreeMap::from([("USD".into(), -1.0)]), ..FoldConfig::default() };
         assert!(bad.validate().is_err());
     }
 }

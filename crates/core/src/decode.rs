@@ -25,10 +25,7 @@ pub fn sniff(bytes: &[u8]) -> Encoding {
 /// Decodes the wire type only.
 pub fn decode_wire(bytes: &[u8], max_bytes: usize) -> Result<proto::Event, Error> {
     if bytes.len() > max_bytes {
-        return Err(Error::TooLarge {
-            size: bytes.len(),
-            limit: max_bytes,
-        });
+        return Err(Error::TooLarge { size: bytes.len(), limit: max_bytes });
     }
     match sniff(bytes) {
         Encoding::Json => serde_json::from_slice(bytes).map_err(|e| Error::Json(e.to_string())),
@@ -61,13 +58,7 @@ mod tests {
         let from_proto = decode_event(&wire.encode_to_vec(), 65536).unwrap();
         assert_eq!(from_json, from_proto);
         assert_eq!(from_json.subject.key(), "anon-1");
-        assert!(matches!(
-            from_json.payload,
-            Payload::ProductViewed {
-                price_minor: 12900,
-                ..
-            }
-        ));
+        assert!(matches!(from_json.payload, Payload::ProductViewed { price_minor: 12900, .. }));
     }
 
     #[test]
@@ -92,16 +83,11 @@ mod tests {
             ),
         ];
         for (input, want) in cases {
-            let err = decode_event(input.as_bytes(), 65536)
-                .unwrap_err()
-                .to_string();
+            let err = decode_event(input.as_bytes(), 65536).unwrap_err().to_string();
             assert!(err.contains(want), "{input}: got `{err}`, want `{want}`");
         }
         let big = vec![b' '; 70_000];
         assert_eq!(decode_event(&big, 65536).unwrap_err().kind(), "too_large");
-        assert_eq!(
-            decode_event(&[0xff, 0xff, 0xff], 65536).unwrap_err().kind(),
-            "decode"
-        );
+        assert_eq!(decode_event(&[0xff, 0xff, 0xff], 65536).unwrap_err().kind(), "decode");
     }
 }

@@ -33,10 +33,7 @@ impl Error {
     }
 
     pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
-        Error::Invalid {
-            field,
-            reason: reason.into(),
-        }
+        Error::Invalid { field, reason: reason.into() }
     }
 }
 

@@ -105,64 +105,20 @@ pub enum Returned {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Payload {
-    ProductViewed {
-        sku: String,
-        category: String,
-        price_minor: i64,
-    },
-    SearchPerformed {
-        query: String,
-    },
-    CartUpdated {
-        cart_id: String,
-        lines: Vec<Line>,
-    },
-    OrderPlaced {
-        order_id: String,
-        currency: String,
-        lines: Vec<Line>,
-        total_minor: i64,
-    },
-    OrderReturned {
-        order_id: String,
-        return_id: String,
-        returned: Returned,
-    },
-    OrderCancelled {
-        order_id: String,
-        reason: String,
-    },
-    MemberEnrolled {
-        program: String,
-    },
-    ProfileUpdated {
-        traits: BTreeMap<String, String>,
-    },
-    ConsentChanged {
-        purpose: String,
-        granted: bool,
-    },
-    IdentityLinked {
-        anonymous_id: Option<String>,
-        identifiers: Vec<Identifier>,
-    },
-    MembersMerged {
-        from_member_id: String,
-        into_member_id: String,
-    },
-    PointsAdjusted {
-        delta: i64,
-        reason: String,
-        actor: String,
-    },
-    PointsRedemptionRequested {
-        request_id: String,
-        points: i64,
-        reward: String,
-    },
-    ErasureRequested {
-        reason: String,
-    },
+    ProductViewed { sku: String, category: String, price_minor: i64 },
+    SearchPerformed { query: String },
+    CartUpdated { cart_id: String, lines: Vec<Line> },
+    OrderPlaced { order_id: String, currency: String, lines: Vec<Line>, total_minor: i64 },
+    OrderReturned { order_id: String, return_id: String, returned: Returned },
+    OrderCancelled { order_id: String, reason: String },
+    MemberEnrolled { program: String },
+    ProfileUpdated { traits: BTreeMap<String, String> },
+    ConsentChanged { purpose: String, granted: bool },
+    IdentityLinked { anonymous_id: Option<String>, identifiers: Vec<Identifier> },
+    MembersMerged { from_member_id: String, into_member_id: String },
+    PointsAdjusted { delta: i64, reason: String, actor: String },
+    PointsRedemptionRequested { request_id: String, points: i64, reward: String },
+    ErasureRequested { reason: String },
 }
 
 impl Payload {
@@ -203,10 +159,7 @@ fn text(field: &'static str, s: &str, required: bool) -> Result<String, Error> {
         return Err(Error::Missing(field));
     }
     if t.len() > MAX_TEXT {
-        return Err(Error::invalid(
-            field,
-            format!("longer than {MAX_TEXT} bytes"),
-        ));
+        return Err(Error::invalid(field, format!("longer than {MAX_TEXT} bytes")));
     }
     Ok(t.to_owned())
 }
@@ -218,20 +171,14 @@ fn opt_text(field: &'static str, s: &str) -> Result<Option<String>, Error> {
 
 fn non_negative(field: &'static str, v: i64) -> Result<i64, Error> {
     if v < 0 {
-        return Err(Error::invalid(
-            field,
-            format!("must not be negative, got {v}"),
-        ));
+        return Err(Error::invalid(field, format!("must not be negative, got {v}")));
     }
     Ok(v)
 }
 
 fn quantity(field: &'static str, q: i32) -> Result<u32, Error> {
     if q <= 0 {
-        return Err(Error::invalid(
-            field,
-            format!("must be at least 1, got {q}"),
-        ));
+        return Err(Error::invalid(field, format!("must be at least 1, got {q}")));
     }
     Ok(q as u32)
 }
@@ -242,10 +189,7 @@ fn currency(field: &'static str, c: &str) -> Result<String, Error> {
         return Err(Error::Missing(field));
     }
     if c.len() != 3 || !c.bytes().all(|b| b.is_ascii_alphabetic()) {
-        return Err(Error::invalid(
-            field,
-            format!("`{c}` is not an ISO 4217 code like CNY"),
-        ));
+        return Err(Error::invalid(field, format!("`{c}` is not an ISO 4217 code like CNY")));
     }
     Ok(c.to_ascii_uppercase())
 }
@@ -255,10 +199,7 @@ fn lines<'a>(
     raw: impl ExactSizeIterator<Item = (&'a str, &'a str, i32, i64)>,
 ) -> Result<Vec<Line>, Error> {
     if raw.len() > MAX_LINES {
-        return Err(Error::invalid(
-            field,
-            format!("more than {MAX_LINES} lines"),
-        ));
+        return Err(Error::invalid(field, format!("more than {MAX_LINES} lines")));
     }
     raw.map(|(sku, category, q, price)| {
         Ok(Line {
@@ -280,18 +221,11 @@ impl TryFrom<proto::Event> for Event {
             return Err(Error::Missing("eventId"));
         }
         if event_id.len() > MAX_EVENT_ID_LEN {
-            return Err(Error::invalid(
-                "eventId",
-                format!("longer than {MAX_EVENT_ID_LEN} characters"),
-            ));
+            return Err(Error::invalid("eventId", format!("longer than {MAX_EVENT_ID_LEN} characters")));
         }
-        let occurred_at =
-            time::from_timestamp(e.occurred_at.as_ref().ok_or(Error::Missing("occurredAt"))?);
+        let occurred_at = time::from_timestamp(e.occurred_at.as_ref().ok_or(Error::Missing("occurredAt"))?);
         if !(time::MIN_EVENT_TIME..time::MAX_EVENT_TIME).contains(&occurred_at) {
-            return Err(Error::invalid(
-                "occurredAt",
-                "must be between 2000-01-01 and 2100-01-01",
-            ));
+            return Err(Error::invalid("occurredAt", "must be between 2000-01-01 and 2100-01-01"));
         }
         let channel = Channel::from_proto(e.channel).ok_or_else(|| {
             if e.channel == 0 {
@@ -302,24 +236,14 @@ impl TryFrom<proto::Event> for Event {
         })?;
         let store_id = opt_text("storeId", &e.store_id)?;
         let s = e.subject.ok_or(Error::Missing("subject"))?;
-        let identifiers = s
-            .identifiers
-            .iter()
-            .map(Identifier::try_from)
-            .collect::<Result<Vec<_>, _>>()?;
+        let identifiers = s.identifiers.iter().map(Identifier::try_from).collect::<Result<Vec<_>, _>>()?;
         let subject = Subject {
             member_id: opt_text("subject.memberId", &s.member_id)?,
             anonymous_id: opt_text("subject.anonymousId", &s.anonymous_id)?,
             identifiers,
         };
-        if subject.member_id.is_none()
-            && subject.anonymous_id.is_none()
-            && subject.identifiers.is_empty()
-        {
-            return Err(Error::invalid(
-                "subject",
-                "needs memberId, anonymousId or an identifier",
-            ));
+        if subject.member_id.is_none() && subject.anonymous_id.is_none() && subject.identifiers.is_empty() {
+            return Err(Error::invalid("subject", "needs memberId, anonymousId or an identifier"));
         }
         use proto::event::Payload as P;
         let payload = match e.payload.ok_or(Error::Missing("payload"))? {
@@ -328,34 +252,18 @@ impl TryFrom<proto::Event> for Event {
                 category: text("productViewed.category", &p.category, false)?,
                 price_minor: non_negative("productViewed.priceMinor", p.price_minor)?,
             },
-            P::SearchPerformed(p) => Payload::SearchPerformed {
-                query: text("searchPerformed.query", &p.query, true)?,
-            },
+            P::SearchPerformed(p) => Payload::SearchPerformed { query: text("searchPerformed.query", &p.query, true)? },
             P::CartUpdated(p) => Payload::CartUpdated {
                 cart_id: text("cartUpdated.cartId", &p.cart_id, false)?,
                 lines: lines(
                     "cartUpdated.lines",
-                    p.lines.iter().map(|l| {
-                        (
-                            l.sku.as_str(),
-                            l.category.as_str(),
-                            l.quantity,
-                            l.unit_price_minor,
-                        )
-                    }),
+                    p.lines.iter().map(|l| (l.sku.as_str(), l.category.as_str(), l.quantity, l.unit_price_minor)),
                 )?,
             },
             P::OrderPlaced(p) => {
                 let lines = lines(
                     "orderPlaced.lines",
-                    p.lines.iter().map(|l| {
-                        (
-                            l.sku.as_str(),
-                            l.category.as_str(),
-                            l.quantity,
-                            l.unit_price_minor,
-                        )
-                    }),
+                    p.lines.iter().map(|l| (l.sku.as_str(), l.category.as_str(), l.quantity, l.unit_price_minor)),
                 )?;
                 let total_minor = non_negative("orderPlaced.totalMinor", p.total_minor)?;
                 if lines.is_empty() && total_minor == 0 {
@@ -371,10 +279,7 @@ impl TryFrom<proto::Event> for Event {
             P::OrderReturned(p) => {
                 let returned = if !p.lines.is_empty() {
                     if p.amount_minor != 0 {
-                        return Err(Error::invalid(
-                            "orderReturned",
-                            "give lines or amountMinor, not both",
-                        ));
+                        return Err(Error::invalid("orderReturned", "give lines or amountMinor, not both"));
                     }
                     Returned::Lines(
                         p.lines
@@ -390,10 +295,7 @@ impl TryFrom<proto::Event> for Event {
                 } else if p.amount_minor > 0 {
                     Returned::Amount(p.amount_minor)
                 } else {
-                    return Err(Error::invalid(
-                        "orderReturned",
-                        "needs lines or a positive amountMinor",
-                    ));
+                    return Err(Error::invalid("orderReturned", "needs lines or a positive amountMinor"));
                 };
                 Payload::OrderReturned {
                     order_id: text("orderReturned.orderId", &p.order_id, true)?,
@@ -405,16 +307,13 @@ impl TryFrom<proto::Event> for Event {
                 order_id: text("orderCancelled.orderId", &p.order_id, true)?,
                 reason: text("orderCancelled.reason", &p.reason, false)?,
             },
-            P::MemberEnrolled(p) => Payload::MemberEnrolled {
-                program: text("memberEnrolled.program", &p.program, false)?,
-            },
+            P::MemberEnrolled(p) => {
+                Payload::MemberEnrolled { program: text("memberEnrolled.program", &p.program, false)? }
+            }
             P::ProfileUpdated(p) => {
                 let mut traits = BTreeMap::new();
                 for (k, v) in p.traits {
-                    traits.insert(
-                        text("profileUpdated.traits", &k, true)?,
-                        text("profileUpdated.traits", &v, false)?,
-                    );
+                    traits.insert(text("profileUpdated.traits", &k, true)?, text("profileUpdated.traits", &v, false)?);
                 }
                 Payload::ProfileUpdated { traits }
             }
@@ -424,27 +323,14 @@ impl TryFrom<proto::Event> for Event {
             },
             P::IdentityLinked(p) => {
                 let anonymous_id = opt_text("identityLinked.anonymousId", &p.anonymous_id)?;
-                let identifiers = p
-                    .identifiers
-                    .iter()
-                    .map(Identifier::try_from)
-                    .collect::<Result<Vec<_>, _>>()?;
+                let identifiers = p.identifiers.iter().map(Identifier::try_from).collect::<Result<Vec<_>, _>>()?;
                 if subject.member_id.is_none() {
-                    return Err(Error::invalid(
-                        "subject.memberId",
-                        "identityLinked needs the member it links to",
-                    ));
+                    return Err(Error::invalid("subject.memberId", "identityLinked needs the member it links to"));
                 }
                 if anonymous_id.is_none() && identifiers.is_empty() {
-                    return Err(Error::invalid(
-                        "identityLinked",
-                        "needs an anonymousId or identifiers to link",
-                    ));
+                    return Err(Error::invalid("identityLinked", "needs an anonymousId or identifiers to link"));
                 }
-                Payload::IdentityLinked {
-                    anonymous_id,
-                    identifiers,
-                }
+                Payload::IdentityLinked { anonymous_id, identifiers }
             }
             P::MembersMerged(p) => Payload::MembersMerged {
                 from_member_id: text("membersMerged.fromMemberId", &p.from_member_id, true)?,
@@ -462,10 +348,7 @@ impl TryFrom<proto::Event> for Event {
             }
             P::PointsRedemptionRequested(p) => {
                 if p.points <= 0 {
-                    return Err(Error::invalid(
-                        "pointsRedemptionRequested.points",
-                        "must be positive",
-                    ));
+                    return Err(Error::invalid("pointsRedemptionRequested.points", "must be positive"));
                 }
                 Payload::PointsRedemptionRequested {
                     request_id: text("pointsRedemptionRequested.requestId", &p.request_id, true)?,
@@ -473,17 +356,10 @@ impl TryFrom<proto::Event> for Event {
                     reward: text("pointsRedemptionRequested.reward", &p.reward, false)?,
                 }
             }
-            P::ErasureRequested(p) => Payload::ErasureRequested {
-                reason: text("erasureRequested.reason", &p.reason, false)?,
-            },
+            P::ErasureRequested(p) => {
+                Payload::ErasureRequested { reason: text("erasureRequested.reason", &p.reason, false)? }
+            }
         };
-        Ok(Event {
-            event_id,
-            occurred_at,
-            channel,
-            store_id,
-            subject,
-            payload,
-        })
+        Ok(Event { event_id, occurred_at, channel, store_id, subject, payload })
     }
 }

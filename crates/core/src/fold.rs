@@ -7,8 +7,7 @@ use crate::Rejection;
 use crate::config::FoldConfig;
 use crate::event::{Event, Line, Payload, ReturnLine, Returned};
 use crate::member::{
-    CategoryStats, Consent, Member, OrderLine, OrderRecord, ProfileKind, RecentProduct,
-    RecentSearch, Stamped,
+    CategoryStats, Consent, Member, OrderLine, OrderRecord, ProfileKind, RecentProduct, RecentSearch, Stamped,
 };
 use crate::time::{DAY, Millis};
 
@@ -31,75 +30,44 @@ pub fn kind_of(event: &Event) -> ProfileKind {
 }
 
 /// Applies `event`, read at `pos`, to `member`.
-pub fn apply(
-    member: &mut Member,
-    event: &Event,
-    pos: Position,
-    cfg: &FoldConfig,
-) -> Result<(), Rejection> {
+pub fn apply(member: &mut Member, event: &Event, pos: Position, cfg: &FoldConfig) -> Result<(), Rejection> {
     let at = event.occurred_at;
     match &event.payload {
-        Payload::ProductViewed { sku, category, .. } => {
-            view_product(member, sku, category, at, cfg)
-        }
+        Payload::ProductViewed { sku, category, .. } => view_product(member, sku, category, at, cfg),
         Payload::SearchPerformed { query } => search(member, query, at, cfg),
         Payload::CartUpdated { .. } => member.browse.cart_updates += 1,
-        Payload::OrderPlaced {
-            order_id,
-            currency,
-            lines,
-            total_minor,
-        } => place_order(member, event, order_id, currency, lines, *total_minor, cfg)?,
-        Payload::OrderReturned {
-            order_id,
-            return_id,
-            returned,
-        } => return_order(member, order_id, return_id, returned, cfg)?,
+        Payload::OrderPlaced { order_id, currency, lines, total_minor } => {
+            place_order(member, event, order_id, currency, lines, *total_minor, cfg)?
+        }
+        Payload::OrderReturned { order_id, return_id, returned } => {
+            return_order(member, order_id, return_id, returned, cfg)?
+        }
         Payload::OrderCancelled { order_id, .. } => cancel_order(member, order_id)?,
         Payload::MemberEnrolled { .. } => {
             member.enrolled_at = Some(member.enrolled_at.map_or(at, |e| e.min(at)));
         }
         Payload::ProfileUpdated { traits } => {
             for (k, v) in traits {
-                let newer = member
-                    .traits
-                    .get(k)
-                    .is_none_or(|old| old.older_than(at, &event.event_id));
+                let newer = member.traits.get(k).is_none_or(|old| old.older_than(at, &event.event_id));
                 if newer {
-                    member.traits.insert(
-                        k.clone(),
-                        Stamped {
-                            value: v.clone(),
-                            at,
-                            event_id: event.event_id.clone(),
-                        },
-                    );
+                    member.traits.insert(k.clone(), Stamped { value: v.clone(), at, event_id: event.event_id.clone() });
                 }
             }
         }
         Payload::ConsentChanged { purpose, granted } => {
-            let newer = member
-                .consents
-                .get(purpose)
-                .is_none_or(|old| old.older_than(at, &event.event_id));
+            let newer = member.consents.get(purpose).is_none_or(|old| old.older_than(at, &event.event_id));
             if newer {
                 member.consents.insert(
                     purpose.clone(),
                     Stamped {
-                        value: Consent {
-                            granted: *granted,
-                            channel: event.channel,
-                        },
+                        value: Consent { granted: *granted, channel: event.channel },
                         at,
                         event_id: event.event_id.clone(),
                     },
                 );
             }
         }
-        Payload::IdentityLinked {
-            anonymous_id,
-            identifiers,
-        } => {
+        Payload::IdentityLinked { anonymous_id, identifiers } => {
             member.identifiers.extend(identifiers.iter().cloned());
             member.aliases.extend(anonymous_id.iter().cloned());
         }
@@ -117,9 +85,7 @@ pub fn apply(
         }
     }
     // Every subject identifier the event carried is known to belong here.
-    member
-        .identifiers
-        .extend(event.subject.identifiers.iter().cloned());
+    member.identifiers.extend(event.subject.identifiers.iter().cloned());
     if let (Some(anon), Some(_)) = (&event.subject.anonymous_id, &event.subject.member_id) {
         member.aliases.insert(anon.clone());
     }
@@ -153,18 +119,13 @@ fn view_product(member: &mut Member, sku: &str, category: &str, at: Millis, cfg:
         }
     }
     // Most recent first; equal times keep SKU order so the result is deterministic.
-    let idx = b.recent.partition_point(|p| {
-        (p.last_viewed_at, std::cmp::Reverse(p.sku.as_str())) > (last, std::cmp::Reverse(sku))
-    });
+    let idx = b
+        .recent
+        .partition_point(|p| (p.last_viewed_at, std::cmp::Reverse(p.sku.as_str())) > (last, std::cmp::Reverse(sku)));
     if idx < cfg.recent_products {
         b.recent.insert(
             idx,
-            RecentProduct {
-                sku: sku.to_owned(),
-                category: category.clone(),
-                last_viewed_at: last,
-                views,
-            },
+            RecentProduct { sku: sku.to_owned(), category: category.clone(), last_viewed_at: last, views },
         );
         b.recent.truncate(cfg.recent_products);
     }
@@ -175,9 +136,7 @@ fn view_product(member: &mut Member, sku: &str, category: &str, at: Millis, cfg:
 
 fn bump_category(member: &mut Member, category: &str, views: u64, units: u64, cfg: &FoldConfig) {
     let cats = &mut member.browse.categories;
-    let c = cats
-        .entry(category.to_owned())
-        .or_insert_with(CategoryStats::default);
+    let c = cats.entry(category.to_owned()).or_insert_with(CategoryStats::default);
     c.views += views;
     c.units += units;
     if cats.len() > cfg.max_categories {
@@ -199,17 +158,11 @@ fn search(member: &mut Member, query: &str, at: Millis, cfg: &FoldConfig) {
     if let Some(i) = b.recent_searches.iter().position(|s| s.query == query) {
         at = at.max(b.recent_searches.remove(i).at);
     }
-    let idx = b.recent_searches.partition_point(|s| {
-        (s.at, std::cmp::Reverse(s.query.as_str())) > (at, std::cmp::Reverse(query))
-    });
+    let idx = b
+        .recent_searches
+        .partition_point(|s| (s.at, std::cmp::Reverse(s.query.as_str())) > (at, std::cmp::Reverse(query)));
     if idx < cfg.recent_searches {
-        b.recent_searches.insert(
-            idx,
-            RecentSearch {
-                query: query.to_owned(),
-                at,
-            },
-        );
+        b.recent_searches.insert(idx, RecentSearch { query: query.to_owned(), at });
         b.recent_searches.truncate(cfg.recent_searches);
     }
 }
@@ -223,30 +176,14 @@ fn place_order(
     total_minor: i64,
     cfg: &FoldConfig,
 ) -> Result<(), Rejection> {
-    if member
-        .purchases
-        .history
-        .iter()
-        .any(|o| o.order_id == order_id)
-    {
-        return Err(Rejection(format!(
-            "order {order_id} was already placed by another event"
-        )));
+    if member.purchases.history.iter().any(|o| o.order_id == order_id) {
+        return Err(Rejection(format!("order {order_id} was already placed by another event")));
     }
-    let list_total: i64 = lines
-        .iter()
-        .map(|l| l.unit_price_minor * i64::from(l.quantity))
-        .sum();
-    let total = if total_minor > 0 {
-        total_minor
-    } else {
-        list_total
-    };
-    let total_program = cfg.to_program(currency, total).ok_or_else(|| {
-        Rejection(format!(
-            "no conversion rate configured for currency {currency}"
-        ))
-    })?;
+    let list_total: i64 = lines.iter().map(|l| l.unit_price_minor * i64::from(l.quantity)).sum();
+    let total = if total_minor > 0 { total_minor } else { list_total };
+    let total_program = cfg
+        .to_program(currency, total)
+        .ok_or_else(|| Rejection(format!("no conversion rate configured for currency {currency}")))?;
     let units: u32 = lines.iter().map(|l| l.quantity).sum();
     let at = event.occurred_at;
     let p = &mut member.purchases;
@@ -269,11 +206,7 @@ fn place_order(
         units,
         lines: lines
             .iter()
-            .map(|l| OrderLine {
-                sku: l.sku.clone(),
-                quantity: l.quantity,
-                unit_price_minor: l.unit_price_minor,
-            })
+            .map(|l| OrderLine { sku: l.sku.clone(), quantity: l.quantity, unit_price_minor: l.unit_price_minor })
             .collect(),
         returned_list_minor: 0,
         returned_minor: 0,
@@ -282,9 +215,7 @@ fn place_order(
         return_ids: Default::default(),
         cancelled: false,
     };
-    let idx = p
-        .history
-        .partition_point(|o| (o.at, o.order_id.as_str()) < (at, order_id));
+    let idx = p.history.partition_point(|o| (o.at, o.order_id.as_str()) < (at, order_id));
     p.history.insert(idx, record);
     prune_history(member, cfg);
     let stats = member.channels.entry(event.channel).or_default();
@@ -311,10 +242,7 @@ fn prune_history(member: &mut Member, cfg: &FoldConfig) {
     h.drain(..old.max(over));
 }
 
-fn find_order<'a>(
-    member: &'a mut Member,
-    order_id: &str,
-) -> Result<&'a mut OrderRecord, Rejection> {
+fn find_order<'a>(member: &'a mut Member, order_id: &str) -> Result<&'a mut OrderRecord, Rejection> {
     member
         .purchases
         .history
@@ -337,20 +265,14 @@ fn return_order(
     if order.cancelled {
         return Err(Rejection(format!("order {order_id} was cancelled")));
     }
-    let list_total: i64 = order
-        .lines
-        .iter()
-        .map(|l| l.unit_price_minor * i64::from(l.quantity))
-        .sum();
+    let list_total: i64 = order.lines.iter().map(|l| l.unit_price_minor * i64::from(l.quantity)).sum();
     let (new_list, new_returned, new_units) = match returned {
         Returned::Lines(lines) => {
             let mut units = order.returned_units.clone();
             let mut list = order.returned_list_minor;
             for ReturnLine { sku, quantity } in lines {
                 let Some(line) = order.lines.iter().find(|l| &l.sku == sku) else {
-                    return Err(Rejection(format!(
-                        "order {order_id} has no line for SKU {sku}"
-                    )));
+                    return Err(Rejection(format!("order {order_id} has no line for SKU {sku}")));
                 };
                 let done = units.entry(sku.clone()).or_default();
                 if *done + quantity > line.quantity {
@@ -380,11 +302,7 @@ fn return_order(
                     order.total_minor
                 )));
             }
-            (
-                order.returned_list_minor,
-                refunded,
-                order.returned_units.clone(),
-            )
+            (order.returned_list_minor, refunded, order.returned_units.clone())
         }
     };
     let new_program = cfg.to_program(&order.currency, new_returned).unwrap_or(0);
@@ -407,13 +325,8 @@ fn cancel_order(member: &mut Member, order_id: &str) -> Result<(), Rejection> {
         return Ok(());
     }
     order.cancelled = true;
-    let (channel, store, units, total, returned) = (
-        order.channel,
-        order.store_id.clone(),
-        order.units,
-        order.total_program_minor,
-        order.returned_program_minor,
-    );
+    let (channel, store, units, total, returned) =
+        (order.channel, order.store_id.clone(), order.units, order.total_program_minor, order.returned_program_minor);
     let p = &mut member.purchases;
     p.orders -= 1;
     p.units -= u64::from(units);

@@ -79,10 +79,7 @@ impl TryFrom<&proto::Identifier> for Identifier {
             Ok(proto::IdentifierType::DeviceId) => IdType::DeviceId,
             Ok(proto::IdentifierType::External) => IdType::External,
             _ => {
-                return Err(Error::invalid(
-                    "identifiers.type",
-                    format!("unknown identifier type {}", p.r#type),
-                ));
+                return Err(Error::invalid("identifiers.type", format!("unknown identifier type {}", p.r#type)));
             }
         };
         Identifier::new(kind, &p.value)
@@ -100,10 +97,7 @@ fn normalise_phone(raw: &str) -> Result<String, Error> {
             '0'..='9' => digits.push(c),
             ' ' | '-' | '.' | '(' | ')' => {}
             _ => {
-                return Err(Error::invalid(
-                    "identifiers.value",
-                    format!("phone `{raw}` has a character `{c}`"),
-                ));
+                return Err(Error::invalid("identifiers.value", format!("phone `{raw}` has a character `{c}`")));
             }
         }
     }
@@ -113,18 +107,13 @@ fn normalise_phone(raw: &str) -> Result<String, Error> {
             None => {
                 return Err(Error::invalid(
                     "identifiers.value",
-                    format!(
-                        "phone `{raw}` needs a country code in E.164 form, like +8613800138000"
-                    ),
+                    format!("phone `{raw}` needs a country code in E.164 form, like +8613800138000"),
                 ));
             }
         }
     }
     if !(8..=15).contains(&digits.len()) || digits.starts_with('0') {
-        return Err(Error::invalid(
-            "identifiers.value",
-            format!("phone `{raw}` is not a valid E.164 number"),
-        ));
+        return Err(Error::invalid("identifiers.value", format!("phone `{raw}` is not a valid E.164 number")));
     }
     Ok(format!("+{digits}"))
 }
@@ -132,15 +121,8 @@ fn normalise_phone(raw: &str) -> Result<String, Error> {
 fn normalise_email(raw: &str) -> Result<String, Error> {
     let lower = raw.to_lowercase();
     match lower.split_once('@') {
-        Some((local, domain))
-            if !local.is_empty() && domain.contains('.') && !domain.contains('@') =>
-        {
-            Ok(lower)
-        }
-        _ => Err(Error::invalid(
-            "identifiers.value",
-            format!("email `{raw}` is not an address"),
-        )),
+        Some((local, domain)) if !local.is_empty() && domain.contains('.') && !domain.contains('@') => Ok(lower),
+        _ => Err(Error::invalid("identifiers.value", format!("email `{raw}` is not an address"))),
     }
 }
 
@@ -150,30 +132,15 @@ mod tests {
 
     #[test]
     fn phones_normalise_to_e164() {
-        assert_eq!(
-            Identifier::new(IdType::Phone, " +86 138-0013-8000 ")
-                .unwrap()
-                .value,
-            "+8613800138000"
-        );
-        assert_eq!(
-            Identifier::new(IdType::Phone, "0044 20 7946 0958")
-                .unwrap()
-                .value,
-            "+442079460958"
-        );
+        assert_eq!(Identifier::new(IdType::Phone, " +86 138-0013-8000 ").unwrap().value, "+8613800138000");
+        assert_eq!(Identifier::new(IdType::Phone, "0044 20 7946 0958").unwrap().value, "+442079460958");
         assert!(Identifier::new(IdType::Phone, "13800138000").is_err());
         assert!(Identifier::new(IdType::Phone, "+86 abc").is_err());
     }
 
     #[test]
     fn emails_lower_case_and_trimmed() {
-        assert_eq!(
-            Identifier::new(IdType::Email, "  Ann@Example.COM ")
-                .unwrap()
-                .value,
-            "ann@example.com"
-        );
+        assert_eq!(Identifier::new(IdType::Email, "  Ann@Example.COM ").unwrap().value, "ann@example.com");
         assert!(Identifier::new(IdType::Email, "not-an-email").is_err());
     }
 

@@ -13,6 +13,8 @@ pub mod fold;
 pub mod ident;
 pub mod member;
 pub mod partition;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod time;
 pub mod windows;
 

@@ -151,10 +151,7 @@ impl Purchases {
 
     /// The store with most orders; ties go to the smallest id.
     pub fn favourite_store(&self) -> Option<&str> {
-        self.stores
-            .iter()
-            .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
-            .map(|(s, _)| s.as_str())
+        self.stores.iter().max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0))).map(|(s, _)| s.as_str())
     }
 }
 
@@ -197,11 +194,7 @@ pub struct Member {
 
 impl Member {
     pub fn new(key: impl Into<String>, kind: ProfileKind) -> Self {
-        Member {
-            key: key.into(),
-            kind,
-            ..Member::default()
-        }
+        Member { key: key.into(), kind, ..Member::default() }
     }
 
     /// Deterministic bytes: a format byte, then postcard. All collections are
@@ -215,9 +208,7 @@ impl Member {
 
     pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
         match bytes.split_first() {
-            Some((&FORMAT_VERSION, rest)) => {
-                postcard::from_bytes(rest).map_err(|e| Error::Corrupt(e.to_string()))
-            }
+            Some((&FORMAT_VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| Error::Corrupt(e.to_string())),
             Some((v, _)) => Err(Error::Corrupt(format!("unknown format version {v}"))),
             None => Err(Error::Corrupt("empty value".into())),
         }
@@ -225,9 +216,6 @@ impl Member {
 
     /// Traits with a value (removals are kept only to order later writes).
     pub fn live_traits(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.traits
-            .iter()
-            .filter(|(_, v)| !v.value.is_empty())
-            .map(|(k, v)| (k.as_str(), v.value.as_str()))
+        self.traits.iter().filter(|(_, v)| !v.value.is_empty()).map(|(k, v)| (k.as_str(), v.value.as_str()))
     }
 }

@@ -15,16 +15,11 @@ pub const MIN_EVENT_TIME: Millis = 946_684_800_000;
 pub const MAX_EVENT_TIME: Millis = 4_102_444_800_000;
 
 pub fn from_timestamp(ts: &Timestamp) -> Millis {
-    ts.seconds
-        .saturating_mul(1_000)
-        .saturating_add(i64::from(ts.nanos) / 1_000_000)
+    ts.seconds.saturating_mul(1_000).saturating_add(i64::from(ts.nanos) / 1_000_000)
 }
 
 pub fn to_timestamp(ms: Millis) -> Timestamp {
-    Timestamp {
-        seconds: ms.div_euclid(1_000),
-        nanos: (ms.rem_euclid(1_000) * 1_000_000) as i32,
-    }
+    Timestamp { seconds: ms.div_euclid(1_000), nanos: (ms.rem_euclid(1_000) * 1_000_000) as i32 }
 }
 
 /// Whole days from `earlier` to `later`, rounded down; 0 if `later` is earlier.

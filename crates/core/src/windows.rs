@@ -35,26 +35,15 @@ const FREQUENCY: [u64; 4] = [10, 5, 3, 2];
 const MONETARY_MAJOR: [i64; 4] = [50_000, 10_000, 2_000, 500];
 
 fn score_desc<T: PartialOrd + Copy>(v: T, thresholds: [T; 4]) -> u32 {
-    thresholds
-        .iter()
-        .position(|t| v >= *t)
-        .map_or(1, |i| 5 - i as u32)
+    thresholds.iter().position(|t| v >= *t).map_or(1, |i| 5 - i as u32)
 }
 
 impl Member {
     /// The windowed figures as of `now` (orders after `now` are not counted).
     pub fn windows(&self, now: Millis) -> Windows {
-        let mut w = Windows {
-            as_of: now,
-            ..Windows::default()
-        };
+        let mut w = Windows { as_of: now, ..Windows::default() };
         let mut last: Option<Millis> = None;
-        for o in self
-            .purchases
-            .history
-            .iter()
-            .filter(|o| !o.cancelled && o.at <= now)
-        {
+        for o in self.purchases.history.iter().filter(|o| !o.cancelled && o.at <= now) {
             let age = now - o.at;
             if age < 90 * DAY {
                 w.orders_last_90_days += 1;
@@ -69,9 +58,7 @@ impl Member {
         if p.orders > 0 {
             w.average_order_value_minor = p.net_minor() / p.orders as i64;
         }
-        let recency = last
-            .or(p.last_order_at.filter(|l| *l <= now))
-            .map(|l| days_between(l, now));
+        let recency = last.or(p.last_order_at.filter(|l| *l <= now)).map(|l| days_between(l, now));
         let mut rfm = Rfm {
             recency_days: recency,
             frequency: w.orders_last_365_days,
@@ -84,11 +71,7 @@ impl Member {
                 Some(i) => 5 - i as u32,
                 None => 1,
             };
-            rfm.f = if w.orders_last_365_days == 0 {
-                1
-            } else {
-                score_desc(w.orders_last_365_days, FREQUENCY)
-            };
+            rfm.f = if w.orders_last_365_days == 0 { 1 } else { score_desc(w.orders_last_365_days, FREQUENCY) };
             rfm.m = score_desc(w.net_last_365_days_minor / 100, MONETARY_MAJOR);
             rfm.segment = match (rfm.r, rfm.f) {
                 (4.., 4..) => "champion",

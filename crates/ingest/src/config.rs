@@ -56,17 +56,13 @@ impl IngestConfig {
             }
         }
         if self.topic == self.dead_letter_topic {
-            return Err(Error::Config(
-                "dead_letter_topic must differ from topic".into(),
-            ));
+            return Err(Error::Config("dead_letter_topic must differ from topic".into()));
         }
         if self.batch_max_records == 0 {
             return Err(Error::Config("batch_max_records must be at least 1".into()));
         }
         if self.max_event_bytes < 1024 {
-            return Err(Error::Config(
-                "max_event_bytes must be at least 1024".into(),
-            ));
+            return Err(Error::Config("max_event_bytes must be at least 1024".into()));
         }
         Ok(())
     }

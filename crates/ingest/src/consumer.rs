@@ -58,30 +58,18 @@ struct IngestContext {
 impl ClientContext for IngestContext {}
 
 impl ConsumerContext for IngestContext {
-    fn rebalance(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        err: RDKafkaRespErr,
-        tpl: &mut TopicPartitionList,
-    ) {
-        let cooperative = matches!(
-            consumer.rebalance_protocol(),
-            RebalanceProtocol::Cooperative
-        );
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let parts: Vec<(String, i32)> = tpl
-                    .elements()
-                    .iter()
-                    .map(|e| (e.topic().to_owned(), e.partition()))
-                    .collect();
+                let parts: Vec<(String, i32)> =
+                    tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
                 let mut assigned = self.assigned.lock().expect("assignment lock");
                 for (topic, p) in parts {
                     let next = match self.store.next_offset(&topic, p as u32) {
                         Ok(next) => next,
                         Err(e) => {
-                            *self.fatal.lock().expect("fatal lock") =
-                                Some(format!("reading stored offset: {e}"));
+                            *self.fatal.lock().expect("fatal lock") = Some(format!("reading stored offset: {e}"));
                             None
                         }
                     };
@@ -94,11 +82,7 @@ impl ConsumerContext for IngestContext {
                     }
                     info!(partition = p, next_offset = ?next, "partition assigned; resuming from the store's offset");
                 }
-                let r = if cooperative {
-                    consumer.incremental_assign(tpl)
-                } else {
-                    consumer.assign(tpl)
-                };
+                let r = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
                 if let Err(e) = r {
                     error!(error = %e, "assign failed");
                 }
@@ -109,11 +93,7 @@ impl ConsumerContext for IngestContext {
                     assigned.remove(&(e.partition() as u32));
                     info!(partition = e.partition(), "partition revoked");
                 }
-                let r = if cooperative {
-                    consumer.incremental_unassign(tpl)
-                } else {
-                    consumer.unassign()
-                };
+                let r = if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
                 if let Err(e) = r {
                     error!(error = %e, "unassign failed");
                 }
@@ -146,9 +126,7 @@ impl ProducerContext for DlqContext {
 }
 
 fn now_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Produces dead letters and waits until the broker has every one of them.
@@ -167,17 +145,9 @@ fn deliver(
         for &i in &pending {
             let d = &letters[i];
             let headers = OwnedHeaders::new()
-                .insert(Header {
-                    key: "omnifold.reason",
-                    value: Some(d.reason.as_str()),
-                })
-                .insert(Header {
-                    key: "omnifold.kind",
-                    value: Some(d.kind),
-                });
-            let mut record = BaseRecord::with_opaque_to(topic, Box::new(i))
-                .payload(&values[i])
-                .headers(headers);
+                .insert(Header { key: "omnifold.reason", value: Some(d.reason.as_str()) })
+                .insert(Header { key: "omnifold.kind", value: Some(d.kind) });
+            let mut record = BaseRecord::with_opaque_to(topic, Box::new(i)).payload(&values[i]).headers(headers);
             if let Some(k) = &d.key {
                 record = record.key(k);
             }
@@ -196,9 +166,7 @@ fn deliver(
         pending = std::mem::take(&mut *producer.context().failed.lock().expect("dlq lock"));
         if !pending.is_empty() {
             if shutdown.is_triggered() {
-                return Err(Error::Kafka(KafkaError::MessageProduction(
-                    RDKafkaErrorCode::MessageTimedOut,
-                )));
+                return Err(Error::Kafka(KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut)));
             }
             std::thread::sleep(backoff);
             backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -212,11 +180,7 @@ fn deliver(
 pub fn partition_count(cfg: &IngestConfig, topic: &str) -> Result<u32> {
     let consumer: BaseConsumer = client_config(cfg).create()?;
     let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let n = md
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .map_or(0, |t| t.partitions().len());
+    let n = md.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len());
     if n == 0 {
         return Err(Error::NoTopic(topic.to_owned()));
     }
@@ -305,11 +269,7 @@ fn commit_messages(
                 Some(next) if m.offset() >= *next => {}
                 _ => continue,
             }
-            by_partition.entry(p).or_default().push(Record {
-                offset: m.offset(),
-                key: m.key(),
-                value: m.payload(),
-            });
+            by_partition.entry(p).or_default().push(Record { offset: m.offset(), key: m.key(), value: m.payload() });
         }
     }
     let mut offsets = TopicPartitionList::new();
@@ -317,35 +277,18 @@ fn commit_messages(
         let started = Instant::now();
         let processed = processor.process(partition, &records)?;
         if !processed.dead_letters.is_empty() {
-            deliver(
-                producer,
-                &cfg.dead_letter_topic,
-                &processed.dead_letters,
-                shutdown,
-            )?;
+            deliver(producer, &cfg.dead_letter_topic, &processed.dead_letters, shutdown)?;
         }
         let next = processed.next_offset;
         processor.store().commit(processed.batch)?;
-        if let Some(n) = consumer
-            .context()
-            .assigned
-            .lock()
-            .expect("assignment lock")
-            .get_mut(&partition)
-        {
+        if let Some(n) = consumer.context().assigned.lock().expect("assignment lock").get_mut(&partition) {
             *n = next;
         }
         offsets.add_partition_offset(&cfg.topic, partition as i32, Offset::Offset(next))?;
         metrics::counter!("omnifold_events_applied_total").increment(processed.applied);
         metrics::counter!("omnifold_events_duplicate_total").increment(processed.duplicates);
         metrics::histogram!("omnifold_batch_seconds").record(started.elapsed().as_secs_f64());
-        debug!(
-            partition,
-            records = records.len(),
-            applied = processed.applied,
-            next_offset = next,
-            "batch committed"
-        );
+        debug!(partition, records = records.len(), applied = processed.applied, next_offset = next, "batch committed");
     }
     // The store is authoritative; the group offsets only feed lag monitoring.
     if offsets.count() > 0 {

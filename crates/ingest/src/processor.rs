@@ -38,18 +38,8 @@ pub struct Processor {
 }
 
 impl Processor {
-    pub fn new(
-        store: Arc<Store>,
-        fold: Arc<FoldConfig>,
-        topic: impl Into<String>,
-        max_event_bytes: usize,
-    ) -> Self {
-        Processor {
-            store,
-            fold,
-            topic: topic.into(),
-            max_event_bytes,
-        }
+    pub fn new(store: Arc<Store>, fold: Arc<FoldConfig>, topic: impl Into<String>, max_event_bytes: usize) -> Self {
+        Processor { store, fold, topic: topic.into(), max_event_bytes }
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -61,29 +51,14 @@ impl Processor {
         let store = &*self.store;
         let mut batch = store.batch(&self.topic, partition);
         let mut dead_letters = Vec::new();
-        let decoded: Vec<Result<Event, omnifold_core::Error>> = records
-            .iter()
-            .map(|r| decode_event(r.value.unwrap_or_default(), self.max_event_bytes))
-            .collect();
+        let decoded: Vec<Result<Event, omnifold_core::Error>> =
+            records.iter().map(|r| decode_event(r.value.unwrap_or_default(), self.max_event_bytes)).collect();
 
-        let ids: Vec<&str> = decoded
-            .iter()
-            .filter_map(|d| d.as_ref().ok())
-            .map(|e| e.event_id.as_str())
-            .collect();
+        let ids: Vec<&str> = decoded.iter().filter_map(|d| d.as_ref().ok()).map(|e| e.event_id.as_str()).collect();
         let seen_before = store.seen(partition, &ids)?;
-        let seen_before: HashSet<&str> = ids
-            .iter()
-            .zip(seen_before)
-            .filter(|(_, s)| *s)
-            .map(|(id, _)| *id)
-            .collect();
+        let seen_before: HashSet<&str> = ids.iter().zip(seen_before).filter(|(_, s)| *s).map(|(id, _)| *id).collect();
 
-        let mut keys: Vec<String> = decoded
-            .iter()
-            .filter_map(|d| d.as_ref().ok())
-            .map(|e| e.subject.key())
-            .collect();
+        let mut keys: Vec<String> = decoded.iter().filter_map(|d| d.as_ref().ok()).map(|e| e.subject.key()).collect();
         keys.sort_unstable();
         keys.dedup();
         let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
@@ -120,13 +95,8 @@ impl Processor {
                 continue;
             }
             let key = event.subject.key();
-            let member = members
-                .entry(key.clone())
-                .or_insert_with(|| Member::new(key.clone(), kind_of(event)));
-            let pos = Position {
-                partition,
-                offset: record.offset,
-            };
+            let member = members.entry(key.clone()).or_insert_with(|| Member::new(key.clone(), kind_of(event)));
+            let pos = Position { partition, offset: record.offset };
             match fold::apply(member, event, pos, &self.fold) {
                 Ok(()) => {
                     applied += 1;
@@ -147,12 +117,6 @@ impl Processor {
         if !records.is_empty() {
             batch.set_next_offset(store, next_offset);
         }
-        Ok(Processed {
-            batch,
-            dead_letters,
-            applied,
-            duplicates,
-            next_offset,
-        })
+        Ok(Processed { batch, dead_letters, applied, duplicates, next_offset })
     }
 }

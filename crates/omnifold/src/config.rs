@@ -22,10 +22,7 @@ pub struct ServerConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig {
-            listen: "127.0.0.1:50051".into(),
-            metrics_listen: String::new(),
-        }
+        ServerConfig { listen: "127.0.0.1:50051".into(), metrics_listen: String::new() }
     }
 }
 
@@ -46,8 +43,7 @@ impl Config {
     pub fn load(file: Option<&Path>, env: &BTreeMap<String, String>) -> Result<Config> {
         let mut table: toml::Table = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?;
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
                 toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
             }
             None => toml::Table::new(),
@@ -61,12 +57,9 @@ impl Config {
                 continue;
             }
             let keys: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
-            set_path(&mut table, &keys, parse_value(value))
-                .with_context(|| format!("applying {name}"))?;
+            set_path(&mut table, &keys, parse_value(value)).with_context(|| format!("applying {name}"))?;
         }
-        let config: Config = toml::Value::Table(table)
-            .try_into()
-            .context("invalid configuration")?;
+        let config: Config = toml::Value::Table(table).try_into().context("invalid configuration")?;
         config.validate()
     }
 
@@ -75,15 +68,9 @@ impl Config {
         self.fold = self.fold.validate().context("[fold]")?;
         self.store.validate().context("[store]")?;
         self.kafka.validate().context("[kafka]")?;
-        self.server
-            .listen
-            .parse::<std::net::SocketAddr>()
-            .with_context(|| {
-                format!(
-                    "[server] listen `{}` is not an address like 127.0.0.1:50051",
-                    self.server.listen
-                )
-            })?;
+        self.server.listen.parse::<std::net::SocketAddr>().with_context(|| {
+            format!("[server] listen `{}` is not an address like 127.0.0.1:50051", self.server.listen)
+        })?;
         Ok(self)
     }
 }
@@ -91,9 +78,7 @@ impl Config {
 fn parse_value(raw: &str) -> toml::Value {
     // Numbers and booleans keep their type; anything else is a string.
     match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
-        Ok(mut t) => t
-            .remove("v")
-            .unwrap_or_else(|| toml::Value::String(raw.to_owned())),
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_owned())),
         Err(_) => toml::Value::String(raw.to_owned()),
     }
 }
@@ -102,9 +87,7 @@ fn set_path(table: &mut toml::Table, keys: &[String], value: toml::Value) -> Res
     let (last, parents) = keys.split_last().context("empty key")?;
     let mut t = table;
     for k in parents {
-        let entry = t
-            .entry(k.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let entry = t.entry(k.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
         t = match entry {
             toml::Value::Table(inner) => inner,
             _ => bail!("`{k}` is not a section"),
@@ -119,10 +102,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -155,14 +135,10 @@ mod tests {
     #[test]
     fn unknown_keys_and_bad_values_are_errors() {
         let err = Config::load(None, &env(&[("OMNIFOLD_KAFKA__BROKER", "x")])).unwrap_err();
-        assert!(
-            format!("{err:#}").contains("unknown field `broker`"),
-            "{err:#}"
-        );
+        assert!(format!("{err:#}").contains("unknown field `broker`"), "{err:#}");
         let err = Config::load(None, &env(&[("OMNIFOLD_SERVER__LISTEN", "nowhere")])).unwrap_err();
         assert!(format!("{err:#}").contains("listen"), "{err:#}");
-        let err =
-            Config::load(None, &env(&[("OMNIFOLD_FOLD__ORDER_HISTORY_DAYS", "10")])).unwrap_err();
+        let err = Config::load(None, &env(&[("OMNIFOLD_FOLD__ORDER_HISTORY_DAYS", "10")])).unwrap_err();
         assert!(format!("{err:#}").contains("order_history_days"), "{err:#}");
     }
 
@@ -172,9 +148,6 @@ mod tests {
         let path = dir.path().join("omnifold.toml");
         std::fs::write(&path, "[kafka]\ntopic = \"a\"\ngroup_id = \"g\"\n").unwrap();
         let c = Config::load(Some(&path), &env(&[("OMNIFOLD_KAFKA__TOPIC", "b")])).unwrap();
-        assert_eq!(
-            (c.kafka.topic.as_str(), c.kafka.group_id.as_str()),
-            ("b", "g")
-        );
+        assert_eq!((c.kafka.topic.as_str(), c.kafka.group_id.as_str()), ("b", "g"));
     }
 }

@@ -31,20 +31,12 @@ const CATALOGUE: [(&str, &str, i64); 16] = [
 ];
 const STORES: [&str; 4] = ["store-sh-01", "store-sh-02", "store-bj-01", "store-gz-01"];
 const CITIES: [&str; 5] = ["Shanghai", "Beijing", "Guangzhou", "Shenzhen", "Hangzhou"];
-const SEARCHES: [&str; 6] = [
-    "running shoes",
-    "gift for mum",
-    "wireless earbuds",
-    "green tea",
-    "winter jacket",
-    "lipstick",
-];
+const SEARCHES: [&str; 6] =
+    ["running shoes", "gift for mum", "wireless earbuds", "green tea", "winter jacket", "lipstick"];
 
 /// Midnight UTC today, so a day's demo runs give identical events.
 pub fn today_millis() -> i64 {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
     now - now.rem_euclid(DAY)
 }
 
@@ -60,14 +52,7 @@ struct Gen {
 }
 
 impl Gen {
-    fn push(
-        &mut self,
-        at: i64,
-        channel: proto::Channel,
-        store: &str,
-        subject: proto::Subject,
-        payload: Payload,
-    ) {
+    fn push(&mut self, at: i64, channel: proto::Channel, store: &str, subject: proto::Subject, payload: Payload) {
         self.seq += 1;
         self.events.push(proto::Event {
             event_id: format!("demo-{}-{}", self.member, self.seq),
@@ -81,27 +66,17 @@ impl Gen {
 }
 
 fn ident(t: proto::IdentifierType, v: impl Into<String>) -> proto::Identifier {
-    proto::Identifier {
-        r#type: t as i32,
-        value: v.into(),
-    }
+    proto::Identifier { r#type: t as i32, value: v.into() }
 }
 
 fn member_subject(id: &str) -> proto::Subject {
-    proto::Subject {
-        member_id: id.to_owned(),
-        ..Default::default()
-    }
+    proto::Subject { member_id: id.to_owned(), ..Default::default() }
 }
 
 /// Events of `members` members, ordered by time per member, ending before `now`.
 pub fn generate(members: usize, seed: u64, now: i64) -> Vec<proto::Event> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut g = Gen {
-        events: Vec::with_capacity(members * 30),
-        member: 0,
-        seq: 0,
-    };
+    let mut g = Gen { events: Vec::with_capacity(members * 30), member: 0, seq: 0 };
     let hour = DAY / 24;
     for i in 1..=members {
         g.member = i;
@@ -111,10 +86,7 @@ pub fn generate(members: usize, seed: u64, now: i64) -> Vec<proto::Event> {
         let phone = format!("+86138{:08}", i);
         let email = format!("member{i}@example.com");
         let mut t = now - rng.random_range(60..420) * DAY;
-        let anon_subject = proto::Subject {
-            anonymous_id: anon.clone(),
-            ..Default::default()
-        };
+        let anon_subject = proto::Subject { anonymous_id: anon.clone(), ..Default::default() };
         for _ in 0..rng.random_range(2..6) {
             let (sku, cat, price) = CATALOGUE[rng.random_range(0..CATALOGUE.len())];
             t += rng.random_range(1..30) * 60_000;
@@ -141,17 +113,11 @@ pub fn generate(members: usize, seed: u64, now: i64) -> Vec<proto::Event> {
             }),
         );
         t += rng.random_range(1..10) * DAY;
-        let enrol_channel = [
-            proto::Channel::MobileApp,
-            proto::Channel::MiniProgram,
-            proto::Channel::StorePos,
-        ][rng.random_range(0..3)];
+        let enrol_channel =
+            [proto::Channel::MobileApp, proto::Channel::MiniProgram, proto::Channel::StorePos][rng.random_range(0..3)];
         let with_ids = proto::Subject {
             member_id: id.clone(),
-            identifiers: vec![
-                ident(proto::IdentifierType::Phone, &phone),
-                ident(proto::IdentifierType::Email, &email),
-            ],
+            identifiers: vec![ident(proto::IdentifierType::Phone, &phone), ident(proto::IdentifierType::Email, &email)],
             ..Default::default()
         };
         g.push(
@@ -159,9 +125,7 @@ pub fn generate(members: usize, seed: u64, now: i64) -> Vec<proto::Event> {
             enrol_channel,
             "",
             with_ids,
-            Payload::MemberEnrolled(proto::MemberEnrolled {
-                program: "omni".into(),
-            }),
+            Payload::MemberEnrolled(proto::MemberEnrolled { program: "omni".into() }),
         );
         g.push(
             t + 1_000,
@@ -170,10 +134,7 @@ pub fn generate(members: usize, seed: u64, now: i64) -> Vec<proto::Event> {
             member_subject(&id),
             Payload::IdentityLinked(proto::IdentityLinked {
                 anonymous_id: anon.clone(),
-                identifiers: vec![ident(
-                    proto::IdentifierType::DeviceId,
-                    format!("dev-{i:06}"),
-                )],
+                identifiers: vec![ident(proto::IdentifierType::DeviceId, format!("dev-{i:06}"))],
             }),
         );
         g.push(
@@ -182,11 +143,7 @@ pub fn generate(members: usize, seed: u64, now: i64) -> Vec<proto::Event> {
             "",
             member_subject(&id),
             Payload::ProfileUpdated(proto::ProfileUpdated {
-                traits: [(
-                    "city".to_owned(),
-                    CITIES[rng.random_range(0..CITIES.len())].to_owned(),
-                )]
-                .into(),
+                traits: [("city".to_owned(), CITIES[rng.random_range(0..CITIES.len())].to_owned())].into(),
             }),
         );
         g.push(
@@ -212,11 +169,8 @@ pub fn generate(members: usize, seed: u64, now: i64) -> Vec<proto::Event> {
                 proto::Channel::StorePos,
                 proto::Channel::Marketplace,
             ][rng.random_range(0..5)];
-            let store = if channel == proto::Channel::StorePos {
-                STORES[rng.random_range(0..STORES.len())]
-            } else {
-                ""
-            };
+            let store =
+                if channel == proto::Channel::StorePos { STORES[rng.random_range(0..STORES.len())] } else { "" };
             if channel != proto::Channel::StorePos {
                 for _ in 0..rng.random_range(1..4) {
                     let (sku, cat, price) = CATALOGUE[rng.random_range(0..CATALOGUE.len())];
@@ -251,10 +205,7 @@ pub fn generate(members: usize, seed: u64, now: i64) -> Vec<proto::Event> {
                     }
                 })
                 .collect();
-            let list: i64 = lines
-                .iter()
-                .map(|l| l.unit_price_minor * i64::from(l.quantity))
-                .sum();
+            let list: i64 = lines.iter().map(|l| l.unit_price_minor * i64::from(l.quantity)).sum();
             let discount = if rng.random_bool(0.3) { list / 10 } else { 0 };
             // POS sales are identified by the member's phone number.
             let subject = if channel == proto::Channel::StorePos {
@@ -290,10 +241,7 @@ pub fn generate(members: usize, seed: u64, now: i64) -> Vec<proto::Event> {
                     Payload::OrderReturned(proto::OrderReturned {
                         order_id: order_id.clone(),
                         return_id: format!("r-{order_id}"),
-                        lines: vec![proto::ReturnLine {
-                            sku: first_sku,
-                            quantity: 1,
-                        }],
+                        lines: vec![proto::ReturnLine { sku: first_sku, quantity: 1 }],
                         amount_minor: 0,
                     }),
                 );
@@ -303,10 +251,7 @@ pub fn generate(members: usize, seed: u64, now: i64) -> Vec<proto::Event> {
                     channel,
                     store,
                     member_subject(&id),
-                    Payload::OrderCancelled(proto::OrderCancelled {
-                        order_id,
-                        reason: "changed mind".into(),
-                    }),
+                    Payload::OrderCancelled(proto::OrderCancelled { order_id, reason: "changed mind".into() }),
                 );
             }
         }
@@ -325,8 +270,7 @@ mod tests {
         assert_eq!(a, generate(20, 7, now));
         assert_ne!(a, generate(20, 8, now));
         for e in &a {
-            omnifold_core::Event::try_from(e.clone())
-                .unwrap_or_else(|err| panic!("{}: {err}", e.event_id));
+            omnifold_core::Event::try_from(e.clone()).unwrap_or_else(|err| panic!("{}: {err}", e.event_id));
             assert!(omnifold_core::time::from_timestamp(e.occurred_at.as_ref().unwrap()) < now);
         }
         let channels: std::collections::BTreeSet<i32> = a.iter().map(|e| e.channel).collect();

@@ -17,11 +17,7 @@ use tracing_subscriber::EnvFilter;
 use crate::config::Config;
 
 #[derive(Parser)]
-#[command(
-    name = "omnifold",
-    version,
-    about = "Unified customer profiles and loyalty from retail event streams"
-)]
+#[command(name = "omnifold", version, about = "Unified customer profiles and loyalty from retail event streams")]
 struct Cli {
     /// Configuration file (TOML). `OMNIFOLD_SECTION__KEY` variables override it.
     #[arg(long, short, global = true, env = "OMNIFOLD_CONFIG")]
@@ -74,9 +70,7 @@ fn init_logging(verbose: u8, json: bool) {
         _ => "debug",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -92,15 +86,9 @@ fn main() -> Result<()> {
     if let Some(b) = cli.brokers {
         config.kafka.brokers = b;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
-        Command::Serve {
-            listen,
-            data_dir,
-            metrics_listen,
-        } => {
+        Command::Serve { listen, data_dir, metrics_listen } => {
             if let Some(l) = listen {
                 config.server.listen = l;
             }

@@ -55,10 +55,7 @@ pub fn key_of(e: &proto::Event) -> Option<String> {
     if !s.anonymous_id.trim().is_empty() {
         return Some(s.anonymous_id.trim().to_owned());
     }
-    s.identifiers
-        .first()
-        .and_then(|i| Identifier::try_from(i).ok())
-        .map(|i| i.key())
+    s.identifiers.first().and_then(|i| Identifier::try_from(i).ok()).map(|i| i.key())
 }
 
 fn progress(len: u64, what: &str) -> ProgressBar {
@@ -79,9 +76,8 @@ pub fn run(config: &Config, args: ProduceArgs) -> Result<()> {
         (None, None) => bail!("give --file or --demo"),
     };
     if let Some(out) = &args.out {
-        let mut w = std::io::BufWriter::new(
-            std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?,
-        );
+        let mut w =
+            std::io::BufWriter::new(std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?);
         for e in &events {
             serde_json::to_writer(&mut w, e)?;
             w.write_all(b"\n")?;
@@ -119,9 +115,7 @@ pub fn run(config: &Config, args: ProduceArgs) -> Result<()> {
         producer.poll(Duration::ZERO);
         bar.inc(1);
     }
-    producer
-        .flush(Duration::from_secs(60))
-        .context("waiting for the broker to acknowledge")?;
+    producer.flush(Duration::from_secs(60)).context("waiting for the broker to acknowledge")?;
     bar.finish_and_clear();
     println!("produced {} events to {topic}", events.len());
     Ok(())
@@ -131,9 +125,7 @@ fn read_jsonl(path: &PathBuf) -> Result<Vec<proto::Event>> {
     let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
         Box::new(BufReader::new(std::io::stdin()))
     } else {
-        Box::new(BufReader::new(
-            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?,
-        ))
+        Box::new(BufReader::new(std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?))
     };
     let mut out = Vec::new();
     for (n, line) in reader.lines().enumerate() {

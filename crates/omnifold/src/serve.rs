@@ -30,44 +30,32 @@ async fn signal() {
 
 pub async fn serve(config: Config) -> Result<()> {
     if !config.server.metrics_listen.is_empty() {
-        let addr: std::net::SocketAddr = config
-            .server
-            .metrics_listen
-            .parse()
-            .context("server.metrics_listen")?;
+        let addr: std::net::SocketAddr = config.server.metrics_listen.parse().context("server.metrics_listen")?;
         metrics_exporter_prometheus::PrometheusBuilder::new()
             .with_http_listener(addr)
             .install()
             .context("starting the metrics endpoint")?;
     }
-    let store = Store::open(&config.store)
-        .with_context(|| format!("opening store {}", config.store.path.display()))?;
-    let processor = Processor::new(
-        store.clone(),
-        Arc::new(config.fold.clone()),
-        &config.kafka.topic,
-        config.kafka.max_event_bytes,
-    );
+    let store = Store::open(&config.store).with_context(|| format!("opening store {}", config.store.path.display()))?;
+    let processor =
+        Processor::new(store.clone(), Arc::new(config.fold.clone()), &config.kafka.topic, config.kafka.max_event_bytes);
     let shutdown = Shutdown::default();
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
     let kafka = config.kafka.clone();
     let stop_ingest = shutdown.clone();
-    std::thread::Builder::new()
-        .name("ingest".into())
-        .spawn(move || {
-            let result = omnifold_ingest::run(&kafka, processor, stop_ingest);
-            let _ = done_tx.send(result);
-        })?;
+    std::thread::Builder::new().name("ingest".into()).spawn(move || {
+        let result = omnifold_ingest::run(&kafka, processor, stop_ingest);
+        let _ = done_tx.send(result);
+    })?;
 
-    let listener = TcpListener::bind(&config.server.listen)
-        .await
-        .with_context(|| format!("binding {}", config.server.listen))?;
+    let listener =
+        TcpListener::bind(&config.server.listen).await.with_context(|| format!("binding {}", config.server.listen))?;
     let addr = listener.local_addr()?;
     println!("omnifold serving gRPC on {addr}");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(omnifold_server::run(
         listener,
-        AppState::new(store.clone(), &config.kafka.topic),
+        AppState::new(store.clone(), &config.kafka.topic, &config.fold.program_currency),
         async {
             let _ = stop_rx.await;
         },
@@ -87,9 +75,7 @@ pub async fn serve(config: Config) -> Result<()> {
     let _ = stop_tx.send(());
     server.await.context("gRPC server task")??;
     store.flush()?;
-    ingest
-        .context("ingest thread ended without a result")?
-        .context("ingest failed")?;
+    ingest.context("ingest thread ended without a result")?.context("ingest failed")?;
     info!("stopped cleanly");
     Ok(())
 }

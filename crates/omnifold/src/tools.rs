@@ -20,11 +20,7 @@ pub enum ProfileCommand {
         /// Member id (or anonymous id).
         member: String,
         /// gRPC address of a running `omnifold serve`.
-        #[arg(
-            long,
-            default_value = "http://127.0.0.1:50051",
-            env = "OMNIFOLD_SERVER"
-        )]
+        #[arg(long, default_value = "http://127.0.0.1:50051", env = "OMNIFOLD_SERVER")]
         server: String,
         /// Only these top-level fields, comma separated (e.g. purchases,channels).
         #[arg(long, value_delimiter = ',')]
@@ -34,21 +30,12 @@ pub enum ProfileCommand {
 
 pub async fn profile(cmd: ProfileCommand) -> Result<()> {
     match cmd {
-        ProfileCommand::Get {
-            member,
-            server,
-            fields,
-        } => {
-            let mut client =
-                proto::profile_service_client::ProfileServiceClient::connect(server.clone())
-                    .await
-                    .with_context(|| {
-                        format!("connecting to {server}; is `omnifold serve` running?")
-                    })?;
+        ProfileCommand::Get { member, server, fields } => {
+            let mut client = proto::profile_service_client::ProfileServiceClient::connect(server.clone())
+                .await
+                .with_context(|| format!("connecting to {server}; is `omnifold serve` running?"))?;
             let req = proto::GetProfileRequest {
-                member: Some(proto::MemberRef {
-                    r#ref: Some(proto::member_ref::Ref::MemberId(member)),
-                }),
+                member: Some(proto::MemberRef { r#ref: Some(proto::member_ref::Ref::MemberId(member)) }),
                 read_mask: Some(FieldMask { paths: fields }),
                 as_of: None,
             };
@@ -77,32 +64,15 @@ pub enum TopicsCommand {
 
 pub async fn topics(config: &Config, cmd: TopicsCommand) -> Result<()> {
     match cmd {
-        TopicsCommand::Create {
-            partitions,
-            replication,
-        } => {
+        TopicsCommand::Create { partitions, replication } => {
             let admin: AdminClient<DefaultClientContext> =
-                omnifold_ingest::client_config(&config.kafka)
-                    .create()
-                    .context("creating the Kafka admin client")?;
+                omnifold_ingest::client_config(&config.kafka).create().context("creating the Kafka admin client")?;
             let topics = [
-                NewTopic::new(
-                    &config.kafka.topic,
-                    partitions,
-                    TopicReplication::Fixed(replication),
-                ),
-                NewTopic::new(
-                    &config.kafka.dead_letter_topic,
-                    1,
-                    TopicReplication::Fixed(replication),
-                ),
+                NewTopic::new(&config.kafka.topic, partitions, TopicReplication::Fixed(replication)),
+                NewTopic::new(&config.kafka.dead_letter_topic, 1, TopicReplication::Fixed(replication)),
             ];
             let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-            for result in admin
-                .create_topics(&topics, &opts)
-                .await
-                .context("creating topics")?
-            {
+            for result in admin.create_topics(&topics, &opts).await.context("creating topics")? {
                 match result {
                     Ok(name) => println!("created topic {name}"),
                     Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {

@@ -11,7 +11,6 @@ pub mod v1 {
 }
 
 /// Encoded `FileDescriptorSet` of every omnifold proto file, for reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/omnifold_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/omnifold_descriptor.bin"));
 
 pub use pbjson_types as wkt;

@@ -16,7 +16,7 @@ pub fn version(m: &Member) -> proto::ProfileVersion {
 }
 
 /// The profile as of `now` (time windows), restricted to `mask`.
-pub fn profile(m: &Member, now: Millis, mask: &ReadMask) -> proto::Profile {
+pub fn profile(m: &Member, now: Millis, mask: &ReadMask, currency: &str) -> proto::Profile {
     let mut p = proto::Profile::default();
     let want = |f: &str| mask.includes(f);
     if want("member_id") {
@@ -33,20 +33,14 @@ pub fn profile(m: &Member, now: Millis, mask: &ReadMask) -> proto::Profile {
         p.identifiers = m
             .identifiers
             .iter()
-            .map(|i| proto::Identifier {
-                r#type: i.kind.to_proto() as i32,
-                value: i.value.clone(),
-            })
+            .map(|i| proto::Identifier { r#type: i.kind.to_proto() as i32, value: i.value.clone() })
             .collect();
     }
     if want("aliases") {
         p.aliases = m.aliases.iter().cloned().collect();
     }
     if want("traits") {
-        p.traits = m
-            .live_traits()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect();
+        p.traits = m.live_traits().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
     }
     if want("consents") {
         p.consents = m
@@ -77,7 +71,7 @@ pub fn profile(m: &Member, now: Millis, mask: &ReadMask) -> proto::Profile {
         p.browse = Some(browse(m));
     }
     if want("purchases") {
-        p.purchases = Some(purchases(m, now));
+        p.purchases = Some(purchases(m, now, currency));
     }
     if want("loyalty") {
         p.loyalty = Some(proto::LoyaltySummary {
@@ -126,11 +120,7 @@ fn browse(m: &Member) -> proto::BrowseSummary {
             .into_iter()
             .map(|(name, c)| proto::CategoryAffinity {
                 category: name.clone(),
-                score: if total == 0 {
-                    0.0
-                } else {
-                    c.weight() as f64 / total as f64
-                },
+                score: if total == 0 { 0.0 } else { c.weight() as f64 / total as f64 },
                 views: c.views,
                 units_purchased: c.units,
             })
@@ -142,11 +132,11 @@ fn browse(m: &Member) -> proto::BrowseSummary {
     }
 }
 
-fn purchases(m: &Member, now: Millis) -> proto::PurchaseSummary {
+fn purchases(m: &Member, now: Millis, currency: &str) -> proto::PurchaseSummary {
     let p = &m.purchases;
     let w = m.windows(now);
     proto::PurchaseSummary {
-        currency: String::new(),
+        currency: currency.to_owned(),
         orders: p.orders,
         units: p.units,
         gross_minor: p.gross_minor,

@@ -65,52 +65,36 @@ pub struct AppState {
     pub store: Arc<Store>,
     /// The events topic; member keys route to its partitions.
     pub topic: String,
+    /// ISO code that spend is reported in.
+    pub program_currency: String,
 }
 
 impl AppState {
-    pub fn new(store: Arc<Store>, topic: impl Into<String>) -> Self {
-        AppState {
-            store,
-            topic: topic.into(),
-        }
+    pub fn new(store: Arc<Store>, topic: impl Into<String>, program_currency: impl Into<String>) -> Self {
+        AppState { store, topic: topic.into(), program_currency: program_currency.into() }
     }
 
     /// Loads the aggregate stored under a subject key.
     pub(crate) fn load(&self, key: &str) -> Result<Option<Member>, Error> {
-        let partitions = self.store.partition_count(&self.topic)?.ok_or_else(|| {
-            Error::Unavailable(
-                "the store has not joined the events topic yet; retry shortly".into(),
-            )
-        })?;
-        Ok(self
+        let partitions = self
             .store
-            .member(partition_for(key.as_bytes(), partitions), key)?)
+            .partition_count(&self.topic)?
+            .ok_or_else(|| Error::Unavailable("the store has not joined the events topic yet; retry shortly".into()))?;
+        Ok(self.store.member(partition_for(key.as_bytes(), partitions), key)?)
     }
 }
 
 pub(crate) fn now_millis() -> Millis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Serves every service on `listener` until `shutdown` resolves, then
 /// finishes in-flight requests and returns.
-pub async fn run(
-    listener: TcpListener,
-    state: AppState,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), Error> {
+pub async fn run(listener: TcpListener, state: AppState, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<ProfileServiceServer<services::Profiles>>()
-        .await;
-    health
-        .set_serving::<LoyaltyServiceServer<services::Loyalty>>()
-        .await;
-    health
-        .set_serving::<AdminServiceServer<services::Admin>>()
-        .await;
+    health.set_serving::<ProfileServiceServer<services::Profiles>>().await;
+    health.set_serving::<LoyaltyServiceServer<services::Loyalty>>().await;
+    health.set_serving::<AdminServiceServer<services::Admin>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(omnifold_proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;

@@ -23,9 +23,7 @@ impl TryFrom<Option<proto::MemberRef>> for MemberAddress {
         use proto::member_ref::Ref;
         let invalid = |m: &str| Error::InvalidArgument(m.to_owned());
         match r.and_then(|r| r.r#ref) {
-            None => Err(invalid(
-                "member is required: set member.member_id, member.anonymous_id or member.identifier",
-            )),
+            None => Err(invalid("member is required: set member.member_id, member.anonymous_id or member.identifier")),
             Some(Ref::MemberId(id)) | Some(Ref::AnonymousId(id)) => {
                 let id = id.trim();
                 if id.is_empty() {
@@ -84,13 +82,7 @@ impl TryFrom<Option<FieldMask>> for ReadMask {
             // Accept the JSON (camelCase) spelling too.
             let snake: String = p
                 .chars()
-                .flat_map(|c| {
-                    if c.is_ascii_uppercase() {
-                        vec!['_', c.to_ascii_lowercase()]
-                    } else {
-                        vec![c]
-                    }
-                })
+                .flat_map(|c| if c.is_ascii_uppercase() { vec!['_', c.to_ascii_lowercase()] } else { vec![c] })
                 .collect();
             match PROFILE_FIELDS.iter().find(|f| **f == snake) {
                 Some(f) => fields.push(*f),
@@ -112,9 +104,7 @@ pub fn instant(field: &str, ts: Option<Timestamp>, default: Millis) -> Result<Mi
         None => Ok(default),
         Some(ts) => {
             let ms = from_timestamp(&ts);
-            if !(MIN_EVENT_TIME..MAX_EVENT_TIME).contains(&ms)
-                || !(0..1_000_000_000).contains(&ts.nanos)
-            {
+            if !(MIN_EVENT_TIME..MAX_EVENT_TIME).contains(&ms) || !(0..1_000_000_000).contains(&ts.nanos) {
                 return Err(Error::InvalidArgument(format!(
                     "{field} must be a valid time between 2000-01-01 and 2100-01-01"
                 )));
@@ -132,22 +122,12 @@ mod tests {
     fn member_ref_is_required_and_checked() {
         let err = MemberAddress::try_from(None).unwrap_err().to_string();
         assert!(err.contains("member is required"), "{err}");
-        let r = proto::MemberRef {
-            r#ref: Some(proto::member_ref::Ref::MemberId("  ".into())),
-        };
+        let r = proto::MemberRef { r#ref: Some(proto::member_ref::Ref::MemberId("  ".into())) };
         assert!(MemberAddress::try_from(Some(r)).is_err());
+        let r = proto::MemberRef { r#ref: Some(proto::member_ref::Ref::MemberId(" m-1 ".into())) };
+        assert_eq!(MemberAddress::try_from(Some(r)).unwrap(), MemberAddress::Key("m-1".into()));
         let r = proto::MemberRef {
-            r#ref: Some(proto::member_ref::Ref::MemberId(" m-1 ".into())),
-        };
-        assert_eq!(
-            MemberAddress::try_from(Some(r)).unwrap(),
-            MemberAddress::Key("m-1".into())
-        );
-        let r = proto::MemberRef {
-            r#ref: Some(proto::member_ref::Ref::Identifier(proto::Identifier {
-                r#type: 1,
-                value: "12".into(),
-            })),
+            r#ref: Some(proto::member_ref::Ref::Identifier(proto::Identifier { r#type: 1, value: "12".into() })),
         };
         let err = MemberAddress::try_from(Some(r)).unwrap_err().to_string();
         assert!(err.contains("E.164"), "{err}");
@@ -155,20 +135,10 @@ mod tests {
 
     #[test]
     fn read_mask_names_valid_fields() {
-        let mask = ReadMask::try_from(Some(FieldMask {
-            paths: vec!["purchases".into(), "firstSeenAt".into()],
-        }))
-        .unwrap();
-        assert!(
-            mask.includes("purchases")
-                && mask.includes("first_seen_at")
-                && !mask.includes("browse")
-        );
-        let err = ReadMask::try_from(Some(FieldMask {
-            paths: vec!["purchase".into()],
-        }))
-        .unwrap_err()
-        .to_string();
+        let mask =
+            ReadMask::try_from(Some(FieldMask { paths: vec!["purchases".into(), "firstSeenAt".into()] })).unwrap();
+        assert!(mask.includes("purchases") && mask.includes("first_seen_at") && !mask.includes("browse"));
+        let err = ReadMask::try_from(Some(FieldMask { paths: vec!["purchase".into()] })).unwrap_err().to_string();
         assert!(err.contains("`purchase` is not a Profile field"), "{err}");
         assert!(ReadMask::try_from(None).unwrap().includes("browse"));
     }

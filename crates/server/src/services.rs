@@ -16,13 +16,14 @@ use crate::{AppState, Error, convert, now_millis};
 /// Most members one `BatchGetProfiles` may ask for.
 pub const MAX_BATCH: usize = 100;
 
-const IDENTIFIER_LOOKUP: &str = "lookup by identifier needs the identity index, which is not built yet; address the member by member_id";
+const IDENTIFIER_LOOKUP: &str =
+    "lookup by identifier needs the identity index, which is not built yet; address the member by member_id";
 
 fn find(state: &AppState, addr: &MemberAddress) -> Result<Member, Error> {
     match addr {
-        MemberAddress::Key(key) => state
-            .load(key)?
-            .ok_or_else(|| Error::NotFound(format!("no profile for member `{key}`"))),
+        MemberAddress::Key(key) => {
+            state.load(key)?.ok_or_else(|| Error::NotFound(format!("no profile for member `{key}`")))
+        }
         MemberAddress::Identifier(_) => Err(Error::Unimplemented(IDENTIFIER_LOOKUP)),
     }
 }
@@ -31,16 +32,13 @@ pub struct Profiles(pub AppState);
 
 #[tonic::async_trait]
 impl proto::profile_service_server::ProfileService for Profiles {
-    async fn get_profile(
-        &self,
-        req: Request<proto::GetProfileRequest>,
-    ) -> Result<Response<proto::Profile>, Status> {
+    async fn get_profile(&self, req: Request<proto::GetProfileRequest>) -> Result<Response<proto::Profile>, Status> {
         let r = req.into_inner();
         let addr = MemberAddress::try_from(r.member)?;
         let mask = ReadMask::try_from(r.read_mask)?;
         let now = instant("as_of", r.as_of, now_millis())?;
         let member = find(&self.0, &addr)?;
-        Ok(Response::new(convert::profile(&member, now, &mask)))
+        Ok(Response::new(convert::profile(&member, now, &mask, &self.0.program_currency)))
     }
 
     async fn batch_get_profiles(
@@ -68,12 +66,9 @@ impl proto::profile_service_server::ProfileService for Profiles {
             .collect::<Result<Vec<_>, _>>()?;
         let mut results = Vec::with_capacity(addrs.len());
         for (addr, wire) in addrs.iter().zip(r.members) {
-            let mut result = proto::ProfileResult {
-                member: Some(wire),
-                ..Default::default()
-            };
+            let mut result = proto::ProfileResult { member: Some(wire), ..Default::default() };
             match find(&self.0, addr) {
-                Ok(m) => result.profile = Some(convert::profile(&m, now, &mask)),
+                Ok(m) => result.profile = Some(convert::profile(&m, now, &mask, &self.0.program_currency)),
                 Err(Error::NotFound(msg)) => {
                     result.code = tonic::Code::NotFound as i32;
                     result.message = msg;
@@ -92,17 +87,13 @@ impl proto::profile_service_server::ProfileService for Profiles {
         Err(Error::Unimplemented(IDENTIFIER_LOOKUP).into())
     }
 
-    type WatchProfileStream =
-        Pin<Box<dyn Stream<Item = Result<proto::Profile, Status>> + Send + 'static>>;
+    type WatchProfileStream = Pin<Box<dyn Stream<Item = Result<proto::Profile, Status>> + Send + 'static>>;
 
     async fn watch_profile(
         &self,
         _req: Request<proto::WatchProfileRequest>,
     ) -> Result<Response<Self::WatchProfileStream>, Status> {
-        Err(Error::Unimplemented(
-            "WatchProfile is not available yet; poll GetProfile and compare version",
-        )
-        .into())
+        Err(Error::Unimplemented("WatchProfile is not available yet; poll GetProfile and compare version").into())
     }
 }
 
@@ -112,10 +103,7 @@ const LEDGER: &str = "the points ledger is not built yet; GetBalance reports wha
 
 #[tonic::async_trait]
 impl proto::loyalty_service_server::LoyaltyService for Loyalty {
-    async fn get_balance(
-        &self,
-        req: Request<proto::GetBalanceRequest>,
-    ) -> Result<Response<proto::Balance>, Status> {
+    async fn get_balance(&self, req: Request<proto::GetBalanceRequest>) -> Result<Response<proto::Balance>, Status> {
         let r = req.into_inner();
         let addr = MemberAddress::try_from(r.member)?;
         let now = instant("as_of", r.as_of, now_millis())?;
@@ -139,10 +127,7 @@ impl proto::loyalty_service_server::LoyaltyService for Loyalty {
         Err(Error::Unimplemented(LEDGER).into())
     }
 
-    async fn get_benefits(
-        &self,
-        _: Request<proto::GetBenefitsRequest>,
-    ) -> Result<Response<proto::Benefits>, Status> {
+    async fn get_benefits(&self, _: Request<proto::GetBenefitsRequest>) -> Result<Response<proto::Benefits>, Status> {
         Err(Error::Unimplemented(LEDGER).into())
     }
 
@@ -193,17 +178,10 @@ impl proto::admin_service_server::AdminService for Admin {
         _: Request<proto::GetPartitionStatusRequest>,
     ) -> Result<Response<proto::GetPartitionStatusResponse>, Status> {
         let state = &self.0;
-        let count = state
-            .store
-            .partition_count(&state.topic)
-            .map_err(Error::from)?
-            .unwrap_or(0);
+        let count = state.store.partition_count(&state.topic).map_err(Error::from)?.unwrap_or(0);
         let mut partitions = Vec::with_capacity(count as usize);
         for p in 0..count {
-            let next = state
-                .store
-                .next_offset(&state.topic, p)
-                .map_err(Error::from)?;
+            let next = state.store.next_offset(&state.topic, p).map_err(Error::from)?;
             partitions.push(proto::PartitionStatus {
                 topic: state.topic.clone(),
                 partition: p,
@@ -212,11 +190,7 @@ impl proto::admin_service_server::AdminService for Admin {
                 has_state: next.is_some(),
             });
         }
-        Ok(Response::new(proto::GetPartitionStatusResponse {
-            partitions,
-            members: 0,
-            dead_letters: 0,
-        }))
+        Ok(Response::new(proto::GetPartitionStatusResponse { partitions, members: 0, dead_letters: 0 }))
     }
 
     async fn get_replay_status(

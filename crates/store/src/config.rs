@@ -40,9 +40,7 @@ impl Default for StoreConfig {
 impl StoreConfig {
     pub fn validate(&self) -> Result<(), Error> {
         if self.block_cache_bytes < (8 << 20) {
-            return Err(Error::Config(
-                "block_cache_bytes must be at least 8 MiB".into(),
-            ));
+            return Err(Error::Config("block_cache_bytes must be at least 8 MiB".into()));
         }
         if self.write_buffer_bytes < (4 << 20) || self.write_buffer_bytes > self.block_cache_bytes {
             return Err(Error::Config(
@@ -50,9 +48,7 @@ impl StoreConfig {
             ));
         }
         if self.dedupe_retention_hours == 0 {
-            return Err(Error::Config(
-                "dedupe_retention_hours must be at least 1".into(),
-            ));
+            return Err(Error::Config("dedupe_retention_hours must be at least 1".into()));
         }
         Ok(())
     }

@@ -13,9 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rocksdb::compaction_filter::Decision;
-use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Options, WriteBufferManager, WriteOptions,
-};
+use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Options, WriteBufferManager, WriteOptions};
 
 pub use config::StoreConfig;
 use omnifold_core::Member;
@@ -53,16 +51,12 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store")
-            .field("path", &self.db.path())
-            .finish()
+        f.debug_struct("Store").field("path", &self.db.path()).finish()
     }
 }
 
 fn now_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 impl Store {
@@ -72,11 +66,8 @@ impl Store {
         let cache = Cache::new_lru_cache(config.block_cache_bytes);
         // Memtables are charged to the same cache, so block cache + memtables
         // together stay within `block_cache_bytes`.
-        let wbm = WriteBufferManager::new_write_buffer_manager_with_cache(
-            config.write_buffer_bytes,
-            true,
-            cache.clone(),
-        );
+        let wbm =
+            WriteBufferManager::new_write_buffer_manager_with_cache(config.write_buffer_bytes, true, cache.clone());
 
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&cache);
@@ -90,19 +81,14 @@ impl Store {
             o.set_compression_type(rocksdb::DBCompressionType::Lz4);
             o.set_write_buffer_size(config.write_buffer_bytes / 4);
             if name == CF_DEDUPE {
-                let retention = i64::try_from(
-                    Duration::from_secs(config.dedupe_retention_hours * 3600).as_millis(),
-                )
-                .unwrap_or(i64::MAX);
-                o.set_compaction_filter(
-                    "dedupe-retention",
-                    move |_level: u32, _key: &[u8], value: &[u8]| match keys::decode_i64(value) {
-                        Some(marked) if marked.saturating_add(retention) < now_millis() => {
-                            Decision::Remove
-                        }
+                let retention = i64::try_from(Duration::from_secs(config.dedupe_retention_hours * 3600).as_millis())
+                    .unwrap_or(i64::MAX);
+                o.set_compaction_filter("dedupe-retention", move |_level: u32, _key: &[u8], value: &[u8]| {
+                    match keys::decode_i64(value) {
+                        Some(marked) if marked.saturating_add(retention) < now_millis() => Decision::Remove,
                         _ => Decision::Keep,
-                    },
-                );
+                    }
+                });
             }
             ColumnFamilyDescriptor::new(name, o)
         };
@@ -113,24 +99,14 @@ impl Store {
         db_opts.increase_parallelism(2);
         db_opts.set_max_open_files(config.max_open_files);
         db_opts.set_keep_log_file_num(3);
-        let db = DB::open_cf_descriptors(
-            &db_opts,
-            &config.path,
-            [CF_MEMBERS, CF_DEDUPE, CF_META].map(cf_opts),
-        )?;
+        let db = DB::open_cf_descriptors(&db_opts, &config.path, [CF_MEMBERS, CF_DEDUPE, CF_META].map(cf_opts))?;
         let mut write_opts = WriteOptions::default();
         write_opts.set_sync(config.sync_writes);
-        Ok(Arc::new(Store {
-            db,
-            write_opts,
-            _cache: cache,
-        }))
+        Ok(Arc::new(Store { db, write_opts, _cache: cache }))
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        self.db
-            .cf_handle(name)
-            .expect("column family created at open")
+        self.db.cf_handle(name).expect("column family created at open")
     }
 
     pub fn path(&self) -> &Path {
@@ -139,9 +115,7 @@ impl Store {
 
     /// The next offset to consume for a partition, if the store has one.
     pub fn next_offset(&self, topic: &str, partition: u32) -> Result<Option<i64>> {
-        let v = self
-            .db
-            .get_cf(self.cf(CF_META), keys::offset(topic, partition))?;
+        let v = self.db.get_cf(self.cf(CF_META), keys::offset(topic, partition))?;
         Ok(v.and_then(|v| keys::decode_i64(&v)))
     }
 
@@ -163,10 +137,7 @@ impl Store {
 
     /// One member's aggregate.
     pub fn member(&self, partition: u32, key: &str) -> Result<Option<Member>> {
-        match self
-            .db
-            .get_pinned_cf(self.cf(CF_MEMBERS), keys::scoped(partition, key))?
-        {
+        match self.db.get_pinned_cf(self.cf(CF_MEMBERS), keys::scoped(partition, key))? {
             Some(bytes) => Ok(Some(Member::decode(&bytes)?)),
             None => Ok(None),
         }
@@ -181,9 +152,7 @@ impl Store {
             idx
         };
         let sorted: Vec<Vec<u8>> = order.iter().map(|i| std::mem::take(&mut ks[*i])).collect();
-        let got = self
-            .db
-            .batched_multi_get_cf(self.cf(CF_MEMBERS), &sorted, true);
+        let got = self.db.batched_multi_get_cf(self.cf(CF_MEMBERS), &sorted, true);
         let mut out: Vec<Option<Member>> = vec![None; keys.len()];
         for (slot, r) in order.into_iter().zip(got) {
             if let Some(bytes) = r? {
@@ -195,22 +164,14 @@ impl Store {
 
     /// For each event id, whether it was already applied in this partition.
     pub fn seen(&self, partition: u32, event_ids: &[&str]) -> Result<Vec<bool>> {
-        let ks: Vec<Vec<u8>> = event_ids
-            .iter()
-            .map(|id| keys::scoped(partition, id))
-            .collect();
+        let ks: Vec<Vec<u8>> = event_ids.iter().map(|id| keys::scoped(partition, id)).collect();
         let got = self.db.batched_multi_get_cf(self.cf(CF_DEDUPE), &ks, false);
         got.into_iter().map(|r| Ok(r?.is_some())).collect()
     }
 
     /// Starts a batch for one partition of one topic.
     pub fn batch(&self, topic: &str, partition: u32) -> Batch {
-        Batch {
-            inner: rocksdb::WriteBatch::default(),
-            topic: topic.to_owned(),
-            partition,
-            marked_at: now_millis(),
-        }
+        Batch { inner: rocksdb::WriteBatch::default(), topic: topic.to_owned(), partition, marked_at: now_millis() }
     }
 
     /// Writes a batch atomically: state, dedupe markers and offset together.
@@ -250,28 +211,16 @@ pub struct Batch {
 
 impl Batch {
     pub fn put_member(&mut self, store: &Store, member: &Member) {
-        self.inner.put_cf(
-            store.cf(CF_MEMBERS),
-            keys::scoped(self.partition, &member.key),
-            member.encode(),
-        );
+        self.inner.put_cf(store.cf(CF_MEMBERS), keys::scoped(self.partition, &member.key), member.encode());
     }
 
     pub fn mark_seen(&mut self, store: &Store, event_id: &str) {
-        self.inner.put_cf(
-            store.cf(CF_DEDUPE),
-            keys::scoped(self.partition, event_id),
-            self.marked_at.to_be_bytes(),
-        );
+        self.inner.put_cf(store.cf(CF_DEDUPE), keys::scoped(self.partition, event_id), self.marked_at.to_be_bytes());
     }
 
     /// Records that every offset before `next` has been applied.
     pub fn set_next_offset(&mut self, store: &Store, next: i64) {
-        self.inner.put_cf(
-            store.cf(CF_META),
-            keys::offset(&self.topic, self.partition),
-            next.to_be_bytes(),
-        );
+        self.inner.put_cf(store.cf(CF_META), keys::offset(&self.topic, self.partition), next.to_be_bytes());
     }
 
     pub fn partition(&self) -> u32 {
@@ -285,11 +234,7 @@ mod tests {
     use omnifold_core::ProfileKind;
 
     fn open(dir: &Path) -> Arc<Store> {
-        Store::open(&StoreConfig {
-            path: dir.to_owned(),
-            ..StoreConfig::default()
-        })
-        .unwrap()
+        Store::open(&StoreConfig { path: dir.to_owned(), ..StoreConfig::default() }).unwrap()
     }
 
     #[test]
@@ -307,11 +252,7 @@ mod tests {
         assert_eq!(store.member(3, "m-1").unwrap(), None);
         store.commit(b).unwrap();
         assert_eq!(store.member(3, "m-1").unwrap(), Some(m.clone()));
-        assert_eq!(
-            store.member(2, "m-1").unwrap(),
-            None,
-            "partitions are separate key spaces"
-        );
+        assert_eq!(store.member(2, "m-1").unwrap(), None, "partitions are separate key spaces");
         assert_eq!(store.seen(3, &["e-1", "e-2"]).unwrap(), vec![true, false]);
         assert_eq!(store.next_offset("events", 3).unwrap(), Some(42));
         let got = store.members(3, &["zz", "m-1"]).unwrap();
@@ -332,13 +273,7 @@ mod tests {
         let store = open(dir.path());
         assert_eq!(store.next_offset("events", 0).unwrap(), Some(9));
         assert_eq!(store.partition_count("events").unwrap(), Some(4));
-        assert_eq!(
-            store
-                .scan_members(0)
-                .map(|m| m.unwrap().key)
-                .collect::<Vec<_>>(),
-            vec!["a"]
-        );
+        assert_eq!(store.scan_members(0).map(|m| m.unwrap().key).collect::<Vec<_>>(), vec!["a"]);
         assert_eq!(store.scan_members(1).count(), 0);
     }
 }
