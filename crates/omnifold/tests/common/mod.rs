@@ -1,0 +1,272 @@
+//! End-to-end harness: a real tansu broker on a free loopback port, the real
+//! `omnifold` binary as a child process, and clients for both.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use omnifold_proto::v1 as proto;
+use prost::Message;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Message as _, Offset, TopicPartitionList};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_omnifold");
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `f` until it returns `Some`, failing after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A tansu broker with in-memory storage, killed on drop.
+pub struct Broker {
+    child: Child,
+    pub addr: String,
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let url = format!("tcp://{addr}");
+        let bin = std::env::var("TANSU").unwrap_or_else(|_| "tansu".into());
+        let child = Command::new(&bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start `{bin}` ({e}); install it with `make deps`"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen on {addr}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Broker { child, addr }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Topic names and settings of one test, passed to the binary as environment.
+#[derive(Clone)]
+pub struct Setup {
+    pub brokers: String,
+    pub topic: String,
+    pub dlq: String,
+    pub partitions: i32,
+    pub extra_env: BTreeMap<String, String>,
+}
+
+impl Setup {
+    pub fn new(broker: &Broker, name: &str, partitions: i32) -> Setup {
+        Setup {
+            brokers: broker.addr.clone(),
+            topic: format!("{name}.events"),
+            dlq: format!("{name}.dlq"),
+            partitions,
+            extra_env: BTreeMap::new(),
+        }
+    }
+
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(BIN);
+        c.env("OMNIFOLD_BROKERS", &self.brokers)
+            .env("OMNIFOLD_KAFKA__TOPIC", &self.topic)
+            .env("OMNIFOLD_KAFKA__DEAD_LETTER_TOPIC", &self.dlq)
+            .env("OMNIFOLD_KAFKA__GROUP_ID", format!("{}.group", self.topic))
+            .env_remove("OMNIFOLD_CONFIG")
+            .envs(&self.extra_env);
+        c
+    }
+
+    pub fn create_topics(&self) {
+        let out =
+            self.command().args(["topics", "create", "--partitions", &self.partitions.to_string()]).output().unwrap();
+        assert!(out.status.success(), "topics create: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    pub fn producer(&self) -> BaseProducer {
+        ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("partitioner", "murmur2_random")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .create()
+            .unwrap()
+    }
+
+    /// Produces `(key, value)` records and waits until the broker has them.
+    pub fn produce(&self, records: &[(String, Vec<u8>)]) {
+        let p = self.producer();
+        for (k, v) in records {
+            let mut rec = BaseRecord::to(&self.topic).key(k).payload(v);
+            loop {
+                match p.send(rec) {
+                    Ok(()) => break,
+                    Err((_, r)) => {
+                        rec = r;
+                        p.poll(Duration::from_millis(10));
+                    }
+                }
+            }
+        }
+        p.flush(Duration::from_secs(30)).unwrap();
+    }
+
+    /// Every record of the dead-letter topic.
+    pub fn dead_letters(&self, expected: usize) -> Vec<proto::DeadLetter> {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", format!("{}.reader", self.dlq))
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.dlq, 0, Offset::Beginning).unwrap();
+        c.assign(&tpl).unwrap();
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while out.len() < expected && Instant::now() < deadline {
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+                out.push(proto::DeadLetter::decode(m.payload().unwrap_or_default()).unwrap());
+            }
+        }
+        out
+    }
+}
+
+/// A running `omnifold serve`.
+pub struct Service {
+    child: Child,
+    pub grpc: String,
+}
+
+impl Service {
+    pub fn start(setup: &Setup, data: &Path) -> Service {
+        let mut child = setup
+            .command()
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let addr =
+            line.trim().strip_prefix("omnifold serving gRPC on ").unwrap_or_else(|| panic!("unexpected: {line}"));
+        Service { child, grpc: format!("http://{addr}") }
+    }
+
+    /// SIGKILL: no chance to finish a batch or flush anything.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let ok = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(ok.success());
+        self.child.wait().unwrap()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    pub async fn profiles(&self) -> proto::profile_service_client::ProfileServiceClient<tonic::transport::Channel> {
+        proto::profile_service_client::ProfileServiceClient::connect(self.grpc.clone()).await.unwrap()
+    }
+
+    pub async fn loyalty(&self) -> proto::loyalty_service_client::LoyaltyServiceClient<tonic::transport::Channel> {
+        proto::loyalty_service_client::LoyaltyServiceClient::connect(self.grpc.clone()).await.unwrap()
+    }
+
+    pub async fn admin(&self) -> proto::admin_service_client::AdminServiceClient<tonic::transport::Channel> {
+        proto::admin_service_client::AdminServiceClient::connect(self.grpc.clone()).await.unwrap()
+    }
+
+    /// Records applied so far, summed over partitions (from the store).
+    pub async fn consumed(&self) -> i64 {
+        let Ok(mut admin) = proto::admin_service_client::AdminServiceClient::connect(self.grpc.clone()).await else {
+            return -1;
+        };
+        match admin.get_partition_status(proto::GetPartitionStatusRequest {}).await {
+            Ok(r) => r.into_inner().partitions.iter().map(|p| p.next_offset).sum(),
+            Err(_) => -1,
+        }
+    }
+
+    /// Waits until every one of `total` records in a fresh topic is committed.
+    pub async fn wait_consumed(&self, total: i64) {
+        eventually(&format!("{total} records consumed"), Duration::from_secs(60), || async {
+            (self.consumed().await == total).then_some(())
+        })
+        .await
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn member(id: &str) -> Option<proto::MemberRef> {
+    Some(proto::MemberRef { r#ref: Some(proto::member_ref::Ref::MemberId(id.into())) })
+}
+
+pub async fn get(service: &Service, id: &str) -> Result<proto::Profile, tonic::Status> {
+    let mut c = service.profiles().await;
+    c.get_profile(proto::GetProfileRequest { member: member(id), read_mask: None, as_of: None })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// A JSON event line built from parts.
+pub fn json_event(id: &str, at: &str, channel: &str, subject: &str, payload: &str) -> Vec<u8> {
+    format!(r#"{{"eventId":"{id}","occurredAt":"{at}","channel":"{channel}","subject":{subject},{payload}}}"#)
+        .into_bytes()
+}
+
+/// The same event as protobuf binary.
+pub fn to_protobuf(json: &[u8]) -> Vec<u8> {
+    let e: proto::Event = serde_json::from_slice(json).unwrap();
+    e.encode_to_vec()
+}
