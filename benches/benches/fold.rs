@@ -1,1 +1,52 @@
-fn main() {}
+//! Fold + commit throughput without a broker: decode, dedupe, fold and one
+//! RocksDB batch per micro-batch, as ingest does per partition.
+//!
+//! Run: `cargo bench -p omnifold-benches --bench fold` (or `make bench`).
+
+use std::sync::Arc;
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+
+use omnifold_benches::{event, event_protobuf};
+use omnifold_core::FoldConfig;
+use omnifold_ingest::{Processor, Record};
+use omnifold_store::{Store, StoreConfig};
+
+const BATCH: u64 = 5_000;
+const MEMBERS: u64 = 20_000;
+
+fn bench(c: &mut Criterion) {
+    let mut g = c.benchmark_group("fold");
+    g.throughput(Throughput::Elements(BATCH));
+    g.sample_size(20);
+    for (name, make) in [("json", event as fn(u64, u64) -> (String, Vec<u8>)), ("protobuf", event_protobuf)] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&StoreConfig { path: dir.path().into(), ..StoreConfig::default() }).unwrap();
+        let processor =
+            Processor::new(store.clone(), Arc::new(FoldConfig::default().validate().unwrap()), "bench", 65536);
+        let mut next = 0u64;
+        g.bench_function(format!("decode_fold_commit_{name}"), |b| {
+            b.iter_batched(
+                || {
+                    let start = next;
+                    next += BATCH;
+                    (start, (start..start + BATCH).map(|i| make(i, MEMBERS).1).collect::<Vec<_>>())
+                },
+                |(start, values)| {
+                    let records: Vec<Record<'_>> = values
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| Record { offset: (start + i as u64) as i64, key: None, value: Some(v) })
+                        .collect();
+                    let p = processor.process(0, &records).unwrap();
+                    store.commit(p.batch).unwrap();
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -90,4 +90,17 @@ mod tests {
         assert_eq!(decode_event(&big, 65536).unwrap_err().kind(), "too_large");
         assert_eq!(decode_event(&[0xff, 0xff, 0xff], 65536).unwrap_err().kind(), "decode");
     }
+
+    /// Every JSON example in docs/events.md decodes and validates.
+    #[test]
+    fn docs_examples_are_valid() {
+        let doc = include_str!("../../../docs/events.md");
+        let mut examples = 0;
+        for block in doc.split("```json").skip(1) {
+            let json = block.split("```").next().unwrap();
+            decode_event(json.as_bytes(), 65536).unwrap_or_else(|e| panic!("{e}: {json}"));
+            examples += 1;
+        }
+        assert_eq!(examples, 15, "one example per payload, two for returns");
+    }
 }

@@ -143,6 +143,13 @@ mod tests {
     }
 
     #[test]
+    fn shipped_example_config_is_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/omnifold.toml");
+        let c = Config::load(Some(&path), &BTreeMap::new()).unwrap();
+        assert_eq!(c, Config::default().validate().unwrap());
+    }
+
+    #[test]
     fn file_then_env() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("omnifold.toml");

@@ -1,0 +1,38 @@
+# omnifold — see README.md.
+#   make run    build, start a local broker, load demo data, serve
+#   make test   every test, starting the broker it needs
+#   make bench  benchmarks (results in docs/benchmarks.md)
+
+SHELL := /bin/bash
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+BIN := $(TARGET_DIR)/release/omnifold
+
+.PHONY: run test bench deps build fmt lint clean
+
+## Install what a fresh machine lacks: libclang (RocksDB bindings), a C/C++
+## toolchain, and the tansu broker.
+deps:
+	@deploy/install-deps.sh
+
+build: deps
+	cargo build --release -p omnifold
+
+run: build
+	@OMNIFOLD_BIN=$(BIN) deploy/run-local.sh
+
+test: deps
+	cargo test --workspace
+
+bench: deps
+	cargo bench --workspace
+
+fmt:
+	cargo fmt --all
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+clean:
+	rm -rf .omnifold

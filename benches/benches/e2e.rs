@@ -1,0 +1,352 @@
+//! Load generator and end-to-end benchmark. Starts a tansu broker (or uses
+//! `--brokers`), produces small JSON events, then measures in one run:
+//! a raw rdkafka consume of the topic (the baseline), omnifold ingest of the
+//! same topic (decode, dedupe, fold, commit), and gRPC `GetProfile` against
+//! `grpc.health.v1/Check` on the same server at the same concurrency.
+//!
+//! Run: `cargo bench --workspace --bench e2e` (part of `make bench`); results
+//! go in docs/benchmarks.md. Settings come from the environment:
+//! `BENCH_EVENTS` (500000), `BENCH_MEMBERS` (50000), `BENCH_PARTITIONS` (4),
+//! `BENCH_CONCURRENCY` (32), `BENCH_SECONDS` (5), `BENCH_BROKERS` (start tansu).
+
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use hdrhistogram::Histogram;
+use rdkafka::Message;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+use omnifold_benches::event;
+use omnifold_core::FoldConfig;
+use omnifold_ingest::{IngestConfig, Processor, Shutdown};
+use omnifold_proto::v1 as proto;
+use omnifold_store::{Store, StoreConfig};
+
+struct Args {
+    brokers: Option<String>,
+    events: u64,
+    members: u64,
+    partitions: i32,
+    /// Concurrent gRPC requests in flight.
+    concurrency: usize,
+    seconds: u64,
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+impl Args {
+    fn from_env() -> Args {
+        Args {
+            brokers: std::env::var("BENCH_BROKERS").ok(),
+            events: env_or("BENCH_EVENTS", 500_000),
+            members: env_or("BENCH_MEMBERS", 50_000),
+            partitions: env_or("BENCH_PARTITIONS", 4),
+            concurrency: env_or("BENCH_CONCURRENCY", 32),
+            seconds: env_or("BENCH_SECONDS", 5),
+        }
+    }
+}
+
+struct Tansu(Child);
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_tansu() -> Result<(Tansu, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let addr = format!("127.0.0.1:{port}");
+    let url = format!("tcp://{addr}");
+    let child = Command::new("tansu")
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            "memory://tansu/",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting tansu (make deps installs it)")?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(&addr).is_err() {
+        if Instant::now() > deadline {
+            bail!("tansu did not start");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok((Tansu(child), addr))
+}
+
+fn produce(brokers: &str, topic: &str, n: u64, members: u64) -> Result<f64> {
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "500000")
+        .create()?;
+    let started = Instant::now();
+    for i in 0..n {
+        let (k, v) = event(i, members);
+        let mut rec = BaseRecord::to(topic).key(&k).payload(&v);
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    rec = r;
+                    p.poll(Duration::from_millis(5));
+                }
+            }
+        }
+        if i % 10_000 == 0 {
+            p.poll(Duration::ZERO);
+            eprint!("\rproducing {i}/{n}");
+        }
+    }
+    p.flush(Duration::from_secs(120))?;
+    eprintln!();
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Baseline: the same client library reading the same topic, touching each payload.
+fn raw_consume(brokers: &str, topic: &str, n: u64) -> Result<(f64, f64)> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("raw-{}", std::process::id()))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "10")
+        .create()?;
+    c.subscribe(&[topic])?;
+    let started = Instant::now();
+    let mut first: Option<Instant> = None;
+    let (mut count, mut bytes) = (0u64, 0usize);
+    while count < n {
+        if let Some(m) = c.poll(Duration::from_millis(100)) {
+            let m = m?;
+            first.get_or_insert_with(Instant::now);
+            bytes += m.payload().map_or(0, <[u8]>::len);
+            count += 1;
+        }
+        if started.elapsed() > Duration::from_secs(300) {
+            bail!("raw consume stalled at {count}");
+        }
+    }
+    std::hint::black_box(bytes);
+    let total = started.elapsed().as_secs_f64();
+    let steady = first.map_or(total, |f| f.elapsed().as_secs_f64());
+    Ok((n as f64 / total, n as f64 / steady))
+}
+
+fn consumed(store: &Store, topic: &str, partitions: i32) -> i64 {
+    (0..partitions as u32).map(|p| store.next_offset(topic, p).ok().flatten().unwrap_or(0)).sum()
+}
+
+/// omnifold ingest of the topic into a fresh store. Returns (total, steady) events/s.
+fn ingest(brokers: &str, topic: &str, n: u64, partitions: i32, store: Arc<Store>) -> Result<(f64, f64)> {
+    let cfg = IngestConfig {
+        brokers: brokers.into(),
+        topic: topic.into(),
+        dead_letter_topic: format!("{topic}.dlq"),
+        group_id: format!("omnifold-bench-{}", std::process::id()),
+        ..IngestConfig::default()
+    };
+    let processor =
+        Processor::new(store.clone(), Arc::new(FoldConfig::default().validate()?), topic, cfg.max_event_bytes);
+    let shutdown = Shutdown::default();
+    let stop = shutdown.clone();
+    let started = Instant::now();
+    let handle = std::thread::spawn(move || omnifold_ingest::run(&cfg, processor, stop));
+    let mut first: Option<Instant> = None;
+    loop {
+        let done = consumed(&store, topic, partitions);
+        if done > 0 {
+            first.get_or_insert_with(Instant::now);
+        }
+        if done as u64 >= n {
+            break;
+        }
+        if handle.is_finished() || started.elapsed() > Duration::from_secs(600) {
+            bail!("ingest stopped at {done}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let total = started.elapsed().as_secs_f64();
+    let steady = first.map_or(total, |f| f.elapsed().as_secs_f64());
+    shutdown.trigger();
+    handle.join().expect("ingest thread")?;
+    Ok((n as f64 / total, n as f64 / steady))
+}
+
+struct Load {
+    rps: f64,
+    p50_us: u64,
+    p99_us: u64,
+}
+
+/// Closed loop at `concurrency`, or open loop at `rate` requests/s when given.
+async fn load(
+    addr: &str,
+    members: u64,
+    concurrency: usize,
+    seconds: u64,
+    rate: Option<f64>,
+    health: bool,
+) -> Result<Load> {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))?.connect().await?;
+    let count = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for t in 0..concurrency {
+        let channel = channel.clone();
+        let count = count.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new(3).expect("histogram");
+            let mut profiles = proto::profile_service_client::ProfileServiceClient::new(channel.clone());
+            let mut checks = tonic_health::pb::health_client::HealthClient::new(channel);
+            let mut tick = rate.map(|r| {
+                let mut i = tokio::time::interval(Duration::from_secs_f64(concurrency as f64 / r));
+                i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                i
+            });
+            let mut i = t as u64;
+            while Instant::now() < deadline {
+                if let Some(tick) = tick.as_mut() {
+                    tick.tick().await;
+                }
+                i += concurrency as u64;
+                let started = Instant::now();
+                if health {
+                    let req = tonic_health::pb::HealthCheckRequest { service: String::new() };
+                    checks.check(req).await.expect("health check");
+                } else {
+                    let id = format!("m-{:07}", (i * 7919) % members);
+                    let req = proto::GetProfileRequest {
+                        member: Some(proto::MemberRef { r#ref: Some(proto::member_ref::Ref::MemberId(id)) }),
+                        read_mask: None,
+                        as_of: None,
+                    };
+                    match profiles.get_profile(req).await {
+                        Ok(_) => {}
+                        Err(s) if s.code() == tonic::Code::NotFound => {}
+                        Err(s) => panic!("GetProfile: {s}"),
+                    }
+                }
+                hist.record(started.elapsed().as_micros() as u64).expect("record");
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+            hist
+        }));
+    }
+    let mut all = Histogram::<u64>::new(3)?;
+    for t in tasks {
+        all.add(t.await?)?;
+    }
+    Ok(Load {
+        rps: count.load(Ordering::Relaxed) as f64 / seconds as f64,
+        p50_us: all.value_at_quantile(0.5),
+        p99_us: all.value_at_quantile(0.99),
+    })
+}
+
+fn create_topic(brokers: &str, topic: &str, partitions: i32) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let dlq = format!("{topic}.dlq");
+    let topics = [
+        NewTopic::new(topic, partitions, TopicReplication::Fixed(1)),
+        NewTopic::new(&dlq, 1, TopicReplication::Fixed(1)),
+    ];
+    for r in rt.block_on(admin.create_topics(&topics, &AdminOptions::new()))? {
+        r.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args = Args::from_env();
+    let (_tansu, brokers) = match &args.brokers {
+        Some(b) => (None, b.clone()),
+        None => {
+            let (t, a) = start_tansu()?;
+            (Some(t), a)
+        }
+    };
+    let topic = format!("bench-{}", std::process::id());
+    create_topic(&brokers, &topic, args.partitions)?;
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(&StoreConfig { path: dir.path().into(), ..StoreConfig::default() })?;
+
+    let produce_rate = produce(&brokers, &topic, args.events, args.members)?;
+    println!("| measure | value |\n| --- | --- |");
+    println!(
+        "| events | {} small JSON events, {} members, {} partitions |",
+        args.events, args.members, args.partitions
+    );
+    println!("| produce (rdkafka, to tansu) | {produce_rate:.0} events/s |");
+    let (raw_total, raw_steady) = raw_consume(&brokers, &topic, args.events)?;
+    println!(
+        "| raw consume (baseline) | {raw_total:.0} events/s incl. group join; {raw_steady:.0} events/s from first record |"
+    );
+    let (ing_total, ing_steady) = ingest(&brokers, &topic, args.events, args.partitions, store.clone())?;
+    println!(
+        "| omnifold ingest (decode, dedupe, fold, commit) | {ing_total:.0} events/s incl. group join; {ing_steady:.0} events/s from first commit |"
+    );
+    println!(
+        "| ingest / raw consume | {:.2}× incl. join; {:.2}× steady |",
+        ing_total / raw_total,
+        ing_steady / raw_steady
+    );
+
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?.to_string();
+        let state = omnifold_server::AppState::new(store.clone(), &topic, "CNY");
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(omnifold_server::run(listener, state, async {
+            let _ = stop_rx.await;
+        }));
+        let c = args.concurrency;
+        let health = load(&addr, args.members, c, args.seconds, None, true).await?;
+        let profile = load(&addr, args.members, c, args.seconds, None, false).await?;
+        println!(
+            "| grpc.health.v1/Check, {c} in flight | {:.0} req/s, p50 {} µs, p99 {} µs |",
+            health.rps, health.p50_us, health.p99_us
+        );
+        println!(
+            "| GetProfile (full profile), {c} in flight | {:.0} req/s, p50 {} µs, p99 {} µs |",
+            profile.rps, profile.p50_us, profile.p99_us
+        );
+        println!("| GetProfile / Check | {:.2}× |", profile.rps / health.rps);
+        let half = load(&addr, args.members, c, args.seconds, Some(profile.rps / 2.0), false).await?;
+        println!(
+            "| GetProfile at half the max rate ({:.0} req/s offered) | {:.0} req/s, p50 {} µs, p99 {} µs |",
+            profile.rps / 2.0,
+            half.rps,
+            half.p50_us,
+            half.p99_us
+        );
+        let _ = stop_tx.send(());
+        server.await??;
+        anyhow::Ok(())
+    })?;
+    Ok(())
+}

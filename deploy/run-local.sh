@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The local default: a tansu broker on loopback (sqlite storage under
+# .omnifold/), the topics, `omnifold serve`, and a demo data set.
+# Ctrl-C stops omnifold (last batch committed) and the broker.
+set -euo pipefail
+
+DATA=${OMNIFOLD_DATA:-.omnifold}
+PORT=${BROKER_PORT:-9092}
+GRPC=${GRPC_LISTEN:-127.0.0.1:50051}
+BIN=${OMNIFOLD_BIN:-target/release/omnifold}
+MEMBERS=${DEMO_MEMBERS:-1000}
+BIN=$(realpath "$BIN")
+mkdir -p "$DATA"
+export OMNIFOLD_BROKERS=127.0.0.1:$PORT
+
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+trap cleanup EXIT INT TERM
+
+port_open() { (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_port() {
+  for _ in $(seq 1 200); do port_open "$1" && return 0; sleep 0.1; done
+  echo "nothing listens on port $1; see $DATA/*.log" >&2
+  return 1
+}
+
+if port_open "$PORT"; then
+  echo "using the broker already on 127.0.0.1:$PORT"
+else
+  echo "starting tansu on 127.0.0.1:$PORT (storage: $DATA/tansu.db)"
+  (cd "$DATA" && exec tansu broker --listener-url "tcp://127.0.0.1:$PORT" \
+    --advertised-listener-url "tcp://127.0.0.1:$PORT" --storage-engine sqlite://tansu.db) >"$DATA/tansu.log" 2>&1 &
+  pids+=($!)
+  wait_port "$PORT"
+fi
+
+"$BIN" topics create --partitions 8
+"$BIN" serve --listen "$GRPC" --data-dir "$DATA/store" &
+pids=($! "${pids[@]}")
+wait_port "${GRPC##*:}"
+
+"$BIN" produce --demo "$MEMBERS"
+
+cat <<MSG
+
+omnifold is serving gRPC on $GRPC with $MEMBERS demo members (m-000001 ... ).
+Try, in another terminal:
+
+  $BIN profile get m-000001
+  $BIN profile get m-000042 --fields purchases,channels
+  grpcurl -plaintext -d '{"member":{"memberId":"m-000001"}}' $GRPC omnifold.v1.ProfileService/GetProfile
+
+Ctrl-C stops omnifold and the broker; data stays in $DATA/ for the next run.
+MSG
+wait "${pids[0]}"
