@@ -16,7 +16,7 @@ deps:
 	@deploy/install-deps.sh
 
 build: deps
-	cargo build --release -p omnifold
+	cargo build --release --workspace --bins
 
 run: build
 	@OMNIFOLD_BIN=$(BIN) deploy/run-local.sh

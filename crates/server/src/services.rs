@@ -190,7 +190,7 @@ impl proto::admin_service_server::AdminService for Admin {
                 has_state: next.is_some(),
             });
         }
-        Ok(Response::new(proto::GetPartitionStatusResponse { partitions, members: 0, dead_letters: 0 }))
+        Ok(Response::new(proto::GetPartitionStatusResponse { partitions }))
     }
 
     async fn get_replay_status(
