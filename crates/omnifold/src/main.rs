@@ -78,7 +78,17 @@ fn init_logging(verbose: u8, json: bool) {
     }
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.log_json);
     let env: BTreeMap<String, String> = std::env::vars().collect();
