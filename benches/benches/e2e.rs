@@ -9,6 +9,9 @@
 //! `BENCH_EVENTS` (500000), `BENCH_MEMBERS` (50000), `BENCH_PARTITIONS` (4),
 //! `BENCH_CONCURRENCY` (32), `BENCH_SECONDS` (5), `BENCH_BROKERS` (start tansu).
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;

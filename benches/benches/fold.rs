@@ -3,6 +3,9 @@
 //!
 //! Run: `cargo bench -p omnifold-benches --bench fold` (or `make bench`).
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};

@@ -14,7 +14,7 @@ pub const BASE: i64 = 1_767_225_600_000;
 pub fn event(i: u64, members: u64) -> (String, Vec<u8>) {
     let m = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % members;
     let key = format!("m-{m:07}");
-    let payload = if i % 8 == 0 {
+    let payload = if i.is_multiple_of(8) {
         proto::event::Payload::OrderPlaced(proto::OrderPlaced {
             order_id: format!("o-{i}"),
             currency: "CNY".into(),

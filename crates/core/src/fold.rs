@@ -6,9 +6,7 @@
 use crate::Rejection;
 use crate::config::FoldConfig;
 use crate::event::{Event, Line, Payload, ReturnLine, Returned};
-use crate::member::{
-    CategoryStats, Consent, Member, OrderLine, OrderRecord, ProfileKind, RecentProduct, RecentSearch, Stamped,
-};
+use crate::member::{Consent, Member, OrderLine, OrderRecord, ProfileKind, RecentProduct, RecentSearch, Stamped};
 use crate::time::{DAY, Millis};
 
 /// Where in the log an event was read: the fold records it as the member's version.
@@ -136,7 +134,7 @@ fn view_product(member: &mut Member, sku: &str, category: &str, at: Millis, cfg:
 
 fn bump_category(member: &mut Member, category: &str, views: u64, units: u64, cfg: &FoldConfig) {
     let cats = &mut member.browse.categories;
-    let c = cats.entry(category.to_owned()).or_insert_with(CategoryStats::default);
+    let c = cats.entry(category.to_owned()).or_default();
     c.views += views;
     c.units += units;
     if cats.len() > cfg.max_categories {
@@ -333,12 +331,12 @@ fn cancel_order(member: &mut Member, order_id: &str) -> Result<(), Rejection> {
     p.gross_minor -= total;
     p.returned_minor -= returned;
     p.cancelled += 1;
-    if let Some(s) = store {
-        if let Some(n) = p.stores.get_mut(&s) {
-            *n -= 1;
-            if *n == 0 {
-                p.stores.remove(&s);
-            }
+    if let Some(s) = store
+        && let Some(n) = p.stores.get_mut(&s)
+    {
+        *n -= 1;
+        if *n == 0 {
+            p.stores.remove(&s);
         }
     }
     let stats = member.channels.entry(channel).or_default();

@@ -291,10 +291,10 @@ fn commit_messages(
         debug!(partition, records = records.len(), applied = processed.applied, next_offset = next, "batch committed");
     }
     // The store is authoritative; the group offsets only feed lag monitoring.
-    if offsets.count() > 0 {
-        if let Err(e) = consumer.commit(&offsets, CommitMode::Async) {
-            debug!(error = %e, "group offset commit failed (monitoring only)");
-        }
+    if offsets.count() > 0
+        && let Err(e) = consumer.commit(&offsets, CommitMode::Async)
+    {
+        debug!(error = %e, "group offset commit failed (monitoring only)");
     }
     Ok(())
 }

@@ -108,7 +108,7 @@ fn mixed_stream() -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
-fn channel<'a>(p: &'a proto::Profile, c: proto::Channel) -> &'a proto::ChannelStats {
+fn channel(p: &proto::Profile, c: proto::Channel) -> &proto::ChannelStats {
     p.channels.iter().find(|s| s.channel == c as i32).unwrap_or_else(|| panic!("no stats for {c:?}"))
 }
 
