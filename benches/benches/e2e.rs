@@ -172,7 +172,8 @@ fn ingest(brokers: &str, topic: &str, n: u64, partitions: i32, store: Arc<Store>
         ..IngestConfig::default()
     };
     let processor =
-        Processor::new(store.clone(), Arc::new(FoldConfig::default().validate()?), topic, cfg.max_event_bytes);
+        Processor::new(store.clone(), Arc::new(FoldConfig::default().validate()?), topic, cfg.max_event_bytes)
+            .with_member_cache(cfg.member_cache_entries);
     let shutdown = Shutdown::default();
     let stop = shutdown.clone();
     let started = Instant::now();

@@ -26,7 +26,8 @@ fn bench(c: &mut Criterion) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&StoreConfig { path: dir.path().into(), ..StoreConfig::default() }).unwrap();
         let processor =
-            Processor::new(store.clone(), Arc::new(FoldConfig::default().validate().unwrap()), "bench", 65536);
+            Processor::new(store.clone(), Arc::new(FoldConfig::default().validate().unwrap()), "bench", 65536)
+                .with_member_cache(MEMBERS as usize);
         let mut next = 0u64;
         g.bench_function(format!("decode_fold_commit_{name}"), |b| {
             b.iter_batched(
@@ -42,7 +43,7 @@ fn bench(c: &mut Criterion) {
                         .map(|(i, v)| Record { offset: (start + i as u64) as i64, key: None, value: Some(v) })
                         .collect();
                     let p = processor.process(0, &records).unwrap();
-                    store.commit(p.batch).unwrap();
+                    processor.commit(p).unwrap();
                 },
                 BatchSize::LargeInput,
             )

@@ -23,6 +23,9 @@ pub struct IngestConfig {
     pub fetch_wait_max_ms: u32,
     /// Larger records go to the dead-letter topic.
     pub max_event_bytes: usize,
+    /// Decoded members kept in memory between batches (0 disables), so a
+    /// busy member is not read and decoded from RocksDB on every batch.
+    pub member_cache_entries: usize,
     /// Extra librdkafka settings for the consumer and producer.
     pub librdkafka: BTreeMap<String, String>,
 }
@@ -38,6 +41,7 @@ impl Default for IngestConfig {
             batch_max_wait_ms: 20,
             fetch_wait_max_ms: 10,
             max_event_bytes: 64 * 1024,
+            member_cache_entries: 20_000,
             librdkafka: BTreeMap::new(),
         }
     }

@@ -280,15 +280,16 @@ fn commit_messages(
             deliver(producer, &cfg.dead_letter_topic, &processed.dead_letters, shutdown)?;
         }
         let next = processed.next_offset;
-        processor.store().commit(processed.batch)?;
+        let (applied, duplicates) = (processed.applied, processed.duplicates);
+        processor.commit(processed)?;
         if let Some(n) = consumer.context().assigned.lock().expect("assignment lock").get_mut(&partition) {
             *n = next;
         }
         offsets.add_partition_offset(&cfg.topic, partition as i32, Offset::Offset(next))?;
-        metrics::counter!("omnifold_events_applied_total").increment(processed.applied);
-        metrics::counter!("omnifold_events_duplicate_total").increment(processed.duplicates);
+        metrics::counter!("omnifold_events_applied_total").increment(applied);
+        metrics::counter!("omnifold_events_duplicate_total").increment(duplicates);
         metrics::histogram!("omnifold_batch_seconds").record(started.elapsed().as_secs_f64());
-        debug!(partition, records = records.len(), applied = processed.applied, next_offset = next, "batch committed");
+        debug!(partition, records = records.len(), applied, next_offset = next, "batch committed");
     }
     // The store is authoritative; the group offsets only feed lag monitoring.
     if offsets.count() > 0

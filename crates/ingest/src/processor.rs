@@ -2,7 +2,10 @@
 //! No Kafka here, so the file replay and the benchmarks use it too.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+
+use lru::LruCache;
 
 use omnifold_core::fold::{self, Position, kind_of};
 use omnifold_core::{Event, FoldConfig, Member, decode_event};
@@ -20,13 +23,20 @@ pub struct Record<'a> {
 }
 
 /// A processed batch, ready to commit once its dead letters are delivered.
+/// Hand it to [`Processor::commit`].
 pub struct Processed {
     pub batch: Batch,
+    /// The members the batch read, as they are after it: they go back into
+    /// the cache only once the batch is committed.
+    touched: Vec<Member>,
+    partition: u32,
     pub dead_letters: Vec<DeadLetter>,
     pub applied: u64,
     pub duplicates: u64,
     pub next_offset: i64,
 }
+
+type Cache = Option<Arc<Mutex<LruCache<(u32, String), Member>>>>;
 
 /// Folds records of one topic into the store.
 #[derive(Clone)]
@@ -35,11 +45,32 @@ pub struct Processor {
     fold: Arc<FoldConfig>,
     topic: String,
     max_event_bytes: usize,
+    /// Members exactly as committed. A batch takes its members out and puts
+    /// them back only after its commit, so the cache is never ahead of the store.
+    cache: Cache,
 }
 
 impl Processor {
     pub fn new(store: Arc<Store>, fold: Arc<FoldConfig>, topic: impl Into<String>, max_event_bytes: usize) -> Self {
-        Processor { store, fold, topic: topic.into(), max_event_bytes }
+        Processor { store, fold, topic: topic.into(), max_event_bytes, cache: None }
+    }
+
+    /// Keeps up to `entries` decoded members between batches.
+    pub fn with_member_cache(mut self, entries: usize) -> Self {
+        self.cache = NonZeroUsize::new(entries).map(|n| Arc::new(Mutex::new(LruCache::new(n))));
+        self
+    }
+
+    /// Commits a processed batch and returns its members to the cache.
+    pub fn commit(&self, processed: Processed) -> Result<()> {
+        self.store.commit(processed.batch)?;
+        if let Some(cache) = &self.cache {
+            let mut cache = cache.lock().expect("member cache lock");
+            for m in processed.touched {
+                cache.put((processed.partition, m.key.clone()), m);
+            }
+        }
+        Ok(())
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -61,13 +92,21 @@ impl Processor {
         let mut keys: Vec<String> = decoded.iter().filter_map(|d| d.as_ref().ok()).map(|e| e.subject.key()).collect();
         keys.sort_unstable();
         keys.dedup();
-        let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-        let mut members: HashMap<String, Member> = keys
-            .iter()
-            .cloned()
-            .zip(store.members(partition, &key_refs)?)
-            .filter_map(|(k, m)| m.map(|m| (k, m)))
-            .collect();
+        let mut members: HashMap<String, Member> = HashMap::with_capacity(keys.len());
+        if let Some(cache) = &self.cache {
+            let mut cache = cache.lock().expect("member cache lock");
+            for k in &keys {
+                if let Some(m) = cache.pop(&(partition, k.clone())) {
+                    members.insert(k.clone(), m);
+                }
+            }
+        }
+        let missing: Vec<&str> = keys.iter().map(String::as_str).filter(|k| !members.contains_key(*k)).collect();
+        for (k, m) in missing.iter().zip(store.members(partition, &missing)?) {
+            if let Some(m) = m {
+                members.insert((*k).to_owned(), m);
+            }
+        }
 
         let mut applied_ids: HashSet<&str> = HashSet::new();
         let mut dirty: HashSet<String> = HashSet::new();
@@ -117,6 +156,8 @@ impl Processor {
         if !records.is_empty() {
             batch.set_next_offset(store, next_offset);
         }
-        Ok(Processed { batch, dead_letters, applied, duplicates, next_offset })
+        // Members created here but refused every event were never stored.
+        let touched = members.into_values().filter(|m| m.version.events_applied > 0).collect();
+        Ok(Processed { batch, touched, partition, dead_letters, applied, duplicates, next_offset })
     }
 }

@@ -52,7 +52,7 @@ fn run_batches(processor: &Processor, values: &[Vec<u8>], cuts: &[usize]) -> (u6
         assert!(p.dead_letters.iter().all(|d| d.kind == "rule"), "only rule rejections in valid streams");
         applied += p.applied;
         dups += p.duplicates;
-        processor.store().commit(p.batch).unwrap();
+        processor.commit(p).unwrap();
         start = end;
     }
     (applied, dups)
@@ -67,6 +67,7 @@ proptest! {
         dup_picks in prop::collection::vec((any::<prop::sample::Index>(), any::<prop::sample::Index>()), 0..20),
         json in prop::collection::vec(any::<bool>(), 60),
         cuts in prop::collection::vec(0usize..200, 0..6),
+        cache in 0usize..4,
     ) {
         let encode = |i: usize, e: &proto::Event| if json[i % json.len()] { serde_json::to_vec(e).unwrap() } else { e.encode_to_vec() };
         // Re-deliver copies of random events at random later positions, in
@@ -81,7 +82,9 @@ proptest! {
         let values: Vec<Vec<u8>> = order.iter().enumerate().map(|(i, src)| encode(i, &stream[*src])).collect();
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&StoreConfig { path: dir.path().into(), ..StoreConfig::default() }).unwrap();
-        let processor = Processor::new(store.clone(), Arc::new(FoldConfig::default().validate().unwrap()), "t", 65536);
+        // A cache smaller than the number of subjects, so eviction happens too.
+        let processor = Processor::new(store.clone(), Arc::new(FoldConfig::default().validate().unwrap()), "t", 65536)
+            .with_member_cache(cache);
         let (applied, dups) = run_batches(&processor, &values, &cuts);
         let (want, was_applied) = reference(&stream);
         // A copy of an applied event is a duplicate; a copy of a refused one
@@ -128,6 +131,33 @@ fn bad_records_become_dead_letters_and_the_partition_moves_on() {
     assert_eq!(p.dead_letters[0].original, b"{oops");
     assert_eq!(p.applied, 1);
     assert_eq!(p.next_offset, 15);
-    store.commit(p.batch).unwrap();
+    processor.commit(p).unwrap();
     assert_eq!(store.member(0, "m").unwrap().unwrap().browse.searches, 1);
+}
+
+#[test]
+fn a_batch_that_is_not_committed_leaves_no_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&StoreConfig { path: dir.path().into(), ..StoreConfig::default() }).unwrap();
+    let processor = Processor::new(store.clone(), Arc::new(FoldConfig::default().validate().unwrap()), "t", 65536)
+        .with_member_cache(10);
+    let search = |id: &str| {
+        format!(
+            r#"{{"eventId":"{id}","occurredAt":"2026-01-01T00:00:00Z","channel":"ONLINE_WEB","subject":{{"memberId":"m"}},"searchPerformed":{{"query":"q-{id}"}}}}"#
+        )
+    };
+    let (a, b, c) = (search("a"), search("b"), search("c"));
+    fn rec(offset: i64, v: &str) -> Record<'_> {
+        Record { offset, key: None, value: Some(v.as_bytes()) }
+    }
+    processor.commit(processor.process(0, &[rec(0, &a)]).unwrap()).unwrap();
+    // Processed but never committed (say, the dead-letter topic was down and
+    // the process stopped): neither the store nor the cache may keep it.
+    drop(processor.process(0, &[rec(1, &b)]).unwrap());
+    assert_eq!(store.next_offset("t", 0).unwrap(), Some(1));
+    processor.commit(processor.process(0, &[rec(1, &b), rec(2, &c)]).unwrap()).unwrap();
+    let m = store.member(0, "m").unwrap().unwrap();
+    assert_eq!((m.browse.searches, m.version.events_applied), (3, 3));
+    let queries: Vec<&str> = m.browse.recent_searches.iter().map(|s| s.query.as_str()).collect();
+    assert_eq!(queries, vec!["q-a", "q-b", "q-c"], "equal times order by query");
 }

@@ -38,7 +38,8 @@ pub async fn serve(config: Config) -> Result<()> {
     }
     let store = Store::open(&config.store).with_context(|| format!("opening store {}", config.store.path.display()))?;
     let processor =
-        Processor::new(store.clone(), Arc::new(config.fold.clone()), &config.kafka.topic, config.kafka.max_event_bytes);
+        Processor::new(store.clone(), Arc::new(config.fold.clone()), &config.kafka.topic, config.kafka.max_event_bytes)
+            .with_member_cache(config.kafka.member_cache_entries);
     let shutdown = Shutdown::default();
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
     let kafka = config.kafka.clone();
