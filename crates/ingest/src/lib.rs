@@ -6,11 +6,13 @@
 //! advance only in the same store batch as the state that covers them, and
 //! only after the batch's dead letters are acknowledged by the broker.
 
+mod admin;
 mod config;
 mod consumer;
 mod dead_letter;
 mod processor;
 
+pub use admin::{EventProducer, TopicOutcome, create_topics};
 pub use config::IngestConfig;
 pub use consumer::{Shutdown, client_config, partition_count, run};
 pub use dead_letter::DeadLetter;

@@ -10,8 +10,6 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use prost::Message;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 use omnifold_core::Identifier;
 use omnifold_proto::v1 as proto;
@@ -87,13 +85,7 @@ pub fn run(config: &Config, args: ProduceArgs) -> Result<()> {
         return Ok(());
     }
     let topic = args.topic.as_deref().unwrap_or(&config.kafka.topic);
-    let producer: BaseProducer = omnifold_ingest::client_config(&config.kafka)
-        .set("partitioner", "murmur2_random")
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "10")
-        .set("batch.num.messages", "10000")
-        .create()
-        .context("creating the Kafka producer")?;
+    let producer = omnifold_ingest::EventProducer::new(&config.kafka).context("creating the Kafka producer")?;
     let bar = progress(events.len() as u64, "producing");
     for e in &events {
         let payload = match args.format {
@@ -101,18 +93,7 @@ pub fn run(config: &Config, args: ProduceArgs) -> Result<()> {
             Format::Protobuf => e.encode_to_vec(),
         };
         let key = key_of(e).unwrap_or_default();
-        let mut record = BaseRecord::to(topic).key(&key).payload(&payload);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    producer.poll(Duration::from_millis(20));
-                }
-                Err((e, _)) => return Err(e).context("producing"),
-            }
-        }
-        producer.poll(Duration::ZERO);
+        producer.send(topic, key.as_bytes(), &payload).context("producing")?;
         bar.inc(1);
     }
     producer.flush(Duration::from_secs(60)).context("waiting for the broker to acknowledge")?;

@@ -1,12 +1,9 @@
 //! Small tools for humans: `profile get` (a gRPC client) and `topics create`.
 
-use std::time::Duration;
-
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::types::RDKafkaErrorCode;
+
+use omnifold_ingest::TopicOutcome;
 
 use omnifold_proto::v1 as proto;
 use omnifold_proto::wkt::FieldMask;
@@ -65,20 +62,13 @@ pub enum TopicsCommand {
 pub async fn topics(config: &Config, cmd: TopicsCommand) -> Result<()> {
     match cmd {
         TopicsCommand::Create { partitions, replication } => {
-            let admin: AdminClient<DefaultClientContext> =
-                omnifold_ingest::client_config(&config.kafka).create().context("creating the Kafka admin client")?;
-            let topics = [
-                NewTopic::new(&config.kafka.topic, partitions, TopicReplication::Fixed(replication)),
-                NewTopic::new(&config.kafka.dead_letter_topic, 1, TopicReplication::Fixed(replication)),
-            ];
-            let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-            for result in admin.create_topics(&topics, &opts).await.context("creating topics")? {
-                match result {
-                    Ok(name) => println!("created topic {name}"),
-                    Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
-                        println!("topic {name} already exists")
-                    }
-                    Err((name, code)) => bail!("creating topic {name}: {code}"),
+            for outcome in omnifold_ingest::create_topics(&config.kafka, partitions, replication)
+                .await
+                .context("creating topics")?
+            {
+                match outcome {
+                    TopicOutcome::Created(name) => println!("created topic {name}"),
+                    TopicOutcome::AlreadyExists(name) => println!("topic {name} already exists"),
                 }
             }
             Ok(())

@@ -1,0 +1,81 @@
+//! Kafka tools for the CLI: create omnifold's topics, and produce events
+//! keyed with Kafka's default partitioner.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+use crate::consumer::client_config;
+use crate::{Error, IngestConfig, Result};
+
+/// What happened to one topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicOutcome {
+    Created(String),
+    AlreadyExists(String),
+}
+
+/// Creates the events topic (`partitions`) and the dead-letter topic (one
+/// partition); existing topics are left alone.
+pub async fn create_topics(cfg: &IngestConfig, partitions: i32, replication: i32) -> Result<Vec<TopicOutcome>> {
+    let admin: AdminClient<DefaultClientContext> = client_config(cfg).create()?;
+    let topics = [
+        NewTopic::new(&cfg.topic, partitions, TopicReplication::Fixed(replication)),
+        NewTopic::new(&cfg.dead_letter_topic, 1, TopicReplication::Fixed(replication)),
+    ];
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    admin
+        .create_topics(&topics, &opts)
+        .await?
+        .into_iter()
+        .map(|r| match r {
+            Ok(name) => Ok(TopicOutcome::Created(name)),
+            Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => Ok(TopicOutcome::AlreadyExists(name)),
+            Err((name, code)) => Err(Error::Config(format!("creating topic {name}: {code}"))),
+        })
+        .collect()
+}
+
+/// An idempotent producer that partitions keys with murmur2, as the Java
+/// client does, so records land where omnifold routes their members.
+pub struct EventProducer {
+    producer: BaseProducer,
+}
+
+impl EventProducer {
+    pub fn new(cfg: &IngestConfig) -> Result<EventProducer> {
+        let producer = client_config(cfg)
+            .set("partitioner", "murmur2_random")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "10")
+            .set("batch.num.messages", "10000")
+            .create()?;
+        Ok(EventProducer { producer })
+    }
+
+    /// Queues one record, waiting while the local queue is full.
+    pub fn send(&self, topic: &str, key: &[u8], payload: &[u8]) -> Result<()> {
+        let mut record = BaseRecord::to(topic).key(key).payload(payload);
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => {
+                    self.producer.poll(Duration::ZERO);
+                    return Ok(());
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    self.producer.poll(Duration::from_millis(20));
+                }
+                Err((e, _)) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Waits until the broker has acknowledged everything sent.
+    pub fn flush(&self, timeout: Duration) -> Result<()> {
+        Ok(self.producer.flush(timeout)?)
+    }
+}
