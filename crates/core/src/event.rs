@@ -26,15 +26,6 @@ pub enum Channel {
 }
 
 impl Channel {
-    pub const ALL: [Channel; 6] = [
-        Channel::OnlineWeb,
-        Channel::MobileApp,
-        Channel::MiniProgram,
-        Channel::StorePos,
-        Channel::Marketplace,
-        Channel::CallCenter,
-    ];
-
     pub fn to_proto(self) -> proto::Channel {
         match self {
             Channel::OnlineWeb => proto::Channel::OnlineWeb,
@@ -119,27 +110,6 @@ pub enum Payload {
     PointsAdjusted { delta: i64, reason: String, actor: String },
     PointsRedemptionRequested { request_id: String, points: i64, reward: String },
     ErasureRequested { reason: String },
-}
-
-impl Payload {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Payload::ProductViewed { .. } => "productViewed",
-            Payload::SearchPerformed { .. } => "searchPerformed",
-            Payload::CartUpdated { .. } => "cartUpdated",
-            Payload::OrderPlaced { .. } => "orderPlaced",
-            Payload::OrderReturned { .. } => "orderReturned",
-            Payload::OrderCancelled { .. } => "orderCancelled",
-            Payload::MemberEnrolled { .. } => "memberEnrolled",
-            Payload::ProfileUpdated { .. } => "profileUpdated",
-            Payload::ConsentChanged { .. } => "consentChanged",
-            Payload::IdentityLinked { .. } => "identityLinked",
-            Payload::MembersMerged { .. } => "membersMerged",
-            Payload::PointsAdjusted { .. } => "pointsAdjusted",
-            Payload::PointsRedemptionRequested { .. } => "pointsRedemptionRequested",
-            Payload::ErasureRequested { .. } => "erasureRequested",
-        }
-    }
 }
 
 /// A validated event.

@@ -75,7 +75,8 @@ pub fn apply(member: &mut Member, event: &Event, pos: Position, cfg: &FoldConfig
         // The loyalty ledger folds these; until then they count as activity.
         Payload::PointsAdjusted { .. } | Payload::PointsRedemptionRequested { .. } => {}
         Payload::ErasureRequested { .. } => {
-            // Identifiers and aliases are cleared below, after the subject's own.
+            member.identifiers.clear();
+            member.aliases.clear();
             member.traits.clear();
             member.consents.clear();
             member.browse.recent_searches.clear();
@@ -83,13 +84,13 @@ pub fn apply(member: &mut Member, event: &Event, pos: Position, cfg: &FoldConfig
         }
     }
     // Every subject identifier the event carried is known to belong here.
-    member.identifiers.extend(event.subject.identifiers.iter().cloned());
-    if let (Some(anon), Some(_)) = (&event.subject.anonymous_id, &event.subject.member_id) {
-        member.aliases.insert(anon.clone());
-    }
-    if matches!(event.payload, Payload::ErasureRequested { .. }) {
-        member.identifiers.clear();
-        member.aliases.clear();
+    // Every subject identifier the event carried belongs here, unless the
+    // event asked to forget them.
+    if !matches!(event.payload, Payload::ErasureRequested { .. }) {
+        member.identifiers.extend(event.subject.identifiers.iter().cloned());
+        if let (Some(anon), Some(_)) = (&event.subject.anonymous_id, &event.subject.member_id) {
+            member.aliases.insert(anon.clone());
+        }
     }
     let stats = member.channels.entry(event.channel).or_default();
     stats.events += 1;

@@ -89,7 +89,10 @@ impl Processor {
         let seen_before = store.seen(partition, &ids)?;
         let seen_before: HashSet<&str> = ids.iter().zip(seen_before).filter(|(_, s)| *s).map(|(id, _)| *id).collect();
 
-        let mut keys: Vec<String> = decoded.iter().filter_map(|d| d.as_ref().ok()).map(|e| e.subject.key()).collect();
+        // Each record's subject key, computed once.
+        let record_keys: Vec<Option<String>> =
+            decoded.iter().map(|d| d.as_ref().ok().map(|e| e.subject.key())).collect();
+        let mut keys: Vec<String> = record_keys.iter().flatten().cloned().collect();
         keys.sort_unstable();
         keys.dedup();
         let mut members: HashMap<String, Member> = HashMap::with_capacity(keys.len());
@@ -111,7 +114,7 @@ impl Processor {
         let mut applied_ids: HashSet<&str> = HashSet::new();
         let mut dirty: HashSet<String> = HashSet::new();
         let (mut applied, mut duplicates) = (0, 0);
-        for (record, event) in records.iter().zip(&decoded) {
+        for ((record, event), key) in records.iter().zip(&decoded).zip(record_keys) {
             let dead = |reason: String, kind: &'static str| DeadLetter {
                 reason,
                 kind,
@@ -133,7 +136,7 @@ impl Processor {
                 duplicates += 1;
                 continue;
             }
-            let key = event.subject.key();
+            let key = key.expect("valid events have a key");
             let member = members.entry(key.clone()).or_insert_with(|| Member::new(key.clone(), kind_of(event)));
             let pos = Position { partition, offset: record.offset };
             match fold::apply(member, event, pos, &self.fold) {

@@ -119,11 +119,7 @@ fn at(rfc3339: &str) -> Option<pbjson_types::Timestamp> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn mixed_stream_builds_exact_profiles() {
-    let broker = Broker::start();
-    let setup = Setup::new(&broker, "mixed", 4);
-    setup.create_topics();
-    let data = tempfile::tempdir().unwrap();
-    let service = Service::start(&setup, data.path());
+    let Stack { broker: _broker, data: _data, setup, service } = Stack::start("mixed", 4);
     let stream = mixed_stream();
     setup.produce(&stream);
     service.wait_consumed(stream.len() as i64).await;
@@ -224,11 +220,7 @@ async fn mixed_stream_builds_exact_profiles() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redelivered_events_change_nothing() {
-    let broker = Broker::start();
-    let setup = Setup::new(&broker, "redeliver", 3);
-    setup.create_topics();
-    let data = tempfile::tempdir().unwrap();
-    let service = Service::start(&setup, data.path());
+    let Stack { broker: _broker, data: _data, setup, service } = Stack::start("redeliver", 3);
     let stream = mixed_stream();
     setup.produce(&stream);
     service.wait_consumed(stream.len() as i64).await;
@@ -333,11 +325,7 @@ async fn kill_9_mid_stream_loses_and_double_counts_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_goes_to_the_dead_letter_topic_and_ingest_goes_on() {
-    let broker = Broker::start();
-    let setup = Setup::new(&broker, "bad", 2);
-    setup.create_topics();
-    let data = tempfile::tempdir().unwrap();
-    let mut service = Service::start(&setup, data.path());
+    let Stack { broker: _broker, data: _data, setup, mut service } = Stack::start("bad", 2);
     let good =
         |id: &str| json_event(id, "2026-06-01T10:00:00Z", "ONLINE_WEB", ALICE, r#""searchPerformed":{"query":"tea"}"#);
     let huge = json_event(

@@ -8,7 +8,6 @@
 mod config;
 mod keys;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -107,10 +106,6 @@ impl Store {
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
         self.db.cf_handle(name).expect("column family created at open")
-    }
-
-    pub fn path(&self) -> &Path {
-        self.db.path()
     }
 
     /// The next offset to consume for a partition, if the store has one.
@@ -222,14 +217,12 @@ impl Batch {
     pub fn set_next_offset(&mut self, store: &Store, next: i64) {
         self.inner.put_cf(store.cf(CF_META), keys::offset(&self.topic, self.partition), next.to_be_bytes());
     }
-
-    pub fn partition(&self) -> u32 {
-        self.partition
-    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
     use omnifold_core::ProfileKind;
 

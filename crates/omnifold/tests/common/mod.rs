@@ -169,6 +169,27 @@ impl Setup {
     }
 }
 
+/// A broker, fresh topics and a service on a fresh store: what most tests
+/// need. Bind every field (`broker: _broker`, not `..`), broker first, so the
+/// broker lives as long as the test and the service stops before it.
+pub struct Stack {
+    pub broker: Broker,
+    pub data: tempfile::TempDir,
+    pub setup: Setup,
+    pub service: Service,
+}
+
+impl Stack {
+    pub fn start(name: &str, partitions: i32) -> Stack {
+        let broker = Broker::start();
+        let setup = Setup::new(&broker, name, partitions);
+        setup.create_topics();
+        let data = tempfile::tempdir().unwrap();
+        let service = Service::start(&setup, data.path());
+        Stack { broker, data, setup, service }
+    }
+}
+
 /// A running `omnifold serve`.
 pub struct Service {
     child: Child,
