@@ -323,7 +323,7 @@ fn main() -> Result<()> {
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?.to_string();
-        let state = omnifold_server::AppState::new(store.clone(), &topic, "CNY");
+        let state = omnifold_server::AppState::new(store.clone(), &topic, Arc::new(FoldConfig::default().validate()?));
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(omnifold_server::run(listener, state, async {
             let _ = stop_rx.await;

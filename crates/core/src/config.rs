@@ -1,11 +1,13 @@
 //! Rules of the fold that operators configure: program currency and
-//! conversion rates, and how much history a profile keeps.
+//! conversion rates, how much history a profile keeps, and the points
+//! program.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
+use crate::loyalty::LoyaltyConfig;
 
 /// Configuration of the fold. Build it with serde, then call
 /// [`FoldConfig::validate`] once; the fold relies on a validated config.
@@ -29,6 +31,8 @@ pub struct FoldConfig {
     pub order_history_days: u32,
     /// Hard cap on orders kept per member, so one profile stays bounded.
     pub max_orders_kept: usize,
+    /// The points program: `[fold.loyalty]`.
+    pub loyalty: LoyaltyConfig,
     #[serde(skip)]
     rates_micro: BTreeMap<String, i128>,
 }
@@ -43,6 +47,7 @@ impl Default for FoldConfig {
             max_categories: 50,
             order_history_days: 400,
             max_orders_kept: 1_000,
+            loyalty: LoyaltyConfig::default(),
             rates_micro: BTreeMap::new(),
         }
     }
@@ -80,6 +85,10 @@ impl FoldConfig {
                 self.order_history_days
             )));
         }
+        self.loyalty = self.loyalty.validate().map_err(|e| match e {
+            Error::Config(m) => Error::Config(format!("loyalty: {m}")),
+            other => other,
+        })?;
         Ok(self)
     }
 

@@ -48,6 +48,15 @@ impl Channel {
             proto::Channel::Unspecified => None,
         }
     }
+
+    /// The channel's contract name, for example `MOBILE_APP`.
+    pub fn from_name(name: &str) -> Option<Channel> {
+        Channel::from_proto(proto::Channel::from_str_name(name)? as i32)
+    }
+
+    pub fn name(self) -> &'static str {
+        self.to_proto().as_str_name()
+    }
 }
 
 /// Who an event is about.
@@ -107,7 +116,7 @@ pub enum Payload {
     ConsentChanged { purpose: String, granted: bool },
     IdentityLinked { anonymous_id: Option<String>, identifiers: Vec<Identifier> },
     MembersMerged { from_member_id: String, into_member_id: String },
-    PointsAdjusted { delta: i64, reason: String, actor: String },
+    PointsAdjusted { delta: i64, reason: String, actor: String, request_id: Option<String> },
     PointsRedemptionRequested { request_id: String, points: i64, reward: String },
     ErasureRequested { reason: String },
 }
@@ -314,6 +323,7 @@ impl TryFrom<proto::Event> for Event {
                     delta: p.delta,
                     reason: text("pointsAdjusted.reason", &p.reason, true)?,
                     actor: text("pointsAdjusted.actor", &p.actor, true)?,
+                    request_id: opt_text("pointsAdjusted.requestId", &p.request_id)?,
                 }
             }
             P::PointsRedemptionRequested(p) => {

@@ -1,11 +1,13 @@
 //! The fold: apply one validated event to a member aggregate.
 //!
-//! `apply` either changes the member and returns `Ok`, or leaves it exactly as
-//! it was and returns a [`Rejection`]. All checks run before any change.
+//! `apply` either changes the member and returns `Ok` with the ledger entries
+//! and verdict it produced, or leaves it exactly as it was and returns a
+//! [`Rejection`]. All checks run before any change.
 
 use crate::Rejection;
 use crate::config::FoldConfig;
 use crate::event::{Event, Line, Payload, ReturnLine, Returned};
+use crate::loyalty::{self, Effects, collects_points};
 use crate::member::{Consent, Member, OrderLine, OrderRecord, ProfileKind, RecentProduct, RecentSearch, Stamped};
 use crate::time::{DAY, Millis};
 
@@ -28,19 +30,20 @@ pub fn kind_of(event: &Event) -> ProfileKind {
 }
 
 /// Applies `event`, read at `pos`, to `member`.
-pub fn apply(member: &mut Member, event: &Event, pos: Position, cfg: &FoldConfig) -> Result<(), Rejection> {
+pub fn apply(member: &mut Member, event: &Event, pos: Position, cfg: &FoldConfig) -> Result<Effects, Rejection> {
     let at = event.occurred_at;
+    let mut fx = Effects::default();
     match &event.payload {
         Payload::ProductViewed { sku, category, .. } => view_product(member, sku, category, at, cfg),
         Payload::SearchPerformed { query } => search(member, query, at, cfg),
         Payload::CartUpdated { .. } => member.browse.cart_updates += 1,
         Payload::OrderPlaced { order_id, currency, lines, total_minor } => {
-            place_order(member, event, order_id, currency, lines, *total_minor, cfg)?
+            place_order(member, event, order_id, currency, lines, *total_minor, cfg, &mut fx)?
         }
         Payload::OrderReturned { order_id, return_id, returned } => {
-            return_order(member, order_id, return_id, returned, cfg)?
+            return_order(member, event, order_id, return_id, returned, cfg, &mut fx)?
         }
-        Payload::OrderCancelled { order_id, .. } => cancel_order(member, order_id)?,
+        Payload::OrderCancelled { order_id, .. } => cancel_order(member, event, order_id, cfg, &mut fx)?,
         Payload::MemberEnrolled { .. } => {
             member.enrolled_at = Some(member.enrolled_at.map_or(at, |e| e.min(at)));
         }
@@ -72,8 +75,14 @@ pub fn apply(member: &mut Member, event: &Event, pos: Position, cfg: &FoldConfig
         Payload::MembersMerged { from_member_id, .. } => {
             member.aliases.insert(from_member_id.clone());
         }
-        // The loyalty ledger folds these; until then they count as activity.
-        Payload::PointsAdjusted { .. } | Payload::PointsRedemptionRequested { .. } => {}
+        Payload::PointsAdjusted { delta, reason, actor, request_id } => {
+            points_holder(member)?;
+            loyalty::adjust(member, event, *delta, reason, actor, request_id.as_deref(), &cfg.loyalty, &mut fx);
+        }
+        Payload::PointsRedemptionRequested { request_id, points, reward } => {
+            points_holder(member)?;
+            loyalty::redeem(member, event, request_id, *points, reward, &mut fx);
+        }
         Payload::ErasureRequested { .. } => {
             member.identifiers.clear();
             member.aliases.clear();
@@ -83,7 +92,6 @@ pub fn apply(member: &mut Member, event: &Event, pos: Position, cfg: &FoldConfig
             member.erased_at = Some(at);
         }
     }
-    // Every subject identifier the event carried is known to belong here.
     // Every subject identifier the event carried belongs here, unless the
     // event asked to forget them.
     if !matches!(event.payload, Payload::ErasureRequested { .. }) {
@@ -100,7 +108,18 @@ pub fn apply(member: &mut Member, event: &Event, pos: Position, cfg: &FoldConfig
     member.version.partition = pos.partition;
     member.version.next_offset = member.version.next_offset.max(pos.offset + 1);
     member.version.events_applied += 1;
-    Ok(())
+    if collects_points(member) {
+        loyalty::advance(member, at, &mut fx);
+    }
+    Ok(fx)
+}
+
+fn points_holder(member: &Member) -> Result<(), Rejection> {
+    if collects_points(member) {
+        Ok(())
+    } else {
+        Err(Rejection(format!("points belong to members; `{}` is not a member id (set subject.memberId)", member.key)))
+    }
 }
 
 fn view_product(member: &mut Member, sku: &str, category: &str, at: Millis, cfg: &FoldConfig) {
@@ -174,6 +193,7 @@ fn place_order(
     lines: &[Line],
     total_minor: i64,
     cfg: &FoldConfig,
+    fx: &mut Effects,
 ) -> Result<(), Rejection> {
     if member.purchases.history.iter().any(|o| o.order_id == order_id) {
         return Err(Rejection(format!("order {order_id} was already placed by another event")));
@@ -185,6 +205,13 @@ fn place_order(
         .ok_or_else(|| Rejection(format!("no conversion rate configured for currency {currency}")))?;
     let units: u32 = lines.iter().map(|l| l.quantity).sum();
     let at = event.occurred_at;
+    // Earned at the tier held when the order occurs, before its own spend counts.
+    let points = if collects_points(member) {
+        let tier = loyalty::tier_for_order(member, at, &cfg.loyalty);
+        loyalty::order_points(total_program, lines, event.channel, tier, &cfg.loyalty)
+    } else {
+        0
+    };
     let p = &mut member.purchases;
     p.orders += 1;
     p.units += u64::from(units);
@@ -213,6 +240,8 @@ fn place_order(
         returned_units: Default::default(),
         return_ids: Default::default(),
         cancelled: false,
+        points,
+        points_revoked: 0,
     };
     let idx = p.history.partition_point(|o| (o.at, o.order_id.as_str()) < (at, order_id));
     p.history.insert(idx, record);
@@ -224,6 +253,9 @@ fn place_order(
         if !l.category.is_empty() {
             bump_category(member, &l.category, 0, u64::from(l.quantity), cfg);
         }
+    }
+    if collects_points(member) {
+        loyalty::earn_order(member, event, order_id, points, &cfg.loyalty, fx);
     }
     Ok(())
 }
@@ -252,10 +284,12 @@ fn find_order<'a>(member: &'a mut Member, order_id: &str) -> Result<&'a mut Orde
 
 fn return_order(
     member: &mut Member,
+    event: &Event,
     order_id: &str,
     return_id: &str,
     returned: &Returned,
     cfg: &FoldConfig,
+    fx: &mut Effects,
 ) -> Result<(), Rejection> {
     let order = find_order(member, order_id)?;
     if order.return_ids.contains(return_id) {
@@ -311,19 +345,37 @@ fn return_order(
     order.returned_program_minor = new_program;
     order.returned_units = new_units;
     order.return_ids.insert(return_id.to_owned());
+    // Points taken back: floor(order points × refunded / paid), cumulative.
+    let revoked = if order.total_minor > 0 {
+        (i128::from(order.points) * i128::from(order.returned_minor) / i128::from(order.total_minor)) as i64
+    } else {
+        0
+    };
+    let revoke = revoked - order.points_revoked;
+    order.points_revoked = revoked;
     let channel = order.channel;
     member.purchases.returned_minor += delta;
     member.purchases.returns += 1;
     member.channels.entry(channel).or_default().spend_minor -= delta;
+    let reason = format!("return {return_id}");
+    loyalty::revoke(member, event, order_id, revoke, &reason, &cfg.loyalty, fx);
     Ok(())
 }
 
-fn cancel_order(member: &mut Member, order_id: &str) -> Result<(), Rejection> {
+fn cancel_order(
+    member: &mut Member,
+    event: &Event,
+    order_id: &str,
+    cfg: &FoldConfig,
+    fx: &mut Effects,
+) -> Result<(), Rejection> {
     let order = find_order(member, order_id)?;
     if order.cancelled {
         return Ok(());
     }
     order.cancelled = true;
+    let revoke = order.points - order.points_revoked;
+    order.points_revoked = order.points;
     let (channel, store, units, total, returned) =
         (order.channel, order.store_id.clone(), order.units, order.total_program_minor, order.returned_program_minor);
     let p = &mut member.purchases;
@@ -343,5 +395,6 @@ fn cancel_order(member: &mut Member, order_id: &str) -> Result<(), Rejection> {
     let stats = member.channels.entry(channel).or_default();
     stats.orders -= 1;
     stats.spend_minor -= total - returned;
+    loyalty::revoke(member, event, order_id, revoke, "order cancelled", &cfg.loyalty, fx);
     Ok(())
 }

@@ -11,6 +11,7 @@ pub mod error;
 pub mod event;
 pub mod fold;
 pub mod ident;
+pub mod loyalty;
 pub mod member;
 pub mod partition;
 #[cfg(any(test, feature = "testing"))]
@@ -24,6 +25,7 @@ pub use error::{Error, Rejection};
 pub use event::{Channel, Event, Payload, Subject};
 pub use fold::{Position, apply};
 pub use ident::{IdType, Identifier};
+pub use loyalty::{Effects, LedgerEntry, Tier, Verdict};
 pub use member::{Member, ProfileKind};
 pub use time::Millis;
 pub use windows::Windows;

@@ -7,10 +7,11 @@ use serde::{Deserialize, Serialize};
 use crate::Error;
 use crate::event::Channel;
 use crate::ident::Identifier;
+use crate::loyalty::Loyalty;
 use crate::time::Millis;
 
 /// Leading byte of every stored aggregate; bumped on incompatible changes.
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ProfileKind {
@@ -119,6 +120,10 @@ pub struct OrderRecord {
     pub returned_units: BTreeMap<String, u32>,
     pub return_ids: BTreeSet<String>,
     pub cancelled: bool,
+    /// Points the order earned, and how many returns and a cancellation
+    /// have taken back so far (cumulative, so rounding never drifts).
+    pub points: i64,
+    pub points_revoked: i64,
 }
 
 impl OrderRecord {
@@ -153,15 +158,6 @@ impl Purchases {
     pub fn favourite_store(&self) -> Option<&str> {
         self.stores.iter().max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0))).map(|(s, _)| s.as_str())
     }
-}
-
-/// The loyalty part of the aggregate. The ledger fills it in.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Loyalty {
-    pub active_points: i64,
-    pub pending_points: i64,
-    pub negative_balance: i64,
-    pub tier_since: Option<Millis>,
 }
 
 /// How far the fold had read when it last changed this member.

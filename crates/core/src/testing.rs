@@ -23,6 +23,8 @@ enum Step {
     Cancel { order_back: usize },
     Trait(u8, u8),
     Consent(bool),
+    Redeem { request: u8, points: i64 },
+    Adjust { request: u8, delta: i64 },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -36,6 +38,8 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (0usize..3).prop_map(|order_back| Step::Cancel { order_back }),
         1 => (0u8..3, 0u8..3).prop_map(|(k, v)| Step::Trait(k, v)),
         1 => any::<bool>().prop_map(Step::Consent),
+        2 => (0u8..6, 1i64..3_000).prop_map(|(request, points)| Step::Redeem { request, points }),
+        1 => (0u8..6, prop_oneof![-2_000i64..0, 1i64..2_000]).prop_map(|(request, delta)| Step::Adjust { request, delta }),
     ]
 }
 
@@ -49,9 +53,13 @@ const CHANNELS: [proto::Channel; 6] = [
 ];
 
 /// Streams of valid wire events for up to 4 subjects (members, an anonymous
-/// id and a phone-only subject), with times that go back and forth.
+/// id and a phone-only subject), with times that go back and forth and
+/// sometimes jump months ahead (so points activate and expire). Request ids
+/// of redemptions and adjustments repeat, as client retries do.
 pub fn events(max_len: usize) -> impl Strategy<Value = Vec<proto::Event>> {
-    prop::collection::vec((0usize..4, 0usize..6, -3i64..20, step()), 1..max_len).prop_map(|steps| {
+    // Time steps in quarter days.
+    let dt = prop_oneof![12 => -3i64..20, 1 => 200i64..1_600];
+    prop::collection::vec((0usize..4, 0usize..6, dt, step()), 1..max_len).prop_map(|steps| {
         let mut t = BASE;
         let mut orders: Vec<Vec<String>> = vec![Vec::new(); 4];
         let mut out = Vec::with_capacity(steps.len());
@@ -119,6 +127,19 @@ pub fn events(max_len: usize) -> impl Strategy<Value = Vec<proto::Event>> {
                 Step::Consent(granted) => {
                     Payload::ConsentChanged(proto::ConsentChanged { purpose: "marketing".into(), granted })
                 }
+                Step::Redeem { request, points } => {
+                    Payload::PointsRedemptionRequested(proto::PointsRedemptionRequested {
+                        request_id: format!("rq-{request}"),
+                        points,
+                        reward: "voucher".into(),
+                    })
+                }
+                Step::Adjust { request, delta } => Payload::PointsAdjusted(proto::PointsAdjusted {
+                    delta,
+                    reason: "correction".into(),
+                    actor: "ops".into(),
+                    request_id: format!("adj-{request}"),
+                }),
             };
             out.push(proto::Event {
                 event_id: format!("e-{i}"),

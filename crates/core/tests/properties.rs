@@ -1,25 +1,47 @@
 //! Properties of the fold over random multi-channel streams: determinism,
-//! atomic rejections, and books that always balance.
+//! atomic rejections, books that always balance, and a points ledger that
+//! always adds up.
 
 use omnifold_core::fold::{Position, apply, kind_of};
+use omnifold_core::loyalty::NegativeBalance;
 use omnifold_core::testing::events;
-use omnifold_core::{Event, FoldConfig, Member};
+use omnifold_core::time::DAY;
+use omnifold_core::{Event, FoldConfig, LedgerEntry, Member};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 
-fn fold_all(wire: &[omnifold_proto::v1::Event]) -> BTreeMap<String, Member> {
-    let cfg = FoldConfig::default().validate().unwrap();
-    let mut members: BTreeMap<String, Member> = BTreeMap::new();
+type Folded = BTreeMap<String, (Member, Vec<LedgerEntry>)>;
+
+fn fold_with(wire: &[omnifold_proto::v1::Event], cfg: &FoldConfig) -> Folded {
+    let mut members: Folded = BTreeMap::new();
     for (i, w) in wire.iter().enumerate() {
         let e = Event::try_from(w.clone()).expect("generated events are valid");
         let key = e.subject.key();
-        let m = members.entry(key.clone()).or_insert_with(|| Member::new(key, kind_of(&e)));
+        let (m, ledger) = members.entry(key.clone()).or_insert_with(|| (Member::new(key, kind_of(&e)), Vec::new()));
         let before = m.clone();
-        if apply(m, &e, Position { partition: 0, offset: i as i64 }, &cfg).is_err() {
-            assert_eq!(*m, before, "rejected event {} changed the member", e.event_id);
+        match apply(m, &e, Position { partition: 0, offset: i as i64 }, cfg) {
+            Ok(fx) => ledger.extend(fx.ledger),
+            Err(_) => assert_eq!(*m, before, "rejected event {} changed the member", e.event_id),
         }
     }
     members
+}
+
+fn fold_all(wire: &[omnifold_proto::v1::Event]) -> BTreeMap<String, Member> {
+    let cfg = FoldConfig::default().validate().unwrap();
+    fold_with(wire, &cfg).into_iter().map(|(k, (m, _))| (k, m)).collect()
+}
+
+/// earned − redeemed − expired − revoked = active + pending − negative at
+/// `at`, and no lot is ever below zero or above what it earned.
+fn check_points(m: &Member, at: i64, cfg: &FoldConfig) -> Result<(), TestCaseError> {
+    let b = m.balance(at, &cfg.loyalty);
+    prop_assert_eq!(b.earned - b.redeemed - b.expired - b.revoked, b.active + b.pending - b.negative, "at {}", at);
+    prop_assert!(b.active >= 0 && b.pending >= 0 && b.negative >= 0 && b.written_off >= 0);
+    for lot in &m.loyalty.lots {
+        prop_assert!(0 <= lot.remaining && lot.remaining <= lot.points, "lot {:?}", lot);
+    }
+    Ok(())
 }
 
 proptest! {
@@ -52,6 +74,35 @@ proptest! {
             let events: u64 = m.channels.values().map(|c| c.events).sum();
             prop_assert_eq!(events, m.version.events_applied);
             prop_assert!(m.browse.recent.len() <= 20);
+        }
+    }
+
+    #[test]
+    fn points_add_up_under_either_negative_balance_policy(stream in events(120), write_off in any::<bool>()) {
+        let mut cfg = FoldConfig::default();
+        if write_off {
+            cfg.loyalty.negative_balance = NegativeBalance::WriteOff;
+        }
+        let cfg = cfg.validate().unwrap();
+        for (m, ledger) in fold_with(&stream, &cfg).values() {
+            let clock = m.loyalty.clock;
+            for at in [clock, clock + 7 * DAY, clock + 200 * DAY, clock + 400 * DAY] {
+                check_points(m, at, &cfg)?;
+            }
+            if write_off {
+                prop_assert_eq!(m.loyalty.negative, 0);
+            } else {
+                // The ledger's entries sum to the balance at the fold's clock,
+                // when every lot that has expired is closed.
+                let b = m.balance(clock, &cfg.loyalty);
+                prop_assert_eq!(ledger.iter().map(|e| e.points).sum::<i64>(), b.active + b.pending - b.negative);
+            }
+            // Entries are numbered without gaps, in the order written.
+            prop_assert!(ledger.iter().enumerate().all(|(i, e)| e.seq == i as u64));
+            prop_assert_eq!(m.loyalty.next_seq, ledger.len() as u64);
+            if m.kind != omnifold_core::ProfileKind::KnownMember {
+                prop_assert!(ledger.is_empty() && m.loyalty.lots.is_empty());
+            }
         }
     }
 }

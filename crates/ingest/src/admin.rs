@@ -1,12 +1,12 @@
-//! Kafka tools for the CLI: create omnifold's topics, and produce events
-//! keyed with Kafka's default partitioner.
+//! Kafka tools for the CLI and the server: create omnifold's topics, and
+//! produce events keyed with Kafka's default partitioner.
 
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, FutureProducer, FutureRecord, Producer};
 
 use crate::consumer::client_config;
 use crate::{Error, IngestConfig, Result};
@@ -77,5 +77,32 @@ impl EventProducer {
     /// Waits until the broker has acknowledged everything sent.
     pub fn flush(&self, timeout: Duration) -> Result<()> {
         Ok(self.producer.flush(timeout)?)
+    }
+}
+
+/// Appends single commands (redemptions, adjustments) to the events topic
+/// and reports when each is acknowledged; for request handlers.
+#[derive(Clone)]
+pub struct CommandProducer {
+    producer: FutureProducer,
+    topic: String,
+    timeout: Duration,
+}
+
+impl CommandProducer {
+    pub fn new(cfg: &IngestConfig, timeout: Duration) -> Result<CommandProducer> {
+        let producer = client_config(cfg)
+            .set("partitioner", "murmur2_random")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "0")
+            .set("message.timeout.ms", timeout.as_millis().max(1).to_string())
+            .create()?;
+        Ok(CommandProducer { producer, topic: cfg.topic.clone(), timeout })
+    }
+
+    /// Sends one record and waits for the broker's acknowledgement.
+    pub async fn append(&self, key: &[u8], payload: &[u8]) -> Result<()> {
+        let record = FutureRecord::to(&self.topic).key(key).payload(payload);
+        self.producer.send(record, self.timeout).await.map(|_| ()).map_err(|(e, _)| Error::Kafka(e))
     }
 }

@@ -12,11 +12,11 @@ mod consumer;
 mod dead_letter;
 mod processor;
 
-pub use admin::{EventProducer, TopicOutcome, create_topics};
+pub use admin::{CommandProducer, EventProducer, TopicOutcome, create_topics};
 pub use config::IngestConfig;
 pub use consumer::{Shutdown, client_config, partition_count, run};
 pub use dead_letter::DeadLetter;
-pub use processor::{Processed, Processor, Record};
+pub use processor::{OnCommit, Processed, Processor, Record};
 
 /// The crate's one error type.
 #[derive(Debug, thiserror::Error)]

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use lru::LruCache;
 
 use omnifold_core::fold::{self, Position, kind_of};
-use omnifold_core::{Event, FoldConfig, Member, decode_event};
+use omnifold_core::{Event, FoldConfig, Member, Payload, decode_event};
 use omnifold_store::{Batch, Store};
 
 use crate::Result;
@@ -38,6 +38,20 @@ pub struct Processed {
 
 type Cache = Option<Arc<Mutex<LruCache<(u32, String), Member>>>>;
 
+/// Called with the partition after each commit (for example to wake
+/// requests waiting for a verdict).
+pub type OnCommit = Arc<dyn Fn(u32) + Send + Sync>;
+
+/// The idempotency key of a command event: redemptions always have one,
+/// adjustments may.
+fn request_id(event: &Event) -> Option<&str> {
+    match &event.payload {
+        Payload::PointsRedemptionRequested { request_id, .. } => Some(request_id),
+        Payload::PointsAdjusted { request_id, .. } => request_id.as_deref(),
+        _ => None,
+    }
+}
+
 /// Folds records of one topic into the store.
 #[derive(Clone)]
 pub struct Processor {
@@ -48,11 +62,12 @@ pub struct Processor {
     /// Members exactly as committed. A batch takes its members out and puts
     /// them back only after its commit, so the cache is never ahead of the store.
     cache: Cache,
+    on_commit: Option<OnCommit>,
 }
 
 impl Processor {
     pub fn new(store: Arc<Store>, fold: Arc<FoldConfig>, topic: impl Into<String>, max_event_bytes: usize) -> Self {
-        Processor { store, fold, topic: topic.into(), max_event_bytes, cache: None }
+        Processor { store, fold, topic: topic.into(), max_event_bytes, cache: None, on_commit: None }
     }
 
     /// Keeps up to `entries` decoded members between batches.
@@ -61,9 +76,18 @@ impl Processor {
         self
     }
 
+    /// Calls `f` with the partition after every commit.
+    pub fn with_on_commit(mut self, f: OnCommit) -> Self {
+        self.on_commit = Some(f);
+        self
+    }
+
     /// Commits a processed batch and returns its members to the cache.
     pub fn commit(&self, processed: Processed) -> Result<()> {
         self.store.commit(processed.batch)?;
+        if let Some(f) = &self.on_commit {
+            f(processed.partition);
+        }
         if let Some(cache) = &self.cache {
             let mut cache = cache.lock().expect("member cache lock");
             for m in processed.touched {
@@ -111,6 +135,20 @@ impl Processor {
             }
         }
 
+        // Commands already decided: a retried request id gets no second effect.
+        let requests: Vec<(&str, &str)> = decoded
+            .iter()
+            .zip(&record_keys)
+            .filter_map(|(d, k)| Some((k.as_deref()?, request_id(d.as_ref().ok()?)?)))
+            .collect();
+        let decided_before = store.verdicts(partition, &requests)?;
+        let mut decided: HashSet<(String, String)> = requests
+            .iter()
+            .zip(decided_before)
+            .filter(|(_, v)| v.is_some())
+            .map(|((k, r), _)| ((*k).to_owned(), (*r).to_owned()))
+            .collect();
+
         let mut applied_ids: HashSet<&str> = HashSet::new();
         let mut dirty: HashSet<String> = HashSet::new();
         let (mut applied, mut duplicates) = (0, 0);
@@ -137,10 +175,25 @@ impl Processor {
                 continue;
             }
             let key = key.expect("valid events have a key");
+            if let Some(r) = request_id(event)
+                && decided.contains(&(key.clone(), r.to_owned()))
+            {
+                duplicates += 1;
+                applied_ids.insert(id);
+                batch.mark_seen(store, id);
+                continue;
+            }
             let member = members.entry(key.clone()).or_insert_with(|| Member::new(key.clone(), kind_of(event)));
             let pos = Position { partition, offset: record.offset };
             match fold::apply(member, event, pos, &self.fold) {
-                Ok(()) => {
+                Ok(effects) => {
+                    for entry in &effects.ledger {
+                        batch.put_ledger(store, &key, entry);
+                    }
+                    if let Some(v) = &effects.verdict {
+                        batch.put_verdict(store, &key, v);
+                        decided.insert((key.clone(), v.request_id.clone()));
+                    }
                     applied += 1;
                     applied_ids.insert(id);
                     batch.mark_seen(store, id);

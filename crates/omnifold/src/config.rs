@@ -18,11 +18,15 @@ pub struct ServerConfig {
     pub listen: String,
     /// Prometheus `/metrics` listen address; empty disables it.
     pub metrics_listen: String,
+    /// How long RedeemPoints and AdjustPoints wait for the fold's verdict
+    /// before answering IN_PROGRESS (the client asks again with the same
+    /// request id).
+    pub command_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { listen: "127.0.0.1:50051".into(), metrics_listen: String::new() }
+        ServerConfig { listen: "127.0.0.1:50051".into(), metrics_listen: String::new(), command_timeout_ms: 5_000 }
     }
 }
 
@@ -71,6 +75,9 @@ impl Config {
         self.server.listen.parse::<std::net::SocketAddr>().with_context(|| {
             format!("[server] listen `{}` is not an address like 127.0.0.1:50051", self.server.listen)
         })?;
+        if !(1..=600_000).contains(&self.server.command_timeout_ms) {
+            bail!("[server] command_timeout_ms must be 1 to 600000, got {}", self.server.command_timeout_ms);
+        }
         Ok(self)
     }
 }

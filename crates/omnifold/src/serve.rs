@@ -8,11 +8,21 @@ use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use omnifold_ingest::{Processor, Shutdown};
-use omnifold_server::AppState;
+use omnifold_ingest::{CommandProducer, Processor, Shutdown};
+use omnifold_server::{AppState, CommandLog, Commands};
 use omnifold_store::Store;
 
 use crate::config::Config;
+
+/// The server's command log is the ingest crate's producer.
+struct Log(CommandProducer);
+
+#[tonic::async_trait]
+impl CommandLog for Log {
+    async fn append(&self, key: &str, value: Vec<u8>) -> Result<(), String> {
+        self.0.append(key.as_bytes(), &value).await.map_err(|e| e.to_string())
+    }
+}
 
 async fn signal() {
     #[cfg(unix)]
@@ -37,9 +47,18 @@ pub async fn serve(config: Config) -> Result<()> {
             .context("starting the metrics endpoint")?;
     }
     let store = Store::open(&config.store).with_context(|| format!("opening store {}", config.store.path.display()))?;
-    let processor =
-        Processor::new(store.clone(), Arc::new(config.fold.clone()), &config.kafka.topic, config.kafka.max_event_bytes)
-            .with_member_cache(config.kafka.member_cache_entries);
+    let fold = Arc::new(config.fold.clone());
+    // Every commit bumps this counter; requests waiting for a verdict wake up.
+    let (commits_tx, commits) = tokio::sync::watch::channel(0u64);
+    let processor = Processor::new(store.clone(), fold.clone(), &config.kafka.topic, config.kafka.max_event_bytes)
+        .with_member_cache(config.kafka.member_cache_entries)
+        .with_on_commit(Arc::new(move |_partition| commits_tx.send_modify(|n| *n += 1)));
+    let timeout = std::time::Duration::from_millis(config.server.command_timeout_ms);
+    let commands = Commands {
+        log: Arc::new(Log(CommandProducer::new(&config.kafka, timeout).context("creating the command producer")?)),
+        commits,
+        timeout,
+    };
     let shutdown = Shutdown::default();
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
     let kafka = config.kafka.clone();
@@ -56,7 +75,7 @@ pub async fn serve(config: Config) -> Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(omnifold_server::run(
         listener,
-        AppState::new(store.clone(), &config.kafka.topic, &config.fold.program_currency),
+        AppState::new(store.clone(), &config.kafka.topic, fold).with_commands(commands),
         async {
             let _ = stop_rx.await;
         },

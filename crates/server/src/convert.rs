@@ -1,8 +1,9 @@
 //! Domain aggregates to wire messages.
 
+use omnifold_core::loyalty::{self, EntryKind, LoyaltyConfig};
 use omnifold_core::member::ProfileKind;
 use omnifold_core::time::to_timestamp;
-use omnifold_core::{Member, Millis};
+use omnifold_core::{FoldConfig, LedgerEntry, Member, Millis, Tier};
 use omnifold_proto::v1 as proto;
 
 use crate::request::ReadMask;
@@ -16,7 +17,7 @@ pub fn version(m: &Member) -> proto::ProfileVersion {
 }
 
 /// The profile as of `now` (time windows), restricted to `mask`.
-pub fn profile(m: &Member, now: Millis, mask: &ReadMask, currency: &str) -> proto::Profile {
+pub fn profile(m: &Member, now: Millis, mask: &ReadMask, fold: &FoldConfig) -> proto::Profile {
     let mut p = proto::Profile::default();
     let want = |f: &str| mask.includes(f);
     if want("member_id") {
@@ -71,15 +72,16 @@ pub fn profile(m: &Member, now: Millis, mask: &ReadMask, currency: &str) -> prot
         p.browse = Some(browse(m));
     }
     if want("purchases") {
-        p.purchases = Some(purchases(m, now, currency));
+        p.purchases = Some(purchases(m, now, &fold.program_currency));
     }
     if want("loyalty") {
+        let b = m.balance(now, &fold.loyalty);
         p.loyalty = Some(proto::LoyaltySummary {
-            tier: proto::Tier::Member as i32,
-            active_points: m.loyalty.active_points,
-            pending_points: m.loyalty.pending_points,
-            negative_balance: m.loyalty.negative_balance,
-            tier_since: m.loyalty.tier_since.map(to_timestamp),
+            tier: tier(b.tier) as i32,
+            active_points: b.active,
+            pending_points: b.pending,
+            negative_balance: b.negative,
+            tier_since: b.tier_since.map(to_timestamp),
         });
     }
     if want("version") {
@@ -160,5 +162,108 @@ fn purchases(m: &Member, now: Millis, currency: &str) -> proto::PurchaseSummary 
         }),
         returns: p.returns,
         cancelled_orders: p.cancelled,
+    }
+}
+
+pub fn tier(t: Tier) -> proto::Tier {
+    match t {
+        Tier::Member => proto::Tier::Member,
+        Tier::Silver => proto::Tier::Silver,
+        Tier::Gold => proto::Tier::Gold,
+        Tier::Platinum => proto::Tier::Platinum,
+    }
+}
+
+pub fn entry_kind(k: EntryKind) -> proto::LedgerEntryKind {
+    match k {
+        EntryKind::Earn => proto::LedgerEntryKind::Earn,
+        EntryKind::Redeem => proto::LedgerEntryKind::Redeem,
+        EntryKind::Revoke => proto::LedgerEntryKind::Revoke,
+        EntryKind::Expire => proto::LedgerEntryKind::Expire,
+        EntryKind::Adjust => proto::LedgerEntryKind::Adjust,
+    }
+}
+
+fn pending(b: &loyalty::Balance) -> Vec<proto::PendingPoints> {
+    b.pending_lots
+        .iter()
+        .map(|p| proto::PendingPoints {
+            points: p.points,
+            activates_at: Some(to_timestamp(p.activates_at)),
+            order_id: p.order_id.clone().unwrap_or_default(),
+        })
+        .collect()
+}
+
+fn expiring(b: &loyalty::Balance) -> Vec<proto::ExpiringPoints> {
+    b.expiring_lots
+        .iter()
+        .map(|e| proto::ExpiringPoints { points: e.points, expires_at: Some(to_timestamp(e.expires_at)) })
+        .collect()
+}
+
+/// The member's points as of `now`.
+pub fn balance(m: &Member, now: Millis, cfg: &LoyaltyConfig) -> proto::Balance {
+    let b = m.balance(now, cfg);
+    proto::Balance {
+        member_id: m.key.clone(),
+        active_points: b.active,
+        pending_points: b.pending,
+        pending: pending(&b),
+        expiring_soon_points: b.expiring_soon,
+        expiring: expiring(&b),
+        negative_balance: b.negative,
+        lifetime_earned: b.earned,
+        lifetime_redeemed: b.redeemed,
+        lifetime_expired: b.expired,
+        lifetime_revoked: b.revoked,
+        lifetime_written_off: b.written_off,
+        tier: tier(b.tier) as i32,
+        tier_since: b.tier_since.map(to_timestamp),
+        version: Some(version(m)),
+        as_of: Some(to_timestamp(now)),
+    }
+}
+
+/// Tier, benefits and progress as of `now`.
+pub fn benefits(m: &Member, now: Millis, cfg: &LoyaltyConfig) -> proto::Benefits {
+    let b = m.balance(now, cfg);
+    let s = m.standing(now, cfg);
+    proto::Benefits {
+        member_id: m.key.clone(),
+        tier: tier(s.tier) as i32,
+        benefits: cfg
+            .benefits(s.tier)
+            .iter()
+            .map(|b| proto::Benefit { code: b.code.clone(), description: b.description.clone() })
+            .collect(),
+        next_tier: s.next_tier.map_or(proto::Tier::Unspecified, tier) as i32,
+        qualifying_spend_minor: s.qualifying_spend_minor,
+        next_tier_threshold_minor: s.next_tier_threshold_minor.unwrap_or(0),
+        pending: pending(&b),
+        expiring: expiring(&b),
+        tier_since: s.tier_since.map(to_timestamp),
+        next_review_at: s.next_review.map(to_timestamp),
+        active_points: b.active,
+        pending_points: b.pending,
+        expiring_soon_points: b.expiring_soon,
+        as_of: Some(to_timestamp(now)),
+    }
+}
+
+pub fn ledger_entry(e: &LedgerEntry) -> proto::LedgerEntry {
+    proto::LedgerEntry {
+        kind: entry_kind(e.kind) as i32,
+        points: e.points,
+        occurred_at: Some(to_timestamp(e.at)),
+        event_id: e.event_id.clone(),
+        order_id: e.order_id.clone().unwrap_or_default(),
+        channel: e.channel.map_or(proto::Channel::Unspecified, |c| c.to_proto()) as i32,
+        reason: e.reason.clone(),
+        actor: e.actor.clone(),
+        request_id: e.request_id.clone().unwrap_or_default(),
+        activates_at: e.activates_at.map(to_timestamp),
+        expires_at: e.expires_at.map(to_timestamp),
+        seq: e.seq,
     }
 }

@@ -5,6 +5,7 @@
 //! `omnifold-proto`; requests become validated domain values in `request.rs`,
 //! and every error becomes a `tonic::Status` in one place (`From<Error>`).
 
+mod commands;
 mod convert;
 mod request;
 mod services;
@@ -17,7 +18,8 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::Status;
 
-use omnifold_core::{Member, Millis, partition::partition_for};
+pub use commands::{CommandLog, Commands};
+use omnifold_core::{FoldConfig, Member, Millis, partition::partition_for};
 use omnifold_proto::v1::{
     admin_service_server::AdminServiceServer, loyalty_service_server::LoyaltyServiceServer,
     profile_service_server::ProfileServiceServer,
@@ -32,6 +34,8 @@ pub enum Error {
     InvalidArgument(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -49,6 +53,7 @@ impl From<Error> for Status {
         match e {
             Error::InvalidArgument(m) => Status::invalid_argument(m),
             Error::NotFound(m) => Status::not_found(m),
+            Error::FailedPrecondition(m) => Status::failed_precondition(m),
             Error::Unavailable(m) => Status::unavailable(m),
             Error::Unimplemented(m) => Status::unimplemented(m),
             other => {
@@ -59,28 +64,40 @@ impl From<Error> for Status {
     }
 }
 
-/// What the services read from.
+/// What the services read from, and where commands go.
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub store: Arc<Store>,
     /// The events topic; member keys route to its partitions.
     pub topic: String,
-    /// ISO code that spend is reported in.
-    pub program_currency: String,
+    /// The fold's rules: program currency, loyalty program.
+    pub fold: Arc<FoldConfig>,
+    /// Absent on a read-only instance: redemptions and adjustments answer UNAVAILABLE.
+    pub commands: Option<Commands>,
 }
 
 impl AppState {
-    pub fn new(store: Arc<Store>, topic: impl Into<String>, program_currency: impl Into<String>) -> Self {
-        AppState { store, topic: topic.into(), program_currency: program_currency.into() }
+    pub fn new(store: Arc<Store>, topic: impl Into<String>, fold: Arc<FoldConfig>) -> Self {
+        AppState { store, topic: topic.into(), fold, commands: None }
     }
 
-    /// Loads the aggregate stored under a subject key.
-    pub(crate) fn load(&self, key: &str) -> Result<Option<Member>, Error> {
+    pub fn with_commands(mut self, commands: Commands) -> Self {
+        self.commands = Some(commands);
+        self
+    }
+
+    /// The partition that owns a subject key.
+    pub(crate) fn partition(&self, key: &str) -> Result<u32, Error> {
         let partitions = self
             .store
             .partition_count(&self.topic)?
             .ok_or_else(|| Error::Unavailable("the store has not joined the events topic yet; retry shortly".into()))?;
-        Ok(self.store.member(partition_for(key.as_bytes(), partitions), key)?)
+        Ok(partition_for(key.as_bytes(), partitions))
+    }
+
+    /// Loads the aggregate stored under a subject key.
+    pub(crate) fn load(&self, key: &str) -> Result<Option<Member>, Error> {
+        Ok(self.store.member(self.partition(key)?, key)?)
     }
 }
 

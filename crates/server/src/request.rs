@@ -1,8 +1,9 @@
 //! Requests validated into domain values. Every `INVALID_ARGUMENT` the
 //! server sends is built here, with a message that says what to fix.
 
+use omnifold_core::loyalty::EntryKind;
 use omnifold_core::time::{MAX_EVENT_TIME, MIN_EVENT_TIME, from_timestamp};
-use omnifold_core::{Identifier, Millis};
+use omnifold_core::{Channel, Identifier, LedgerEntry, Millis};
 use omnifold_proto::v1 as proto;
 use omnifold_proto::wkt::{FieldMask, Timestamp};
 
@@ -114,6 +115,183 @@ pub fn instant(field: &str, ts: Option<Timestamp>, default: Millis) -> Result<Mi
     }
 }
 
+/// Longest request id accepted.
+pub const MAX_REQUEST_ID: usize = 128;
+/// Longest reason, reward or actor accepted.
+const MAX_TEXT: usize = 512;
+pub const DEFAULT_PAGE_SIZE: usize = 50;
+pub const MAX_PAGE_SIZE: usize = 500;
+
+fn request_id(raw: &str) -> Result<String, Error> {
+    let id = raw.trim();
+    if id.is_empty() {
+        return Err(Error::InvalidArgument(
+            "request_id is required: a key unique to this request, reused only when retrying it".into(),
+        ));
+    }
+    if id.len() > MAX_REQUEST_ID {
+        return Err(Error::InvalidArgument(format!("request_id must be at most {MAX_REQUEST_ID} characters")));
+    }
+    Ok(id.to_owned())
+}
+
+fn channel(field: &str, raw: i32) -> Result<Channel, Error> {
+    Channel::from_proto(raw).ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "{field} is required: the sales channel making the request, e.g. MOBILE_APP or STORE_POS"
+        ))
+    })
+}
+
+fn short_text(field: &str, raw: &str, required: bool) -> Result<String, Error> {
+    let t = raw.trim();
+    if required && t.is_empty() {
+        return Err(Error::InvalidArgument(format!("{field} is required")));
+    }
+    if t.len() > MAX_TEXT {
+        return Err(Error::InvalidArgument(format!("{field} must be at most {MAX_TEXT} bytes")));
+    }
+    Ok(t.to_owned())
+}
+
+/// A validated `RedeemPoints` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redeem {
+    pub member: MemberAddress,
+    pub request_id: String,
+    pub points: i64,
+    pub channel: Channel,
+    pub reward: String,
+}
+
+impl TryFrom<proto::RedeemPointsRequest> for Redeem {
+    type Error = Error;
+
+    fn try_from(r: proto::RedeemPointsRequest) -> Result<Self, Error> {
+        let member = MemberAddress::try_from(r.member)?;
+        let request_id = request_id(&r.request_id)?;
+        if r.points <= 0 {
+            return Err(Error::InvalidArgument(format!(
+                "points must be a positive number to redeem, got {}",
+                r.points
+            )));
+        }
+        Ok(Redeem {
+            member,
+            request_id,
+            points: r.points,
+            channel: channel("channel", r.channel)?,
+            reward: short_text("reward", &r.reward, false)?,
+        })
+    }
+}
+
+/// A validated `AdjustPoints` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Adjust {
+    pub member: MemberAddress,
+    pub request_id: String,
+    pub delta: i64,
+    pub reason: String,
+    pub actor: String,
+    pub channel: Channel,
+}
+
+impl TryFrom<proto::AdjustPointsRequest> for Adjust {
+    type Error = Error;
+
+    fn try_from(r: proto::AdjustPointsRequest) -> Result<Self, Error> {
+        let member = MemberAddress::try_from(r.member)?;
+        let request_id = request_id(&r.request_id)?;
+        if r.delta == 0 {
+            return Err(Error::InvalidArgument("delta must not be zero: points to add (>0) or take (<0)".into()));
+        }
+        Ok(Adjust {
+            member,
+            request_id,
+            delta: r.delta,
+            reason: short_text("reason", &r.reason, true)?,
+            actor: short_text("actor", &r.actor, true)?,
+            // Adjustments are usually made by staff tools; default to the call centre.
+            channel: if r.channel == 0 { Channel::CallCenter } else { channel("channel", r.channel)? },
+        })
+    }
+}
+
+/// A validated `ListLedger` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerQuery {
+    pub member: MemberAddress,
+    pub page_size: usize,
+    /// List entries with a sequence number below this.
+    pub before: Option<u64>,
+    /// Empty: every kind.
+    pub kinds: Vec<EntryKind>,
+    pub from: Option<Millis>,
+    pub to: Option<Millis>,
+}
+
+impl LedgerQuery {
+    pub fn matches(&self, e: &LedgerEntry) -> bool {
+        (self.kinds.is_empty() || self.kinds.contains(&e.kind))
+            && self.from.is_none_or(|f| e.at >= f)
+            && self.to.is_none_or(|t| e.at < t)
+    }
+}
+
+const TOKEN_PREFIX: &str = "seq:";
+
+pub fn page_token(next_seq: u64) -> String {
+    format!("{TOKEN_PREFIX}{next_seq}")
+}
+
+impl TryFrom<proto::ListLedgerRequest> for LedgerQuery {
+    type Error = Error;
+
+    fn try_from(r: proto::ListLedgerRequest) -> Result<Self, Error> {
+        let member = MemberAddress::try_from(r.member)?;
+        let page_size = match r.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n if n < 0 || n as usize > MAX_PAGE_SIZE => {
+                return Err(Error::InvalidArgument(format!("page_size must be 1 to {MAX_PAGE_SIZE}, got {n}")));
+            }
+            n => n as usize,
+        };
+        let before = if r.page_token.is_empty() {
+            None
+        } else {
+            let seq = r.page_token.strip_prefix(TOKEN_PREFIX).and_then(|s| s.parse::<u64>().ok());
+            Some(seq.ok_or_else(|| {
+                Error::InvalidArgument(
+                    "page_token is not one this service issued; pass next_page_token from the previous answer".into(),
+                )
+            })?)
+        };
+        let kinds = r
+            .kinds
+            .iter()
+            .map(|k| match proto::LedgerEntryKind::try_from(*k) {
+                Ok(proto::LedgerEntryKind::Earn) => Ok(EntryKind::Earn),
+                Ok(proto::LedgerEntryKind::Redeem) => Ok(EntryKind::Redeem),
+                Ok(proto::LedgerEntryKind::Revoke) => Ok(EntryKind::Revoke),
+                Ok(proto::LedgerEntryKind::Expire) => Ok(EntryKind::Expire),
+                Ok(proto::LedgerEntryKind::Adjust) => Ok(EntryKind::Adjust),
+                _ => Err(Error::InvalidArgument(format!(
+                    "kinds: {k} is not a ledger entry kind; use EARN, REDEEM, REVOKE, EXPIRE or ADJUST"
+                ))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let from = r.from.map(|t| instant("from", Some(t), 0)).transpose()?;
+        let to = r.to.map(|t| instant("to", Some(t), 0)).transpose()?;
+        if let (Some(f), Some(t)) = (from, to)
+            && f >= t
+        {
+            return Err(Error::InvalidArgument("from must be before to".into()));
+        }
+        Ok(LedgerQuery { member, page_size, before, kinds, from, to })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,5 +319,66 @@ mod tests {
         let err = ReadMask::try_from(Some(FieldMask { paths: vec!["purchase".into()] })).unwrap_err().to_string();
         assert!(err.contains("`purchase` is not a Profile field"), "{err}");
         assert!(ReadMask::try_from(None).unwrap().includes("browse"));
+    }
+
+    #[test]
+    fn redeem_and_adjust_requests_say_what_to_fix() {
+        let member = Some(proto::MemberRef { r#ref: Some(proto::member_ref::Ref::MemberId("m-1".into())) });
+        let ok = proto::RedeemPointsRequest {
+            member: member.clone(),
+            request_id: "r-1".into(),
+            points: 100,
+            channel: proto::Channel::MobileApp as i32,
+            reward: "coupon".into(),
+        };
+        assert_eq!(Redeem::try_from(ok.clone()).unwrap().points, 100);
+        let err = Redeem::try_from(proto::RedeemPointsRequest { points: 0, ..ok.clone() }).unwrap_err().to_string();
+        assert!(err.contains("points must be a positive number"), "{err}");
+        let err = Redeem::try_from(proto::RedeemPointsRequest { request_id: " ".into(), ..ok.clone() })
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("request_id is required"), "{err}");
+        let err = Redeem::try_from(proto::RedeemPointsRequest { channel: 0, ..ok }).unwrap_err().to_string();
+        assert!(err.contains("channel is required"), "{err}");
+        let adjust = proto::AdjustPointsRequest {
+            member,
+            request_id: "a-1".into(),
+            delta: 0,
+            reason: "goodwill".into(),
+            actor: "agent-7".into(),
+            channel: 0,
+        };
+        let err = Adjust::try_from(adjust.clone()).unwrap_err().to_string();
+        assert!(err.contains("delta must not be zero"), "{err}");
+        let err = Adjust::try_from(proto::AdjustPointsRequest { delta: 5, actor: String::new(), ..adjust })
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("actor is required"), "{err}");
+    }
+
+    #[test]
+    fn ledger_query_checks_page_and_filters() {
+        let member = Some(proto::MemberRef { r#ref: Some(proto::member_ref::Ref::MemberId("m-1".into())) });
+        let q =
+            LedgerQuery::try_from(proto::ListLedgerRequest { member: member.clone(), ..Default::default() }).unwrap();
+        assert_eq!((q.page_size, q.before), (DEFAULT_PAGE_SIZE, None));
+        let q = LedgerQuery::try_from(proto::ListLedgerRequest {
+            member: member.clone(),
+            page_token: page_token(17),
+            kinds: vec![proto::LedgerEntryKind::Redeem as i32],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!((q.before, q.kinds), (Some(17), vec![EntryKind::Redeem]));
+        for (bad, want) in [
+            (proto::ListLedgerRequest { page_size: 501, ..Default::default() }, "page_size must be 1 to 500"),
+            (proto::ListLedgerRequest { page_token: "17".into(), ..Default::default() }, "page_token is not one"),
+            (proto::ListLedgerRequest { kinds: vec![9], ..Default::default() }, "not a ledger entry kind"),
+        ] {
+            let err = LedgerQuery::try_from(proto::ListLedgerRequest { member: member.clone(), ..bad })
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{err}");
+        }
     }
 }

@@ -7,10 +7,12 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use omnifold_core::Member;
-use omnifold_core::time::to_timestamp;
+use omnifold_core::loyalty::{CommandKind, VerdictStatus};
+use omnifold_core::member::ProfileKind;
 use omnifold_proto::v1 as proto;
 
-use crate::request::{MemberAddress, ReadMask, instant};
+use crate::commands::{self, Command, Outcome};
+use crate::request::{Adjust, LedgerQuery, MemberAddress, ReadMask, Redeem, instant, page_token};
 use crate::{AppState, Error, convert, now_millis};
 
 /// Most members one `BatchGetProfiles` may ask for.
@@ -38,7 +40,7 @@ impl proto::profile_service_server::ProfileService for Profiles {
         let mask = ReadMask::try_from(r.read_mask)?;
         let now = instant("as_of", r.as_of, now_millis())?;
         let member = find(&self.0, &addr)?;
-        Ok(Response::new(convert::profile(&member, now, &mask, &self.0.program_currency)))
+        Ok(Response::new(convert::profile(&member, now, &mask, &self.0.fold)))
     }
 
     async fn batch_get_profiles(
@@ -68,7 +70,7 @@ impl proto::profile_service_server::ProfileService for Profiles {
         for (addr, wire) in addrs.iter().zip(r.members) {
             let mut result = proto::ProfileResult { member: Some(wire), ..Default::default() };
             match find(&self.0, addr) {
-                Ok(m) => result.profile = Some(convert::profile(&m, now, &mask, &self.0.program_currency)),
+                Ok(m) => result.profile = Some(convert::profile(&m, now, &mask, &self.0.fold)),
                 Err(Error::NotFound(msg)) => {
                     result.code = tonic::Code::NotFound as i32;
                     result.message = msg;
@@ -99,7 +101,51 @@ impl proto::profile_service_server::ProfileService for Profiles {
 
 pub struct Loyalty(pub AppState);
 
-const LEDGER: &str = "the points ledger is not built yet; GetBalance reports what the fold holds";
+/// Members only: anonymous and provisional profiles hold no points.
+fn points_holder(state: &AppState, addr: &MemberAddress) -> Result<Member, Error> {
+    let m = find(state, addr)?;
+    if m.kind != ProfileKind::KnownMember {
+        return Err(Error::FailedPrecondition(format!(
+            "`{}` is not a member (an anonymous or provisional profile); points belong to members",
+            m.key
+        )));
+    }
+    Ok(m)
+}
+
+/// Scanned ledger entries per page at most, so a selective filter over a
+/// long ledger still answers quickly (with a token to go on).
+const MAX_SCAN: usize = 10_000;
+
+impl Loyalty {
+    /// Appends a command, waits for its verdict, and reads the balance after it.
+    async fn command(
+        &self,
+        member: &Member,
+        cmd: Command,
+    ) -> Result<(proto::RedemptionStatus, String, Option<proto::Balance>, String), Error> {
+        let state = &self.0;
+        let event_id = cmd.event_id();
+        match commands::submit(state, &cmd).await? {
+            Outcome::Decided(v) => {
+                let after = state.load(&member.key)?.unwrap_or_else(|| member.clone());
+                let status = match v.status {
+                    VerdictStatus::Accepted => proto::RedemptionStatus::Accepted,
+                    VerdictStatus::Rejected => proto::RedemptionStatus::Rejected,
+                };
+                Ok((status, v.reason, Some(convert::balance(&after, now_millis(), &state.fold.loyalty)), v.event_id))
+            }
+            Outcome::InProgress => Ok((
+                proto::RedemptionStatus::InProgress,
+                "the request is in the log but its verdict did not arrive in time; call again with the same \
+                 request_id to get it"
+                    .into(),
+                None,
+                event_id,
+            )),
+        }
+    }
+}
 
 #[tonic::async_trait]
 impl proto::loyalty_service_server::LoyaltyService for Loyalty {
@@ -107,42 +153,103 @@ impl proto::loyalty_service_server::LoyaltyService for Loyalty {
         let r = req.into_inner();
         let addr = MemberAddress::try_from(r.member)?;
         let now = instant("as_of", r.as_of, now_millis())?;
-        let m = find(&self.0, &addr)?;
-        Ok(Response::new(proto::Balance {
-            member_id: m.key.clone(),
-            active_points: m.loyalty.active_points,
-            pending_points: m.loyalty.pending_points,
-            negative_balance: m.loyalty.negative_balance,
-            tier: proto::Tier::Member as i32,
-            version: Some(convert::version(&m)),
-            as_of: Some(to_timestamp(now)),
-            ..Default::default()
-        }))
+        let m = points_holder(&self.0, &addr)?;
+        Ok(Response::new(convert::balance(&m, now, &self.0.fold.loyalty)))
     }
 
     async fn list_ledger(
         &self,
-        _: Request<proto::ListLedgerRequest>,
+        req: Request<proto::ListLedgerRequest>,
     ) -> Result<Response<proto::ListLedgerResponse>, Status> {
-        Err(Error::Unimplemented(LEDGER).into())
+        let q = LedgerQuery::try_from(req.into_inner())?;
+        let state = &self.0;
+        let m = points_holder(state, &q.member)?;
+        let partition = state.partition(&m.key)?;
+        // Lots expired by now but not yet closed by a later event come first:
+        // they are numbered after everything stored.
+        let expiries = m.pending_expiries(now_millis());
+        let below = |seq: u64| q.before.is_none_or(|b| seq < b);
+        let mut virtual_entries = expiries.into_iter().rev().filter(|e| below(e.seq)).map(Ok);
+        let stored_before = q.before.map(|b| b.min(m.loyalty.next_seq));
+        let stored = state.store.ledger(partition, &m.key, stored_before).map(|r| r.map_err(Error::from));
+        let mut entries = Vec::new();
+        let mut next_page_token = String::new();
+        for (scanned, e) in virtual_entries.by_ref().chain(stored).enumerate() {
+            let e = e?;
+            if entries.len() == q.page_size || scanned == MAX_SCAN {
+                next_page_token = page_token(e.seq + 1);
+                break;
+            }
+            if q.matches(&e) {
+                entries.push(convert::ledger_entry(&e));
+            }
+        }
+        Ok(Response::new(proto::ListLedgerResponse { entries, next_page_token }))
     }
 
-    async fn get_benefits(&self, _: Request<proto::GetBenefitsRequest>) -> Result<Response<proto::Benefits>, Status> {
-        Err(Error::Unimplemented(LEDGER).into())
+    async fn get_benefits(&self, req: Request<proto::GetBenefitsRequest>) -> Result<Response<proto::Benefits>, Status> {
+        let r = req.into_inner();
+        let addr = MemberAddress::try_from(r.member)?;
+        let now = instant("as_of", r.as_of, now_millis())?;
+        let m = points_holder(&self.0, &addr)?;
+        Ok(Response::new(convert::benefits(&m, now, &self.0.fold.loyalty)))
     }
 
     async fn redeem_points(
         &self,
-        _: Request<proto::RedeemPointsRequest>,
+        req: Request<proto::RedeemPointsRequest>,
     ) -> Result<Response<proto::RedeemPointsResponse>, Status> {
-        Err(Error::Unimplemented(LEDGER).into())
+        let r = Redeem::try_from(req.into_inner())?;
+        let m = points_holder(&self.0, &r.member)?;
+        let cmd = Command {
+            member: m.key.clone(),
+            request_id: r.request_id.clone(),
+            kind: CommandKind::Redeem,
+            points: r.points,
+            channel: r.channel,
+            payload: proto::event::Payload::PointsRedemptionRequested(proto::PointsRedemptionRequested {
+                request_id: r.request_id.clone(),
+                points: r.points,
+                reward: r.reward,
+            }),
+        };
+        let (status, reason, balance, event_id) = self.command(&m, cmd).await?;
+        Ok(Response::new(proto::RedeemPointsResponse {
+            status: status as i32,
+            reason,
+            balance,
+            request_id: r.request_id,
+            event_id,
+        }))
     }
 
     async fn adjust_points(
         &self,
-        _: Request<proto::AdjustPointsRequest>,
+        req: Request<proto::AdjustPointsRequest>,
     ) -> Result<Response<proto::AdjustPointsResponse>, Status> {
-        Err(Error::Unimplemented(LEDGER).into())
+        let r = Adjust::try_from(req.into_inner())?;
+        let m = points_holder(&self.0, &r.member)?;
+        let cmd = Command {
+            member: m.key.clone(),
+            request_id: r.request_id.clone(),
+            kind: CommandKind::Adjust,
+            points: r.delta,
+            channel: r.channel,
+            payload: proto::event::Payload::PointsAdjusted(proto::PointsAdjusted {
+                delta: r.delta,
+                reason: r.reason,
+                actor: r.actor,
+                request_id: r.request_id.clone(),
+            }),
+        };
+        let (status, reason, balance, event_id) = self.command(&m, cmd).await?;
+        Ok(Response::new(proto::AdjustPointsResponse {
+            status: status as i32,
+            reason,
+            balance,
+            request_id: r.request_id,
+            event_id,
+        }))
     }
 }
 

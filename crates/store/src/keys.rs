@@ -21,3 +21,28 @@ pub(crate) fn partitions(topic: &str) -> Vec<u8> {
 pub(crate) fn decode_i64(v: &[u8]) -> Option<i64> {
     Some(i64::from_be_bytes(v.try_into().ok()?))
 }
+
+/// `partition | len(member) u16 | member`: the prefix of one member's
+/// ledger entries and verdicts.
+pub(crate) fn member_prefix(partition: u32, member: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(6 + member.len() + 8);
+    k.extend_from_slice(&partition.to_be_bytes());
+    k.extend_from_slice(&(member.len() as u16).to_be_bytes());
+    k.extend_from_slice(member.as_bytes());
+    k
+}
+
+/// A ledger entry: the member prefix, then the sequence number, so one
+/// member's entries are contiguous and ordered oldest first.
+pub(crate) fn ledger(partition: u32, member: &str, seq: u64) -> Vec<u8> {
+    let mut k = member_prefix(partition, member);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// A verdict: the member prefix, then the request id.
+pub(crate) fn verdict(partition: u32, member: &str, request_id: &str) -> Vec<u8> {
+    let mut k = member_prefix(partition, member);
+    k.extend_from_slice(request_id.as_bytes());
+    k
+}

@@ -1,5 +1,6 @@
-//! RocksDB storage for omnifold: member aggregates, dedupe markers and the
-//! consumed offsets, written together in one atomic batch per partition.
+//! RocksDB storage for omnifold: member aggregates, points ledgers, command
+//! verdicts, dedupe markers and the consumed offsets, written together in one
+//! atomic batch per partition.
 //!
 //! Architecture invariant: no RocksDB type appears in this crate's public API,
 //! and this crate knows nothing about Kafka or gRPC. Offsets are plain
@@ -12,14 +13,20 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rocksdb::compaction_filter::Decision;
-use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Options, WriteBufferManager, WriteOptions};
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBufferManager,
+    WriteOptions,
+};
 
 pub use config::StoreConfig;
-use omnifold_core::Member;
+use omnifold_core::{LedgerEntry, Member, Verdict};
 
 const CF_MEMBERS: &str = "members";
 const CF_DEDUPE: &str = "dedupe";
 const CF_META: &str = "meta";
+const CF_LEDGER: &str = "ledger";
+const CF_VERDICTS: &str = "verdicts";
+const ALL_CFS: [&str; 5] = [CF_MEMBERS, CF_DEDUPE, CF_META, CF_LEDGER, CF_VERDICTS];
 
 /// The crate's one error type.
 #[derive(Debug, thiserror::Error)]
@@ -98,7 +105,7 @@ impl Store {
         db_opts.increase_parallelism(2);
         db_opts.set_max_open_files(config.max_open_files);
         db_opts.set_keep_log_file_num(3);
-        let db = DB::open_cf_descriptors(&db_opts, &config.path, [CF_MEMBERS, CF_DEDUPE, CF_META].map(cf_opts))?;
+        let db = DB::open_cf_descriptors(&db_opts, &config.path, ALL_CFS.map(cf_opts))?;
         let mut write_opts = WriteOptions::default();
         write_opts.set_sync(config.sync_writes);
         Ok(Arc::new(Store { db, write_opts, _cache: cache }))
@@ -157,6 +164,44 @@ impl Store {
         Ok(out)
     }
 
+    /// A member's ledger, newest first, starting below `before` (a sequence
+    /// number) when given.
+    pub fn ledger(
+        &self,
+        partition: u32,
+        member: &str,
+        before: Option<u64>,
+    ) -> impl Iterator<Item = Result<LedgerEntry>> + '_ {
+        let prefix = keys::member_prefix(partition, member);
+        let start = match before {
+            Some(0) => None,
+            Some(seq) => Some(keys::ledger(partition, member, seq - 1)),
+            None => Some(keys::ledger(partition, member, u64::MAX)),
+        };
+        start
+            .into_iter()
+            .flat_map(move |start| {
+                self.db.iterator_cf(self.cf(CF_LEDGER), IteratorMode::From(&start, Direction::Reverse))
+            })
+            .take_while(move |r| {
+                r.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix) && k.len() == prefix.len() + 8)
+            })
+            .map(|r| {
+                let (_, v) = r?;
+                Ok(LedgerEntry::decode(&v)?)
+            })
+    }
+
+    /// The verdicts recorded for `(member, request id)` pairs of one partition.
+    pub fn verdicts(&self, partition: u32, requests: &[(&str, &str)]) -> Result<Vec<Option<Verdict>>> {
+        let ks: Vec<Vec<u8>> = requests.iter().map(|(m, r)| keys::verdict(partition, m, r)).collect();
+        self.db
+            .batched_multi_get_cf(self.cf(CF_VERDICTS), &ks, false)
+            .into_iter()
+            .map(|r| Ok(r?.map(|v| Verdict::decode(&v)).transpose()?))
+            .collect()
+    }
+
     /// For each event id, whether it was already applied in this partition.
     pub fn seen(&self, partition: u32, event_ids: &[&str]) -> Result<Vec<bool>> {
         let ks: Vec<Vec<u8>> = event_ids.iter().map(|id| keys::scoped(partition, id)).collect();
@@ -189,7 +234,7 @@ impl Store {
 
     /// Flushes memtables to disk (used at shutdown so restarts replay less WAL).
     pub fn flush(&self) -> Result<()> {
-        for cf in [CF_MEMBERS, CF_DEDUPE, CF_META] {
+        for cf in ALL_CFS {
             self.db.flush_cf(self.cf(cf))?;
         }
         Ok(())
@@ -207,6 +252,18 @@ pub struct Batch {
 impl Batch {
     pub fn put_member(&mut self, store: &Store, member: &Member) {
         self.inner.put_cf(store.cf(CF_MEMBERS), keys::scoped(self.partition, &member.key), member.encode());
+    }
+
+    pub fn put_ledger(&mut self, store: &Store, member: &str, entry: &LedgerEntry) {
+        self.inner.put_cf(store.cf(CF_LEDGER), keys::ledger(self.partition, member, entry.seq), entry.encode());
+    }
+
+    pub fn put_verdict(&mut self, store: &Store, member: &str, verdict: &Verdict) {
+        self.inner.put_cf(
+            store.cf(CF_VERDICTS),
+            keys::verdict(self.partition, member, &verdict.request_id),
+            verdict.encode(),
+        );
     }
 
     pub fn mark_seen(&mut self, store: &Store, event_id: &str) {

@@ -1,0 +1,155 @@
+//! Commands through the log: a redemption or an adjustment becomes an event
+//! keyed by the member and appended to the events topic. The fold, single
+//! threaded per partition, decides it; the answer is that verdict, read from
+//! the store once the partition's commit lands.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use xxhash_rust::xxh3::xxh3_128;
+
+use omnifold_core::loyalty::CommandKind;
+use omnifold_core::time::to_timestamp;
+use omnifold_core::{Channel, Verdict};
+use omnifold_proto::v1 as proto;
+
+use crate::{AppState, Error, now_millis};
+
+/// Where commands are appended: the events topic, partitioned by murmur2 of
+/// the key like every other producer.
+#[tonic::async_trait]
+pub trait CommandLog: Send + Sync + 'static {
+    /// Appends one record and returns once the broker has acknowledged it.
+    async fn append(&self, key: &str, value: Vec<u8>) -> Result<(), String>;
+}
+
+/// What an instance needs to accept commands.
+#[derive(Clone)]
+pub struct Commands {
+    pub log: Arc<dyn CommandLog>,
+    /// Bumped after every commit of the fold on this instance.
+    pub commits: watch::Receiver<u64>,
+    /// How long a request waits for its verdict before answering IN_PROGRESS.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for Commands {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Commands").field("timeout", &self.timeout).finish_non_exhaustive()
+    }
+}
+
+/// A command ready to append.
+pub(crate) struct Command {
+    pub member: String,
+    pub request_id: String,
+    pub kind: CommandKind,
+    pub points: i64,
+    pub channel: Channel,
+    pub payload: proto::event::Payload,
+}
+
+impl Command {
+    /// Deterministic per (member, request id), so a retried append is also
+    /// dropped by the event-id dedupe.
+    pub fn event_id(&self) -> String {
+        let prefix = match self.kind {
+            CommandKind::Redeem => "redeem",
+            CommandKind::Adjust => "adjust",
+        };
+        let h = xxh3_128(format!("{}\0{}", self.member, self.request_id).as_bytes());
+        format!("{prefix}-{h:032x}")
+    }
+
+    fn event(&self) -> proto::Event {
+        proto::Event {
+            event_id: self.event_id(),
+            occurred_at: Some(to_timestamp(now_millis())),
+            channel: self.channel.to_proto() as i32,
+            store_id: String::new(),
+            subject: Some(proto::Subject { member_id: self.member.clone(), ..Default::default() }),
+            payload: Some(self.payload.clone()),
+        }
+    }
+
+    /// A verdict recorded for this request id must be for the same command.
+    fn check(&self, v: Verdict) -> Result<Verdict, Error> {
+        if v.kind != self.kind || v.points != self.points {
+            let what = match v.kind {
+                CommandKind::Redeem => format!("a redemption of {} points", v.points),
+                CommandKind::Adjust => format!("an adjustment of {} points", v.points),
+            };
+            return Err(Error::InvalidArgument(format!(
+                "request_id `{}` was already used for {what}; use a new request_id for a new request",
+                self.request_id
+            )));
+        }
+        Ok(v)
+    }
+}
+
+pub(crate) enum Outcome {
+    Decided(Verdict),
+    /// The deadline passed first; the request is in the log and will be decided.
+    InProgress,
+}
+
+/// Appends `cmd` unless it was already decided, then waits for the verdict.
+pub(crate) async fn submit(state: &AppState, cmd: &Command) -> Result<Outcome, Error> {
+    let commands = state.commands.as_ref().ok_or_else(|| {
+        Error::Unavailable("this instance does not accept points commands (no producer configured)".into())
+    })?;
+    let partition = state.partition(&cmd.member)?;
+    let decided = || -> Result<Option<Verdict>, Error> {
+        let got = state.store.verdicts(partition, &[(&cmd.member, &cmd.request_id)])?;
+        got.into_iter().next().flatten().map(|v| cmd.check(v)).transpose()
+    };
+    if let Some(v) = decided()? {
+        return Ok(Outcome::Decided(v));
+    }
+    let mut commits = commands.commits.clone();
+    commits.borrow_and_update();
+    commands.log.append(&cmd.member, cmd.event().encode_to_vec()).await.map_err(|e| {
+        Error::Unavailable(format!("could not append the request to the log ({e}); retry with the same request_id"))
+    })?;
+    let deadline = Instant::now() + commands.timeout;
+    loop {
+        if let Some(v) = decided()? {
+            return Ok(Outcome::Decided(v));
+        }
+        match tokio::time::timeout_at(deadline, commits.changed()).await {
+            Ok(Ok(())) => {
+                commits.borrow_and_update();
+            }
+            // Deadline, or the fold stopped on this instance.
+            Ok(Err(_)) | Err(_) => return Ok(Outcome::InProgress),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd(member: &str, request_id: &str) -> Command {
+        Command {
+            member: member.into(),
+            request_id: request_id.into(),
+            kind: CommandKind::Redeem,
+            points: 10,
+            channel: Channel::MobileApp,
+            payload: proto::event::Payload::PointsRedemptionRequested(Default::default()),
+        }
+    }
+
+    #[test]
+    fn event_ids_are_stable_per_member_and_request() {
+        assert_eq!(cmd("m-1", "r-1").event_id(), cmd("m-1", "r-1").event_id());
+        assert_ne!(cmd("m-1", "r-1").event_id(), cmd("m-2", "r-1").event_id());
+        assert_ne!(cmd("m-1", "r-1").event_id(), cmd("m-1", "r-2").event_id());
+        assert!(cmd("m-1", "r-1").event_id().len() <= omnifold_core::event::MAX_EVENT_ID_LEN);
+    }
+}
