@@ -1,33 +1,88 @@
 //! The processor against a real RocksDB store: duplicates anywhere and any
-//! batch boundaries give the state of one clean pass over the events, and
-//! reprocessing committed records changes nothing.
+//! batch boundaries give the state, ledger and verdicts of one clean pass
+//! over the events; a retried request id is decided once; reprocessing
+//! committed records changes nothing.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use omnifold_core::fold::{Position, apply, kind_of};
 use omnifold_core::testing::events;
-use omnifold_core::{Event, FoldConfig, Member};
+use omnifold_core::{Event, FoldConfig, LedgerEntry, Member, Payload, Verdict};
 use omnifold_ingest::{Processor, Record};
 use omnifold_proto::v1 as proto;
 use omnifold_store::{Store, StoreConfig};
 use proptest::prelude::*;
 use prost::Message;
 
-/// One clean pass of the core fold, and which events it applied.
-fn reference(stream: &[proto::Event]) -> (BTreeMap<String, Member>, Vec<bool>) {
+/// What one clean pass of the core fold gives.
+struct Reference {
+    members: BTreeMap<String, Member>,
+    ledgers: BTreeMap<String, Vec<LedgerEntry>>,
+    verdicts: BTreeMap<(String, String), Verdict>,
+    /// Per event: applied (or a retry of a decided request), not refused.
+    accepted: Vec<bool>,
+    /// Events that repeat a request id already decided for their member.
+    retries: u64,
+}
+
+fn request_id(e: &Event) -> Option<&str> {
+    match &e.payload {
+        Payload::PointsRedemptionRequested { request_id, .. } => Some(request_id),
+        Payload::PointsAdjusted { request_id, .. } => request_id.as_deref(),
+        _ => None,
+    }
+}
+
+/// One clean pass of the core fold, where a request id the member already
+/// has a verdict for is not applied again.
+fn reference(stream: &[proto::Event]) -> Reference {
     let cfg = FoldConfig::default().validate().unwrap();
-    let mut out: BTreeMap<String, Member> = BTreeMap::new();
-    let mut applied = Vec::new();
+    let mut r = Reference {
+        members: BTreeMap::new(),
+        ledgers: BTreeMap::new(),
+        verdicts: BTreeMap::new(),
+        accepted: Vec::new(),
+        retries: 0,
+    };
     for (i, w) in stream.iter().enumerate() {
         let e = Event::try_from(w.clone()).unwrap();
         let key = e.subject.key();
-        let m = out.entry(key.clone()).or_insert_with(|| Member::new(key, kind_of(&e)));
-        applied.push(apply(m, &e, Position { partition: 0, offset: i as i64 }, &cfg).is_ok());
+        if let Some(req) = request_id(&e)
+            && r.verdicts.contains_key(&(key.clone(), req.to_owned()))
+        {
+            r.retries += 1;
+            r.accepted.push(true);
+            continue;
+        }
+        let m = r.members.entry(key.clone()).or_insert_with(|| Member::new(key.clone(), kind_of(&e)));
+        match apply(m, &e, Position { partition: 0, offset: i as i64 }, &cfg) {
+            Ok(fx) => {
+                if !fx.ledger.is_empty() {
+                    r.ledgers.entry(key.clone()).or_default().extend(fx.ledger);
+                }
+                if let Some(v) = fx.verdict {
+                    r.verdicts.insert((key, v.request_id.clone()), v);
+                }
+                r.accepted.push(true);
+            }
+            Err(_) => r.accepted.push(false),
+        }
     }
     // A subject whose every event was refused has no profile.
-    out.retain(|_, m| m.version.events_applied > 0);
-    (out, applied)
+    r.members.retain(|_, m| m.version.events_applied > 0);
+    r
+}
+
+/// Every member's ledger as stored, oldest first.
+fn stored_ledgers(store: &Store, keys: impl Iterator<Item = String>) -> BTreeMap<String, Vec<LedgerEntry>> {
+    keys.map(|k| {
+        let mut entries: Vec<LedgerEntry> = store.ledger(0, &k, None).map(|e| e.unwrap()).collect();
+        entries.reverse();
+        (k, entries)
+    })
+    .filter(|(_, e)| !e.is_empty())
+    .collect()
 }
 
 /// Offsets differ once duplicates are interleaved; everything else must not.
@@ -86,19 +141,27 @@ proptest! {
         let processor = Processor::new(store.clone(), Arc::new(FoldConfig::default().validate().unwrap()), "t", 65536)
             .with_member_cache(cache);
         let (applied, dups) = run_batches(&processor, &values, &cuts);
-        let (want, was_applied) = reference(&stream);
+        let reference = reference(&stream);
+        let want = &reference.members;
         // A copy of an applied event is a duplicate; a copy of a refused one
         // is refused again (refused events are not marked seen, so they can
-        // be replayed after a fix).
-        let copies_of_applied = order.iter().enumerate().filter(|(i, src)| order[..*i].contains(src) && was_applied[**src]).count();
-        prop_assert_eq!(dups, copies_of_applied as u64);
+        // be replayed after a fix). A retried request id is a duplicate too.
+        let copies_of_applied = order.iter().enumerate().filter(|(i, src)| order[..*i].contains(src) && reference.accepted[**src]).count();
+        prop_assert_eq!(dups, copies_of_applied as u64 + reference.retries);
         let stored: BTreeMap<String, Member> = store.scan_members(0).map(|m| { let m = m.unwrap(); (m.key.clone(), m) }).collect();
         prop_assert_eq!(stored.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
-        for (k, m) in &want {
+        for (k, m) in want {
             prop_assert_eq!(normalised(stored[k].clone()), normalised(m.clone()), "member {}", k);
         }
         prop_assert_eq!(applied, want.values().map(|m| m.version.events_applied).sum::<u64>());
         prop_assert_eq!(store.next_offset("t", 0).unwrap(), Some(values.len() as i64));
+        // The ledgers and verdicts are exactly the clean pass's.
+        let ledgers = stored_ledgers(&store, want.keys().cloned());
+        prop_assert_eq!(&ledgers, &reference.ledgers);
+        for ((member, request), v) in &reference.verdicts {
+            let got = store.verdicts(0, &[(member, request)]).unwrap();
+            prop_assert_eq!(got[0].as_ref(), Some(v));
+        }
 
         // Delivering everything again (a replay) changes no byte.
         let before: Vec<Vec<u8>> = store.scan_members(0).map(|m| m.unwrap().encode()).collect();
@@ -106,6 +169,7 @@ proptest! {
         prop_assert_eq!(again, 0);
         let after: Vec<Vec<u8>> = store.scan_members(0).map(|m| m.unwrap().encode()).collect();
         prop_assert_eq!(before, after);
+        prop_assert_eq!(stored_ledgers(&store, want.keys().cloned()), ledgers);
     }
 }
 
@@ -160,4 +224,40 @@ fn a_batch_that_is_not_committed_leaves_no_trace() {
     assert_eq!((m.browse.searches, m.version.events_applied), (3, 3));
     let queries: Vec<&str> = m.browse.recent_searches.iter().map(|s| s.query.as_str()).collect();
     assert_eq!(queries, vec!["q-a", "q-b", "q-c"], "equal times order by query");
+}
+
+#[test]
+fn a_retried_request_id_is_decided_once_even_with_a_new_event_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&StoreConfig { path: dir.path().into(), ..StoreConfig::default() }).unwrap();
+    let processor = Processor::new(store.clone(), Arc::new(FoldConfig::default().validate().unwrap()), "t", 65536);
+    let ev = |id: &str, at: &str, payload: &str| {
+        format!(r#"{{"eventId":"{id}","occurredAt":"{at}","channel":"MOBILE_APP","subject":{{"memberId":"m"}},{payload}}}"#)
+    };
+    let order = ev("o", "2026-01-01T00:00:00Z", r#""orderPlaced":{"orderId":"o1","currency":"CNY","totalMinor":"10000"}"#);
+    let redeem = |id: &str, points: u32| {
+        ev(id, "2026-01-09T00:00:00Z", &format!(r#""pointsRedemptionRequested":{{"requestId":"r1","points":"{points}"}}"#))
+    };
+    // The order earns 150 (app 1.5×). r1 asks 100 three times, once under
+    // another event id; the second batch repeats it again.
+    let (a, b, c) = (redeem("x1", 100), redeem("x2", 100), redeem("x1", 100));
+    let first = [order.as_str(), &a, &b, &c];
+    let records: Vec<Record<'_>> = first
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Record { offset: i as i64, key: Some(b"m"), value: Some(v.as_bytes()) })
+        .collect();
+    let p = processor.process(0, &records).unwrap();
+    assert_eq!((p.applied, p.duplicates), (2, 2));
+    processor.commit(p).unwrap();
+    let d = redeem("x3", 100);
+    let p = processor.process(0, &[Record { offset: 4, key: Some(b"m"), value: Some(d.as_bytes()) }]).unwrap();
+    assert_eq!((p.applied, p.duplicates), (0, 1));
+    processor.commit(p).unwrap();
+    let m = store.member(0, "m").unwrap().unwrap();
+    assert_eq!((m.loyalty.redeemed, m.loyalty.lots[0].remaining), (100, 50));
+    let v = store.verdicts(0, &[("m", "r1")]).unwrap().remove(0).unwrap();
+    assert_eq!((v.event_id.as_str(), v.points, v.seq), ("x1", 100, Some(1)));
+    let points: Vec<i64> = store.ledger(0, "m", None).map(|e| e.unwrap().points).collect();
+    assert_eq!(points, vec![-100, 150], "newest first: one redemption, one earn");
 }
