@@ -232,11 +232,18 @@ fn a_retried_request_id_is_decided_once_even_with_a_new_event_id() {
     let store = Store::open(&StoreConfig { path: dir.path().into(), ..StoreConfig::default() }).unwrap();
     let processor = Processor::new(store.clone(), Arc::new(FoldConfig::default().validate().unwrap()), "t", 65536);
     let ev = |id: &str, at: &str, payload: &str| {
-        format!(r#"{{"eventId":"{id}","occurredAt":"{at}","channel":"MOBILE_APP","subject":{{"memberId":"m"}},{payload}}}"#)
+        format!(
+            r#"{{"eventId":"{id}","occurredAt":"{at}","channel":"MOBILE_APP","subject":{{"memberId":"m"}},{payload}}}"#
+        )
     };
-    let order = ev("o", "2026-01-01T00:00:00Z", r#""orderPlaced":{"orderId":"o1","currency":"CNY","totalMinor":"10000"}"#);
+    let order =
+        ev("o", "2026-01-01T00:00:00Z", r#""orderPlaced":{"orderId":"o1","currency":"CNY","totalMinor":"10000"}"#);
     let redeem = |id: &str, points: u32| {
-        ev(id, "2026-01-09T00:00:00Z", &format!(r#""pointsRedemptionRequested":{{"requestId":"r1","points":"{points}"}}"#))
+        ev(
+            id,
+            "2026-01-09T00:00:00Z",
+            &format!(r#""pointsRedemptionRequested":{{"requestId":"r1","points":"{points}"}}"#),
+        )
     };
     // The order earns 150 (app 1.5×). r1 asks 100 three times, once under
     // another event id; the second batch repeats it again.

@@ -1,0 +1,312 @@
+//! Loyalty end to end, against a real broker and the real binary:
+//! concurrent redemptions from several channels never overdraw, retries are
+//! decided once, and the balance, ledger and benefits answers carry the
+//! numbers of the rules.
+
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use omnifold_core::time::{DAY, to_timestamp};
+use omnifold_proto::v1 as proto;
+use prost::Message;
+use proto::RedemptionStatus::{Accepted, InProgress, Rejected};
+use tonic::Code;
+
+fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+/// A protobuf event for member `who`, `days_ago` days before now.
+fn event(
+    id: &str,
+    who: &str,
+    days_ago: i64,
+    channel: proto::Channel,
+    payload: proto::event::Payload,
+) -> (String, Vec<u8>) {
+    let e = proto::Event {
+        event_id: id.into(),
+        occurred_at: Some(to_timestamp(now() - days_ago * DAY)),
+        channel: channel as i32,
+        store_id: String::new(),
+        subject: Some(proto::Subject { member_id: who.into(), ..Default::default() }),
+        payload: Some(payload),
+    };
+    (who.to_owned(), e.encode_to_vec())
+}
+
+fn order(id: &str, total_minor: i64) -> proto::event::Payload {
+    proto::event::Payload::OrderPlaced(proto::OrderPlaced {
+        order_id: id.into(),
+        currency: "CNY".into(),
+        lines: vec![],
+        total_minor,
+    })
+}
+
+/// A stack whose commands wait long enough for a loaded CI machine.
+fn stack(name: &str) -> Stack {
+    let broker = Broker::start();
+    let mut setup = Setup::new(&broker, name, 3);
+    setup.extra_env.insert("OMNIFOLD_SERVER__COMMAND_TIMEOUT_MS".into(), "20000".into());
+    setup.create_topics();
+    let data = tempfile::tempdir().unwrap();
+    let service = Service::start(&setup, data.path());
+    Stack { broker, data, setup, service }
+}
+
+async fn balance(service: &Service, id: &str) -> Result<proto::Balance, tonic::Status> {
+    let mut c = service.loyalty().await;
+    c.get_balance(proto::GetBalanceRequest { member: member(id), as_of: None }).await.map(|r| r.into_inner())
+}
+
+/// Redeems as a client should: asks again with the same request id while
+/// the answer is IN_PROGRESS.
+async fn redeem(
+    service: &Service,
+    id: &str,
+    request: &str,
+    points: i64,
+    channel: proto::Channel,
+) -> proto::RedeemPointsResponse {
+    let mut c = service.loyalty().await;
+    loop {
+        let r = c
+            .redeem_points(proto::RedeemPointsRequest {
+                member: member(id),
+                request_id: request.into(),
+                points,
+                channel: channel as i32,
+                reward: "coffee voucher".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if r.status != InProgress as i32 {
+            return r;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_redemptions_from_every_channel_never_overdraw() {
+    let Stack { broker: _broker, data: _data, setup, service } = stack("redeem");
+    // 1,000 points, active since 23 days ago.
+    setup.produce(&[event("o1", "vip-1", 30, proto::Channel::OnlineWeb, order("o-1", 100_000))]);
+    eventually("points folded", Duration::from_secs(30), || async {
+        balance(&service, "vip-1").await.ok().filter(|b| b.active_points == 1_000).map(|_| ())
+    })
+    .await;
+
+    let channels = [
+        proto::Channel::MobileApp,
+        proto::Channel::MiniProgram,
+        proto::Channel::StorePos,
+        proto::Channel::OnlineWeb,
+        proto::Channel::CallCenter,
+    ];
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let grpc = service.grpc.clone();
+            let channel = channels[i % channels.len()];
+            tokio::spawn(async move {
+                let mut c = proto::loyalty_service_client::LoyaltyServiceClient::connect(grpc).await.unwrap();
+                loop {
+                    let r = c
+                        .redeem_points(proto::RedeemPointsRequest {
+                            member: member("vip-1"),
+                            request_id: format!("req-{i}"),
+                            points: 100,
+                            channel: channel as i32,
+                            reward: "coffee voucher".into(),
+                        })
+                        .await
+                        .unwrap()
+                        .into_inner();
+                    if r.status != InProgress as i32 {
+                        return (i, r);
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut accepted = Vec::new();
+    for t in tasks {
+        let (i, r) = t.await.unwrap();
+        let b = r.balance.clone().expect("a decided request carries the balance");
+        assert!(b.active_points >= 0 && b.negative_balance == 0, "never negative: {b:?}");
+        match proto::RedemptionStatus::try_from(r.status).unwrap() {
+            Accepted => accepted.push(i),
+            Rejected => assert!(r.reason.starts_with("insufficient points"), "{}", r.reason),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(accepted.len(), 10, "exactly the balance is spent: {accepted:?}");
+    let b = balance(&service, "vip-1").await.unwrap();
+    assert_eq!((b.active_points, b.negative_balance, b.lifetime_redeemed), (0, 0, 1_000));
+
+    // Retrying decided requests, from another channel, gives the same verdicts
+    // and spends nothing more.
+    let again = redeem(&service, "vip-1", &format!("req-{}", accepted[0]), 100, proto::Channel::StorePos).await;
+    assert_eq!(again.status, Accepted as i32);
+    let rejected = (0..50).find(|i| !accepted.contains(i)).unwrap();
+    let again = redeem(&service, "vip-1", &format!("req-{rejected}"), 100, proto::Channel::MobileApp).await;
+    assert_eq!(again.status, Rejected as i32);
+    let b = balance(&service, "vip-1").await.unwrap();
+    assert_eq!((b.active_points, b.lifetime_redeemed), (0, 1_000));
+
+    // A request id belongs to one request.
+    let mut c = service.loyalty().await;
+    let err = c
+        .redeem_points(proto::RedeemPointsRequest {
+            member: member("vip-1"),
+            request_id: format!("req-{}", accepted[0]),
+            points: 5,
+            channel: proto::Channel::MobileApp as i32,
+            reward: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("already used for a redemption of 100 points"), "{}", err.message());
+
+    // The ledger holds exactly ten redemptions, with their channels.
+    let ledger = c
+        .list_ledger(proto::ListLedgerRequest {
+            member: member("vip-1"),
+            kinds: vec![proto::LedgerEntryKind::Redeem as i32],
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ledger.entries.len(), 10);
+    assert!(ledger.entries.iter().all(|e| e.points == -100 && e.channel != 0 && !e.request_id.is_empty()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn balance_ledger_benefits_and_adjustments() {
+    let Stack { broker: _broker, data: _data, setup, service } = stack("ledger");
+    setup.produce(&[
+        event("e0", "m-7", 400, proto::Channel::OnlineWeb, order("o-0", 20_000)), // 200, expired 28 days ago
+        event("e1", "m-7", 10, proto::Channel::MobileApp, order("o-1", 30_000)),  // 450, active 3 days ago
+        event("e2", "m-7", 2, proto::Channel::OnlineWeb, order("o-2", 10_000)),   // 100, pending 5 more days
+        (
+            "cookie-1".into(),
+            proto::Event {
+                event_id: "anon".into(),
+                occurred_at: Some(to_timestamp(now())),
+                channel: proto::Channel::OnlineWeb as i32,
+                store_id: String::new(),
+                subject: Some(proto::Subject { anonymous_id: "cookie-1".into(), ..Default::default() }),
+                payload: Some(order("o-9", 10_000)),
+            }
+            .encode_to_vec(),
+        ),
+    ]);
+    service.wait_consumed(4).await;
+    let b = balance(&service, "m-7").await.unwrap();
+    assert_eq!((b.active_points, b.pending_points, b.lifetime_expired, b.lifetime_earned), (450, 100, 200, 750));
+    assert_eq!(b.pending.len(), 1);
+    assert_eq!(b.pending[0].order_id, "o-2");
+    assert_eq!(b.tier, proto::Tier::Member as i32);
+
+    let mut c = service.loyalty().await;
+    let adjusted = c
+        .adjust_points(proto::AdjustPointsRequest {
+            member: member("m-7"),
+            request_id: "goodwill-1".into(),
+            delta: 50,
+            reason: "late delivery".into(),
+            actor: "agent-7".into(),
+            channel: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(adjusted.status, Accepted as i32);
+    assert_eq!(adjusted.balance.unwrap().active_points, 500);
+
+    // Newest first, two per page: ADJUST, EARN o-2 | EXPIRE o-0, EARN o-1 | EARN o-0.
+    let mut pages = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = c
+            .list_ledger(proto::ListLedgerRequest {
+                member: member("m-7"),
+                page_size: 2,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        pages.push(
+            page.entries
+                .iter()
+                .map(|e| (proto::LedgerEntryKind::try_from(e.kind).unwrap(), e.points, e.order_id.clone()))
+                .collect::<Vec<_>>(),
+        );
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    use proto::LedgerEntryKind::{Adjust, Earn, Expire};
+    assert_eq!(
+        pages,
+        vec![
+            vec![(Adjust, 50, String::new()), (Earn, 100, "o-2".into())],
+            vec![(Expire, -200, "o-0".into()), (Earn, 450, "o-1".into())],
+            vec![(Earn, 200, "o-0".into())],
+        ]
+    );
+
+    // Time and kind filters: entries of the last five days; earnings only.
+    let recent = c
+        .list_ledger(proto::ListLedgerRequest {
+            member: member("m-7"),
+            from: Some(to_timestamp(now() - 5 * DAY)),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let kinds: Vec<i32> = recent.entries.iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, vec![Adjust as i32, Earn as i32]);
+    let earns = c
+        .list_ledger(proto::ListLedgerRequest { member: member("m-7"), kinds: vec![Earn as i32], ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(earns.entries.iter().map(|e| e.points).collect::<Vec<_>>(), vec![100, 450, 200]);
+
+    let benefits =
+        c.get_benefits(proto::GetBenefitsRequest { member: member("m-7"), as_of: None }).await.unwrap().into_inner();
+    assert_eq!((benefits.tier, benefits.next_tier), (proto::Tier::Member as i32, proto::Tier::Silver as i32));
+    assert_eq!((benefits.qualifying_spend_minor, benefits.next_tier_threshold_minor), (40_000, 200_000));
+    assert_eq!(benefits.benefits.iter().map(|b| b.code.as_str()).collect::<Vec<_>>(), vec!["member_price"]);
+    assert_eq!(benefits.pending_points, 100);
+
+    // Errors say what to fix.
+    let err = c
+        .redeem_points(proto::RedeemPointsRequest {
+            member: member("m-7"),
+            request_id: "r".into(),
+            points: 0,
+            channel: proto::Channel::MobileApp as i32,
+            reward: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("points must be a positive number"), "{}", err.message());
+    let err = balance(&service, "nobody").await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let anon = Some(proto::MemberRef { r#ref: Some(proto::member_ref::Ref::AnonymousId("cookie-1".into())) });
+    let err = c.get_balance(proto::GetBalanceRequest { member: anon, as_of: None }).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+}
