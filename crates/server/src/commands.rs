@@ -110,12 +110,20 @@ pub(crate) async fn submit(state: &AppState, cmd: &Command) -> Result<Outcome, E
     if let Some(v) = decided()? {
         return Ok(Outcome::Decided(v));
     }
+    // One deadline covers the append and the wait for the verdict.
+    let deadline = Instant::now() + commands.timeout;
     let mut commits = commands.commits.clone();
     commits.borrow_and_update();
-    commands.log.append(&cmd.member, cmd.event().encode_to_vec()).await.map_err(|e| {
-        Error::Unavailable(format!("could not append the request to the log ({e}); retry with the same request_id"))
-    })?;
-    let deadline = Instant::now() + commands.timeout;
+    match tokio::time::timeout_at(deadline, commands.log.append(&cmd.member, cmd.event().encode_to_vec())).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            return Err(Error::Unavailable(format!(
+                "could not append the request to the log ({e}); retry with the same request_id"
+            )));
+        }
+        // It may or may not be in the log: asking again is safe either way.
+        Err(_) => return Ok(Outcome::InProgress),
+    }
     loop {
         if let Some(v) = decided()? {
             return Ok(Outcome::Decided(v));
@@ -143,6 +151,65 @@ mod tests {
             channel: Channel::MobileApp,
             payload: proto::event::Payload::PointsRedemptionRequested(Default::default()),
         }
+    }
+
+    /// A log that only counts appends: no fold runs behind it.
+    #[derive(Default)]
+    struct CountingLog(std::sync::Mutex<Vec<String>>);
+
+    #[tonic::async_trait]
+    impl CommandLog for CountingLog {
+        async fn append(&self, key: &str, _value: Vec<u8>) -> Result<(), String> {
+            self.0.lock().unwrap().push(key.to_owned());
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn waits_until_the_deadline_then_answers_from_the_store_without_appending_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = omnifold_store::Store::open(&omnifold_store::StoreConfig {
+            path: dir.path().into(),
+            ..Default::default()
+        })
+        .unwrap();
+        store.set_partition_count("events", 1).unwrap();
+        let log = Arc::new(CountingLog::default());
+        let (commits_tx, commits) = watch::channel(0u64);
+        let fold = Arc::new(omnifold_core::FoldConfig::default().validate().unwrap());
+        let state = AppState::new(store.clone(), "events", fold).with_commands(Commands {
+            log: log.clone(),
+            commits,
+            timeout: Duration::from_millis(50),
+        });
+        let c = cmd("m-1", "r-1");
+        assert!(matches!(submit(&state, &c).await.unwrap(), Outcome::InProgress));
+        assert_eq!(log.0.lock().unwrap().len(), 1);
+
+        // The fold decides it and commits; the next call reads the verdict.
+        let verdict = Verdict {
+            request_id: "r-1".into(),
+            kind: CommandKind::Redeem,
+            status: omnifold_core::loyalty::VerdictStatus::Accepted,
+            points: 10,
+            reason: String::new(),
+            event_id: c.event_id(),
+            at: 0,
+            seq: Some(3),
+        };
+        let mut batch = store.batch("events", 0);
+        batch.put_verdict(&store, "m-1", &verdict);
+        store.commit(batch).unwrap();
+        commits_tx.send_modify(|n| *n += 1);
+        match submit(&state, &c).await.unwrap() {
+            Outcome::Decided(v) => assert_eq!(v, verdict),
+            Outcome::InProgress => panic!("the verdict is in the store"),
+        }
+        assert_eq!(log.0.lock().unwrap().len(), 1, "a decided request is not appended again");
+        // The same request id with other points is refused.
+        let other = Command { points: 11, ..cmd("m-1", "r-1") };
+        let err = submit(&state, &other).await.err().unwrap().to_string();
+        assert!(err.contains("already used for a redemption of 10 points"), "{err}");
     }
 
     #[test]
