@@ -154,6 +154,32 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/omnifold.toml");
         let c = Config::load(Some(&path), &BTreeMap::new()).unwrap();
         assert_eq!(c, Config::default().validate().unwrap());
+        // And it spells every key out, so operators see what they can set.
+        fn missing(defaults: &toml::Table, file: &toml::Table, at: &str, out: &mut Vec<String>) {
+            for (k, v) in defaults {
+                match (v, file.get(k)) {
+                    (toml::Value::Table(d), Some(toml::Value::Table(f))) => missing(d, f, &format!("{at}{k}."), out),
+                    (_, Some(_)) => {}
+                    (toml::Value::Table(d), None) if d.is_empty() => {}
+                    (_, None) => out.push(format!("{at}{k}")),
+                }
+            }
+        }
+        let defaults = toml::Table::try_from(Config::default()).unwrap();
+        let file: toml::Table = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let mut out = Vec::new();
+        missing(&defaults, &file, "", &mut out);
+        assert!(out.is_empty(), "deploy/omnifold.toml does not spell out: {out:?}");
+    }
+
+    #[test]
+    fn loyalty_rules_are_configurable_and_checked() {
+        let c = Config::load(None, &env(&[("OMNIFOLD_FOLD__LOYALTY__PENDING_DAYS", "14")])).unwrap();
+        assert_eq!(c.fold.loyalty.pending_days, 14);
+        let err = Config::load(None, &env(&[("OMNIFOLD_FOLD__LOYALTY__NEGATIVE_BALANCE", "forgive")])).unwrap_err();
+        assert!(format!("{err:#}").contains("negative_balance"), "{err:#}");
+        let err = Config::load(None, &env(&[("OMNIFOLD_FOLD__LOYALTY__EXPIRY_DAYS", "0")])).unwrap_err();
+        assert!(format!("{err:#}").contains("loyalty: expiry_days must be between 1 and 36500"), "{err:#}");
     }
 
     #[test]

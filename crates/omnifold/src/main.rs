@@ -1,5 +1,5 @@
 //! `omnifold`: the one binary. `serve` runs ingest and gRPC; `produce`,
-//! `profile get` and `topics create` are the tools around it.
+//! `profile get`, `points ...` and `topics create` are the tools around it.
 
 mod config;
 mod demo;
@@ -61,6 +61,14 @@ enum Command {
         #[command(subcommand)]
         command: tools::ProfileCommand,
     },
+    /// Points: balance, ledger, benefits, redeem, adjust (over gRPC).
+    Points {
+        /// gRPC address of a running `omnifold serve`.
+        #[arg(long, default_value = tools::DEFAULT_SERVER, env = "OMNIFOLD_SERVER")]
+        server: String,
+        #[command(subcommand)]
+        command: tools::PointsCommand,
+    },
     /// Manage the topics omnifold uses.
     Topics {
         #[command(subcommand)]
@@ -118,6 +126,7 @@ fn run() -> Result<()> {
         }
         Command::Produce(args) => produce::run(&config, args),
         Command::Profile { command } => runtime.block_on(tools::profile(command)),
+        Command::Points { server, command } => runtime.block_on(tools::points(server, command)),
         Command::Topics { command } => runtime.block_on(tools::topics(&config, command)),
     }
 }

@@ -1,4 +1,5 @@
-//! Small tools for humans: `profile get` (a gRPC client) and `topics create`.
+//! Small tools for humans: `profile get` and `points ...` (gRPC clients of a
+//! running `omnifold serve`) and `topics create`.
 
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
@@ -17,7 +18,7 @@ pub enum ProfileCommand {
         /// Member id (or anonymous id).
         member: String,
         /// gRPC address of a running `omnifold serve`.
-        #[arg(long, default_value = "http://127.0.0.1:50051", env = "OMNIFOLD_SERVER")]
+        #[arg(long, default_value = DEFAULT_SERVER, env = "OMNIFOLD_SERVER")]
         server: String,
         /// Only these top-level fields, comma separated (e.g. purchases,channels).
         #[arg(long, value_delimiter = ',')]
@@ -43,6 +44,113 @@ pub async fn profile(cmd: ProfileCommand) -> Result<()> {
                 }
                 Err(status) => bail!("{:?}: {}", status.code(), status.message()),
             }
+        }
+    }
+}
+
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
+
+fn member_ref(member: String) -> Option<proto::MemberRef> {
+    Some(proto::MemberRef { r#ref: Some(proto::member_ref::Ref::MemberId(member)) })
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn channel(name: &str) -> Result<i32> {
+    proto::Channel::from_str_name(&name.to_ascii_uppercase()).map(|c| c as i32).with_context(|| {
+        format!(
+            "unknown channel `{name}`; use ONLINE_WEB, MOBILE_APP, MINI_PROGRAM, STORE_POS, MARKETPLACE or CALL_CENTER"
+        )
+    })
+}
+
+#[derive(Subcommand)]
+pub enum PointsCommand {
+    /// Active, pending, expiring and lifetime points.
+    Balance { member: String },
+    /// The points ledger, newest first.
+    Ledger {
+        member: String,
+        /// Entries to print.
+        #[arg(long, default_value_t = 20)]
+        limit: i32,
+        /// Only these kinds, comma separated (EARN, REDEEM, REVOKE, EXPIRE, ADJUST).
+        #[arg(long, value_delimiter = ',')]
+        kinds: Vec<String>,
+    },
+    /// Tier, benefits and progress to the next tier.
+    Benefits { member: String },
+    /// Redeem points through the log and print the verdict.
+    Redeem {
+        member: String,
+        #[arg(long)]
+        points: i64,
+        /// Idempotency key: reuse it only to retry the same redemption.
+        #[arg(long)]
+        request_id: String,
+        #[arg(long, default_value = "CALL_CENTER")]
+        channel: String,
+        #[arg(long, default_value = "")]
+        reward: String,
+    },
+    /// Add (positive) or take (negative) points, with a reason and an actor.
+    Adjust {
+        member: String,
+        #[arg(long, allow_hyphen_values = true)]
+        delta: i64,
+        #[arg(long)]
+        request_id: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        actor: String,
+    },
+}
+
+pub async fn points(server: String, cmd: PointsCommand) -> Result<()> {
+    let mut c = proto::loyalty_service_client::LoyaltyServiceClient::connect(server.clone())
+        .await
+        .with_context(|| format!("connecting to {server}; is `omnifold serve` running?"))?;
+    let status = |s: tonic::Status| anyhow::anyhow!("{:?}: {}", s.code(), s.message());
+    match cmd {
+        PointsCommand::Balance { member } => {
+            let r = c.get_balance(proto::GetBalanceRequest { member: member_ref(member), as_of: None }).await;
+            print_json(&r.map_err(status)?.into_inner())
+        }
+        PointsCommand::Ledger { member, limit, kinds } => {
+            let kinds = kinds
+                .iter()
+                .map(|k| {
+                    proto::LedgerEntryKind::from_str_name(&k.to_ascii_uppercase())
+                        .map(|k| k as i32)
+                        .with_context(|| format!("unknown kind `{k}`; use EARN, REDEEM, REVOKE, EXPIRE or ADJUST"))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let req =
+                proto::ListLedgerRequest { member: member_ref(member), page_size: limit, kinds, ..Default::default() };
+            print_json(&c.list_ledger(req).await.map_err(status)?.into_inner())
+        }
+        PointsCommand::Benefits { member } => {
+            let r = c.get_benefits(proto::GetBenefitsRequest { member: member_ref(member), as_of: None }).await;
+            print_json(&r.map_err(status)?.into_inner())
+        }
+        PointsCommand::Redeem { member, points, request_id, channel: ch, reward } => {
+            let req = proto::RedeemPointsRequest {
+                member: member_ref(member),
+                request_id,
+                points,
+                channel: channel(&ch)?,
+                reward,
+            };
+            print_json(&c.redeem_points(req).await.map_err(status)?.into_inner())
+        }
+        PointsCommand::Adjust { member, delta, request_id, reason, actor } => {
+            let req =
+                proto::AdjustPointsRequest { member: member_ref(member), request_id, delta, reason, actor, channel: 0 };
+            print_json(&c.adjust_points(req).await.map_err(status)?.into_inner())
         }
     }
 }

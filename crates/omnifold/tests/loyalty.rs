@@ -309,4 +309,18 @@ async fn balance_ledger_benefits_and_adjustments() {
     let anon = Some(proto::MemberRef { r#ref: Some(proto::member_ref::Ref::AnonymousId("cookie-1".into())) });
     let err = c.get_balance(proto::GetBalanceRequest { member: anon, as_of: None }).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
+
+    // The CLI for humans: redeem at a till, then read the balance.
+    let cli = |args: &[&str]| {
+        let out = setup.command().args(["points", "--server", &service.grpc]).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let v = cli(&["redeem", "m-7", "--points", "100", "--request-id", "till-1", "--channel", "store_pos"]);
+    assert_eq!(v["status"], "ACCEPTED");
+    let v = cli(&["balance", "m-7"]);
+    assert_eq!((v["activePoints"].as_str(), v["lifetimeRedeemed"].as_str()), (Some("400"), Some("100")));
+    let v = cli(&["ledger", "m-7", "--kinds", "redeem"]);
+    assert_eq!(v["entries"][0]["requestId"], "till-1");
+    assert_eq!(v["entries"][0]["channel"], "STORE_POS");
 }

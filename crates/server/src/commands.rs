@@ -168,11 +168,9 @@ mod tests {
     #[tokio::test]
     async fn waits_until_the_deadline_then_answers_from_the_store_without_appending_again() {
         let dir = tempfile::tempdir().unwrap();
-        let store = omnifold_store::Store::open(&omnifold_store::StoreConfig {
-            path: dir.path().into(),
-            ..Default::default()
-        })
-        .unwrap();
+        let store =
+            omnifold_store::Store::open(&omnifold_store::StoreConfig { path: dir.path().into(), ..Default::default() })
+                .unwrap();
         store.set_partition_count("events", 1).unwrap();
         let log = Arc::new(CountingLog::default());
         let (commits_tx, commits) = watch::channel(0u64);
