@@ -38,7 +38,8 @@ pub fn apply(member: &mut Member, event: &Event, pos: Position, cfg: &FoldConfig
         Payload::SearchPerformed { query } => search(member, query, at, cfg),
         Payload::CartUpdated { .. } => member.browse.cart_updates += 1,
         Payload::OrderPlaced { order_id, currency, lines, total_minor } => {
-            place_order(member, event, order_id, currency, lines, *total_minor, cfg, &mut fx)?
+            let order = NewOrder { order_id, currency, lines, total_minor: *total_minor };
+            place_order(member, event, &order, cfg, &mut fx)?
         }
         Payload::OrderReturned { order_id, return_id, returned } => {
             return_order(member, event, order_id, return_id, returned, cfg, &mut fx)?
@@ -77,7 +78,8 @@ pub fn apply(member: &mut Member, event: &Event, pos: Position, cfg: &FoldConfig
         }
         Payload::PointsAdjusted { delta, reason, actor, request_id } => {
             points_holder(member)?;
-            loyalty::adjust(member, event, *delta, reason, actor, request_id.as_deref(), &cfg.loyalty, &mut fx);
+            let adjustment = loyalty::Adjustment { delta: *delta, reason, actor, request_id: request_id.as_deref() };
+            loyalty::adjust(member, event, &adjustment, &cfg.loyalty, &mut fx);
         }
         Payload::PointsRedemptionRequested { request_id, points, reward } => {
             points_holder(member)?;
@@ -185,16 +187,22 @@ fn search(member: &mut Member, query: &str, at: Millis, cfg: &FoldConfig) {
     }
 }
 
+/// The parts of an `orderPlaced` payload.
+struct NewOrder<'a> {
+    order_id: &'a str,
+    currency: &'a str,
+    lines: &'a [Line],
+    total_minor: i64,
+}
+
 fn place_order(
     member: &mut Member,
     event: &Event,
-    order_id: &str,
-    currency: &str,
-    lines: &[Line],
-    total_minor: i64,
+    order: &NewOrder<'_>,
     cfg: &FoldConfig,
     fx: &mut Effects,
 ) -> Result<(), Rejection> {
+    let NewOrder { order_id, currency, lines, total_minor } = *order;
     if member.purchases.history.iter().any(|o| o.order_id == order_id) {
         return Err(Rejection(format!("order {order_id} was already placed by another event")));
     }

@@ -64,10 +64,16 @@ proptest! {
             let channel_orders: u64 = m.channels.values().map(|c| c.orders).sum();
             prop_assert_eq!(p.net_minor(), channel_spend);
             prop_assert_eq!(p.orders, channel_orders);
+            // Streams jump months ahead, so old orders may leave the kept
+            // history; the totals match it whenever it is complete.
+            let complete = p.history.first().map(|o| o.at) == p.first_order_at;
             let live: Vec<_> = p.history.iter().filter(|o| !o.cancelled).collect();
-            prop_assert_eq!(p.orders, live.len() as u64);
-            prop_assert_eq!(p.gross_minor, live.iter().map(|o| o.total_program_minor).sum::<i64>());
-            prop_assert_eq!(p.returned_minor, live.iter().map(|o| o.returned_program_minor).sum::<i64>());
+            prop_assert!(p.orders >= live.len() as u64);
+            if complete {
+                prop_assert_eq!(p.orders, live.len() as u64);
+                prop_assert_eq!(p.gross_minor, live.iter().map(|o| o.total_program_minor).sum::<i64>());
+                prop_assert_eq!(p.returned_minor, live.iter().map(|o| o.returned_program_minor).sum::<i64>());
+            }
             for o in &p.history {
                 prop_assert!(0 <= o.returned_minor && o.returned_minor <= o.total_minor);
             }

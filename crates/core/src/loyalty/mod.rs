@@ -522,18 +522,18 @@ pub(crate) fn revoke(
     });
 }
 
+/// The parts of a `pointsAdjusted` payload.
+pub(crate) struct Adjustment<'a> {
+    pub delta: i64,
+    pub reason: &'a str,
+    pub actor: &'a str,
+    pub request_id: Option<&'a str>,
+}
+
 /// A manual adjustment: a positive delta is a lot active at once; a negative
 /// one takes from active lots, expiring first, and the rest is a shortfall.
-pub(crate) fn adjust(
-    member: &mut Member,
-    event: &Event,
-    delta: i64,
-    reason: &str,
-    actor: &str,
-    request_id: Option<&str>,
-    cfg: &LoyaltyConfig,
-    fx: &mut Effects,
-) {
+pub(crate) fn adjust(member: &mut Member, event: &Event, adj: &Adjustment<'_>, cfg: &LoyaltyConfig, fx: &mut Effects) {
+    let Adjustment { delta, reason, actor, request_id } = *adj;
     let at = event.occurred_at;
     let l = &mut member.loyalty;
     let mut w = Writer { event, fx };
