@@ -1,8 +1,10 @@
 //! Load generator and end-to-end benchmark. Starts a tansu broker (or uses
 //! `--brokers`), produces small JSON events, then measures in one run:
 //! a raw rdkafka consume of the topic (the baseline), omnifold ingest of the
-//! same topic (decode, dedupe, fold, commit), and gRPC `GetProfile` against
-//! `grpc.health.v1/Check` on the same server at the same concurrency.
+//! same topic (decode, dedupe, fold, commit), gRPC `GetProfile` and
+//! `GetBalance` against `grpc.health.v1/Check` on the same server at the same
+//! concurrency, and `RedeemPoints` round trips through the log (append,
+//! fold, verdict) with ingest running.
 //!
 //! Run: `cargo bench --workspace --bench e2e` (part of `make bench`); results
 //! go in docs/benchmarks.md. Settings come from the environment:
@@ -29,8 +31,9 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 use omnifold_benches::event;
 use omnifold_core::FoldConfig;
-use omnifold_ingest::{IngestConfig, Processor, Shutdown};
+use omnifold_ingest::{CommandProducer, IngestConfig, Processor, Shutdown};
 use omnifold_proto::v1 as proto;
+use omnifold_server::{CommandLog, Commands};
 use omnifold_store::{Store, StoreConfig};
 
 struct Args {
@@ -163,14 +166,18 @@ fn consumed(store: &Store, topic: &str, partitions: i32) -> i64 {
 }
 
 /// omnifold ingest of the topic into a fresh store. Returns (total, steady) events/s.
-fn ingest(brokers: &str, topic: &str, n: u64, partitions: i32, store: Arc<Store>) -> Result<(f64, f64)> {
-    let cfg = IngestConfig {
+fn ingest_config(brokers: &str, topic: &str) -> IngestConfig {
+    IngestConfig {
         brokers: brokers.into(),
         topic: topic.into(),
         dead_letter_topic: format!("{topic}.dlq"),
         group_id: format!("omnifold-bench-{}", std::process::id()),
         ..IngestConfig::default()
-    };
+    }
+}
+
+fn ingest(brokers: &str, topic: &str, n: u64, partitions: i32, store: Arc<Store>) -> Result<(f64, f64)> {
+    let cfg = ingest_config(brokers, topic);
     let processor =
         Processor::new(store.clone(), Arc::new(FoldConfig::default().validate()?), topic, cfg.max_event_bytes)
             .with_member_cache(cfg.member_cache_entries);
@@ -205,6 +212,20 @@ struct Load {
     p99_us: u64,
 }
 
+/// What the load generator asks.
+#[derive(Clone, Copy, PartialEq)]
+enum Target {
+    Check,
+    Profile,
+    Balance,
+    /// One point per request, each with a fresh request id.
+    Redeem,
+}
+
+fn member_ref(id: String) -> Option<proto::MemberRef> {
+    Some(proto::MemberRef { r#ref: Some(proto::member_ref::Ref::MemberId(id)) })
+}
+
 /// Closed loop at `concurrency`, or open loop at `rate` requests/s when given.
 async fn load(
     addr: &str,
@@ -212,7 +233,7 @@ async fn load(
     concurrency: usize,
     seconds: u64,
     rate: Option<f64>,
-    health: bool,
+    target: Target,
 ) -> Result<Load> {
     let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))?.connect().await?;
     let count = Arc::new(AtomicU64::new(0));
@@ -224,6 +245,7 @@ async fn load(
         tasks.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new(3).expect("histogram");
             let mut profiles = proto::profile_service_client::ProfileServiceClient::new(channel.clone());
+            let mut loyalty = proto::loyalty_service_client::LoyaltyServiceClient::new(channel.clone());
             let mut checks = tonic_health::pb::health_client::HealthClient::new(channel);
             let mut tick = rate.map(|r| {
                 let mut i = tokio::time::interval(Duration::from_secs_f64(concurrency as f64 / r));
@@ -237,21 +259,40 @@ async fn load(
                 }
                 i += concurrency as u64;
                 let started = Instant::now();
-                if health {
-                    let req = tonic_health::pb::HealthCheckRequest { service: String::new() };
-                    checks.check(req).await.expect("health check");
-                } else {
-                    let id = format!("m-{:07}", (i * 7919) % members);
-                    let req = proto::GetProfileRequest {
-                        member: Some(proto::MemberRef { r#ref: Some(proto::member_ref::Ref::MemberId(id)) }),
-                        read_mask: None,
-                        as_of: None,
-                    };
-                    match profiles.get_profile(req).await {
-                        Ok(_) => {}
-                        Err(s) if s.code() == tonic::Code::NotFound => {}
-                        Err(s) => panic!("GetProfile: {s}"),
+                let id = format!("m-{:07}", (i * 7919) % members);
+                let result = match target {
+                    Target::Check => {
+                        let req = tonic_health::pb::HealthCheckRequest { service: String::new() };
+                        checks.check(req).await.map(|_| ())
                     }
+                    Target::Profile => {
+                        let req = proto::GetProfileRequest { member: member_ref(id), read_mask: None, as_of: None };
+                        profiles.get_profile(req).await.map(|_| ())
+                    }
+                    Target::Balance => {
+                        let req = proto::GetBalanceRequest { member: member_ref(id), as_of: None };
+                        loyalty.get_balance(req).await.map(|_| ())
+                    }
+                    Target::Redeem => {
+                        let req = proto::RedeemPointsRequest {
+                            member: member_ref(id),
+                            request_id: format!("bench-{i}"),
+                            points: 1,
+                            channel: proto::Channel::MobileApp as i32,
+                            reward: String::new(),
+                        };
+                        match loyalty.redeem_points(req).await {
+                            Ok(r) if r.get_ref().status == proto::RedemptionStatus::InProgress as i32 => {
+                                panic!("RedeemPoints: no verdict before the deadline")
+                            }
+                            r => r.map(|_| ()),
+                        }
+                    }
+                };
+                match result {
+                    Ok(()) => {}
+                    Err(s) if s.code() == tonic::Code::NotFound => {}
+                    Err(s) => panic!("request failed: {s}"),
                 }
                 hist.record(started.elapsed().as_micros() as u64).expect("record");
                 count.fetch_add(1, Ordering::Relaxed);
@@ -329,8 +370,9 @@ fn main() -> Result<()> {
             let _ = stop_rx.await;
         }));
         let c = args.concurrency;
-        let health = load(&addr, args.members, c, args.seconds, None, true).await?;
-        let profile = load(&addr, args.members, c, args.seconds, None, false).await?;
+        let health = load(&addr, args.members, c, args.seconds, None, Target::Check).await?;
+        let profile = load(&addr, args.members, c, args.seconds, None, Target::Profile).await?;
+        let balance = load(&addr, args.members, c, args.seconds, None, Target::Balance).await?;
         println!(
             "| grpc.health.v1/Check, {c} in flight | {:.0} req/s, p50 {} µs, p99 {} µs |",
             health.rps, health.p50_us, health.p99_us
@@ -340,7 +382,14 @@ fn main() -> Result<()> {
             profile.rps, profile.p50_us, profile.p99_us
         );
         println!("| GetProfile / Check | {:.2}× |", profile.rps / health.rps);
-        let half = load(&addr, args.members, c, args.seconds, Some(profile.rps / 2.0), false).await?;
+        println!(
+            "| GetBalance, {c} in flight | {:.0} req/s, p50 {} µs, p99 {} µs ({:.2}× Check) |",
+            balance.rps,
+            balance.p50_us,
+            balance.p99_us,
+            balance.rps / health.rps
+        );
+        let half = load(&addr, args.members, c, args.seconds, Some(profile.rps / 2.0), Target::Profile).await?;
         println!(
             "| GetProfile at half the max rate ({:.0} req/s offered) | {:.0} req/s, p50 {} µs, p99 {} µs |",
             profile.rps / 2.0,
@@ -352,5 +401,65 @@ fn main() -> Result<()> {
         server.await??;
         anyhow::Ok(())
     })?;
+    redemptions(&rt, &brokers, &topic, &args, store)?;
     Ok(())
+}
+
+/// The server's command log, as `serve` wires it.
+struct Log(CommandProducer);
+
+#[tonic::async_trait]
+impl CommandLog for Log {
+    async fn append(&self, key: &str, value: Vec<u8>) -> Result<(), String> {
+        self.0.append(key.as_bytes(), &value).await.map_err(|e| e.to_string())
+    }
+}
+
+/// RedeemPoints round trips with ingest running, as in `serve`: append to
+/// the topic, fold, commit, verdict.
+fn redemptions(rt: &tokio::runtime::Runtime, brokers: &str, topic: &str, args: &Args, store: Arc<Store>) -> Result<()> {
+    let cfg = ingest_config(brokers, topic);
+    let timeout = Duration::from_secs(30);
+    let (commits_tx, commits) = tokio::sync::watch::channel(0u64);
+    let fold = Arc::new(FoldConfig::default().validate()?);
+    let processor = Processor::new(store.clone(), fold.clone(), topic, cfg.max_event_bytes)
+        .with_member_cache(cfg.member_cache_entries)
+        .with_on_commit(Arc::new(move |_| commits_tx.send_modify(|n| *n += 1)));
+    let shutdown = Shutdown::default();
+    let stop = shutdown.clone();
+    let ingest_cfg = cfg.clone();
+    let handle = std::thread::spawn(move || omnifold_ingest::run(&ingest_cfg, processor, stop));
+    let result = rt.block_on(async {
+        let commands = Commands { log: Arc::new(Log(CommandProducer::new(&cfg, timeout)?)), commits, timeout };
+        let state = omnifold_server::AppState::new(store, topic, fold).with_commands(commands);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?.to_string();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(omnifold_server::run(listener, state, async {
+            let _ = stop_rx.await;
+        }));
+        // One redemption first, so the consumer group has joined before timing.
+        let mut client = proto::loyalty_service_client::LoyaltyServiceClient::connect(format!("http://{addr}")).await?;
+        client
+            .redeem_points(proto::RedeemPointsRequest {
+                member: member_ref("m-0000001".into()),
+                request_id: "warm-up".into(),
+                points: 1,
+                channel: proto::Channel::MobileApp as i32,
+                reward: String::new(),
+            })
+            .await?;
+        let c = args.concurrency;
+        let r = load(&addr, args.members, c, args.seconds, None, Target::Redeem).await?;
+        println!(
+            "| RedeemPoints through the log, {c} in flight | {:.0} req/s, p50 {} µs, p99 {} µs |",
+            r.rps, r.p50_us, r.p99_us
+        );
+        let _ = stop_tx.send(());
+        server.await??;
+        anyhow::Ok(())
+    });
+    shutdown.trigger();
+    handle.join().expect("ingest thread")?;
+    result
 }
