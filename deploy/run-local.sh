@@ -56,6 +56,9 @@ Try, in another terminal:
 
   $BIN profile get m-000001
   $BIN profile get m-000042 --fields purchases,channels
+  $BIN points balance m-000001
+  $BIN points redeem m-000001 --points 100 --request-id demo-1 --channel MOBILE_APP
+  $BIN points ledger m-000001 --limit 5
   grpcurl -plaintext -d '{"member":{"memberId":"m-000001"}}' $GRPC omnifold.v1.ProfileService/GetProfile
 
 Ctrl-C stops omnifold and the broker; data stays in $DATA/ for the next run.

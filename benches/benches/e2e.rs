@@ -9,7 +9,8 @@
 //! Run: `cargo bench --workspace --bench e2e` (part of `make bench`); results
 //! go in docs/benchmarks.md. Settings come from the environment:
 //! `BENCH_EVENTS` (500000), `BENCH_MEMBERS` (50000), `BENCH_PARTITIONS` (4),
-//! `BENCH_CONCURRENCY` (32), `BENCH_SECONDS` (5), `BENCH_BROKERS` (start tansu).
+//! `BENCH_CONCURRENCY` (32), `BENCH_SECONDS` (5), `BENCH_BROKERS` (start tansu),
+//! `BENCH_BATCH_WAIT_MS` (ingest's `batch_max_wait_ms`, default as configured).
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -172,6 +173,7 @@ fn ingest_config(brokers: &str, topic: &str) -> IngestConfig {
         topic: topic.into(),
         dead_letter_topic: format!("{topic}.dlq"),
         group_id: format!("omnifold-bench-{}", std::process::id()),
+        batch_max_wait_ms: env_or("BENCH_BATCH_WAIT_MS", IngestConfig::default().batch_max_wait_ms),
         ..IngestConfig::default()
     }
 }

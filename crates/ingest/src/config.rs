@@ -16,7 +16,9 @@ pub struct IngestConfig {
     pub group_id: String,
     /// Most records folded into one store batch.
     pub batch_max_records: usize,
-    /// Longest a batch waits to fill before it is committed.
+    /// A batch takes every record already fetched; when none is left it
+    /// waits this long for more before committing (0: commit at once, the
+    /// lowest latency for commands waiting on the fold).
     pub batch_max_wait_ms: u64,
     /// librdkafka `fetch.wait.max.ms`. Keep it low for tansu, which answers a
     /// fetch only when this runs out.
@@ -38,7 +40,7 @@ impl Default for IngestConfig {
             dead_letter_topic: "omnifold.events.dlq".into(),
             group_id: "omnifold".into(),
             batch_max_records: 5_000,
-            batch_max_wait_ms: 20,
+            batch_max_wait_ms: 0,
             fetch_wait_max_ms: 10,
             max_event_bytes: 64 * 1024,
             member_cache_entries: 20_000,

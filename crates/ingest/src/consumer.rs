@@ -230,6 +230,19 @@ pub fn run(cfg: &IngestConfig, processor: Processor, shutdown: Shutdown) -> Resu
         }
         let deadline = Instant::now() + max_wait;
         while messages.len() < cfg.batch_max_records {
+            // Take what librdkafka has already fetched, without waiting.
+            match consumer.poll(Duration::ZERO) {
+                Some(Ok(m)) => {
+                    messages.push(m);
+                    continue;
+                }
+                Some(Err(e)) => {
+                    warn!(error = %e, "poll error");
+                    continue;
+                }
+                None => {}
+            }
+            // Nothing buffered: linger for more up to batch_max_wait_ms.
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
