@@ -132,6 +132,18 @@ pub struct Event {
     pub payload: Payload,
 }
 
+impl Event {
+    /// The idempotency key of a points command: redemptions always have
+    /// one, adjustments may. One request id is decided once per member.
+    pub fn request_id(&self) -> Option<&str> {
+        match &self.payload {
+            Payload::PointsRedemptionRequested { request_id, .. } => Some(request_id),
+            Payload::PointsAdjusted { request_id, .. } => request_id.as_deref(),
+            _ => None,
+        }
+    }
+}
+
 fn text(field: &'static str, s: &str, required: bool) -> Result<String, Error> {
     let t = s.trim();
     if required && t.is_empty() {

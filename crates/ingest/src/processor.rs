@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use lru::LruCache;
 
 use omnifold_core::fold::{self, Position, kind_of};
-use omnifold_core::{Event, FoldConfig, Member, Payload, decode_event};
+use omnifold_core::{Event, FoldConfig, Member, decode_event};
 use omnifold_store::{Batch, Store};
 
 use crate::Result;
@@ -41,16 +41,6 @@ type Cache = Option<Arc<Mutex<LruCache<(u32, String), Member>>>>;
 /// Called with the partition after each commit (for example to wake
 /// requests waiting for a verdict).
 pub type OnCommit = Arc<dyn Fn(u32) + Send + Sync>;
-
-/// The idempotency key of a command event: redemptions always have one,
-/// adjustments may.
-fn request_id(event: &Event) -> Option<&str> {
-    match &event.payload {
-        Payload::PointsRedemptionRequested { request_id, .. } => Some(request_id),
-        Payload::PointsAdjusted { request_id, .. } => request_id.as_deref(),
-        _ => None,
-    }
-}
 
 /// Folds records of one topic into the store.
 #[derive(Clone)]
@@ -139,7 +129,7 @@ impl Processor {
         let requests: Vec<(&str, &str)> = decoded
             .iter()
             .zip(&record_keys)
-            .filter_map(|(d, k)| Some((k.as_deref()?, request_id(d.as_ref().ok()?)?)))
+            .filter_map(|(d, k)| Some((k.as_deref()?, d.as_ref().ok()?.request_id()?)))
             .collect();
         let decided_before = store.verdicts(partition, &requests)?;
         let mut decided: HashSet<(String, String)> = requests
@@ -175,7 +165,7 @@ impl Processor {
                 continue;
             }
             let key = key.expect("valid events have a key");
-            if let Some(r) = request_id(event)
+            if let Some(r) = event.request_id()
                 && decided.contains(&(key.clone(), r.to_owned()))
             {
                 duplicates += 1;

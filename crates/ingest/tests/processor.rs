@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use omnifold_core::fold::{Position, apply, kind_of};
 use omnifold_core::testing::events;
-use omnifold_core::{Event, FoldConfig, LedgerEntry, Member, Payload, Verdict};
+use omnifold_core::{Event, FoldConfig, LedgerEntry, Member, Verdict};
 use omnifold_ingest::{Processor, Record};
 use omnifold_proto::v1 as proto;
 use omnifold_store::{Store, StoreConfig};
@@ -26,14 +26,6 @@ struct Reference {
     retries: u64,
 }
 
-fn request_id(e: &Event) -> Option<&str> {
-    match &e.payload {
-        Payload::PointsRedemptionRequested { request_id, .. } => Some(request_id),
-        Payload::PointsAdjusted { request_id, .. } => request_id.as_deref(),
-        _ => None,
-    }
-}
-
 /// One clean pass of the core fold, where a request id the member already
 /// has a verdict for is not applied again.
 fn reference(stream: &[proto::Event]) -> Reference {
@@ -48,7 +40,7 @@ fn reference(stream: &[proto::Event]) -> Reference {
     for (i, w) in stream.iter().enumerate() {
         let e = Event::try_from(w.clone()).unwrap();
         let key = e.subject.key();
-        if let Some(req) = request_id(&e)
+        if let Some(req) = e.request_id()
             && r.verdicts.contains_key(&(key.clone(), req.to_owned()))
         {
             r.retries += 1;

@@ -65,13 +65,13 @@ async fn balance(service: &Service, id: &str) -> Result<proto::Balance, tonic::S
 /// Redeems as a client should: asks again with the same request id while
 /// the answer is IN_PROGRESS.
 async fn redeem(
-    service: &Service,
+    grpc: String,
     id: &str,
     request: &str,
     points: i64,
     channel: proto::Channel,
 ) -> proto::RedeemPointsResponse {
-    let mut c = service.loyalty().await;
+    let mut c = proto::loyalty_service_client::LoyaltyServiceClient::connect(grpc).await.unwrap();
     loop {
         let r = c
             .redeem_points(proto::RedeemPointsRequest {
@@ -111,25 +111,7 @@ async fn concurrent_redemptions_from_every_channel_never_overdraw() {
         .map(|i| {
             let grpc = service.grpc.clone();
             let channel = channels[i % channels.len()];
-            tokio::spawn(async move {
-                let mut c = proto::loyalty_service_client::LoyaltyServiceClient::connect(grpc).await.unwrap();
-                loop {
-                    let r = c
-                        .redeem_points(proto::RedeemPointsRequest {
-                            member: member("vip-1"),
-                            request_id: format!("req-{i}"),
-                            points: 100,
-                            channel: channel as i32,
-                            reward: "coffee voucher".into(),
-                        })
-                        .await
-                        .unwrap()
-                        .into_inner();
-                    if r.status != InProgress as i32 {
-                        return (i, r);
-                    }
-                }
-            })
+            tokio::spawn(async move { (i, redeem(grpc, "vip-1", &format!("req-{i}"), 100, channel).await) })
         })
         .collect();
     let mut accepted = Vec::new();
@@ -149,10 +131,11 @@ async fn concurrent_redemptions_from_every_channel_never_overdraw() {
 
     // Retrying decided requests, from another channel, gives the same verdicts
     // and spends nothing more.
-    let again = redeem(&service, "vip-1", &format!("req-{}", accepted[0]), 100, proto::Channel::StorePos).await;
+    let again =
+        redeem(service.grpc.clone(), "vip-1", &format!("req-{}", accepted[0]), 100, proto::Channel::StorePos).await;
     assert_eq!(again.status, Accepted as i32);
     let rejected = (0..50).find(|i| !accepted.contains(i)).unwrap();
-    let again = redeem(&service, "vip-1", &format!("req-{rejected}"), 100, proto::Channel::MobileApp).await;
+    let again = redeem(service.grpc.clone(), "vip-1", &format!("req-{rejected}"), 100, proto::Channel::MobileApp).await;
     assert_eq!(again.status, Rejected as i32);
     let b = balance(&service, "vip-1").await.unwrap();
     assert_eq!((b.active_points, b.lifetime_redeemed), (0, 1_000));

@@ -117,15 +117,18 @@ fn points_holder(state: &AppState, addr: &MemberAddress) -> Result<Member, Error
 /// long ledger still answers quickly (with a token to go on).
 const MAX_SCAN: usize = 10_000;
 
+/// What RedeemPoints and AdjustPoints answer.
+struct CommandAnswer {
+    status: proto::RedemptionStatus,
+    reason: String,
+    balance: Option<proto::Balance>,
+    event_id: String,
+}
+
 impl Loyalty {
     /// Appends a command, waits for its verdict, and reads the balance after it.
-    async fn command(
-        &self,
-        member: &Member,
-        cmd: Command,
-    ) -> Result<(proto::RedemptionStatus, String, Option<proto::Balance>, String), Error> {
+    async fn command(&self, member: &Member, cmd: Command) -> Result<CommandAnswer, Error> {
         let state = &self.0;
-        let event_id = cmd.event_id();
         match commands::submit(state, &cmd).await? {
             Outcome::Decided(v) => {
                 let after = state.load(&member.key)?.unwrap_or_else(|| member.clone());
@@ -133,16 +136,17 @@ impl Loyalty {
                     VerdictStatus::Accepted => proto::RedemptionStatus::Accepted,
                     VerdictStatus::Rejected => proto::RedemptionStatus::Rejected,
                 };
-                Ok((status, v.reason, Some(convert::balance(&after, now_millis(), &state.fold.loyalty)), v.event_id))
+                let balance = Some(convert::balance(&after, now_millis(), &state.fold.loyalty));
+                Ok(CommandAnswer { status, reason: v.reason, balance, event_id: v.event_id })
             }
-            Outcome::InProgress => Ok((
-                proto::RedemptionStatus::InProgress,
-                "the request is in the log but its verdict did not arrive in time; call again with the same \
-                 request_id to get it"
+            Outcome::InProgress => Ok(CommandAnswer {
+                status: proto::RedemptionStatus::InProgress,
+                reason: "no verdict before the deadline; call again with the same request_id to get it (retrying \
+                         never applies it twice)"
                     .into(),
-                None,
-                event_id,
-            )),
+                balance: None,
+                event_id: cmd.event_id(),
+            }),
         }
     }
 }
@@ -169,12 +173,12 @@ impl proto::loyalty_service_server::LoyaltyService for Loyalty {
         // they are numbered after everything stored.
         let expiries = m.pending_expiries(now_millis());
         let below = |seq: u64| q.before.is_none_or(|b| seq < b);
-        let mut virtual_entries = expiries.into_iter().rev().filter(|e| below(e.seq)).map(Ok);
+        let virtual_entries = expiries.into_iter().rev().filter(|e| below(e.seq)).map(Ok);
         let stored_before = q.before.map(|b| b.min(m.loyalty.next_seq));
         let stored = state.store.ledger(partition, &m.key, stored_before).map(|r| r.map_err(Error::from));
         let mut entries = Vec::new();
         let mut next_page_token = String::new();
-        for (scanned, e) in virtual_entries.by_ref().chain(stored).enumerate() {
+        for (scanned, e) in virtual_entries.chain(stored).enumerate() {
             let e = e?;
             if entries.len() == q.page_size || scanned == MAX_SCAN {
                 next_page_token = page_token(e.seq + 1);
@@ -213,13 +217,13 @@ impl proto::loyalty_service_server::LoyaltyService for Loyalty {
                 reward: r.reward,
             }),
         };
-        let (status, reason, balance, event_id) = self.command(&m, cmd).await?;
+        let a = self.command(&m, cmd).await?;
         Ok(Response::new(proto::RedeemPointsResponse {
-            status: status as i32,
-            reason,
-            balance,
+            status: a.status as i32,
+            reason: a.reason,
+            balance: a.balance,
             request_id: r.request_id,
-            event_id,
+            event_id: a.event_id,
         }))
     }
 
@@ -242,13 +246,13 @@ impl proto::loyalty_service_server::LoyaltyService for Loyalty {
                 request_id: r.request_id.clone(),
             }),
         };
-        let (status, reason, balance, event_id) = self.command(&m, cmd).await?;
+        let a = self.command(&m, cmd).await?;
         Ok(Response::new(proto::AdjustPointsResponse {
-            status: status as i32,
-            reason,
-            balance,
+            status: a.status as i32,
+            reason: a.reason,
+            balance: a.balance,
             request_id: r.request_id,
-            event_id,
+            event_id: a.event_id,
         }))
     }
 }

@@ -513,8 +513,8 @@ pub(crate) fn revoke(
     }
     left -= l.take_active(left, at);
     l.shortfall(left, cfg);
-    let taken = if cfg.negative_balance == NegativeBalance::Carry { points } else { points - left };
-    l.revoked += taken;
+    // A carried shortfall counts as revoked (it is owed); a written-off one does not.
+    l.revoked += if cfg.negative_balance == NegativeBalance::Carry { points } else { points - left };
     let mut w = Writer { event, fx };
     w.push(l, EntryKind::Revoke, -points, |e| {
         e.order_id = Some(order_id.to_owned());
