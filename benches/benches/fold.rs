@@ -40,7 +40,7 @@ fn bench(c: &mut Criterion) {
                     let records: Vec<Record<'_>> = values
                         .iter()
                         .enumerate()
-                        .map(|(i, v)| Record { offset: (start + i as u64) as i64, key: None, value: Some(v) })
+                        .map(|(i, v)| Record::new((start + i as u64) as i64, None, Some(v)))
                         .collect();
                     let p = processor.process(0, &records).unwrap();
                     processor.commit(p).unwrap();

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
+use crate::identity::IdentityConfig;
 use crate::loyalty::LoyaltyConfig;
 
 /// Configuration of the fold. Build it with serde, then call
@@ -33,6 +34,8 @@ pub struct FoldConfig {
     pub max_orders_kept: usize,
     /// The points program: `[fold.loyalty]`.
     pub loyalty: LoyaltyConfig,
+    /// Identity resolution: `[fold.identity]`.
+    pub identity: IdentityConfig,
     #[serde(skip)]
     rates_micro: BTreeMap<String, i128>,
 }
@@ -48,6 +51,7 @@ impl Default for FoldConfig {
             order_history_days: 400,
             max_orders_kept: 1_000,
             loyalty: LoyaltyConfig::default(),
+            identity: IdentityConfig::default(),
             rates_micro: BTreeMap::new(),
         }
     }
@@ -89,6 +93,7 @@ impl FoldConfig {
             Error::Config(m) => Error::Config(format!("loyalty: {m}")),
             other => other,
         })?;
+        self.identity = self.identity.validate()?;
         Ok(self)
     }
 

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::Error;
 use crate::ident::Identifier;
+use crate::loyalty::LedgerEntry;
+use crate::member::Member;
 use crate::time::{self, Millis};
 use omnifold_proto::v1 as proto;
 
@@ -105,20 +107,101 @@ pub enum Returned {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Payload {
-    ProductViewed { sku: String, category: String, price_minor: i64 },
-    SearchPerformed { query: String },
-    CartUpdated { cart_id: String, lines: Vec<Line> },
-    OrderPlaced { order_id: String, currency: String, lines: Vec<Line>, total_minor: i64 },
-    OrderReturned { order_id: String, return_id: String, returned: Returned },
-    OrderCancelled { order_id: String, reason: String },
-    MemberEnrolled { program: String },
-    ProfileUpdated { traits: BTreeMap<String, String> },
-    ConsentChanged { purpose: String, granted: bool },
-    IdentityLinked { anonymous_id: Option<String>, identifiers: Vec<Identifier> },
-    MembersMerged { from_member_id: String, into_member_id: String },
-    PointsAdjusted { delta: i64, reason: String, actor: String, request_id: Option<String> },
-    PointsRedemptionRequested { request_id: String, points: i64, reward: String },
-    ErasureRequested { reason: String },
+    ProductViewed {
+        sku: String,
+        category: String,
+        price_minor: i64,
+    },
+    SearchPerformed {
+        query: String,
+    },
+    CartUpdated {
+        cart_id: String,
+        lines: Vec<Line>,
+    },
+    OrderPlaced {
+        order_id: String,
+        currency: String,
+        lines: Vec<Line>,
+        total_minor: i64,
+    },
+    OrderReturned {
+        order_id: String,
+        return_id: String,
+        returned: Returned,
+    },
+    OrderCancelled {
+        order_id: String,
+        reason: String,
+    },
+    MemberEnrolled {
+        program: String,
+    },
+    ProfileUpdated {
+        traits: BTreeMap<String, String>,
+    },
+    ConsentChanged {
+        purpose: String,
+        granted: bool,
+    },
+    IdentityLinked {
+        anonymous_id: Option<String>,
+        identifiers: Vec<Identifier>,
+    },
+    MembersMerged {
+        from_member_id: String,
+        into_member_id: String,
+    },
+    PointsAdjusted {
+        delta: i64,
+        reason: String,
+        actor: String,
+        request_id: Option<String>,
+    },
+    PointsRedemptionRequested {
+        request_id: String,
+        points: i64,
+        reward: String,
+    },
+    ErasureRequested {
+        reason: String,
+    },
+    /// Internal: `member_id` claims this event's subject key.
+    IdentityClaimed {
+        member_id: String,
+        merge: bool,
+        cause_event_id: String,
+    },
+    /// Internal: `from_key` now routes to this event's member; its history comes along.
+    ProfileJoined {
+        from_key: String,
+        from_kind: KeyKind,
+        identifier: Option<Identifier>,
+        snapshot: Option<Box<Member>>,
+        ledger: Vec<LedgerEntry>,
+    },
+}
+
+/// What kind of subject key a profile is stored under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyKind {
+    Member,
+    Anonymous,
+    Identifier,
+}
+
+impl KeyKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyKind::Member => "member",
+            KeyKind::Anonymous => "anonymous",
+            KeyKind::Identifier => "identifier",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<KeyKind> {
+        [KeyKind::Member, KeyKind::Anonymous, KeyKind::Identifier].into_iter().find(|k| k.name() == name)
+    }
 }
 
 /// A validated event.
@@ -323,10 +406,19 @@ impl TryFrom<proto::Event> for Event {
                 }
                 Payload::IdentityLinked { anonymous_id, identifiers }
             }
-            P::MembersMerged(p) => Payload::MembersMerged {
-                from_member_id: text("membersMerged.fromMemberId", &p.from_member_id, true)?,
-                into_member_id: text("membersMerged.intoMemberId", &p.into_member_id, true)?,
-            },
+            P::MembersMerged(p) => {
+                let into_member_id = text("membersMerged.intoMemberId", &p.into_member_id, true)?;
+                if subject.member_id.as_deref() != Some(into_member_id.as_str()) {
+                    return Err(Error::invalid(
+                        "subject.memberId",
+                        "membersMerged is sent for the surviving member: set subject.memberId to intoMemberId",
+                    ));
+                }
+                Payload::MembersMerged {
+                    from_member_id: text("membersMerged.fromMemberId", &p.from_member_id, true)?,
+                    into_member_id,
+                }
+            }
             P::PointsAdjusted(p) => {
                 if p.delta == 0 {
                     return Err(Error::invalid("pointsAdjusted.delta", "must not be zero"));
@@ -350,6 +442,38 @@ impl TryFrom<proto::Event> for Event {
             }
             P::ErasureRequested(p) => {
                 Payload::ErasureRequested { reason: text("erasureRequested.reason", &p.reason, false)? }
+            }
+            P::IdentityClaimed(p) => Payload::IdentityClaimed {
+                member_id: text("identityClaimed.memberId", &p.member_id, true)?,
+                merge: p.merge,
+                cause_event_id: text("identityClaimed.causeEventId", &p.cause_event_id, false)?,
+            },
+            P::ProfileJoined(p) => {
+                if subject.member_id.is_none() {
+                    return Err(Error::invalid("subject.memberId", "profileJoined needs the member it joins"));
+                }
+                let from_kind = KeyKind::from_name(&p.from_kind).ok_or_else(|| {
+                    Error::invalid("profileJoined.fromKind", "must be anonymous, identifier or member")
+                })?;
+                let snapshot = if p.snapshot.is_empty() {
+                    None
+                } else {
+                    let m = Member::decode(&p.snapshot)
+                        .map_err(|e| Error::invalid("profileJoined.snapshot", e.to_string()))?;
+                    Some(Box::new(m))
+                };
+                let ledger = p
+                    .ledger
+                    .iter()
+                    .map(|b| LedgerEntry::decode(b).map_err(|e| Error::invalid("profileJoined.ledger", e.to_string())))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Payload::ProfileJoined {
+                    from_key: text("profileJoined.fromKey", &p.from_key, true)?,
+                    from_kind,
+                    identifier: p.identifier.as_ref().map(Identifier::try_from).transpose()?,
+                    snapshot,
+                    ledger,
+                }
             }
         };
         Ok(Event { event_id, occurred_at, channel, store_id, subject, payload })

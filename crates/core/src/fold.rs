@@ -7,6 +7,7 @@
 use crate::Rejection;
 use crate::config::FoldConfig;
 use crate::event::{Event, Line, Payload, ReturnLine, Returned};
+use crate::identity::{self, Claimed};
 use crate::loyalty::{self, Effects, collects_points};
 use crate::member::{Consent, Member, OrderLine, OrderRecord, ProfileKind, RecentProduct, RecentSearch, Stamped};
 use crate::time::{DAY, Millis};
@@ -33,7 +34,33 @@ pub fn kind_of(event: &Event) -> ProfileKind {
 pub fn apply(member: &mut Member, event: &Event, pos: Position, cfg: &FoldConfig) -> Result<Effects, Rejection> {
     let at = event.occurred_at;
     let mut fx = Effects::default();
+    let mut claims: Vec<Claimed> = Vec::new();
     match &event.payload {
+        // Identity events omnifold writes itself are bookkeeping, not activity.
+        Payload::IdentityClaimed { member_id, merge, .. } => {
+            identity::on_claim(member, event, member_id, *merge, cfg, &mut fx.outbox)?;
+            record_position(member, pos, false);
+            return Ok(fx);
+        }
+        Payload::ProfileJoined { from_key, from_kind, identifier, snapshot, ledger } => {
+            points_holder(member)?;
+            identity::on_joined(
+                member,
+                event,
+                &identity::Joined {
+                    from_key,
+                    from_kind: *from_kind,
+                    identifier: identifier.as_ref(),
+                    snapshot: snapshot.as_deref(),
+                    ledger,
+                },
+                cfg,
+                &mut fx,
+            );
+            record_position(member, pos, false);
+            loyalty::advance(member, at, &mut fx);
+            return Ok(fx);
+        }
         Payload::ProductViewed { sku, category, .. } => view_product(member, sku, category, at, cfg),
         Payload::SearchPerformed { query } => search(member, query, at, cfg),
         Payload::CartUpdated { .. } => member.browse.cart_updates += 1,
@@ -70,11 +97,12 @@ pub fn apply(member: &mut Member, event: &Event, pos: Position, cfg: &FoldConfig
             }
         }
         Payload::IdentityLinked { anonymous_id, identifiers } => {
-            member.identifiers.extend(identifiers.iter().cloned());
-            member.aliases.extend(anonymous_id.iter().cloned());
+            // Linked once the keys' partitions agree (profileJoined).
+            claims.extend(anonymous_id.iter().cloned().map(Claimed::Anonymous));
+            claims.extend(identifiers.iter().cloned().map(Claimed::Identifier));
         }
         Payload::MembersMerged { from_member_id, .. } => {
-            member.aliases.insert(from_member_id.clone());
+            identity::on_merge_request(member, event, from_member_id, cfg, &mut fx.outbox)?;
         }
         Payload::PointsAdjusted { delta, reason, actor, request_id } => {
             points_holder(member)?;
@@ -94,12 +122,15 @@ pub fn apply(member: &mut Member, event: &Event, pos: Position, cfg: &FoldConfig
             member.erased_at = Some(at);
         }
     }
-    // Every subject identifier the event carried belongs here, unless the
-    // event asked to forget them.
+    // A member claims every anonymous id and identifier its events carry;
+    // another profile just records the identifiers it was seen with.
     if !matches!(event.payload, Payload::ErasureRequested { .. }) {
-        member.identifiers.extend(event.subject.identifiers.iter().cloned());
-        if let (Some(anon), Some(_)) = (&event.subject.anonymous_id, &event.subject.member_id) {
-            member.aliases.insert(anon.clone());
+        if collects_points(member) {
+            for c in identity::claims_of(member, event, &claims) {
+                fx.outbox.push(identity::claim(member, event, &c, false));
+            }
+        } else {
+            member.identifiers.extend(event.subject.identifiers.iter().cloned());
         }
     }
     let stats = member.channels.entry(event.channel).or_default();
@@ -107,13 +138,19 @@ pub fn apply(member: &mut Member, event: &Event, pos: Position, cfg: &FoldConfig
     stats.last_seen_at = stats.last_seen_at.max(at);
     member.first_seen_at = Some(member.first_seen_at.map_or(at, |f| f.min(at)));
     member.last_seen_at = Some(member.last_seen_at.map_or(at, |l| l.max(at)));
-    member.version.partition = pos.partition;
-    member.version.next_offset = member.version.next_offset.max(pos.offset + 1);
-    member.version.events_applied += 1;
+    record_position(member, pos, true);
     if collects_points(member) {
         loyalty::advance(member, at, &mut fx);
     }
     Ok(fx)
+}
+
+/// Records how far the fold has read for this member, and counts the
+/// event if it is activity (not identity bookkeeping).
+fn record_position(member: &mut Member, pos: Position, activity: bool) {
+    member.version.partition = pos.partition;
+    member.version.next_offset = member.version.next_offset.max(pos.offset + 1);
+    member.version.events_applied += u64::from(activity);
 }
 
 fn points_holder(member: &Member) -> Result<(), Rejection> {
@@ -154,7 +191,7 @@ fn view_product(member: &mut Member, sku: &str, category: &str, at: Millis, cfg:
     }
 }
 
-fn bump_category(member: &mut Member, category: &str, views: u64, units: u64, cfg: &FoldConfig) {
+pub(crate) fn bump_category(member: &mut Member, category: &str, views: u64, units: u64, cfg: &FoldConfig) {
     let cats = &mut member.browse.categories;
     let c = cats.entry(category.to_owned()).or_default();
     c.views += views;
@@ -240,7 +277,12 @@ fn place_order(
         units,
         lines: lines
             .iter()
-            .map(|l| OrderLine { sku: l.sku.clone(), quantity: l.quantity, unit_price_minor: l.unit_price_minor })
+            .map(|l| OrderLine {
+                sku: l.sku.clone(),
+                category: l.category.clone(),
+                quantity: l.quantity,
+                unit_price_minor: l.unit_price_minor,
+            })
             .collect(),
         returned_list_minor: 0,
         returned_minor: 0,
@@ -270,7 +312,7 @@ fn place_order(
 
 /// Keeps orders within `order_history_days` of the latest one, at most
 /// `max_orders_kept`.
-fn prune_history(member: &mut Member, cfg: &FoldConfig) {
+pub(crate) fn prune_history(member: &mut Member, cfg: &FoldConfig) {
     let h = &mut member.purchases.history;
     let Some(latest) = h.last().map(|o| o.at) else {
         return;

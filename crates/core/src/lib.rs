@@ -11,6 +11,7 @@ pub mod error;
 pub mod event;
 pub mod fold;
 pub mod ident;
+pub mod identity;
 pub mod loyalty;
 pub mod member;
 pub mod partition;

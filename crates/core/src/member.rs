@@ -93,6 +93,7 @@ pub struct Browse {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderLine {
     pub sku: String,
+    pub category: String,
     pub quantity: u32,
     pub unit_price_minor: i64,
 }
@@ -186,6 +187,14 @@ pub struct Member {
     pub enrolled_at: Option<Millis>,
     pub erased_at: Option<Millis>,
     pub version: Version,
+    /// Set when this key's profile joined a member (a linked anonymous id or
+    /// identifier, or a merged member): events and reads for the key go there.
+    pub routes_to: Option<String>,
+    /// A non-unique identifier (a device) that several members linked: it
+    /// routes nowhere, so a shared device cannot glue members together.
+    pub shared: bool,
+    /// Member ids merged into this one (also listed in `aliases`).
+    pub merged_members: BTreeSet<String>,
 }
 
 impl Member {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -18,8 +18,8 @@ use tracing::{debug, error, info, warn};
 
 use omnifold_store::Store;
 
-use crate::processor::{Processor, Record};
-use crate::{DeadLetter, Error, IngestConfig, Result};
+use crate::processor::{OutRecord, Processor, ROUTE_HEADER, Record};
+use crate::{Error, IngestConfig, Result};
 
 /// A stop signal the poll loop checks between batches: the batch in hand is
 /// finished and committed, then the loop returns.
@@ -119,8 +119,8 @@ impl ProducerContext for DlqContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, index: Box<usize>) {
         if let Err((e, _)) = result {
-            warn!(error = %e, "dead letter not delivered; will retry");
-            self.failed.lock().expect("dlq lock").push(*index);
+            warn!(error = %e, "record not delivered; will retry");
+            self.failed.lock().expect("delivery lock").push(*index);
         }
     }
 }
@@ -129,26 +129,30 @@ fn now_millis() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Produces dead letters and waits until the broker has every one of them.
+/// Test hook: `OMNIFOLD_FAILPOINT=after_outbox` aborts the process right
+/// after a batch's outgoing events are acknowledged and before its commit,
+/// which is the window the crash tests need to hit.
+fn failpoint(name: &str) {
+    if std::env::var("OMNIFOLD_FAILPOINT").is_ok_and(|v| v == name) {
+        error!(failpoint = name, "failpoint reached: aborting");
+        std::process::abort();
+    }
+}
+
+/// Produces records and waits until the broker has every one of them.
 /// Retries failed deliveries until they succeed or shutdown is requested.
-fn deliver(
-    producer: &BaseProducer<DlqContext>,
-    topic: &str,
-    letters: &[DeadLetter],
-    shutdown: &Shutdown,
-) -> Result<()> {
-    let now = now_millis();
-    let values: Vec<Vec<u8>> = letters.iter().map(|d| d.encode(now)).collect();
-    let mut pending: Vec<usize> = (0..letters.len()).collect();
+fn deliver(producer: &BaseProducer<DlqContext>, topic: &str, records: &[OutRecord], shutdown: &Shutdown) -> Result<()> {
+    let mut pending: Vec<usize> = (0..records.len()).collect();
     let mut backoff = Duration::from_millis(100);
     while !pending.is_empty() {
         for &i in &pending {
-            let d = &letters[i];
-            let headers = OwnedHeaders::new()
-                .insert(Header { key: "omnifold.reason", value: Some(d.reason.as_str()) })
-                .insert(Header { key: "omnifold.kind", value: Some(d.kind) });
-            let mut record = BaseRecord::with_opaque_to(topic, Box::new(i)).payload(&values[i]).headers(headers);
-            if let Some(k) = &d.key {
+            let r = &records[i];
+            let mut headers = OwnedHeaders::new();
+            for (k, v) in &r.headers {
+                headers = headers.insert(Header { key: k, value: Some(v.as_str()) });
+            }
+            let mut record = BaseRecord::with_opaque_to(topic, Box::new(i)).payload(&r.value).headers(headers);
+            if let Some(k) = &r.key {
                 record = record.key(k);
             }
             loop {
@@ -163,7 +167,7 @@ fn deliver(
             }
         }
         producer.flush(Duration::from_secs(30))?;
-        pending = std::mem::take(&mut *producer.context().failed.lock().expect("dlq lock"));
+        pending = std::mem::take(&mut *producer.context().failed.lock().expect("delivery lock"));
         if !pending.is_empty() {
             if shutdown.is_triggered() {
                 return Err(Error::Kafka(KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut)));
@@ -172,7 +176,6 @@ fn deliver(
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
-    metrics::counter!("omnifold_dead_letters_total").increment(letters.len() as u64);
     Ok(())
 }
 
@@ -210,8 +213,11 @@ pub fn run(cfg: &IngestConfig, processor: Processor, shutdown: Shutdown) -> Resu
         .set("enable.partition.eof", "false")
         .set("fetch.wait.max.ms", cfg.fetch_wait_max_ms.to_string())
         .create_with_context(context)?;
+    // Dead letters, forwards and identity events; murmur2 like every
+    // producer, so forwards land on the partition that owns their key.
     let producer: BaseProducer<DlqContext> = client_config(cfg)
         .set("enable.idempotence", "true")
+        .set("partitioner", "murmur2_random")
         .set("linger.ms", "5")
         .create_with_context(DlqContext::default())?;
     consumer.subscribe(&[cfg.topic.as_str()])?;
@@ -282,7 +288,17 @@ fn commit_messages(
                 Some(next) if m.offset() >= *next => {}
                 _ => continue,
             }
-            by_partition.entry(p).or_default().push(Record { offset: m.offset(), key: m.key(), value: m.payload() });
+            let route = m
+                .headers()
+                .and_then(|h| h.iter().find(|h| h.key == ROUTE_HEADER))
+                .and_then(|h| h.value)
+                .and_then(|v| std::str::from_utf8(v).ok());
+            by_partition.entry(p).or_default().push(Record {
+                offset: m.offset(),
+                key: m.key(),
+                value: m.payload(),
+                route,
+            });
         }
     }
     let mut offsets = TopicPartitionList::new();
@@ -290,8 +306,17 @@ fn commit_messages(
         let started = Instant::now();
         let processed = processor.process(partition, &records)?;
         if !processed.dead_letters.is_empty() {
-            deliver(producer, &cfg.dead_letter_topic, &processed.dead_letters, shutdown)?;
+            let now = now_millis();
+            let letters: Vec<OutRecord> = processed.dead_letters.iter().map(|d| d.to_record(now)).collect();
+            deliver(producer, &cfg.dead_letter_topic, &letters, shutdown)?;
+            metrics::counter!("omnifold_dead_letters_total").increment(letters.len() as u64);
         }
+        if !processed.outbox.is_empty() {
+            deliver(producer, &cfg.topic, &processed.outbox, shutdown)?;
+            failpoint("after_outbox");
+        }
+        metrics::counter!("omnifold_events_misrouted_total").increment(processed.misrouted);
+        metrics::counter!("omnifold_events_forwarded_total").increment(processed.forwarded);
         let next = processed.next_offset;
         let (applied, duplicates) = (processed.applied, processed.duplicates);
         processor.commit(processed)?;

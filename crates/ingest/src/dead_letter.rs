@@ -5,6 +5,8 @@ use prost::Message;
 
 use omnifold_proto::v1 as proto;
 
+use crate::processor::OutRecord;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {
     pub reason: String,
@@ -31,5 +33,14 @@ impl DeadLetter {
             kind: self.kind.to_owned(),
         }
         .encode_to_vec()
+    }
+
+    /// The dead-letter record, with the reason and kind as headers too.
+    pub fn to_record(&self, now_millis: i64) -> OutRecord {
+        OutRecord {
+            key: self.key.clone(),
+            value: self.encode(now_millis),
+            headers: vec![("omnifold.reason", self.reason.clone()), ("omnifold.kind", self.kind.to_owned())],
+        }
     }
 }

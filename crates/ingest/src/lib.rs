@@ -16,7 +16,7 @@ pub use admin::{CommandProducer, EventProducer, TopicOutcome, create_topics};
 pub use config::IngestConfig;
 pub use consumer::{Shutdown, client_config, partition_count, run};
 pub use dead_letter::DeadLetter;
-pub use processor::{OnCommit, Processed, Processor, Record};
+pub use processor::{OnCommit, OutRecord, Processed, Processor, ROUTE_HEADER, Record};
 
 /// The crate's one error type.
 #[derive(Debug, thiserror::Error)]

@@ -7,12 +7,22 @@ use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
 
+use prost::Message;
+
 use omnifold_core::fold::{self, Position, kind_of};
-use omnifold_core::{Event, FoldConfig, Member, decode_event};
+use omnifold_core::identity::Outgoing;
+use omnifold_core::member::ProfileKind;
+use omnifold_core::partition::partition_for;
+use omnifold_core::{Event, FoldConfig, LedgerEntry, Member, Payload, decode_event};
+use omnifold_proto::v1 as proto;
 use omnifold_store::{Batch, Store};
 
 use crate::Result;
 use crate::dead_letter::DeadLetter;
+
+/// The header that routes a forwarded event to a profile other than its
+/// subject's key: the member the subject's key has joined.
+pub const ROUTE_HEADER: &str = "omnifold-route";
 
 /// One consumed record.
 #[derive(Debug, Clone, Copy)]
@@ -20,6 +30,22 @@ pub struct Record<'a> {
     pub offset: i64,
     pub key: Option<&'a [u8]>,
     pub value: Option<&'a [u8]>,
+    /// The `omnifold-route` header of a forwarded event.
+    pub route: Option<&'a str>,
+}
+
+impl<'a> Record<'a> {
+    pub fn new(offset: i64, key: Option<&'a [u8]>, value: Option<&'a [u8]>) -> Self {
+        Record { offset, key, value, route: None }
+    }
+}
+
+/// A record to write to a topic before the batch commits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutRecord {
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    pub headers: Vec<(&'static str, String)>,
 }
 
 /// A processed batch, ready to commit once its dead letters are delivered.
@@ -31,8 +57,15 @@ pub struct Processed {
     touched: Vec<Member>,
     partition: u32,
     pub dead_letters: Vec<DeadLetter>,
+    /// Events for the events topic: forwards to the partition that owns
+    /// their member, identity claims and joins. Written before the commit.
+    pub outbox: Vec<OutRecord>,
     pub applied: u64,
     pub duplicates: u64,
+    /// Events that arrived on a partition that does not own their key.
+    pub misrouted: u64,
+    /// Events forwarded to the member their key joined.
+    pub forwarded: u64,
     pub next_offset: i64,
 }
 
@@ -103,9 +136,14 @@ impl Processor {
         let seen_before = store.seen(partition, &ids)?;
         let seen_before: HashSet<&str> = ids.iter().zip(seen_before).filter(|(_, s)| *s).map(|(id, _)| *id).collect();
 
-        // Each record's subject key, computed once.
-        let record_keys: Vec<Option<String>> =
-            decoded.iter().map(|d| d.as_ref().ok().map(|e| e.subject.key())).collect();
+        // Each record's profile key, computed once: where a forward routed
+        // it, else its subject's key.
+        let record_keys: Vec<Option<String>> = decoded
+            .iter()
+            .zip(records)
+            .map(|(d, r)| d.as_ref().ok().map(|e| r.route.map_or_else(|| e.subject.key(), str::to_owned)))
+            .collect();
+        let partitions = store.partition_count(&self.topic)?;
         let mut keys: Vec<String> = record_keys.iter().flatten().cloned().collect();
         keys.sort_unstable();
         keys.dedup();
@@ -141,7 +179,10 @@ impl Processor {
 
         let mut applied_ids: HashSet<&str> = HashSet::new();
         let mut dirty: HashSet<String> = HashSet::new();
-        let (mut applied, mut duplicates) = (0, 0);
+        let (mut applied, mut duplicates, mut misrouted, mut forwarded) = (0, 0, 0, 0);
+        let mut outbox: Vec<OutRecord> = Vec::new();
+        // Ledger entries written in this batch, for joins that carry a ledger.
+        let mut batch_ledger: HashMap<String, Vec<LedgerEntry>> = HashMap::new();
         for ((record, event), key) in records.iter().zip(&decoded).zip(record_keys) {
             let dead = |reason: String, kind: &'static str| DeadLetter {
                 reason,
@@ -165,6 +206,22 @@ impl Processor {
                 continue;
             }
             let key = key.expect("valid events have a key");
+            let original = || record.value.unwrap_or_default().to_vec();
+            // Never fold an event where it does not belong: send it on.
+            if let Some(n) = partitions
+                && partition_for(key.as_bytes(), n) != partition
+            {
+                misrouted += 1;
+                outbox.push(forward(&key, original(), record.route));
+                continue;
+            }
+            if !matches!(event.payload, Payload::IdentityClaimed { .. })
+                && let Some(to) = members.get(&key).and_then(|m| m.routes_to.clone())
+            {
+                forwarded += 1;
+                outbox.push(forward(&to, original(), Some(&to)));
+                continue;
+            }
             if let Some(r) = event.request_id()
                 && decided.contains(&(key.clone(), r.to_owned()))
             {
@@ -173,13 +230,18 @@ impl Processor {
                 batch.mark_seen(store, id);
                 continue;
             }
-            let member = members.entry(key.clone()).or_insert_with(|| Member::new(key.clone(), kind_of(event)));
+            let kind = if record.route.is_some() { ProfileKind::KnownMember } else { kind_of(event) };
+            let member = members.entry(key.clone()).or_insert_with(|| Member::new(key.clone(), kind));
             let pos = Position { partition, offset: record.offset };
             match fold::apply(member, event, pos, &self.fold) {
                 Ok(effects) => {
                     for entry in &effects.ledger {
                         batch.put_ledger(store, &key, entry);
                     }
+                    for out in effects.outbox {
+                        outbox.push(self.outgoing(partition, out, &batch_ledger)?);
+                    }
+                    batch_ledger.entry(key.clone()).or_default().extend(effects.ledger);
                     if let Some(v) = &effects.verdict {
                         batch.put_verdict(store, &key, v);
                         decided.insert((key.clone(), v.request_id.clone()));
@@ -203,7 +265,46 @@ impl Processor {
             batch.set_next_offset(store, next_offset);
         }
         // Members created here but refused every event were never stored.
-        let touched = members.into_values().filter(|m| m.version.events_applied > 0).collect();
-        Ok(Processed { batch, touched, partition, dead_letters, applied, duplicates, next_offset })
+        let touched = members.into_values().filter(|m| m.version.events_applied > 0 || m.routes_to.is_some()).collect();
+        Ok(Processed {
+            batch,
+            touched,
+            partition,
+            dead_letters,
+            outbox,
+            applied,
+            duplicates,
+            misrouted,
+            forwarded,
+            next_offset,
+        })
+    }
+
+    /// An event the fold wrote, ready to send; a join of a member carries
+    /// that member's ledger, stored and from this batch.
+    fn outgoing(
+        &self,
+        partition: u32,
+        mut out: Outgoing,
+        batch_ledger: &HashMap<String, Vec<LedgerEntry>>,
+    ) -> Result<OutRecord> {
+        if let Some(of) = &out.attach_ledger_of
+            && let Some(proto::event::Payload::ProfileJoined(j)) = &mut out.event.payload
+        {
+            let mut stored: Vec<LedgerEntry> = self.store.ledger(partition, of, None).collect::<Result<_, _>>()?;
+            stored.reverse();
+            stored.extend(batch_ledger.get(of).into_iter().flatten().cloned());
+            j.ledger = stored.iter().map(LedgerEntry::encode).collect();
+        }
+        Ok(OutRecord { key: Some(out.key.into_bytes()), value: out.event.encode_to_vec(), headers: Vec::new() })
+    }
+}
+
+/// The record that sends an event, unchanged, to the partition of `key`.
+fn forward(key: &str, value: Vec<u8>, route: Option<&str>) -> OutRecord {
+    OutRecord {
+        key: Some(key.as_bytes().to_vec()),
+        value,
+        headers: route.map(|r| (ROUTE_HEADER, r.to_owned())).into_iter().collect(),
     }
 }

@@ -85,7 +85,7 @@ fn normalised(mut m: Member) -> Vec<u8> {
 
 fn run_batches(processor: &Processor, values: &[Vec<u8>], cuts: &[usize]) -> (u64, u64) {
     let records: Vec<Record<'_>> =
-        values.iter().enumerate().map(|(i, v)| Record { offset: i as i64, key: None, value: Some(v) }).collect();
+        values.iter().enumerate().map(|(i, v)| Record::new(i as i64, None, Some(v))).collect();
     let (mut applied, mut dups) = (0, 0);
     let mut start = 0;
     let mut bounds: Vec<usize> = cuts.iter().map(|c| c % (records.len() + 1)).collect();
@@ -190,11 +190,8 @@ fn bad_records_become_dead_letters_and_the_partition_moves_on() {
         "x".repeat(3000)
     );
     let values: Vec<&[u8]> = vec![b"{oops", good, big.as_bytes(), b"\x08\x96\x01\xff", b""];
-    let records: Vec<Record<'_>> = values
-        .iter()
-        .enumerate()
-        .map(|(i, v)| Record { offset: 10 + i as i64, key: Some(b"m"), value: Some(v) })
-        .collect();
+    let records: Vec<Record<'_>> =
+        values.iter().enumerate().map(|(i, v)| Record::new(10 + i as i64, Some(b"m"), Some(v))).collect();
     let p = processor.process(0, &records).unwrap();
     let kinds: Vec<(&str, i64)> = p.dead_letters.iter().map(|d| (d.kind, d.offset)).collect();
     assert_eq!(kinds, vec![("decode", 10), ("too_large", 12), ("decode", 13), ("decode", 14)]);
@@ -218,7 +215,7 @@ fn a_batch_that_is_not_committed_leaves_no_trace() {
     };
     let (a, b, c) = (search("a"), search("b"), search("c"));
     fn rec(offset: i64, v: &str) -> Record<'_> {
-        Record { offset, key: None, value: Some(v.as_bytes()) }
+        Record::new(offset, None, Some(v.as_bytes()))
     }
     processor.commit(processor.process(0, &[rec(0, &a)]).unwrap()).unwrap();
     // Processed but never committed (say, the dead-letter topic was down and
@@ -255,16 +252,13 @@ fn a_retried_request_id_is_decided_once_even_with_a_new_event_id() {
     // another event id; the second batch repeats it again.
     let (a, b, c) = (redeem("x1", 100), redeem("x2", 100), redeem("x1", 100));
     let first = [order.as_str(), &a, &b, &c];
-    let records: Vec<Record<'_>> = first
-        .iter()
-        .enumerate()
-        .map(|(i, v)| Record { offset: i as i64, key: Some(b"m"), value: Some(v.as_bytes()) })
-        .collect();
+    let records: Vec<Record<'_>> =
+        first.iter().enumerate().map(|(i, v)| Record::new(i as i64, Some(b"m"), Some(v.as_bytes()))).collect();
     let p = processor.process(0, &records).unwrap();
     assert_eq!((p.applied, p.duplicates), (2, 2));
     processor.commit(p).unwrap();
     let d = redeem("x3", 100);
-    let p = processor.process(0, &[Record { offset: 4, key: Some(b"m"), value: Some(d.as_bytes()) }]).unwrap();
+    let p = processor.process(0, &[Record::new(4, Some(b"m"), Some(d.as_bytes()))]).unwrap();
     assert_eq!((p.applied, p.duplicates), (0, 1));
     processor.commit(p).unwrap();
     let m = store.member(0, "m").unwrap().unwrap();

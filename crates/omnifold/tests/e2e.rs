@@ -122,7 +122,7 @@ async fn mixed_stream_builds_exact_profiles() {
     let Stack { broker: _broker, data: _data, setup, service } = Stack::start("mixed", 4);
     let stream = mixed_stream();
     setup.produce(&stream);
-    service.wait_consumed(stream.len() as i64).await;
+    service.wait_consumed(&setup, stream.len() as i64).await;
 
     let alice = get(&service, "m-alice").await.unwrap();
     let p = alice.purchases.as_ref().unwrap();
@@ -223,7 +223,7 @@ async fn redelivered_events_change_nothing() {
     let Stack { broker: _broker, data: _data, setup, service } = Stack::start("redeliver", 3);
     let stream = mixed_stream();
     setup.produce(&stream);
-    service.wait_consumed(stream.len() as i64).await;
+    service.wait_consumed(&setup, stream.len() as i64).await;
     let mut client = service.profiles().await;
     let read = |id: &'static str| proto::GetProfileRequest {
         member: member(id),
@@ -248,7 +248,7 @@ async fn redelivered_events_change_nothing() {
         })
         .collect();
     setup.produce(&again);
-    service.wait_consumed(2 * stream.len() as i64).await;
+    service.wait_consumed(&setup, 2 * stream.len() as i64).await;
     let after = [
         client.get_profile(read("m-alice")).await.unwrap().into_inner(),
         client.get_profile(read("m-bob")).await.unwrap().into_inner(),
@@ -304,7 +304,7 @@ async fn kill_9_mid_stream_loses_and_double_counts_nothing() {
     let service = Service::start(&setup, data.path());
     setup.produce(&second);
     let total = (first.len() + redelivered.len() + second.len()) as i64;
-    service.wait_consumed(total).await;
+    service.wait_consumed(&setup, total).await;
     eprintln!("killed after {seen_at_kill} of {} records", first.len());
 
     for m in 0..members {
@@ -350,7 +350,7 @@ async fn bad_input_goes_to_the_dead_letter_topic_and_ingest_goes_on() {
     }
     records.push(("m-alice".to_owned(), good("g2")));
     setup.produce(&records);
-    service.wait_consumed(records.len() as i64).await;
+    service.wait_consumed(&setup, records.len() as i64).await;
 
     let letters = setup.dead_letters(bad.len());
     assert_eq!(letters.len(), bad.len(), "one dead letter per bad record: {letters:#?}");

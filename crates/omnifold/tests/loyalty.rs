@@ -190,7 +190,7 @@ async fn balance_ledger_benefits_and_adjustments() {
             .encode_to_vec(),
         ),
     ]);
-    service.wait_consumed(4).await;
+    service.wait_consumed(&setup, 4).await;
     let b = balance(&service, "m-7").await.unwrap();
     assert_eq!((b.active_points, b.pending_points, b.lifetime_expired, b.lifetime_earned), (450, 100, 200, 750));
     assert_eq!(b.pending.len(), 1);

@@ -187,10 +187,13 @@ fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, Error> {
 
 /// What applying one event produced besides the new aggregate: ledger
 /// entries and a verdict, stored next to the member in the same batch.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Effects {
     pub ledger: Vec<LedgerEntry>,
     pub verdict: Option<Verdict>,
+    /// Events to write to the events topic before the batch commits (identity
+    /// claims and joins).
+    pub outbox: Vec<crate::identity::Outgoing>,
 }
 
 /// Points that become active later.
@@ -408,15 +411,20 @@ pub(crate) fn order_points(
 }
 
 impl Loyalty {
+    /// Inserts a lot in spending order as it is.
+    pub(crate) fn insert_lot(&mut self, lot: Lot) {
+        let key = (lot.expires_at, lot.seq);
+        let idx = self.lots.partition_point(|l| (l.expires_at, l.seq) < key);
+        self.lots.insert(idx, lot);
+    }
+
     /// Inserts a lot in spending order, paying off a negative balance first.
     /// Returns how much of it went to the negative balance.
     fn add_lot(&mut self, mut lot: Lot) -> i64 {
         let paid = self.negative.min(lot.remaining);
         self.negative -= paid;
         lot.remaining -= paid;
-        let key = (lot.expires_at, lot.seq);
-        let idx = self.lots.partition_point(|l| (l.expires_at, l.seq) < key);
-        self.lots.insert(idx, lot);
+        self.insert_lot(lot);
         paid
     }
 
@@ -642,3 +650,69 @@ pub(crate) fn advance(member: &mut Member, at: Millis, fx: &mut Effects) {
 }
 
 pub(crate) use tier::tier_for_order;
+
+/// The tier held at `at`.
+pub(crate) fn tier_at(member: &Member, at: Millis, cfg: &LoyaltyConfig) -> Tier {
+    tier::standing_at(member, at, cfg).0
+}
+
+/// After another profile's spend joined: upgrade if it now qualifies.
+pub(crate) fn upgrade_after_join(member: &mut Member, at: Millis, cfg: &LoyaltyConfig) {
+    tier::upgrade(member, at, cfg);
+}
+
+/// An order that joined from an anonymous or provisional profile.
+pub(crate) struct JoinedOrder<'a> {
+    pub order_id: &'a str,
+    pub at: Millis,
+    pub channel: Channel,
+    pub points: i64,
+    /// Already taken back by the order's returns.
+    pub revoked: i64,
+    /// The profile it came from.
+    pub from: &'a str,
+}
+
+/// Earns a joined order's points as of its own time: a lot pending and
+/// expiring from the order's time, less what its returns took back.
+pub(crate) fn earn_joined(
+    member: &mut Member,
+    event: &Event,
+    o: &JoinedOrder<'_>,
+    cfg: &LoyaltyConfig,
+    fx: &mut Effects,
+) {
+    if o.points <= 0 {
+        return;
+    }
+    let l = &mut member.loyalty;
+    let (activates_at, expires_at) = (o.at + cfg.pending(), o.at + cfg.pending() + cfg.expiry());
+    let mut w = Writer { event, fx };
+    let seq = w.push(l, EntryKind::Earn, o.points, |e| {
+        e.at = o.at;
+        e.order_id = Some(o.order_id.to_owned());
+        e.channel = Some(o.channel);
+        e.reason = format!("joined from {}", o.from);
+        e.activates_at = Some(activates_at);
+        e.expires_at = Some(expires_at);
+    });
+    l.earned += o.points;
+    if o.revoked > 0 {
+        w.push(l, EntryKind::Revoke, -o.revoked, |e| {
+            e.at = o.at;
+            e.order_id = Some(o.order_id.to_owned());
+            e.channel = Some(o.channel);
+            e.reason = "returned before joining".into();
+        });
+        l.revoked += o.revoked;
+    }
+    l.add_lot(Lot {
+        seq,
+        order_id: Some(o.order_id.to_owned()),
+        channel: o.channel,
+        points: o.points,
+        remaining: o.points - o.revoked,
+        activates_at,
+        expires_at,
+    });
+}

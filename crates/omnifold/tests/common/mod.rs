@@ -9,11 +9,12 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use omnifold_core::partition::partition_for;
 use omnifold_proto::v1 as proto;
 use prost::Message;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, FutureProducer, FutureRecord, Producer};
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_omnifold");
@@ -146,6 +147,35 @@ impl Setup {
         p.flush(Duration::from_secs(30)).unwrap();
     }
 
+    /// Writes one probe event (a search by a probe member) to every
+    /// partition and returns the offset each got.
+    pub async fn probe(&self, round: u32) -> Vec<i64> {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("partitioner", "murmur2_random")
+            .create()
+            .unwrap();
+        let mut offsets = Vec::new();
+        for p in 0..self.partitions as u32 {
+            let key = (0..)
+                .map(|i| format!("probe-{i}"))
+                .find(|k| partition_for(k.as_bytes(), self.partitions as u32) == p)
+                .unwrap();
+            let value = json_event(
+                &format!("probe-{p}-{round}-{}", std::process::id()),
+                "2026-01-01T00:00:00Z",
+                "ONLINE_WEB",
+                &format!(r#"{{"memberId":"{key}"}}"#),
+                r#""searchPerformed":{"query":"probe"}"#,
+            );
+            let record = FutureRecord::to(&self.topic).key(&key).payload(&value);
+            let d = producer.send(record, Duration::from_secs(10)).await.unwrap();
+            assert_eq!(d.partition as u32, p, "murmur2 routes the probe where omnifold expects");
+            offsets.push(d.offset);
+        }
+        offsets
+    }
+
     /// Every record of the dead-letter topic.
     pub fn dead_letters(&self, expected: usize) -> Vec<proto::DeadLetter> {
         let c: BaseConsumer = ClientConfig::new()
@@ -253,12 +283,42 @@ impl Service {
         }
     }
 
-    /// Waits until every one of `total` records in a fresh topic is committed.
-    pub async fn wait_consumed(&self, total: i64) {
-        eventually(&format!("{total} records consumed"), Duration::from_secs(60), || async {
-            (self.consumed().await == total).then_some(())
+    /// The next offset the store holds for each partition.
+    pub async fn next_offsets(&self) -> Vec<i64> {
+        let Ok(mut admin) = proto::admin_service_client::AdminServiceClient::connect(self.grpc.clone()).await else {
+            return Vec::new();
+        };
+        match admin.get_partition_status(proto::GetPartitionStatusRequest {}).await {
+            Ok(r) => r.into_inner().partitions.iter().map(|p| p.next_offset).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Waits until at least `total` records are committed and the fold has
+    /// caught up with the events it writes itself (forwards, identity claims
+    /// and joins, produced before the batch that caused them commits). A
+    /// probe event goes to every partition and is waited for; when a round of
+    /// probes lands right after the previous round's, nothing else was
+    /// written in between and the fold is idle. (tansu's high watermarks
+    /// cannot be used for this: they lag for multi-record batches.)
+    pub async fn wait_consumed(&self, setup: &Setup, total: i64) {
+        eventually(&format!("at least {total} records consumed"), Duration::from_secs(60), || async {
+            (self.consumed().await >= total).then_some(())
         })
-        .await
+        .await;
+        let mut previous: Option<Vec<i64>> = None;
+        for round in 0.. {
+            let probes = setup.probe(round).await;
+            eventually("probes consumed", Duration::from_secs(60), || async {
+                let next = self.next_offsets().await;
+                (next.len() == probes.len() && next.iter().zip(&probes).all(|(n, o)| n > o)).then_some(())
+            })
+            .await;
+            if previous.is_some_and(|p| p.iter().zip(&probes).all(|(p, o)| *o == p + 1)) {
+                return;
+            }
+            previous = Some(probes);
+        }
     }
 }
 
