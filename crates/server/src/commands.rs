@@ -91,30 +91,43 @@ impl Command {
     }
 }
 
-pub(crate) enum Outcome {
-    Decided(Verdict),
+pub(crate) enum Outcome<T = Verdict> {
+    Decided(T),
     /// The deadline passed first; the request is in the log and will be decided.
     InProgress,
 }
 
 /// Appends `cmd` unless it was already decided, then waits for the verdict.
 pub(crate) async fn submit(state: &AppState, cmd: &Command) -> Result<Outcome, Error> {
-    let commands = state.commands.as_ref().ok_or_else(|| {
-        Error::Unavailable("this instance does not accept points commands (no producer configured)".into())
-    })?;
     let partition = state.partition(&cmd.member)?;
     let decided = || -> Result<Option<Verdict>, Error> {
         let got = state.store.verdicts(partition, &[(&cmd.member, &cmd.request_id)])?;
         got.into_iter().next().flatten().map(|v| cmd.check(v)).transpose()
     };
-    if let Some(v) = decided()? {
+    append_and_wait(state, &cmd.member, cmd.event(), decided).await
+}
+
+/// The outcome already in the store, or: append `event` keyed by `key` and
+/// re-check after each commit of the fold until `outcome` answers or the
+/// deadline passes.
+pub(crate) async fn append_and_wait<T>(
+    state: &AppState,
+    key: &str,
+    event: proto::Event,
+    outcome: impl Fn() -> Result<Option<T>, Error>,
+) -> Result<Outcome<T>, Error> {
+    let commands = state
+        .commands
+        .as_ref()
+        .ok_or_else(|| Error::Unavailable("this instance does not accept commands (no producer configured)".into()))?;
+    if let Some(v) = outcome()? {
         return Ok(Outcome::Decided(v));
     }
-    // One deadline covers the append and the wait for the verdict.
+    // One deadline covers the append and the wait.
     let deadline = Instant::now() + commands.timeout;
     let mut commits = commands.commits.clone();
     commits.borrow_and_update();
-    match tokio::time::timeout_at(deadline, commands.log.append(&cmd.member, cmd.event().encode_to_vec())).await {
+    match tokio::time::timeout_at(deadline, commands.log.append(key, event.encode_to_vec())).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             return Err(Error::Unavailable(format!(
@@ -125,7 +138,7 @@ pub(crate) async fn submit(state: &AppState, cmd: &Command) -> Result<Outcome, E
         Err(_) => return Ok(Outcome::InProgress),
     }
     loop {
-        if let Some(v) = decided()? {
+        if let Some(v) = outcome()? {
             return Ok(Outcome::Decided(v));
         }
         match tokio::time::timeout_at(deadline, commits.changed()).await {

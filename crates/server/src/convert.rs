@@ -24,11 +24,7 @@ pub fn profile(m: &Member, now: Millis, mask: &ReadMask, fold: &FoldConfig) -> p
         p.member_id = m.key.clone();
     }
     if want("kind") {
-        p.kind = match m.kind {
-            ProfileKind::KnownMember => proto::ProfileKind::KnownMember,
-            ProfileKind::Anonymous => proto::ProfileKind::Anonymous,
-            ProfileKind::Provisional => proto::ProfileKind::Provisional,
-        } as i32;
+        p.kind = kind(m.kind) as i32;
     }
     if want("identifiers") {
         p.identifiers = m
@@ -265,5 +261,13 @@ pub fn ledger_entry(e: &LedgerEntry) -> proto::LedgerEntry {
         activates_at: e.activates_at.map(to_timestamp),
         expires_at: e.expires_at.map(to_timestamp),
         seq: e.seq,
+    }
+}
+
+pub fn kind(k: ProfileKind) -> proto::ProfileKind {
+    match k {
+        ProfileKind::KnownMember => proto::ProfileKind::KnownMember,
+        ProfileKind::Anonymous => proto::ProfileKind::Anonymous,
+        ProfileKind::Provisional => proto::ProfileKind::Provisional,
     }
 }

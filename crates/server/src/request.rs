@@ -42,6 +42,16 @@ impl TryFrom<Option<proto::MemberRef>> for MemberAddress {
     }
 }
 
+/// The identifier of a `LookupIdentifier` request.
+pub fn identifier_address(i: Option<proto::Identifier>) -> Result<MemberAddress, Error> {
+    let i = i.ok_or_else(|| {
+        Error::InvalidArgument("identifier is required: {type, value}, e.g. {PHONE, \"+8613800000000\"}".into())
+    })?;
+    Identifier::try_from(&i)
+        .map(MemberAddress::Identifier)
+        .map_err(|e| Error::InvalidArgument(format!("identifier: {e}")))
+}
+
 /// Top-level `Profile` fields a read mask may name.
 pub const PROFILE_FIELDS: [&str; 15] = [
     "member_id",
@@ -215,6 +225,34 @@ impl TryFrom<proto::AdjustPointsRequest> for Adjust {
             // Adjustments are usually made by staff tools; default to the call centre.
             channel: if r.channel == 0 { Channel::CallCenter } else { channel("channel", r.channel)? },
         })
+    }
+}
+
+/// A validated `MergeMembers` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Merge {
+    pub from: String,
+    pub into: String,
+    pub request_id: String,
+}
+
+impl TryFrom<proto::MergeMembersRequest> for Merge {
+    type Error = Error;
+
+    fn try_from(r: proto::MergeMembersRequest) -> Result<Self, Error> {
+        let id = |field: &str, raw: &str| {
+            let t = raw.trim();
+            if t.is_empty() || t.len() > 128 {
+                Err(Error::InvalidArgument(format!("{field} is required (1 to 128 characters)")))
+            } else {
+                Ok(t.to_owned())
+            }
+        };
+        let (from, into) = (id("from_member_id", &r.from_member_id)?, id("into_member_id", &r.into_member_id)?);
+        if from == into {
+            return Err(Error::InvalidArgument("from_member_id and into_member_id must differ".into()));
+        }
+        Ok(Merge { from, into, request_id: request_id(&r.request_id)? })
     }
 }
 

@@ -7,27 +7,67 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use omnifold_core::Member;
+use omnifold_core::identity::derived_event_id;
 use omnifold_core::loyalty::{CommandKind, VerdictStatus};
 use omnifold_core::member::ProfileKind;
+use omnifold_core::time::to_timestamp;
 use omnifold_proto::v1 as proto;
 
 use crate::commands::{self, Command, Outcome};
-use crate::request::{Adjust, LedgerQuery, MemberAddress, ReadMask, Redeem, instant, page_token};
+use crate::request::{
+    Adjust, LedgerQuery, MemberAddress, Merge, ReadMask, Redeem, identifier_address, instant, page_token,
+};
 use crate::{AppState, Error, convert, now_millis};
 
 /// Most members one `BatchGetProfiles` may ask for.
 pub const MAX_BATCH: usize = 100;
 
-const IDENTIFIER_LOOKUP: &str =
-    "lookup by identifier needs the identity index, which is not built yet; address the member by member_id";
+/// A request's member, found by following routes: an identifier, an
+/// anonymous id or a merged member id leads to the member it joined.
+pub(crate) struct Resolved {
+    pub member: Member,
+    /// "member_id", "identifier", "anonymous_id" or "merged_member".
+    pub via: &'static str,
+    /// The keys followed, starting with the one asked for.
+    pub path: Vec<String>,
+}
+
+/// Longest chain of routes followed (merges of merges).
+const MAX_HOPS: usize = 16;
+
+pub(crate) fn resolve(state: &AppState, addr: &MemberAddress) -> Result<Resolved, Error> {
+    let (mut key, asked) = match addr {
+        MemberAddress::Key(k) => (k.clone(), "member"),
+        MemberAddress::Identifier(i) => (i.key(), "identifier"),
+    };
+    let mut path: Vec<String> = Vec::new();
+    let mut via = "member_id";
+    for _ in 0..MAX_HOPS {
+        let m = state.load(&key)?.ok_or_else(|| match path.first() {
+            None => Error::NotFound(format!("no profile for {asked} `{key}`")),
+            Some(first) => {
+                Error::NotFound(format!("`{first}` routes to `{key}`, which has no profile yet; retry shortly"))
+            }
+        })?;
+        if path.is_empty() {
+            via = match (addr, m.kind, m.routes_to.is_some()) {
+                (MemberAddress::Identifier(_), _, _) | (_, ProfileKind::Provisional, _) => "identifier",
+                (_, ProfileKind::Anonymous, _) => "anonymous_id",
+                (_, ProfileKind::KnownMember, true) => "merged_member",
+                (_, ProfileKind::KnownMember, false) => "member_id",
+            };
+        }
+        path.push(std::mem::take(&mut key));
+        match &m.routes_to {
+            Some(to) => key = to.clone(),
+            None => return Ok(Resolved { member: m, via, path }),
+        }
+    }
+    Err(Error::Unavailable(format!("`{}` routes through more than {MAX_HOPS} profiles", path[0])))
+}
 
 fn find(state: &AppState, addr: &MemberAddress) -> Result<Member, Error> {
-    match addr {
-        MemberAddress::Key(key) => {
-            state.load(key)?.ok_or_else(|| Error::NotFound(format!("no profile for member `{key}`")))
-        }
-        MemberAddress::Identifier(_) => Err(Error::Unimplemented(IDENTIFIER_LOOKUP)),
-    }
+    Ok(resolve(state, addr)?.member)
 }
 
 pub struct Profiles(pub AppState);
@@ -84,9 +124,23 @@ impl proto::profile_service_server::ProfileService for Profiles {
 
     async fn lookup_identifier(
         &self,
-        _req: Request<proto::LookupIdentifierRequest>,
+        req: Request<proto::LookupIdentifierRequest>,
     ) -> Result<Response<proto::LookupIdentifierResponse>, Status> {
-        Err(Error::Unimplemented(IDENTIFIER_LOOKUP).into())
+        let addr = identifier_address(req.into_inner().identifier)?;
+        let r = resolve(&self.0, &addr)?;
+        if r.member.shared {
+            return Err(Error::FailedPrecondition(format!(
+                "`{}` is shared by several members, so it identifies none of them",
+                r.path[0]
+            ))
+            .into());
+        }
+        Ok(Response::new(proto::LookupIdentifierResponse {
+            member_id: r.member.key.clone(),
+            resolved_via: r.via.to_owned(),
+            path: r.path,
+            kind: convert::kind(r.member.kind) as i32,
+        }))
     }
 
     type WatchProfileStream = Pin<Box<dyn Stream<Item = Result<proto::Profile, Status>> + Send + 'static>>;
@@ -279,9 +333,46 @@ impl proto::admin_service_server::AdminService for Admin {
 
     async fn merge_members(
         &self,
-        _: Request<proto::MergeMembersRequest>,
+        req: Request<proto::MergeMembersRequest>,
     ) -> Result<Response<proto::MergeMembersResponse>, Status> {
-        Err(Error::Unimplemented(ADMIN).into())
+        let r = Merge::try_from(req.into_inner())?;
+        let state = &self.0;
+        let into = resolve(state, &MemberAddress::Key(r.into.clone()))?.member;
+        let from =
+            state.load(&r.from)?.ok_or_else(|| Error::NotFound(format!("no profile for member `{}`", r.from)))?;
+        if into.kind != ProfileKind::KnownMember || from.kind != ProfileKind::KnownMember {
+            return Err(Error::FailedPrecondition(
+                "only members are merged; link anonymous ids and identifiers with identityLinked".into(),
+            )
+            .into());
+        }
+        if into.key == from.key {
+            return Err(Error::FailedPrecondition(format!("`{}` already resolves to `{}`", r.from, into.key)).into());
+        }
+        if let Some(other) = from.routes_to.as_deref().filter(|to| *to != into.key) {
+            return Err(
+                Error::FailedPrecondition(format!("member `{}` was already merged into `{other}`", r.from)).into()
+            );
+        }
+        let event = proto::Event {
+            event_id: derived_event_id("merge-request", &r.request_id, &format!("{}\0{}", into.key, r.from)),
+            occurred_at: Some(to_timestamp(now_millis())),
+            channel: proto::Channel::CallCenter as i32,
+            store_id: String::new(),
+            subject: Some(proto::Subject { member_id: into.key.clone(), ..Default::default() }),
+            payload: Some(proto::event::Payload::MembersMerged(proto::MembersMerged {
+                from_member_id: r.from.clone(),
+                into_member_id: into.key.clone(),
+            })),
+        };
+        let done = || -> Result<Option<Member>, Error> {
+            Ok(state.load(&into.key)?.filter(|m| m.merged_members.contains(&r.from)))
+        };
+        let (version, completed) = match commands::append_and_wait(state, &into.key, event, done).await? {
+            Outcome::Decided(m) => (convert::version(&m), true),
+            Outcome::InProgress => (convert::version(&into), false),
+        };
+        Ok(Response::new(proto::MergeMembersResponse { version: Some(version), completed }))
     }
 
     async fn get_partition_status(
