@@ -142,6 +142,7 @@ async fn one_person_across_cookie_login_pos_second_device_and_duplicate_account(
     let mut aliases = ann.aliases.clone();
     aliases.sort();
     assert_eq!(aliases, vec!["ck-1", "dev-2", "m-ann-old"]);
+    assert_eq!(ann.merged_member_ids, vec!["m-ann-old"]);
     let mut ids: Vec<(i32, &str)> = ann.identifiers.iter().map(|i| (i.r#type, i.value.as_str())).collect();
     ids.sort();
     assert_eq!(

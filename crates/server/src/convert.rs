@@ -95,6 +95,9 @@ pub fn profile(m: &Member, now: Millis, mask: &ReadMask, fold: &FoldConfig) -> p
     if want("enrolled_at") {
         p.enrolled_at = m.enrolled_at.map(to_timestamp);
     }
+    if want("merged_member_ids") {
+        p.merged_member_ids = m.merged_members.iter().cloned().collect();
+    }
     p
 }
 

@@ -53,7 +53,7 @@ pub fn identifier_address(i: Option<proto::Identifier>) -> Result<MemberAddress,
 }
 
 /// Top-level `Profile` fields a read mask may name.
-pub const PROFILE_FIELDS: [&str; 15] = [
+pub const PROFILE_FIELDS: [&str; 16] = [
     "member_id",
     "kind",
     "identifiers",
@@ -69,6 +69,7 @@ pub const PROFILE_FIELDS: [&str; 15] = [
     "last_seen_at",
     "as_of",
     "enrolled_at",
+    "merged_member_ids",
 ];
 
 /// A validated read mask: `None` means every field.
