@@ -38,7 +38,7 @@ pub fn apply(member: &mut Member, event: &Event, pos: Position, cfg: &FoldConfig
     match &event.payload {
         // Identity events omnifold writes itself are bookkeeping, not activity.
         Payload::IdentityClaimed { member_id, merge, .. } => {
-            identity::on_claim(member, event, member_id, *merge, cfg, &mut fx.outbox)?;
+            identity::on_claim(member, event, member_id, *merge, cfg, &mut fx)?;
             record_position(member, pos, false);
             return Ok(fx);
         }

@@ -224,8 +224,9 @@ pub(crate) fn on_claim(
     member_id: &str,
     merge: bool,
     cfg: &FoldConfig,
-    out: &mut Vec<Outgoing>,
+    fx: &mut loyalty::Effects,
 ) -> Result<(), Rejection> {
+    let out = &mut fx.outbox;
     let kind = key_kind(event);
     let identifier = event.subject.identifiers.first().filter(|_| kind == KeyKind::Identifier);
     if profile.key == member_id {
@@ -248,6 +249,7 @@ pub(crate) fn on_claim(
                 profile.routes_to = None;
                 profile.shared = true;
                 out.push(joined(event, member_id, &profile.key, kind, identifier, Vec::new()));
+                fx.routes.push((profile.key.clone(), None));
                 return Ok(());
             }
             return match cfg.identity.on_conflict {
@@ -271,6 +273,7 @@ pub(crate) fn on_claim(
     let old = std::mem::replace(profile, stub);
     let snapshot = if old.version.events_applied > 0 { old.encode() } else { Vec::new() };
     out.push(joined(event, member_id, &old.key, kind, identifier, snapshot));
+    fx.routes.push((old.key, Some(member_id.to_owned())));
     Ok(())
 }
 

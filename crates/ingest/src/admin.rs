@@ -18,13 +18,17 @@ pub enum TopicOutcome {
     AlreadyExists(String),
 }
 
-/// Creates the events topic (`partitions`) and the dead-letter topic (one
-/// partition); existing topics are left alone.
+/// Creates the events topic (`partitions`), the dead-letter topic and the
+/// compacted identity-index topic (one partition each); existing topics are
+/// left alone.
 pub async fn create_topics(cfg: &IngestConfig, partitions: i32, replication: i32) -> Result<Vec<TopicOutcome>> {
     let admin: AdminClient<DefaultClientContext> = client_config(cfg).create()?;
     let topics = [
         NewTopic::new(&cfg.topic, partitions, TopicReplication::Fixed(replication)),
         NewTopic::new(&cfg.dead_letter_topic, 1, TopicReplication::Fixed(replication)),
+        // The identity index: small, read whole by every instance, latest
+        // value per key is all that matters.
+        NewTopic::new(&cfg.identity_topic, 1, TopicReplication::Fixed(replication)).set("cleanup.policy", "compact"),
     ];
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     admin

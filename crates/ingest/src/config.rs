@@ -13,6 +13,9 @@ pub struct IngestConfig {
     pub brokers: String,
     pub topic: String,
     pub dead_letter_topic: String,
+    /// Compacted topic of the identity index: which member each linked key
+    /// routes to. Every instance reads all of it into its store.
+    pub identity_topic: String,
     pub group_id: String,
     /// Most records folded into one store batch.
     pub batch_max_records: usize,
@@ -38,6 +41,7 @@ impl Default for IngestConfig {
             brokers: "127.0.0.1:9092".into(),
             topic: "omnifold.events".into(),
             dead_letter_topic: "omnifold.events.dlq".into(),
+            identity_topic: "omnifold.identity".into(),
             group_id: "omnifold".into(),
             batch_max_records: 5_000,
             batch_max_wait_ms: 0,
@@ -55,14 +59,15 @@ impl IngestConfig {
             ("brokers", &self.brokers),
             ("topic", &self.topic),
             ("dead_letter_topic", &self.dead_letter_topic),
+            ("identity_topic", &self.identity_topic),
             ("group_id", &self.group_id),
         ] {
             if v.trim().is_empty() {
                 return Err(Error::Config(format!("{name} must not be empty")));
             }
         }
-        if self.topic == self.dead_letter_topic {
-            return Err(Error::Config("dead_letter_topic must differ from topic".into()));
+        if self.topic == self.dead_letter_topic || self.topic == self.identity_topic {
+            return Err(Error::Config("dead_letter_topic and identity_topic must differ from topic".into()));
         }
         if self.batch_max_records == 0 {
             return Err(Error::Config("batch_max_records must be at least 1".into()));

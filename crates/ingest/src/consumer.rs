@@ -311,6 +311,9 @@ fn commit_messages(
             deliver(producer, &cfg.dead_letter_topic, &letters, shutdown)?;
             metrics::counter!("omnifold_dead_letters_total").increment(letters.len() as u64);
         }
+        if !processed.index.is_empty() {
+            deliver(producer, &cfg.identity_topic, &processed.index, shutdown)?;
+        }
         if !processed.outbox.is_empty() {
             deliver(producer, &cfg.topic, &processed.outbox, shutdown)?;
             failpoint("after_outbox");

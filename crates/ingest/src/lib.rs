@@ -10,12 +10,14 @@ mod admin;
 mod config;
 mod consumer;
 mod dead_letter;
+mod index;
 mod processor;
 
 pub use admin::{CommandProducer, EventProducer, TopicOutcome, create_topics};
 pub use config::IngestConfig;
 pub use consumer::{Shutdown, client_config, partition_count, run};
 pub use dead_letter::DeadLetter;
+pub use index::run_index;
 pub use processor::{OnCommit, OutRecord, Processed, Processor, ROUTE_HEADER, Record};
 
 /// The crate's one error type.

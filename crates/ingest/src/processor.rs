@@ -60,6 +60,8 @@ pub struct Processed {
     /// Events for the events topic: forwards to the partition that owns
     /// their member, identity claims and joins. Written before the commit.
     pub outbox: Vec<OutRecord>,
+    /// Identity-index updates for the identity topic, written before the commit.
+    pub index: Vec<OutRecord>,
     pub applied: u64,
     pub duplicates: u64,
     /// Events that arrived on a partition that does not own their key.
@@ -181,6 +183,7 @@ impl Processor {
         let mut dirty: HashSet<String> = HashSet::new();
         let (mut applied, mut duplicates, mut misrouted, mut forwarded) = (0, 0, 0, 0);
         let mut outbox: Vec<OutRecord> = Vec::new();
+        let mut index: Vec<OutRecord> = Vec::new();
         // Ledger entries written in this batch, for joins that carry a ledger.
         let mut batch_ledger: HashMap<String, Vec<LedgerEntry>> = HashMap::new();
         for ((record, event), key) in records.iter().zip(&decoded).zip(record_keys) {
@@ -241,6 +244,11 @@ impl Processor {
                     for out in effects.outbox {
                         outbox.push(self.outgoing(partition, out, &batch_ledger)?);
                     }
+                    for (route_key, to) in effects.routes {
+                        // An empty value: the key routes nowhere (shared).
+                        let value = to.unwrap_or_default().into_bytes();
+                        index.push(OutRecord { key: Some(route_key.into_bytes()), value, headers: Vec::new() });
+                    }
                     batch_ledger.entry(key.clone()).or_default().extend(effects.ledger);
                     if let Some(v) = &effects.verdict {
                         batch.put_verdict(store, &key, v);
@@ -272,6 +280,7 @@ impl Processor {
             partition,
             dead_letters,
             outbox,
+            index,
             applied,
             duplicates,
             misrouted,

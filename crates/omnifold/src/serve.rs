@@ -68,6 +68,13 @@ pub async fn serve(config: Config) -> Result<()> {
         let _ = done_tx.send(result);
     })?;
 
+    // The identity index every instance keeps, read from its compacted topic.
+    let (index_tx, index_done) = tokio::sync::oneshot::channel();
+    let (index_cfg, index_store, stop_index) = (config.kafka.clone(), store.clone(), shutdown.clone());
+    std::thread::Builder::new().name("identity-index".into()).spawn(move || {
+        let _ = index_tx.send(omnifold_ingest::run_index(&index_cfg, &index_store, &stop_index));
+    })?;
+
     let listener =
         TcpListener::bind(&config.server.listen).await.with_context(|| format!("binding {}", config.server.listen))?;
     let addr = listener.local_addr()?;
@@ -92,8 +99,12 @@ pub async fn serve(config: Config) -> Result<()> {
             r
         }
     };
+    shutdown.trigger();
     let _ = stop_tx.send(());
     server.await.context("gRPC server task")??;
+    if let Ok(Err(e)) = index_done.await {
+        warn!(error = %e, "identity index reader failed");
+    }
     store.flush()?;
     ingest.context("ingest thread ended without a result")?.context("ingest failed")?;
     info!("stopped cleanly");

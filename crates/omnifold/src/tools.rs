@@ -157,7 +157,7 @@ pub async fn points(server: String, cmd: PointsCommand) -> Result<()> {
 
 #[derive(Subcommand)]
 pub enum TopicsCommand {
-    /// Create the events and dead-letter topics (existing ones are left alone).
+    /// Create the events, dead-letter and identity-index topics (existing ones are left alone).
     Create {
         /// Partitions of the events topic; fixes how members spread over instances.
         #[arg(long, default_value_t = 8)]

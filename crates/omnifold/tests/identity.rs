@@ -332,3 +332,54 @@ async fn a_crash_between_forwarding_and_committing_applies_the_event_once() {
     let b = loyalty.get_balance(proto::GetBalanceRequest { member: member("m-kim"), as_of: None }).await.unwrap();
     assert_eq!(b.into_inner().lifetime_earned, 123);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_instance_answers_lookups_for_every_identifier() {
+    let broker = Broker::start();
+    let setup = Setup::new(&broker, "twins", 4);
+    setup.create_topics();
+    let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Service::start(&setup, data_a.path());
+    let b = Service::start(&setup, data_b.path());
+    // Both instances share one consumer group: wait until B owns partitions.
+    let mut round = 0;
+    eventually("the second instance owns partitions", Duration::from_secs(60), || {
+        round += 1;
+        let (setup, b) = (&setup, &b);
+        async move {
+            setup.probe(round).await;
+            b.next_offsets().await.iter().any(|n| *n > 0).then_some(())
+        }
+    })
+    .await;
+
+    let members: Vec<String> = (0..8).map(|i| format!("m-twin-{i}")).collect();
+    let phones: Vec<proto::Identifier> = (0..8).map(|i| phone(&format!("+86139000001{i:02}"))).collect();
+    let links: Vec<(String, Vec<u8>)> = members
+        .iter()
+        .zip(&phones)
+        .map(|(m, p)| {
+            event(&format!("link-{m}"), 1, proto::Channel::MobileApp, by_member(m), link("", vec![p.clone()]))
+        })
+        .collect();
+    setup.produce(&links);
+
+    // Every instance answers for every identifier, from its replica of the
+    // identity index, including members whose partitions it does not own.
+    for service in [&a, &b] {
+        for (m, p) in members.iter().zip(&phones) {
+            eventually(&format!("{m} by phone"), Duration::from_secs(60), || async {
+                lookup(service, p.clone()).await.ok().filter(|l| l.member_id == *m).map(|_| ())
+            })
+            .await;
+        }
+    }
+    let mut remote = 0;
+    for m in &members {
+        let on_a = get(&a, m).await.is_ok();
+        let on_b = get(&b, m).await.is_ok();
+        assert!(on_a || on_b, "{m} is folded somewhere");
+        remote += usize::from(on_a != on_b);
+    }
+    assert!(remote > 0, "some members live on one instance only, and both answer for them");
+}

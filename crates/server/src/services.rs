@@ -66,6 +66,30 @@ pub(crate) fn resolve(state: &AppState, addr: &MemberAddress) -> Result<Resolved
     Err(Error::Unavailable(format!("`{}` routes through more than {MAX_HOPS} profiles", path[0])))
 }
 
+/// Follows the identity index from an identifier to the member it routes
+/// to, through merged members.
+fn lookup_index(state: &AppState, addr: &MemberAddress) -> Result<Option<proto::LookupIdentifierResponse>, Error> {
+    let MemberAddress::Identifier(i) = addr else {
+        return Ok(None);
+    };
+    let mut path = vec![i.key()];
+    while let Some(next) = state.store.index(path.last().expect("not empty"))? {
+        if path.len() > MAX_HOPS {
+            return Err(Error::Unavailable(format!("`{}` routes through more than {MAX_HOPS} keys", path[0])));
+        }
+        path.push(next);
+    }
+    if path.len() == 1 {
+        return Ok(None);
+    }
+    Ok(Some(proto::LookupIdentifierResponse {
+        member_id: path.last().cloned().unwrap_or_default(),
+        resolved_via: "identifier".into(),
+        path,
+        kind: proto::ProfileKind::KnownMember as i32,
+    }))
+}
+
 fn find(state: &AppState, addr: &MemberAddress) -> Result<Member, Error> {
     Ok(resolve(state, addr)?.member)
 }
@@ -127,6 +151,12 @@ impl proto::profile_service_server::ProfileService for Profiles {
         req: Request<proto::LookupIdentifierRequest>,
     ) -> Result<Response<proto::LookupIdentifierResponse>, Status> {
         let addr = identifier_address(req.into_inner().identifier)?;
+        // The replicated index answers on every instance.
+        if let Some(found) = lookup_index(&self.0, &addr)? {
+            return Ok(Response::new(found));
+        }
+        // Not linked to a member: a provisional or shared profile, on the
+        // instance that owns its partition.
         let r = resolve(&self.0, &addr)?;
         if r.member.shared {
             return Err(Error::FailedPrecondition(format!(

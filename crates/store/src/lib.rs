@@ -26,7 +26,8 @@ const CF_DEDUPE: &str = "dedupe";
 const CF_META: &str = "meta";
 const CF_LEDGER: &str = "ledger";
 const CF_VERDICTS: &str = "verdicts";
-const ALL_CFS: [&str; 5] = [CF_MEMBERS, CF_DEDUPE, CF_META, CF_LEDGER, CF_VERDICTS];
+const CF_INDEX: &str = "index";
+const ALL_CFS: [&str; 6] = [CF_MEMBERS, CF_DEDUPE, CF_META, CF_LEDGER, CF_VERDICTS, CF_INDEX];
 
 /// The crate's one error type.
 #[derive(Debug, thiserror::Error)]
@@ -202,6 +203,14 @@ impl Store {
             .collect()
     }
 
+    /// The identity index: the member a key (an identifier's `TYPE:value`,
+    /// an anonymous id, a merged member id) routes to, as replicated from
+    /// every partition's fold.
+    pub fn index(&self, key: &str) -> Result<Option<String>> {
+        let v = self.db.get_pinned_cf(self.cf(CF_INDEX), key.as_bytes())?;
+        Ok(v.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
     /// For each event id, whether it was already applied in this partition.
     pub fn seen(&self, partition: u32, event_ids: &[&str]) -> Result<Vec<bool>> {
         let ks: Vec<Vec<u8>> = event_ids.iter().map(|id| keys::scoped(partition, id)).collect();
@@ -264,6 +273,14 @@ impl Batch {
             keys::verdict(self.partition, member, &verdict.request_id),
             verdict.encode(),
         );
+    }
+
+    /// Sets (or with `None` removes) a key's entry in the identity index.
+    pub fn put_index(&mut self, store: &Store, key: &str, member: Option<&str>) {
+        match member {
+            Some(m) => self.inner.put_cf(store.cf(CF_INDEX), key.as_bytes(), m.as_bytes()),
+            None => self.inner.delete_cf(store.cf(CF_INDEX), key.as_bytes()),
+        }
     }
 
     pub fn mark_seen(&mut self, store: &Store, event_id: &str) {

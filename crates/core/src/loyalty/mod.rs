@@ -194,6 +194,10 @@ pub struct Effects {
     /// Events to write to the events topic before the batch commits (identity
     /// claims and joins).
     pub outbox: Vec<crate::identity::Outgoing>,
+    /// Keys whose route changed, for the identity index every instance
+    /// keeps: `(key, Some(member))` now routes to the member, `(key, None)`
+    /// routes nowhere (a shared device).
+    pub routes: Vec<(String, Option<String>)>,
 }
 
 /// Points that become active later.

@@ -87,6 +87,7 @@ pub struct Setup {
     pub brokers: String,
     pub topic: String,
     pub dlq: String,
+    pub identity: String,
     pub partitions: i32,
     pub extra_env: BTreeMap<String, String>,
 }
@@ -97,6 +98,7 @@ impl Setup {
             brokers: broker.addr.clone(),
             topic: format!("{name}.events"),
             dlq: format!("{name}.dlq"),
+            identity: format!("{name}.identity"),
             partitions,
             extra_env: BTreeMap::new(),
         }
@@ -107,6 +109,7 @@ impl Setup {
         c.env("OMNIFOLD_BROKERS", &self.brokers)
             .env("OMNIFOLD_KAFKA__TOPIC", &self.topic)
             .env("OMNIFOLD_KAFKA__DEAD_LETTER_TOPIC", &self.dlq)
+            .env("OMNIFOLD_KAFKA__IDENTITY_TOPIC", &self.identity)
             .env("OMNIFOLD_KAFKA__GROUP_ID", format!("{}.group", self.topic))
             .env_remove("OMNIFOLD_CONFIG")
             .envs(&self.extra_env);
