@@ -241,7 +241,12 @@ pub(crate) fn on_claim(
         return Ok(());
     }
     match profile.routes_to.as_deref() {
-        Some(to) if to == member_id => return Ok(()),
+        Some(to) if to == member_id => {
+            // Already the member's: confirm again (the member may have
+            // forgotten it, after an erasure), with no history to carry.
+            out.push(joined(event, member_id, &profile.key, kind, identifier, Vec::new()));
+            return Ok(());
+        }
         Some(to) if merge => return Err(Rejection(format!("member {} was already merged into {to}", profile.key))),
         Some(to) => {
             let unique = identifier.is_some_and(|i| cfg.identity.is_unique(i.kind));
@@ -296,11 +301,6 @@ fn merge_request(into: &Member, event: &Event, from: &str) -> Outgoing {
     }
 }
 
-/// How many members have been merged into `member`.
-fn merged_members(member: &Member) -> usize {
-    member.merged_members.len()
-}
-
 /// `membersMerged` at the surviving member: claims the other member id.
 pub(crate) fn on_merge_request(
     member: &mut Member,
@@ -315,11 +315,11 @@ pub(crate) fn on_merge_request(
     if member.merged_members.contains(from) {
         return Ok(());
     }
-    if merged_members(member) >= cfg.identity.max_merged_members {
+    if member.merged_members.len() >= cfg.identity.max_merged_members {
         return Err(Rejection(format!(
             "member {} already has {} members merged into it (identity.max_merged_members); merging {from} was refused",
             member.key,
-            merged_members(member)
+            member.merged_members.len()
         )));
     }
     out.push(claim(member, event, &Claimed::Member(from.to_owned()), true));
