@@ -12,6 +12,7 @@ mod consumer;
 mod dead_letter;
 mod index;
 mod processor;
+mod replay;
 
 pub use admin::{CommandProducer, EventProducer, TopicOutcome, create_topics};
 pub use config::IngestConfig;
@@ -19,6 +20,7 @@ pub use consumer::{Shutdown, client_config, partition_count, run};
 pub use dead_letter::DeadLetter;
 pub use index::run_index;
 pub use processor::{OnCommit, OutRecord, Processed, Processor, ROUTE_HEADER, Record};
+pub use replay::{ReplayProgress, replay};
 
 /// The crate's one error type.
 #[derive(Debug, thiserror::Error)]

@@ -1,7 +1,9 @@
 //! `omnifold`: the one binary. `serve` runs ingest and gRPC; `produce`,
-//! `profile get`, `points ...` and `topics create` are the tools around it.
+//! `replay`, `dump`, `profile get`, `points ...` and `topics create` are the
+//! tools around it.
 
 mod config;
+mod data;
 mod demo;
 mod produce;
 mod serve;
@@ -61,6 +63,10 @@ enum Command {
         #[command(subcommand)]
         command: tools::ProfileCommand,
     },
+    /// Rebuild a store from the events topic, from the beginning.
+    Replay(data::ReplayArgs),
+    /// Write a store as canonical, sorted JSON lines (or one digest per partition).
+    Dump(data::DumpArgs),
     /// Points: balance, ledger, benefits, redeem, adjust (over gRPC).
     Points {
         /// gRPC address of a running `omnifold serve`.
@@ -126,6 +132,8 @@ fn run() -> Result<()> {
         }
         Command::Produce(args) => produce::run(&config, args),
         Command::Profile { command } => runtime.block_on(tools::profile(command)),
+        Command::Replay(args) => data::replay(&config, args),
+        Command::Dump(args) => data::dump(&config, args),
         Command::Points { server, command } => runtime.block_on(tools::points(server, command)),
         Command::Topics { command } => runtime.block_on(tools::topics(&config, command)),
     }

@@ -56,7 +56,7 @@ pub fn key_of(e: &proto::Event) -> Option<String> {
     s.identifiers.first().and_then(|i| Identifier::try_from(i).ok()).map(|i| i.key())
 }
 
-fn progress(len: u64, what: &str) -> ProgressBar {
+pub(crate) fn progress(len: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len);
     bar.set_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")

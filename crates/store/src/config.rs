@@ -22,6 +22,14 @@ pub struct StoreConfig {
     /// re-read from Kafka because the offsets roll back with them.
     pub sync_writes: bool,
     pub max_open_files: i32,
+    /// Runtime only (replay): skip the write-ahead log; the caller flushes
+    /// at the end, and a crash means starting the rebuild again.
+    #[serde(skip)]
+    pub bulk_load: bool,
+    /// Runtime only (dump, verify): open without writing, alongside a
+    /// running instance.
+    #[serde(skip)]
+    pub read_only: bool,
 }
 
 impl Default for StoreConfig {
@@ -33,6 +41,8 @@ impl Default for StoreConfig {
             dedupe_retention_hours: 7 * 24,
             sync_writes: false,
             max_open_files: 512,
+            bulk_load: false,
+            read_only: false,
         }
     }
 }

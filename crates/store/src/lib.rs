@@ -106,9 +106,14 @@ impl Store {
         db_opts.increase_parallelism(2);
         db_opts.set_max_open_files(config.max_open_files);
         db_opts.set_keep_log_file_num(3);
-        let db = DB::open_cf_descriptors(&db_opts, &config.path, ALL_CFS.map(cf_opts))?;
+        let db = if config.read_only {
+            DB::open_cf_descriptors_read_only(&db_opts, &config.path, ALL_CFS.map(cf_opts), false)?
+        } else {
+            DB::open_cf_descriptors(&db_opts, &config.path, ALL_CFS.map(cf_opts))?
+        };
         let mut write_opts = WriteOptions::default();
-        write_opts.set_sync(config.sync_writes);
+        write_opts.set_sync(config.sync_writes && !config.bulk_load);
+        write_opts.disable_wal(config.bulk_load);
         Ok(Arc::new(Store { db, write_opts, _cache: cache }))
     }
 

@@ -1,0 +1,111 @@
+//! Rebuilding a store from the events topic: every partition from the
+//! beginning, through the same processor as live ingest, without a consumer
+//! group and without writing anything back to Kafka.
+//!
+//! What live ingest writes back (forwards, identity claims and joins, dead
+//! letters) is already in the topic and the dead-letter topic, at the
+//! positions the live fold read them; the fold is deterministic, so a replay
+//! computes the same records again and drops them. Identity-index updates go
+//! straight into the rebuilt store.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use tracing::warn;
+
+use crate::consumer::client_config;
+use crate::processor::{Processor, ROUTE_HEADER, Record};
+use crate::{IngestConfig, Result, Shutdown};
+
+/// Where a replay stands.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReplayProgress {
+    pub records: u64,
+    pub applied: u64,
+    /// Records the broker reported at the start (tansu's high watermarks can
+    /// lag, so the replay goes on until the topic is idle).
+    pub expected: u64,
+}
+
+/// Replays `cfg.topic` into the processor's store. Ends once every partition
+/// has reached the high watermark seen at the start and no record arrived for
+/// `idle`, or on `shutdown`. Calls `progress` after each batch.
+pub fn replay(
+    cfg: &IngestConfig,
+    processor: &Processor,
+    idle: Duration,
+    shutdown: &Shutdown,
+    mut progress: impl FnMut(&ReplayProgress),
+) -> Result<ReplayProgress> {
+    let store = processor.store().clone();
+    let topic = cfg.topic.as_str();
+    let partitions = crate::partition_count(cfg, topic)?;
+    store.set_partition_count(topic, partitions)?;
+    let consumer: BaseConsumer = client_config(cfg)
+        .set("group.id", format!("{}.replay", cfg.group_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", cfg.fetch_wait_max_ms.to_string())
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    let mut end: BTreeMap<u32, i64> = BTreeMap::new();
+    let mut state = ReplayProgress::default();
+    for p in 0..partitions {
+        let start = store.next_offset(topic, p)?;
+        tpl.add_partition_offset(topic, p as i32, start.map_or(Offset::Beginning, Offset::Offset))?;
+        let (_, high) = consumer.fetch_watermarks(topic, p as i32, Duration::from_secs(10))?;
+        end.insert(p, high);
+        state.expected += (high - start.unwrap_or(0)).max(0) as u64;
+    }
+    consumer.assign(&tpl)?;
+    let mut last_record = Instant::now();
+    while !shutdown.is_triggered() {
+        let mut messages = Vec::new();
+        while messages.len() < cfg.batch_max_records {
+            match consumer.poll(if messages.is_empty() { Duration::from_millis(100) } else { Duration::ZERO }) {
+                Some(Ok(m)) => messages.push(m),
+                Some(Err(e)) => warn!(error = %e, "replay poll error"),
+                None => break,
+            }
+        }
+        if messages.is_empty() {
+            let reached = end.iter().all(|(p, high)| store.next_offset(topic, *p).ok().flatten().unwrap_or(0) >= *high);
+            if reached && last_record.elapsed() >= idle {
+                break;
+            }
+            continue;
+        }
+        last_record = Instant::now();
+        let mut by_partition: BTreeMap<u32, Vec<Record<'_>>> = BTreeMap::new();
+        for m in &messages {
+            let route = m
+                .headers()
+                .and_then(|h| h.iter().find(|h| h.key == ROUTE_HEADER))
+                .and_then(|h| h.value)
+                .and_then(|v| std::str::from_utf8(v).ok());
+            by_partition.entry(m.partition() as u32).or_default().push(Record {
+                offset: m.offset(),
+                key: m.key(),
+                value: m.payload(),
+                route,
+            });
+        }
+        for (partition, records) in by_partition {
+            let mut processed = processor.process(partition, &records)?;
+            for r in &processed.index {
+                let key = String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned();
+                let member = std::str::from_utf8(&r.value).ok().filter(|v| !v.is_empty());
+                processed.batch.put_index(&store, &key, member);
+            }
+            state.records += records.len() as u64;
+            state.applied += processed.applied;
+            processor.commit(processed)?;
+        }
+        progress(&state);
+    }
+    store.flush()?;
+    Ok(state)
+}
