@@ -116,3 +116,140 @@ pub fn dump(config: &Config, args: DumpArgs) -> Result<()> {
     out.flush()?;
     Ok(())
 }
+
+#[derive(clap::Subcommand)]
+pub enum DlqCommand {
+    /// One line per dead letter: offset, kind, source, event id, reason.
+    List(DlqFilter),
+    /// One dead letter in full, as JSON (the original record as text when it is).
+    Show {
+        /// Offset in the dead-letter topic.
+        offset: i64,
+    },
+    /// Write the originals as JSON lines (protobuf originals converted), to
+    /// fix them and send them again with `omnifold produce --file`.
+    Export(DlqFilter),
+    /// Send the originals again, unchanged and with their keys, to the
+    /// events topic: after a fix elsewhere (the missing order arrived, the
+    /// rate is configured). Their event ids are kept, so nothing already
+    /// applied is applied twice.
+    Replay {
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// Only list what would be sent.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Args, Clone)]
+pub struct DlqFilter {
+    /// Only this kind: decode, validation, too_large or rule.
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Only reasons containing this text.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Only dead letters at or after this offset of the dead-letter topic.
+    #[arg(long)]
+    pub from: Option<i64>,
+    /// Only dead letters before this offset.
+    #[arg(long)]
+    pub to: Option<i64>,
+}
+
+impl DlqFilter {
+    fn keeps(&self, d: &omnifold_ingest::StoredDeadLetter) -> bool {
+        self.kind.as_ref().is_none_or(|k| *k == d.letter.kind)
+            && self.reason.as_ref().is_none_or(|r| d.letter.reason.contains(r.as_str()))
+            && self.from.is_none_or(|f| d.offset >= f)
+            && self.to.is_none_or(|t| d.offset < t)
+    }
+}
+
+/// The original's event id, when it decodes at all.
+fn original_id(original: &[u8]) -> Option<String> {
+    if original.first() == Some(&b'{') {
+        let v: serde_json::Value = serde_json::from_slice(original).ok()?;
+        v.get("eventId")?.as_str().map(str::to_owned)
+    } else {
+        use prost::Message;
+        omnifold_proto::v1::Event::decode(original).ok().map(|e| e.event_id).filter(|id| !id.is_empty())
+    }
+}
+
+pub fn dlq(config: &Config, cmd: DlqCommand) -> Result<()> {
+    let letters = omnifold_ingest::read_dead_letters(&config.kafka, Duration::from_millis(500))
+        .with_context(|| format!("reading {}", config.kafka.dead_letter_topic))?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    match cmd {
+        DlqCommand::List(filter) => {
+            for d in letters.iter().filter(|d| filter.keeps(d)) {
+                let l = &d.letter;
+                writeln!(
+                    out,
+                    "{}\t{}\t{}/{}\t{}\t{}",
+                    d.offset,
+                    l.kind,
+                    l.partition,
+                    l.offset,
+                    original_id(&l.original).unwrap_or_else(|| "-".into()),
+                    l.reason
+                )?;
+            }
+        }
+        DlqCommand::Show { offset } => {
+            let d = letters
+                .iter()
+                .find(|d| d.offset == offset)
+                .with_context(|| format!("no dead letter at offset {offset}"))?;
+            let l = &d.letter;
+            let v = serde_json::json!({
+                "offset": d.offset,
+                "kind": l.kind,
+                "reason": l.reason,
+                "source": {"topic": l.topic, "partition": l.partition, "offset": l.offset},
+                "key": String::from_utf8_lossy(&l.original_key),
+                "original": String::from_utf8_lossy(&l.original),
+                "eventId": original_id(&l.original),
+            });
+            writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+        }
+        DlqCommand::Export(filter) => {
+            for d in letters.iter().filter(|d| filter.keeps(d)) {
+                let original = &d.letter.original;
+                if original.first() == Some(&b'{') {
+                    writeln!(out, "{}", String::from_utf8_lossy(original).trim())?;
+                } else {
+                    use prost::Message;
+                    match omnifold_proto::v1::Event::decode(original.as_slice()) {
+                        Ok(e) => writeln!(out, "{}", serde_json::to_string(&e)?)?,
+                        Err(_) => eprintln!("skipped dead letter {}: its original is not an event", d.offset),
+                    }
+                }
+            }
+        }
+        DlqCommand::Replay { filter, dry_run } => {
+            let chosen: Vec<_> = letters.iter().filter(|d| filter.keeps(d)).collect();
+            if dry_run {
+                for d in &chosen {
+                    writeln!(out, "would send {} ({})", d.offset, d.letter.reason)?;
+                }
+                return Ok(out.flush()?);
+            }
+            let producer = omnifold_ingest::EventProducer::new(&config.kafka).context("creating the Kafka producer")?;
+            let bar = progress(chosen.len() as u64, "replaying dead letters");
+            for d in &chosen {
+                producer.send(&config.kafka.topic, &d.letter.original_key, &d.letter.original).context("producing")?;
+                bar.inc(1);
+            }
+            producer.flush(Duration::from_secs(60)).context("waiting for the broker to acknowledge")?;
+            bar.finish_and_clear();
+            if chosen.is_empty() {
+                bail!("no dead letter matches");
+            }
+            writeln!(out, "sent {} dead letters to {}", chosen.len(), config.kafka.topic)?;
+        }
+    }
+    Ok(out.flush()?)
+}

@@ -67,6 +67,11 @@ enum Command {
     Replay(data::ReplayArgs),
     /// Write a store as canonical, sorted JSON lines (or one digest per partition).
     Dump(data::DumpArgs),
+    /// Inspect the dead-letter topic and replay dead letters after a fix.
+    Dlq {
+        #[command(subcommand)]
+        command: data::DlqCommand,
+    },
     /// Points: balance, ledger, benefits, redeem, adjust (over gRPC).
     Points {
         /// gRPC address of a running `omnifold serve`.
@@ -134,6 +139,7 @@ fn run() -> Result<()> {
         Command::Profile { command } => runtime.block_on(tools::profile(command)),
         Command::Replay(args) => data::replay(&config, args),
         Command::Dump(args) => data::dump(&config, args),
+        Command::Dlq { command } => data::dlq(&config, command),
         Command::Points { server, command } => runtime.block_on(tools::points(server, command)),
         Command::Topics { command } => runtime.block_on(tools::topics(&config, command)),
     }

@@ -83,3 +83,59 @@ async fn live_ingest_and_offline_replay_dump_to_the_same_digests() {
     assert_eq!(v["key"], "m-7");
     assert_eq!(v["member"]["purchases"]["orders"], 2, "its own order and the phone sale");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dead_letters_are_fixed_and_replayed_once() {
+    let Stack { broker: _broker, data: _data, setup, service } = Stack::start("dlq", 2);
+    let at = "2026-06-01T10:00:00Z";
+    let m9 = r#"{"memberId":"m-9"}"#;
+    let records: Vec<(String, Vec<u8>)> = vec![
+        // A return that arrives before its order: refused (rule).
+        ("m-9".into(), json_event("ret-1", at, "ONLINE_WEB", m9, r#""orderReturned":{"orderId":"o-9","returnId":"rt-1","amountMinor":"500"}"#)),
+        // An event without its id: refused (validation).
+        ("m-9".into(), br#"{"occurredAt":"2026-06-01T10:00:00Z","channel":"ONLINE_WEB","subject":{"memberId":"m-9"},"searchPerformed":{"query":"tea"}}"#.to_vec()),
+    ];
+    setup.produce(&records);
+    service.wait_consumed(&setup, 2).await;
+    let list = run(&setup, &["dlq", "list"]);
+    let lines: Vec<Vec<&str>> = list.lines().map(|l| l.split('\t').collect()).collect();
+    assert_eq!(lines.len(), 2, "{list}");
+    assert_eq!((lines[0][1], lines[0][3]), ("rule", "ret-1"));
+    assert_eq!((lines[1][1], lines[1][3]), ("validation", "-"));
+    let shown: serde_json::Value = serde_json::from_str(&run(&setup, &["dlq", "show", lines[0][0]])).unwrap();
+    assert_eq!(shown["reason"], "order o-9 is not known for this subject");
+
+    // The fixes: the missing order arrives; the event without an id gets one.
+    setup.produce(&[(
+        "m-9".into(),
+        json_event(
+            "ord-9",
+            at,
+            "ONLINE_WEB",
+            m9,
+            r#""orderPlaced":{"orderId":"o-9","currency":"CNY","totalMinor":"1000"}"#,
+        ),
+    )]);
+    let exported = run(&setup, &["dlq", "export", "--kind", "validation"]);
+    let mut fixed: serde_json::Value = serde_json::from_str(exported.trim()).unwrap();
+    fixed["eventId"] = "search-fixed-1".into();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), format!("{fixed}\n")).unwrap();
+    run(&setup, &["produce", "--file", file.path().to_str().unwrap()]);
+    let said = run(&setup, &["dlq", "replay", "--kind", "rule"]);
+    assert!(said.starts_with("sent 1 dead letters"), "{said}");
+    service.wait_consumed(&setup, 5).await;
+    let applied = |p: &omnifold_proto::v1::Profile| {
+        let purchases = p.purchases.as_ref().unwrap();
+        (purchases.orders, purchases.returns, purchases.returned_minor, p.browse.as_ref().unwrap().searches)
+    };
+    let after_fix = get(&service, "m-9").await.unwrap();
+    assert_eq!(applied(&after_fix), (1, 1, 500, 1));
+
+    // Replaying the same dead letters again changes nothing.
+    run(&setup, &["dlq", "replay", "--kind", "rule"]);
+    service.wait_consumed(&setup, 6).await;
+    let again = get(&service, "m-9").await.unwrap();
+    let without_clock = |p: omnifold_proto::v1::Profile| omnifold_proto::v1::Profile { as_of: None, ..p };
+    assert_eq!(without_clock(again), without_clock(after_fix));
+}
