@@ -22,7 +22,7 @@ pub use dead_letter::DeadLetter;
 pub use dlq::{StoredDeadLetter, read_dead_letters};
 pub use index::run_index;
 pub use processor::{OnCommit, OutRecord, Processed, Processor, ROUTE_HEADER, Record};
-pub use replay::{ReplayProgress, replay};
+pub use replay::{ReplayEnd, ReplayProgress, replay};
 
 /// The crate's one error type.
 #[derive(Debug, thiserror::Error)]

@@ -30,13 +30,23 @@ pub struct ReplayProgress {
     pub expected: u64,
 }
 
-/// Replays `cfg.topic` into the processor's store. Ends once every partition
-/// has reached the high watermark seen at the start and no record arrived for
-/// `idle`, or on `shutdown`. Calls `progress` after each batch.
+/// Where a replay stops.
+#[derive(Debug, Clone)]
+pub enum ReplayEnd {
+    /// Once every partition has reached the high watermark seen at the start
+    /// and no record arrived for this long.
+    Idle(Duration),
+    /// Exactly at these next offsets, per partition (to compare with a store
+    /// that has read that far); partitions not listed are not read.
+    At(BTreeMap<u32, i64>),
+}
+
+/// Replays `cfg.topic` into the processor's store until `end`, or
+/// `shutdown`. Calls `progress` after each batch.
 pub fn replay(
     cfg: &IngestConfig,
     processor: &Processor,
-    idle: Duration,
+    end_at: &ReplayEnd,
     shutdown: &Shutdown,
     mut progress: impl FnMut(&ReplayProgress),
 ) -> Result<ReplayProgress> {
@@ -55,10 +65,22 @@ pub fn replay(
     let mut state = ReplayProgress::default();
     for p in 0..partitions {
         let start = store.next_offset(topic, p)?;
+        let high = match end_at {
+            ReplayEnd::At(until) => match until.get(&p) {
+                Some(u) => *u,
+                None => continue,
+            },
+            ReplayEnd::Idle(_) => consumer.fetch_watermarks(topic, p as i32, Duration::from_secs(10))?.1,
+        };
+        if start.unwrap_or(0) >= high && matches!(end_at, ReplayEnd::At(_)) {
+            continue;
+        }
         tpl.add_partition_offset(topic, p as i32, start.map_or(Offset::Beginning, Offset::Offset))?;
-        let (_, high) = consumer.fetch_watermarks(topic, p as i32, Duration::from_secs(10))?;
         end.insert(p, high);
         state.expected += (high - start.unwrap_or(0)).max(0) as u64;
+    }
+    if end.is_empty() {
+        return Ok(state);
     }
     consumer.assign(&tpl)?;
     let mut last_record = Instant::now();
@@ -71,16 +93,21 @@ pub fn replay(
                 None => break,
             }
         }
+        let reached = || end.iter().all(|(p, high)| store.next_offset(topic, *p).ok().flatten().unwrap_or(0) >= *high);
         if messages.is_empty() {
-            let reached = end.iter().all(|(p, high)| store.next_offset(topic, *p).ok().flatten().unwrap_or(0) >= *high);
-            if reached && last_record.elapsed() >= idle {
-                break;
+            match end_at {
+                ReplayEnd::Idle(idle) if reached() && last_record.elapsed() >= *idle => break,
+                _ => continue,
             }
-            continue;
         }
         last_record = Instant::now();
         let mut by_partition: BTreeMap<u32, Vec<Record<'_>>> = BTreeMap::new();
         for m in &messages {
+            if let ReplayEnd::At(_) = end_at
+                && end.get(&(m.partition() as u32)).is_none_or(|high| m.offset() >= *high)
+            {
+                continue;
+            }
             let route = m
                 .headers()
                 .and_then(|h| h.iter().find(|h| h.key == ROUTE_HEADER))
@@ -105,6 +132,9 @@ pub fn replay(
             processor.commit(processed)?;
         }
         progress(&state);
+        if matches!(end_at, ReplayEnd::At(_)) && reached() {
+            break;
+        }
     }
     store.flush()?;
     Ok(state)

@@ -1,7 +1,8 @@
 //! Data-engineer tools: `replay` rebuilds a store from the events topic,
-//! `dump` writes a store (or a partition, or a member) as canonical JSON
-//! lines with a stable digest per partition, so two stores compare with
-//! standard tools.
+//! `verify` checks a store against the log, `dump` writes a store (or a
+//! partition, or a member) as canonical JSON lines with a stable digest per
+//! partition, so two stores compare with standard tools, and `dlq` inspects
+//! and replays dead letters.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -12,7 +13,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use xxhash_rust::xxh3::Xxh3;
 
-use omnifold_ingest::{Processor, Shutdown};
+use omnifold_ingest::{Processor, ReplayEnd, Shutdown};
 use omnifold_store::{Store, StoreConfig};
 
 use crate::config::Config;
@@ -28,22 +29,27 @@ pub struct ReplayArgs {
     pub idle_ms: u64,
 }
 
-/// `omnifold replay`: the events topic, from the beginning, into a store.
-pub fn replay(config: &Config, args: ReplayArgs) -> Result<()> {
-    let store_cfg = StoreConfig { path: args.data_dir.clone(), bulk_load: true, ..config.store.clone() };
-    let store = Store::open(&store_cfg).with_context(|| format!("opening store {}", args.data_dir.display()))?;
+/// Replays the events topic into the store at `dir` until `end`, with a
+/// progress bar.
+fn rebuild(config: &Config, dir: &std::path::Path, end: &ReplayEnd) -> Result<omnifold_ingest::ReplayProgress> {
+    let store_cfg = StoreConfig { path: dir.to_owned(), bulk_load: true, ..config.store.clone() };
+    let store = Store::open(&store_cfg).with_context(|| format!("opening store {}", dir.display()))?;
     let processor =
         Processor::new(store, Arc::new(config.fold.clone()), &config.kafka.topic, config.kafka.max_event_bytes)
             .with_member_cache(config.kafka.member_cache_entries);
     let bar = progress(0, "replaying");
-    let shutdown = Shutdown::default();
-    let done =
-        omnifold_ingest::replay(&config.kafka, &processor, Duration::from_millis(args.idle_ms), &shutdown, |p| {
-            bar.set_length(p.expected.max(p.records));
-            bar.set_position(p.records);
-        })
-        .context("replaying the events topic")?;
+    let done = omnifold_ingest::replay(&config.kafka, &processor, end, &Shutdown::default(), |p| {
+        bar.set_length(p.expected.max(p.records));
+        bar.set_position(p.records);
+    })
+    .context("replaying the events topic")?;
     bar.finish_and_clear();
+    Ok(done)
+}
+
+/// `omnifold replay`: the events topic, from the beginning, into a store.
+pub fn replay(config: &Config, args: ReplayArgs) -> Result<()> {
+    let done = rebuild(config, &args.data_dir, &ReplayEnd::Idle(Duration::from_millis(args.idle_ms)))?;
     println!(
         "replayed {} records ({} events applied) from {} into {}",
         done.records,
@@ -51,6 +57,93 @@ pub fn replay(config: &Config, args: ReplayArgs) -> Result<()> {
         config.kafka.topic,
         args.data_dir.display()
     );
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct VerifyArgs {
+    /// The store to check (opened read-only; it may be in use).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+}
+
+/// Top-level fields of two dump lines that differ.
+fn differing_fields(a: &serde_json::Value, b: &serde_json::Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for part in ["member", "ledger"] {
+        match (a[part].as_object(), b[part].as_object()) {
+            (Some(x), Some(y)) => {
+                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+                out.extend(keys.into_iter().filter(|k| x.get(*k) != y.get(*k)).map(|k| format!("{part}.{k}")));
+            }
+            _ if a[part] != b[part] => out.push(part.to_owned()),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// `omnifold verify`: rebuilds the store from the log, up to exactly the
+/// offsets the store has read, and reports every member that differs.
+pub fn verify(config: &Config, args: VerifyArgs) -> Result<()> {
+    let topic = &config.kafka.topic;
+    let stored = Store::open(&StoreConfig { path: args.data_dir.clone(), read_only: true, ..config.store.clone() })
+        .with_context(|| format!("opening store {}", args.data_dir.display()))?;
+    let Some(count) = stored.partition_count(topic)? else {
+        bail!("{} holds no state for topic {topic}", args.data_dir.display());
+    };
+    let mut until = std::collections::BTreeMap::new();
+    for p in 0..count {
+        if let Some(next) = stored.next_offset(topic, p)? {
+            until.insert(p, next);
+        }
+    }
+    let scratch = tempfile::tempdir().context("creating a scratch directory")?;
+    rebuild(config, scratch.path(), &ReplayEnd::At(until.clone()))?;
+    let rebuilt =
+        Store::open(&StoreConfig { path: scratch.path().to_owned(), read_only: true, ..config.store.clone() })?;
+    let (mut checked, mut differ) = (0u64, 0u64);
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for p in until.keys().copied() {
+        let lines = |s: &Store| -> Result<std::collections::BTreeMap<String, String>> {
+            s.scan_members(p)
+                .map(|m| {
+                    let m = m?;
+                    Ok((m.key.clone(), line(s, p, &m)?))
+                })
+                .collect()
+        };
+        let (a, b) = (lines(&stored)?, lines(&rebuilt)?);
+        let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+        for k in keys {
+            checked += 1;
+            match (a.get(k), b.get(k)) {
+                (Some(x), Some(y)) if x == y => {}
+                (Some(x), Some(y)) => {
+                    differ += 1;
+                    let fields = differing_fields(&serde_json::from_str(x)?, &serde_json::from_str(y)?);
+                    writeln!(
+                        out,
+                        "member {k} (partition {p}): stored state differs from the log in {}",
+                        fields.join(", ")
+                    )?;
+                }
+                (Some(_), None) => {
+                    differ += 1;
+                    writeln!(out, "member {k} (partition {p}): stored, but the log has no such profile")?;
+                }
+                (None, _) => {
+                    differ += 1;
+                    writeln!(out, "member {k} (partition {p}): in the log, but missing from the store")?;
+                }
+            }
+        }
+    }
+    writeln!(out, "checked {checked} members in {} partitions against the log: {differ} differ", until.len())?;
+    out.flush()?;
+    if differ > 0 {
+        bail!("{differ} members differ from the log");
+    }
     Ok(())
 }
 

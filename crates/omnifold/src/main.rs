@@ -65,6 +65,8 @@ enum Command {
     },
     /// Rebuild a store from the events topic, from the beginning.
     Replay(data::ReplayArgs),
+    /// Check a store against the log: rebuild to the same offsets, report every member that differs.
+    Verify(data::VerifyArgs),
     /// Write a store as canonical, sorted JSON lines (or one digest per partition).
     Dump(data::DumpArgs),
     /// Inspect the dead-letter topic and replay dead letters after a fix.
@@ -139,6 +141,7 @@ fn run() -> Result<()> {
         Command::Profile { command } => runtime.block_on(tools::profile(command)),
         Command::Replay(args) => data::replay(&config, args),
         Command::Dump(args) => data::dump(&config, args),
+        Command::Verify(args) => data::verify(&config, args),
         Command::Dlq { command } => data::dlq(&config, command),
         Command::Points { server, command } => runtime.block_on(tools::points(server, command)),
         Command::Topics { command } => runtime.block_on(tools::topics(&config, command)),

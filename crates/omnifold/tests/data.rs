@@ -139,3 +139,48 @@ async fn dead_letters_are_fixed_and_replayed_once() {
     let without_clock = |p: omnifold_proto::v1::Profile| omnifold_proto::v1::Profile { as_of: None, ..p };
     assert_eq!(without_clock(again), without_clock(after_fix));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_finds_a_corrupted_member_and_none_on_a_healthy_store() {
+    let Stack { broker: _broker, data, setup, service } = Stack::start("verify", 2);
+    let at = "2026-06-01T10:00:00Z";
+    let records: Vec<(String, Vec<u8>)> = (0..6)
+        .map(|i| {
+            let m = format!("m-{i}");
+            let subject = format!(r#"{{"memberId":"{m}"}}"#);
+            let order =
+                format!(r#""orderPlaced":{{"orderId":"o-{i}","currency":"CNY","totalMinor":"{}"}}"#, 1_000 * (i + 1));
+            (m, json_event(&format!("v-{i}"), at, "STORE_POS", &subject, &order))
+        })
+        .collect();
+    setup.produce(&records);
+    service.wait_consumed(&setup, records.len() as i64).await;
+    let dir = data.path().to_str().unwrap().to_owned();
+
+    // Healthy, and checked while the service is running.
+    let said = run(&setup, &["verify", "--data-dir", &dir]);
+    assert!(said.contains("against the log: 0 differ"), "{said}");
+    assert!(service.stop().success());
+
+    // Corrupt one member's stored aggregate on purpose.
+    {
+        let store = omnifold_store::Store::open(&omnifold_store::StoreConfig {
+            path: data.path().to_owned(),
+            ..Default::default()
+        })
+        .unwrap();
+        let p = omnifold_core::partition::partition_for(b"m-3", 2);
+        let mut m = store.member(p, "m-3").unwrap().unwrap();
+        m.purchases.gross_minor += 1;
+        let mut batch = store.batch(&setup.topic, p);
+        batch.put_member(&store, &m);
+        store.commit(batch).unwrap();
+    }
+    let out = setup.command().args(["verify", "--data-dir", &dir]).output().unwrap();
+    assert!(!out.status.success(), "verify exits non-zero on a difference");
+    let said = String::from_utf8(out.stdout).unwrap();
+    assert!(said.contains("member m-3 (partition"), "{said}");
+    assert!(said.contains("differs from the log in member.purchases"), "{said}");
+    assert!(said.contains(": 1 differ"), "{said}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 members differ from the log"));
+}
