@@ -82,6 +82,14 @@ enum Command {
         #[command(subcommand)]
         command: tools::PointsCommand,
     },
+    /// Reports for finance: `report liability` (over gRPC).
+    Report {
+        /// gRPC address of a running `omnifold serve`.
+        #[arg(long, default_value = tools::DEFAULT_SERVER, env = "OMNIFOLD_SERVER")]
+        server: String,
+        #[command(subcommand)]
+        command: tools::ReportCommand,
+    },
     /// Manage the topics omnifold uses.
     Topics {
         #[command(subcommand)]
@@ -144,6 +152,7 @@ fn run() -> Result<()> {
         Command::Verify(args) => data::verify(&config, args),
         Command::Dlq { command } => data::dlq(&config, command),
         Command::Points { server, command } => runtime.block_on(tools::points(server, command)),
+        Command::Report { server, command } => runtime.block_on(tools::report(server, command)),
         Command::Topics { command } => runtime.block_on(tools::topics(&config, command)),
     }
 }

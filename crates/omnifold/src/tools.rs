@@ -183,3 +183,46 @@ pub async fn topics(config: &Config, cmd: TopicsCommand) -> Result<()> {
         }
     }
 }
+
+#[derive(Subcommand)]
+pub enum ReportCommand {
+    /// Outstanding active and pending points by tier and channel of earning.
+    Liability {
+        /// The instant (RFC 3339, e.g. 2026-11-30T23:59:59+08:00); default now.
+        #[arg(long)]
+        as_of: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub async fn report(server: String, cmd: ReportCommand) -> Result<()> {
+    let ReportCommand::Liability { as_of, json } = cmd;
+    let as_of = as_of
+        .map(|t| {
+            serde_json::from_value::<omnifold_proto::wkt::Timestamp>(serde_json::Value::String(t.clone()))
+                .with_context(|| format!("--as-of `{t}` is not an RFC 3339 time like 2026-11-30T23:59:59+08:00"))
+        })
+        .transpose()?;
+    let mut c = proto::admin_service_client::AdminServiceClient::connect(server.clone())
+        .await
+        .with_context(|| format!("connecting to {server}; is `omnifold serve` running?"))?;
+    let r = c
+        .get_points_liability(proto::GetPointsLiabilityRequest { as_of })
+        .await
+        .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
+        .into_inner();
+    if json {
+        return print_json(&r);
+    }
+    println!("{:<10} {:<14} {:>14} {:>14} {:>10}", "tier", "channel", "active", "pending", "members");
+    for row in &r.rows {
+        let tier = proto::Tier::try_from(row.tier).map_or("?", |t| t.as_str_name());
+        let channel = proto::Channel::try_from(row.channel).map_or("?", |c| c.as_str_name());
+        println!("{tier:<10} {channel:<14} {:>14} {:>14} {:>10}", row.active_points, row.pending_points, row.members);
+    }
+    println!("{:<25} {:>14} {:>14}", "total", r.total_active_points, r.total_pending_points);
+    println!("owed (negative balances): {}", r.total_negative_balance);
+    Ok(())
+}

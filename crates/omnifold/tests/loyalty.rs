@@ -306,4 +306,33 @@ async fn balance_ledger_benefits_and_adjustments() {
     let v = cli(&["ledger", "m-7", "--kinds", "redeem"]);
     assert_eq!(v["entries"][0]["requestId"], "till-1");
     assert_eq!(v["entries"][0]["channel"], "STORE_POS");
+
+    // The liability report: the redemption took o-1's lot (expiring first).
+    let out = setup.command().args(["report", "--server", &service.grpc, "liability", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows: Vec<(String, String, String, String)> = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let n = |f: &str| r[f].as_str().unwrap_or("0").to_owned();
+            (
+                r["tier"].as_str().unwrap().to_owned(),
+                r["channel"].as_str().unwrap().to_owned(),
+                n("activePoints"),
+                n("pendingPoints"),
+            )
+        })
+        .collect();
+    let row = |t: &str, c: &str, a: &str, p: &str| (t.to_owned(), c.to_owned(), a.to_owned(), p.to_owned());
+    assert_eq!(
+        rows,
+        vec![
+            row("MEMBER", "ONLINE_WEB", "0", "100"),
+            row("MEMBER", "MOBILE_APP", "350", "0"),
+            row("MEMBER", "CALL_CENTER", "50", "0"),
+        ]
+    );
+    assert_eq!((v["totalActivePoints"].as_str(), v["totalPendingPoints"].as_str()), (Some("400"), Some("100")));
 }

@@ -274,3 +274,27 @@ pub fn kind(k: ProfileKind) -> proto::ProfileKind {
         ProfileKind::Provisional => proto::ProfileKind::Provisional,
     }
 }
+
+pub fn liability(
+    r: &omnifold_core::loyalty::report::Liability,
+    partitions: Vec<u32>,
+) -> proto::GetPointsLiabilityResponse {
+    proto::GetPointsLiabilityResponse {
+        as_of: Some(to_timestamp(r.as_of)),
+        rows: r
+            .rows
+            .iter()
+            .map(|((t, c), row)| proto::LiabilityRow {
+                tier: tier(*t) as i32,
+                channel: c.to_proto() as i32,
+                active_points: row.active,
+                pending_points: row.pending,
+                members: row.members,
+            })
+            .collect(),
+        total_active_points: r.total_active(),
+        total_pending_points: r.total_pending(),
+        total_negative_balance: r.negative,
+        partitions,
+    }
+}

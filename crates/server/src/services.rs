@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 
 use omnifold_core::Member;
 use omnifold_core::identity::derived_event_id;
+use omnifold_core::loyalty::report::Liability;
 use omnifold_core::loyalty::{CommandKind, VerdictStatus};
 use omnifold_core::member::ProfileKind;
 use omnifold_core::time::to_timestamp;
@@ -423,6 +424,27 @@ impl proto::admin_service_server::AdminService for Admin {
             });
         }
         Ok(Response::new(proto::GetPartitionStatusResponse { partitions }))
+    }
+
+    async fn get_points_liability(
+        &self,
+        req: Request<proto::GetPointsLiabilityRequest>,
+    ) -> Result<Response<proto::GetPointsLiabilityResponse>, Status> {
+        let state = &self.0;
+        let as_of = instant("as_of", req.into_inner().as_of, now_millis())?;
+        let count = state.store.partition_count(&state.topic).map_err(Error::from)?.unwrap_or(0);
+        let mut report = Liability::new(as_of);
+        let mut partitions = Vec::new();
+        for p in 0..count {
+            if state.store.next_offset(&state.topic, p).map_err(Error::from)?.is_none() {
+                continue;
+            }
+            partitions.push(p);
+            for m in state.store.scan_members(p) {
+                report.add(&m.map_err(Error::from)?, &state.fold.loyalty);
+            }
+        }
+        Ok(Response::new(convert::liability(&report, partitions)))
     }
 
     async fn get_replay_status(

@@ -7,7 +7,10 @@
 //! so pending points activate and lots expire without any event.
 
 pub mod config;
+pub mod report;
 mod tier;
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -288,6 +291,21 @@ impl Member {
         }
         b.pending_lots.sort_by_key(|p| p.activates_at);
         b
+    }
+
+    /// Outstanding points as of `at` per channel of earning: `(channel,
+    /// active, pending)`, for the liability report.
+    pub fn outstanding(&self, at: Millis) -> BTreeMap<Channel, (i64, i64)> {
+        let mut out: BTreeMap<Channel, (i64, i64)> = BTreeMap::new();
+        for lot in self.loyalty.lots.iter().filter(|l| l.remaining > 0 && at < l.expires_at) {
+            let e = out.entry(lot.channel).or_default();
+            if lot.activates_at <= at {
+                e.0 += lot.remaining;
+            } else {
+                e.1 += lot.remaining;
+            }
+        }
+        out
     }
 
     /// Tier, progress to the next tier and the next review, as of `at`.
