@@ -12,6 +12,7 @@ mod consumer;
 mod dead_letter;
 mod dlq;
 mod index;
+mod local;
 mod processor;
 mod replay;
 
@@ -21,6 +22,7 @@ pub use consumer::{Shutdown, client_config, partition_count, run};
 pub use dead_letter::DeadLetter;
 pub use dlq::{StoredDeadLetter, read_dead_letters};
 pub use index::run_index;
+pub use local::{LocalLog, LocalReplay};
 pub use processor::{OnCommit, OutRecord, Processed, Processor, ROUTE_HEADER, Record};
 pub use replay::{ReplayEnd, ReplayProgress, replay};
 

@@ -1,0 +1,109 @@
+//! Folding events from anywhere but Kafka (files, for a data engineer with
+//! no broker): a local stand-in for the events topic with one queue per
+//! partition, fed through the same processor as live ingest. What live
+//! ingest would write back to the topic (forwards, identity claims and
+//! joins) goes to the queue of the partition that owns its key, so identity
+//! resolution works as it does live.
+
+use std::collections::VecDeque;
+
+use omnifold_core::decode_event;
+use omnifold_core::partition::partition_for;
+
+use crate::processor::{OutRecord, Processor, ROUTE_HEADER, Record};
+use crate::{DeadLetter, Result};
+
+/// What a local replay did.
+#[derive(Debug, Clone, Default)]
+pub struct LocalReplay {
+    /// Records folded, including those the fold wrote itself.
+    pub records: u64,
+    pub applied: u64,
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+struct Queued {
+    value: Vec<u8>,
+    key: Option<Vec<u8>>,
+    route: Option<String>,
+}
+
+/// A local log of `partitions` partitions folded into the processor's store.
+pub struct LocalLog<'a> {
+    processor: &'a Processor,
+    queues: Vec<VecDeque<Queued>>,
+    next_offsets: Vec<i64>,
+    batch_max: usize,
+    pub done: LocalReplay,
+}
+
+impl<'a> LocalLog<'a> {
+    pub fn new(processor: &'a Processor, topic: &str, partitions: u32, batch_max: usize) -> Result<Self> {
+        let store = processor.store();
+        store.set_partition_count(topic, partitions)?;
+        let next_offsets =
+            (0..partitions).map(|p| Ok(store.next_offset(topic, p)?.unwrap_or(0))).collect::<Result<Vec<i64>>>()?;
+        Ok(LocalLog {
+            processor,
+            queues: (0..partitions).map(|_| VecDeque::new()).collect(),
+            next_offsets,
+            batch_max: batch_max.max(1),
+            done: LocalReplay::default(),
+        })
+    }
+
+    /// Appends one record as a producer would: to the partition of its
+    /// subject's key (murmur2); an undecodable record to partition 0, where
+    /// it becomes a dead letter.
+    pub fn append(&mut self, value: Vec<u8>) {
+        let key = decode_event(&value, usize::MAX).ok().map(|e| e.subject.key().into_bytes());
+        self.push(Queued { value, key, route: None });
+    }
+
+    fn push(&mut self, q: Queued) {
+        let routing = q.route.as_deref().map(str::as_bytes).or(q.key.as_deref());
+        let p = routing.map_or(0, |k| partition_for(k, self.queues.len() as u32)) as usize;
+        self.queues[p].push_back(q);
+    }
+
+    fn push_out(&mut self, r: OutRecord) {
+        let route = r.headers.iter().find(|(k, _)| *k == ROUTE_HEADER).map(|(_, v)| v.clone());
+        self.push(Queued { value: r.value, key: r.key, route });
+    }
+
+    /// Folds everything queued, including what the fold writes meanwhile.
+    pub fn drain(&mut self) -> Result<()> {
+        let store = self.processor.store().clone();
+        while let Some(p) = self.queues.iter().position(|q| !q.is_empty()) {
+            let n = self.queues[p].len().min(self.batch_max);
+            let taken: Vec<Queued> = self.queues[p].drain(..n).collect();
+            let start = self.next_offsets[p];
+            let records: Vec<Record<'_>> = taken
+                .iter()
+                .enumerate()
+                .map(|(i, q)| Record {
+                    offset: start + i as i64,
+                    key: q.key.as_deref(),
+                    value: Some(&q.value),
+                    route: q.route.as_deref(),
+                })
+                .collect();
+            let mut processed = self.processor.process(p as u32, &records)?;
+            for r in &processed.index {
+                let key = String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned();
+                let member = std::str::from_utf8(&r.value).ok().filter(|v| !v.is_empty());
+                processed.batch.put_index(&store, &key, member);
+            }
+            self.next_offsets[p] = start + n as i64;
+            self.done.records += n as u64;
+            self.done.applied += processed.applied;
+            let outbox = std::mem::take(&mut processed.outbox);
+            self.done.dead_letters.append(&mut processed.dead_letters);
+            self.processor.commit(processed)?;
+            for r in outbox {
+                self.push_out(r);
+            }
+        }
+        Ok(())
+    }
+}
