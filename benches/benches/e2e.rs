@@ -4,7 +4,8 @@
 //! same topic (decode, dedupe, fold, commit), gRPC `GetProfile` and
 //! `GetBalance` against `grpc.health.v1/Check` on the same server at the same
 //! concurrency, and `RedeemPoints` round trips through the log (append,
-//! fold, verdict) with ingest running.
+//! fold, verdict) with ingest running. Also `omnifold replay` from the topic
+//! and from a JSON-lines file of the same events.
 //!
 //! Run: `cargo bench --workspace --bench e2e` (part of `make bench`); results
 //! go in docs/benchmarks.md. Settings come from the environment:
@@ -32,7 +33,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 use omnifold_benches::event;
 use omnifold_core::FoldConfig;
-use omnifold_ingest::{CommandProducer, IngestConfig, Processor, Shutdown};
+use omnifold_ingest::{CommandProducer, IngestConfig, LocalLog, Processor, ReplayEnd, Shutdown};
 use omnifold_proto::v1 as proto;
 use omnifold_server::{CommandLog, Commands};
 use omnifold_store::{Store, StoreConfig};
@@ -362,6 +363,17 @@ fn main() -> Result<()> {
         ing_steady / raw_steady
     );
 
+    let replay_rate = replay_topic(&brokers, &topic, args.partitions, &store)?;
+    println!(
+        "| `omnifold replay` from the topic into a fresh store (bulk load) | {replay_rate:.0} events/s ({:.2}× raw consume) |",
+        replay_rate / raw_steady
+    );
+    let file_rate = replay_file(&topic, args.events, args.members, args.partitions)?;
+    println!(
+        "| `omnifold replay --file` (JSON lines, no broker) into a fresh store | {file_rate:.0} events/s ({:.2}× raw consume) |",
+        file_rate / raw_steady
+    );
+
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -405,6 +417,54 @@ fn main() -> Result<()> {
     })?;
     redemptions(&rt, &brokers, &topic, &args, store)?;
     Ok(())
+}
+
+/// Rebuilds a fresh store from the topic up to what live ingest read.
+fn replay_topic(brokers: &str, topic: &str, partitions: i32, live: &Store) -> Result<f64> {
+    let cfg = ingest_config(brokers, topic);
+    let until: std::collections::BTreeMap<u32, i64> =
+        (0..partitions as u32).filter_map(|p| Some((p, live.next_offset(topic, p).ok()??))).collect();
+    let n: i64 = until.values().sum();
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(&StoreConfig { path: dir.path().into(), bulk_load: true, ..StoreConfig::default() })?;
+    let processor =
+        Processor::new(store.clone(), Arc::new(FoldConfig::default().validate()?), topic, cfg.max_event_bytes)
+            .with_member_cache(cfg.member_cache_entries);
+    let started = Instant::now();
+    omnifold_ingest::replay(&cfg, &processor, &ReplayEnd::At(until), &Shutdown::default(), |_| {})?;
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Writes the same events to a JSON-lines file, then times reading it and
+/// folding it through the local log into a fresh store.
+fn replay_file(topic: &str, n: u64, members: u64, partitions: i32) -> Result<f64> {
+    use std::io::{BufRead, Write};
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("events.jsonl");
+    let mut w = std::io::BufWriter::new(std::fs::File::create(&path)?);
+    for i in 0..n {
+        w.write_all(&event(i, members).1)?;
+        w.write_all(b"\n")?;
+    }
+    w.flush()?;
+    drop(w);
+    let store =
+        Store::open(&StoreConfig { path: dir.path().join("store"), bulk_load: true, ..StoreConfig::default() })?;
+    let cfg = IngestConfig::default();
+    let processor =
+        Processor::new(store.clone(), Arc::new(FoldConfig::default().validate()?), topic, cfg.max_event_bytes)
+            .with_member_cache(cfg.member_cache_entries);
+    let started = Instant::now();
+    let mut log = LocalLog::new(&processor, topic, partitions as u32, cfg.batch_max_records)?;
+    for (i, line) in std::io::BufReader::new(std::fs::File::open(&path)?).lines().enumerate() {
+        log.append(line?.into_bytes());
+        if i % 50_000 == 49_999 {
+            log.drain()?;
+        }
+    }
+    log.drain()?;
+    store.flush()?;
+    Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
 /// The server's command log, as `serve` wires it.
