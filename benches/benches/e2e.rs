@@ -431,7 +431,7 @@ fn replay_topic(brokers: &str, topic: &str, partitions: i32, live: &Store) -> Re
         Processor::new(store.clone(), Arc::new(FoldConfig::default().validate()?), topic, cfg.max_event_bytes)
             .with_member_cache(cfg.member_cache_entries);
     let started = Instant::now();
-    omnifold_ingest::replay(&cfg, &processor, &ReplayEnd::At(until), &Shutdown::default(), |_| {})?;
+    omnifold_ingest::replay(&cfg, &processor, &ReplayEnd::At(until), None, &Shutdown::default(), |_| {})?;
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 

@@ -42,11 +42,13 @@ pub enum ReplayEnd {
 }
 
 /// Replays `cfg.topic` into the processor's store until `end`, or
-/// `shutdown`. Calls `progress` after each batch.
+/// `shutdown`, skipping records written before `from_time` (Kafka record
+/// timestamps, milliseconds) when given. Calls `progress` after each batch.
 pub fn replay(
     cfg: &IngestConfig,
     processor: &Processor,
     end_at: &ReplayEnd,
+    from_time: Option<i64>,
     shutdown: &Shutdown,
     mut progress: impl FnMut(&ReplayProgress),
 ) -> Result<ReplayProgress> {
@@ -62,6 +64,8 @@ pub fn replay(
         .create()?;
     let mut tpl = TopicPartitionList::new();
     let mut end: BTreeMap<u32, i64> = BTreeMap::new();
+    // Where each partition's reading stands (skipped records included).
+    let mut positions: BTreeMap<u32, i64> = BTreeMap::new();
     let mut state = ReplayProgress::default();
     for p in 0..partitions {
         let start = store.next_offset(topic, p)?;
@@ -75,7 +79,24 @@ pub fn replay(
         if start.unwrap_or(0) >= high && matches!(end_at, ReplayEnd::At(_)) {
             continue;
         }
-        tpl.add_partition_offset(topic, p as i32, start.map_or(Offset::Beginning, Offset::Offset))?;
+        let offset = match (start, from_time) {
+            (Some(s), _) => Offset::Offset(s),
+            // Where the broker says the instant starts (tansu answers 0 for
+            // any time, so records before it are skipped below too).
+            (None, Some(t)) => {
+                let mut q = TopicPartitionList::new();
+                q.add_partition_offset(topic, p as i32, Offset::Offset(t))?;
+                let found = consumer.offsets_for_times(q, Duration::from_secs(10))?;
+                found
+                    .find_partition(topic, p as i32)
+                    .map(|e| e.offset())
+                    .filter(|o| matches!(o, Offset::Offset(_)))
+                    .unwrap_or(Offset::Beginning)
+            }
+            (None, None) => Offset::Beginning,
+        };
+        tpl.add_partition_offset(topic, p as i32, offset)?;
+        positions.insert(p, start.unwrap_or(0));
         end.insert(p, high);
         state.expected += (high - start.unwrap_or(0)).max(0) as u64;
     }
@@ -93,19 +114,26 @@ pub fn replay(
                 None => break,
             }
         }
-        let reached = || end.iter().all(|(p, high)| store.next_offset(topic, *p).ok().flatten().unwrap_or(0) >= *high);
+        let reached =
+            |positions: &BTreeMap<u32, i64>| end.iter().all(|(p, high)| positions.get(p).is_some_and(|at| at >= high));
         if messages.is_empty() {
             match end_at {
-                ReplayEnd::Idle(idle) if reached() && last_record.elapsed() >= *idle => break,
+                ReplayEnd::Idle(idle) if reached(&positions) && last_record.elapsed() >= *idle => break,
                 _ => continue,
             }
         }
         last_record = Instant::now();
         let mut by_partition: BTreeMap<u32, Vec<Record<'_>>> = BTreeMap::new();
         for m in &messages {
+            let p = m.partition() as u32;
             if let ReplayEnd::At(_) = end_at
-                && end.get(&(m.partition() as u32)).is_none_or(|high| m.offset() >= *high)
+                && end.get(&p).is_none_or(|high| m.offset() >= *high)
             {
+                continue;
+            }
+            let at = positions.entry(p).or_default();
+            *at = (*at).max(m.offset() + 1);
+            if from_time.is_some_and(|t| m.timestamp().to_millis().is_some_and(|ts| ts < t)) {
                 continue;
             }
             let route = m
@@ -132,7 +160,7 @@ pub fn replay(
             processor.commit(processed)?;
         }
         progress(&state);
-        if matches!(end_at, ReplayEnd::At(_)) && reached() {
+        if matches!(end_at, ReplayEnd::At(_)) && reached(&positions) {
             break;
         }
     }

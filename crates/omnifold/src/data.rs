@@ -27,6 +27,10 @@ pub struct ReplayArgs {
     /// Stop once the topic has been quiet this long after reaching the end.
     #[arg(long, default_value_t = 2_000)]
     pub idle_ms: u64,
+    /// Only records written to the topic at or after this instant (RFC 3339;
+    /// the Kafka record timestamp), into a fresh store.
+    #[arg(long, conflicts_with = "file")]
+    pub from_time: Option<String>,
     /// Fold events from files instead of the topic, with no broker: JSON
     /// lines, or length-delimited protobuf with `--format protobuf`; `.gz`
     /// and `.zst` files are decompressed.
@@ -139,14 +143,19 @@ fn replay_files(config: &Config, args: &ReplayArgs) -> Result<()> {
 
 /// Replays the events topic into the store at `dir` until `end`, with a
 /// progress bar.
-fn rebuild(config: &Config, dir: &std::path::Path, end: &ReplayEnd) -> Result<omnifold_ingest::ReplayProgress> {
+fn rebuild(
+    config: &Config,
+    dir: &std::path::Path,
+    end: &ReplayEnd,
+    from_time: Option<i64>,
+) -> Result<omnifold_ingest::ReplayProgress> {
     let store_cfg = StoreConfig { path: dir.to_owned(), bulk_load: true, ..config.store.clone() };
     let store = Store::open(&store_cfg).with_context(|| format!("opening store {}", dir.display()))?;
     let processor =
         Processor::new(store, Arc::new(config.fold.clone()), &config.kafka.topic, config.kafka.max_event_bytes)
             .with_member_cache(config.kafka.member_cache_entries);
     let bar = progress(0, "replaying");
-    let done = omnifold_ingest::replay(&config.kafka, &processor, end, &Shutdown::default(), |p| {
+    let done = omnifold_ingest::replay(&config.kafka, &processor, end, from_time, &Shutdown::default(), |p| {
         bar.set_length(p.expected.max(p.records));
         bar.set_position(p.records);
     })
@@ -160,7 +169,16 @@ pub fn replay(config: &Config, args: ReplayArgs) -> Result<()> {
     if !args.file.is_empty() {
         return replay_files(config, &args);
     }
-    let done = rebuild(config, &args.data_dir, &ReplayEnd::Idle(Duration::from_millis(args.idle_ms)))?;
+    let from_time = args
+        .from_time
+        .as_deref()
+        .map(|t| {
+            serde_json::from_value::<omnifold_proto::wkt::Timestamp>(serde_json::Value::String(t.to_owned()))
+                .map(|ts| omnifold_core::time::from_timestamp(&ts))
+                .with_context(|| format!("--from-time `{t}` is not an RFC 3339 time like 2026-11-01T00:00:00Z"))
+        })
+        .transpose()?;
+    let done = rebuild(config, &args.data_dir, &ReplayEnd::Idle(Duration::from_millis(args.idle_ms)), from_time)?;
     println!(
         "replayed {} records ({} events applied) from {} into {}",
         done.records,
@@ -210,7 +228,7 @@ pub fn verify(config: &Config, args: VerifyArgs) -> Result<()> {
         }
     }
     let scratch = tempfile::tempdir().context("creating a scratch directory")?;
-    rebuild(config, scratch.path(), &ReplayEnd::At(until.clone()))?;
+    rebuild(config, scratch.path(), &ReplayEnd::At(until.clone()), None)?;
     let rebuilt =
         Store::open(&StoreConfig { path: scratch.path().to_owned(), read_only: true, ..config.store.clone() })?;
     let (mut checked, mut differ) = (0u64, 0u64);
