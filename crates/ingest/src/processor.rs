@@ -249,7 +249,9 @@ impl Processor {
                         let value = to.unwrap_or_default().into_bytes();
                         index.push(OutRecord { key: Some(route_key.into_bytes()), value, headers: Vec::new() });
                     }
-                    batch_ledger.entry(key.clone()).or_default().extend(effects.ledger);
+                    if !effects.ledger.is_empty() {
+                        batch_ledger.entry(key.clone()).or_default().extend(effects.ledger);
+                    }
                     if let Some(v) = &effects.verdict {
                         batch.put_verdict(store, &key, v);
                         decided.insert((key.clone(), v.request_id.clone()));
