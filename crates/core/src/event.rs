@@ -179,6 +179,8 @@ pub enum Payload {
         identifier: Option<Identifier>,
         snapshot: Option<Box<Member>>,
         ledger: Vec<LedgerEntry>,
+        /// The joined profile's kept history: `(event time, record)`.
+        history: Vec<(Millis, Vec<u8>)>,
     },
 }
 
@@ -467,12 +469,23 @@ impl TryFrom<proto::Event> for Event {
                     .iter()
                     .map(|b| LedgerEntry::decode(b).map_err(|e| Error::invalid("profileJoined.ledger", e.to_string())))
                     .collect::<Result<Vec<_>, _>>()?;
+                let history = p
+                    .history
+                    .iter()
+                    .map(|h| {
+                        let (at, record) = h.split_first_chunk::<8>().ok_or_else(|| {
+                            Error::invalid("profileJoined.history", "an entry is shorter than its time")
+                        })?;
+                        Ok((i64::from_be_bytes(*at), record.to_vec()))
+                    })
+                    .collect::<Result<Vec<_>, Error>>()?;
                 Payload::ProfileJoined {
                     from_key: text("profileJoined.fromKey", &p.from_key, true)?,
                     from_kind,
                     identifier: p.identifier.as_ref().map(Identifier::try_from).transpose()?,
                     snapshot,
                     ledger,
+                    history,
                 }
             }
         };

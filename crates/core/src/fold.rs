@@ -42,7 +42,7 @@ pub fn apply(member: &mut Member, event: &Event, pos: Position, cfg: &FoldConfig
             record_position(member, pos, false);
             return Ok(fx);
         }
-        Payload::ProfileJoined { from_key, from_kind, identifier, snapshot, ledger } => {
+        Payload::ProfileJoined { from_key, from_kind, identifier, snapshot, ledger, .. } => {
             points_holder(member)?;
             identity::on_joined(
                 member,

@@ -96,9 +96,9 @@ impl IdentityConfig {
 pub struct Outgoing {
     pub key: String,
     pub event: proto::Event,
-    /// Attach this key's stored ledger (oldest first) to the event's
-    /// `profileJoined.ledger` before sending; the fold cannot read the store.
-    pub attach_ledger_of: Option<String>,
+    /// Attach this key's stored ledger and event history (oldest first) to
+    /// the event's `profileJoined` before sending; the fold cannot read the store.
+    pub attach_state_of: Option<String>,
 }
 
 /// A key a member can claim.
@@ -174,7 +174,7 @@ pub(crate) fn claim(member: &Member, event: &Event, target: &Claimed, merge: boo
             })),
         },
         key,
-        attach_ledger_of: None,
+        attach_state_of: None,
     }
 }
 
@@ -186,6 +186,7 @@ fn joined(
     identifier: Option<&Identifier>,
     snapshot: Vec<u8>,
 ) -> Outgoing {
+    let has_history = !snapshot.is_empty();
     Outgoing {
         key: member_id.to_owned(),
         event: proto::Event {
@@ -200,9 +201,10 @@ fn joined(
                 from_kind: kind.name().to_owned(),
                 snapshot,
                 ledger: Vec::new(),
+                history: Vec::new(),
             })),
         },
-        attach_ledger_of: (kind == KeyKind::Member).then(|| profile_key.to_owned()),
+        attach_state_of: has_history.then(|| profile_key.to_owned()),
     }
 }
 
@@ -297,7 +299,7 @@ fn merge_request(into: &Member, event: &Event, from: &str) -> Outgoing {
                 into_member_id: into.key.clone(),
             })),
         },
-        attach_ledger_of: None,
+        attach_state_of: None,
     }
 }
 

@@ -84,7 +84,7 @@ impl Net {
                 self.ledgers.entry(key.to_owned()).or_default().extend(fx.ledger);
                 for out in fx.outbox {
                     let mut e = out.event;
-                    if let (Some(of), Some(Payload::ProfileJoined(j))) = (&out.attach_ledger_of, &mut e.payload) {
+                    if let (Some(of), Some(Payload::ProfileJoined(j))) = (&out.attach_state_of, &mut e.payload) {
                         j.ledger = self.ledgers.get(of).into_iter().flatten().map(LedgerEntry::encode).collect();
                     }
                     self.send(None, e);

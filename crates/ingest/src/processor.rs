@@ -184,8 +184,10 @@ impl Processor {
         let (mut applied, mut duplicates, mut misrouted, mut forwarded) = (0, 0, 0, 0);
         let mut outbox: Vec<OutRecord> = Vec::new();
         let mut index: Vec<OutRecord> = Vec::new();
-        // Ledger entries written in this batch, for joins that carry a ledger.
+        // Ledger entries and history written in this batch, for joins that
+        // carry the joined profile's.
         let mut batch_ledger: HashMap<String, Vec<LedgerEntry>> = HashMap::new();
+        let mut batch_history: HashMap<String, Vec<(i64, Vec<u8>)>> = HashMap::new();
         for ((record, event), key) in records.iter().zip(&decoded).zip(record_keys) {
             let dead = |reason: String, kind: &'static str| DeadLetter {
                 reason,
@@ -236,13 +238,36 @@ impl Processor {
             let kind = if record.route.is_some() { ProfileKind::KnownMember } else { kind_of(event) };
             let member = members.entry(key.clone()).or_insert_with(|| Member::new(key.clone(), kind));
             let pos = Position { partition, offset: record.offset };
+            let applied_before = member.version.events_applied;
             match fold::apply(member, event, pos, &self.fold) {
                 Ok(effects) => {
+                    // The member's history: this event, or what a join brought.
+                    let mut kept: Vec<(u64, i64, &[u8])> = Vec::new();
+                    match &event.payload {
+                        Payload::ProfileJoined { history, .. } => kept.extend(
+                            history
+                                .iter()
+                                .enumerate()
+                                .map(|(i, (at, r))| (applied_before + 1 + i as u64, *at, r.as_slice())),
+                        ),
+                        Payload::IdentityClaimed { .. } => {}
+                        _ => kept.push((
+                            member.version.events_applied,
+                            event.occurred_at,
+                            record.value.unwrap_or_default(),
+                        )),
+                    }
+                    if store.keeps_history() {
+                        for (seq, at, r) in kept {
+                            batch.put_history(store, &key, seq, at, r);
+                            batch_history.entry(key.clone()).or_default().push((at, r.to_vec()));
+                        }
+                    }
                     for entry in &effects.ledger {
                         batch.put_ledger(store, &key, entry);
                     }
                     for out in effects.outbox {
-                        outbox.push(self.outgoing(partition, out, &batch_ledger)?);
+                        outbox.push(self.outgoing(partition, out, &batch_ledger, &batch_history)?);
                     }
                     for (route_key, to) in effects.routes {
                         // An empty value: the key routes nowhere (shared).
@@ -298,14 +323,23 @@ impl Processor {
         partition: u32,
         mut out: Outgoing,
         batch_ledger: &HashMap<String, Vec<LedgerEntry>>,
+        batch_history: &HashMap<String, Vec<(i64, Vec<u8>)>>,
     ) -> Result<OutRecord> {
-        if let Some(of) = &out.attach_ledger_of
+        if let Some(of) = &out.attach_state_of
             && let Some(proto::event::Payload::ProfileJoined(j)) = &mut out.event.payload
         {
             let mut stored: Vec<LedgerEntry> = self.store.ledger(partition, of, None).collect::<Result<_, _>>()?;
             stored.reverse();
             stored.extend(batch_ledger.get(of).into_iter().flatten().cloned());
             j.ledger = stored.iter().map(LedgerEntry::encode).collect();
+            let entry = |at: i64, r: &[u8]| [&at.to_be_bytes()[..], r].concat();
+            let mut history: Vec<Vec<u8>> = Vec::new();
+            for h in self.store.history(partition, of) {
+                let (_, at, r) = h?;
+                history.push(entry(at, &r));
+            }
+            history.extend(batch_history.get(of).into_iter().flatten().map(|(at, r)| entry(*at, r)));
+            j.history = history;
         }
         Ok(OutRecord { key: Some(out.key.into_bytes()), value: out.event.encode_to_vec(), headers: Vec::new() })
     }

@@ -146,6 +146,11 @@ proptest! {
             prop_assert_eq!(normalised(stored[k].clone()), normalised(m.clone()), "member {}", k);
         }
         prop_assert_eq!(applied, want.values().map(|m| m.version.events_applied).sum::<u64>());
+        // Every applied event is kept, one per sequence number, for reads as of the past.
+        for (k, m) in want {
+            let seqs: Vec<u64> = store.history(0, k).map(|h| h.unwrap().0).collect();
+            prop_assert_eq!(seqs, (1..=m.version.events_applied).collect::<Vec<u64>>(), "history of {}", k);
+        }
         prop_assert_eq!(store.next_offset("t", 0).unwrap(), Some(values.len() as i64));
         // The ledgers and verdicts are exactly the clean pass's.
         let ledgers = stored_ledgers(&store, want.keys().cloned());

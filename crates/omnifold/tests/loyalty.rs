@@ -336,3 +336,85 @@ async fn balance_ledger_benefits_and_adjustments() {
     );
     assert_eq!((v["totalActivePoints"].as_str(), v["totalPendingPoints"].as_str()), (Some("400"), Some("100")));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn as_of_answers_are_the_fold_of_the_events_up_to_then() {
+    use omnifold_core::fold::{Position, apply};
+    use omnifold_core::{Event, FoldConfig, Member, ProfileKind};
+    let Stack { broker: _broker, data: _data, setup, service } = Stack::start("asof", 3);
+    let d0 = 380; // days ago
+    let ret = |id: &str, amount: i64| {
+        proto::event::Payload::OrderReturned(proto::OrderReturned {
+            order_id: id.into(),
+            return_id: "r-1".into(),
+            lines: vec![],
+            amount_minor: amount,
+        })
+    };
+    let merge = proto::event::Payload::MembersMerged(proto::MembersMerged {
+        from_member_id: "m-b".into(),
+        into_member_id: "m-a".into(),
+    });
+    let records = vec![
+        event("a1", "m-a", d0, proto::Channel::OnlineWeb, order("o-1", 100_000)), // 1,000 points
+        event("b1", "m-b", d0 - 10, proto::Channel::OnlineWeb, order("o-2", 50_000)), // 500, another account
+        event("a2", "m-a", d0 - 20, proto::Channel::OnlineWeb, ret("o-1", 30_000)), // revokes 300
+        event("a3", "m-a", d0 - 30, proto::Channel::CallCenter, merge),
+    ];
+    setup.produce(&records);
+    service.wait_consumed(&setup, records.len() as i64).await;
+
+    // The person's events as the log now stands, folded by the test itself.
+    let cfg = FoldConfig::default().validate().unwrap();
+    let events: Vec<Event> = records.iter().map(|(_, v)| omnifold_core::decode_event(v, 65536).unwrap()).collect();
+    let expected = |at: i64| {
+        let mut m = Member::new("m-a", ProfileKind::KnownMember);
+        for e in events.iter().filter(|e| e.occurred_at <= at) {
+            let _ = apply(&mut m, e, Position { partition: 0, offset: 0 }, &cfg);
+        }
+        m
+    };
+    let mut loyalty = service.loyalty().await;
+    let mut profiles = service.profiles().await;
+    // Before and after activation, after the other account's order, after the
+    // return, after the merge, and now (after the first lot's expiry).
+    for day in [3, 8, 15, 25, 35, d0] {
+        let at = now() - (d0 - day) * DAY;
+        let want = expected(at);
+        let wb = want.balance(at, &cfg.loyalty);
+        let b = loyalty
+            .get_balance(proto::GetBalanceRequest { member: member("m-a"), as_of: Some(to_timestamp(at)) })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (b.active_points, b.pending_points, b.lifetime_earned, b.lifetime_revoked, b.lifetime_expired),
+            (wb.active, wb.pending, wb.earned, wb.revoked, wb.expired),
+            "balance on day {day}"
+        );
+        let p = profiles
+            .get_profile(proto::GetProfileRequest {
+                member: member("m-a"),
+                read_mask: None,
+                as_of: Some(to_timestamp(at)),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let pp = p.purchases.unwrap();
+        assert_eq!(
+            (pp.orders, pp.gross_minor, pp.returned_minor),
+            (want.purchases.orders, want.purchases.gross_minor, want.purchases.returned_minor),
+            "purchases on day {day}"
+        );
+    }
+    // The figures the rules give, spelled out for three of those days.
+    let at = |day: i64| Some(to_timestamp(now() - (d0 - day) * DAY));
+    let balance = |b: proto::Balance| (b.active_points, b.pending_points, b.lifetime_expired);
+    let day3 = loyalty.get_balance(proto::GetBalanceRequest { member: member("m-a"), as_of: at(3) }).await.unwrap();
+    assert_eq!(balance(day3.into_inner()), (0, 1_000, 0), "pending before activation");
+    let day25 = loyalty.get_balance(proto::GetBalanceRequest { member: member("m-a"), as_of: at(25) }).await.unwrap();
+    assert_eq!(balance(day25.into_inner()), (1_200, 0, 0), "700 left of the first lot, 500 from the other account");
+    let today = loyalty.get_balance(proto::GetBalanceRequest { member: member("m-a"), as_of: None }).await.unwrap();
+    assert_eq!(balance(today.into_inner()), (500, 0, 700), "the first lot expired 8 days ago");
+}

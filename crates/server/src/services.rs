@@ -6,12 +6,13 @@ use std::pin::Pin;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use omnifold_core::Member;
+use omnifold_core::fold::{Position, apply};
 use omnifold_core::identity::derived_event_id;
 use omnifold_core::loyalty::report::Liability;
 use omnifold_core::loyalty::{CommandKind, VerdictStatus};
 use omnifold_core::member::ProfileKind;
 use omnifold_core::time::to_timestamp;
+use omnifold_core::{Member, Millis, decode_event};
 use omnifold_proto::v1 as proto;
 
 use crate::commands::{self, Command, Outcome};
@@ -91,6 +92,34 @@ fn lookup_index(state: &AppState, addr: &MemberAddress) -> Result<Option<proto::
     }))
 }
 
+/// The member as of `at`: when events after `at` were folded and its whole
+/// history is kept, the fold of exactly the kept events that occurred up to
+/// `at`, in log order; otherwise the member as it stands (reads project it
+/// to `at`). Identifiers, aliases and the version stay as they are now.
+fn as_of(state: &AppState, member: Member, at: Millis) -> Result<Member, Error> {
+    if member.last_seen_at.is_none_or(|last| last <= at) || !state.store.keeps_history() {
+        return Ok(member);
+    }
+    let partition = state.partition(&member.key)?;
+    let history: Vec<(u64, i64, Vec<u8>)> = state.store.history(partition, &member.key).collect::<Result<_, _>>()?;
+    if history.len() as u64 != member.version.events_applied {
+        // Kept only in part (history was off for a while): project instead.
+        return Ok(member);
+    }
+    let mut past = Member::new(member.key.clone(), member.kind);
+    for (_, _, record) in history.into_iter().filter(|(_, t, _)| *t <= at) {
+        if let Ok(event) = decode_event(&record, usize::MAX) {
+            // Refused events stay refused; what the fold would write is dropped.
+            let _ = apply(&mut past, &event, Position { partition, offset: 0 }, &state.fold);
+        }
+    }
+    past.identifiers = member.identifiers;
+    past.aliases = member.aliases;
+    past.merged_members = member.merged_members;
+    past.version = member.version;
+    Ok(past)
+}
+
 fn find(state: &AppState, addr: &MemberAddress) -> Result<Member, Error> {
     Ok(resolve(state, addr)?.member)
 }
@@ -104,7 +133,7 @@ impl proto::profile_service_server::ProfileService for Profiles {
         let addr = MemberAddress::try_from(r.member)?;
         let mask = ReadMask::try_from(r.read_mask)?;
         let now = instant("as_of", r.as_of, now_millis())?;
-        let member = find(&self.0, &addr)?;
+        let member = as_of(&self.0, find(&self.0, &addr)?, now)?;
         Ok(Response::new(convert::profile(&member, now, &mask, &self.0.fold)))
     }
 
@@ -135,7 +164,7 @@ impl proto::profile_service_server::ProfileService for Profiles {
         for (addr, wire) in addrs.iter().zip(r.members) {
             let mut result = proto::ProfileResult { member: Some(wire), ..Default::default() };
             match find(&self.0, addr) {
-                Ok(m) => result.profile = Some(convert::profile(&m, now, &mask, &self.0.fold)),
+                Ok(m) => result.profile = Some(convert::profile(&as_of(&self.0, m, now)?, now, &mask, &self.0.fold)),
                 Err(Error::NotFound(msg)) => {
                     result.code = tonic::Code::NotFound as i32;
                     result.message = msg;
@@ -242,7 +271,7 @@ impl proto::loyalty_service_server::LoyaltyService for Loyalty {
         let r = req.into_inner();
         let addr = MemberAddress::try_from(r.member)?;
         let now = instant("as_of", r.as_of, now_millis())?;
-        let m = points_holder(&self.0, &addr)?;
+        let m = as_of(&self.0, points_holder(&self.0, &addr)?, now)?;
         Ok(Response::new(convert::balance(&m, now, &self.0.fold.loyalty)))
     }
 
@@ -280,7 +309,7 @@ impl proto::loyalty_service_server::LoyaltyService for Loyalty {
         let r = req.into_inner();
         let addr = MemberAddress::try_from(r.member)?;
         let now = instant("as_of", r.as_of, now_millis())?;
-        let m = points_holder(&self.0, &addr)?;
+        let m = as_of(&self.0, points_holder(&self.0, &addr)?, now)?;
         Ok(Response::new(convert::benefits(&m, now, &self.0.fold.loyalty)))
     }
 

@@ -22,6 +22,10 @@ pub struct StoreConfig {
     /// re-read from Kafka because the offsets roll back with them.
     pub sync_writes: bool,
     pub max_open_files: i32,
+    /// Keep every event applied to a member (as consumed, with its event
+    /// time), so reads `as_of` a past instant are exact. Costs about the
+    /// record's size per event (docs/benchmarks.md).
+    pub keep_history: bool,
     /// Runtime only (replay): skip the write-ahead log; the caller flushes
     /// at the end, and a crash means starting the rebuild again.
     #[serde(skip)]
@@ -41,6 +45,7 @@ impl Default for StoreConfig {
             dedupe_retention_hours: 7 * 24,
             sync_writes: false,
             max_open_files: 512,
+            keep_history: true,
             bulk_load: false,
             read_only: false,
         }

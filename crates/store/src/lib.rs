@@ -27,7 +27,8 @@ const CF_META: &str = "meta";
 const CF_LEDGER: &str = "ledger";
 const CF_VERDICTS: &str = "verdicts";
 const CF_INDEX: &str = "index";
-const ALL_CFS: [&str; 6] = [CF_MEMBERS, CF_DEDUPE, CF_META, CF_LEDGER, CF_VERDICTS, CF_INDEX];
+const CF_HISTORY: &str = "history";
+const ALL_CFS: [&str; 7] = [CF_MEMBERS, CF_DEDUPE, CF_META, CF_LEDGER, CF_VERDICTS, CF_INDEX, CF_HISTORY];
 
 /// The crate's one error type.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +53,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// from several threads.
 pub struct Store {
     db: DB,
+    keep_history: bool,
     write_opts: WriteOptions,
     _cache: Cache,
 }
@@ -114,7 +116,7 @@ impl Store {
         let mut write_opts = WriteOptions::default();
         write_opts.set_sync(config.sync_writes && !config.bulk_load);
         write_opts.disable_wal(config.bulk_load);
-        Ok(Arc::new(Store { db, write_opts, _cache: cache }))
+        Ok(Arc::new(Store { db, keep_history: config.keep_history, write_opts, _cache: cache }))
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -198,6 +200,30 @@ impl Store {
             })
     }
 
+    /// Whether events are kept per member (`keep_history`).
+    pub fn keeps_history(&self) -> bool {
+        self.keep_history
+    }
+
+    /// A member's kept events, oldest first: `(sequence, event time, record)`.
+    pub fn history(&self, partition: u32, member: &str) -> impl Iterator<Item = Result<(u64, i64, Vec<u8>)>> + '_ {
+        let prefix = keys::member_prefix(partition, member);
+        let start = keys::ledger(partition, member, 0);
+        self.db
+            .iterator_cf(self.cf(CF_HISTORY), IteratorMode::From(&start, Direction::Forward))
+            .take_while(move |r| {
+                r.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix) && k.len() == prefix.len() + 8)
+            })
+            .map(|r| {
+                let (k, v) = r?;
+                let seq = keys::decode_i64(&k[k.len() - 8..]).unwrap_or(0) as u64;
+                let (at, record) = v.split_first_chunk::<8>().ok_or_else(|| {
+                    Error::Corrupt(omnifold_core::Error::Corrupt("history entry shorter than its time".into()))
+                })?;
+                Ok((seq, i64::from_be_bytes(*at), record.to_vec()))
+            })
+    }
+
     /// The verdicts recorded for `(member, request id)` pairs of one partition.
     pub fn verdicts(&self, partition: u32, requests: &[(&str, &str)]) -> Result<Vec<Option<Verdict>>> {
         let ks: Vec<Vec<u8>> = requests.iter().map(|(m, r)| keys::verdict(partition, m, r)).collect();
@@ -278,6 +304,18 @@ impl Batch {
             keys::verdict(self.partition, member, &verdict.request_id),
             verdict.encode(),
         );
+    }
+
+    /// Keeps an event applied to `member` at its sequence number (a no-op
+    /// when the store keeps no history).
+    pub fn put_history(&mut self, store: &Store, member: &str, seq: u64, at: i64, record: &[u8]) {
+        if !store.keep_history {
+            return;
+        }
+        let mut v = Vec::with_capacity(8 + record.len());
+        v.extend_from_slice(&at.to_be_bytes());
+        v.extend_from_slice(record);
+        self.inner.put_cf(store.cf(CF_HISTORY), keys::ledger(self.partition, member, seq), v);
     }
 
     /// Sets (or with `None` removes) a key's entry in the identity index.
