@@ -129,6 +129,16 @@ fn now_millis() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
+/// A consumed message as the processor takes it, with its route header.
+pub(crate) fn record_of<'a>(m: &'a BorrowedMessage<'_>) -> Record<'a> {
+    let route = m
+        .headers()
+        .and_then(|h| h.iter().find(|h| h.key == ROUTE_HEADER))
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok());
+    Record { offset: m.offset(), key: m.key(), value: m.payload(), route }
+}
+
 /// Test hook: `OMNIFOLD_FAILPOINT=after_outbox` aborts the process right
 /// after a batch's outgoing events are acknowledged and before its commit,
 /// which is the window the crash tests need to hit.
@@ -288,17 +298,7 @@ fn commit_messages(
                 Some(next) if m.offset() >= *next => {}
                 _ => continue,
             }
-            let route = m
-                .headers()
-                .and_then(|h| h.iter().find(|h| h.key == ROUTE_HEADER))
-                .and_then(|h| h.value)
-                .and_then(|v| std::str::from_utf8(v).ok());
-            by_partition.entry(p).or_default().push(Record {
-                offset: m.offset(),
-                key: m.key(),
-                value: m.payload(),
-                route,
-            });
+            by_partition.entry(p).or_default().push(record_of(m));
         }
     }
     let mut offsets = TopicPartitionList::new();

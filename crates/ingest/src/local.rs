@@ -89,11 +89,7 @@ impl<'a> LocalLog<'a> {
                 })
                 .collect();
             let mut processed = self.processor.process(p as u32, &records)?;
-            for r in &processed.index {
-                let key = String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned();
-                let member = std::str::from_utf8(&r.value).ok().filter(|v| !v.is_empty());
-                processed.batch.put_index(&store, &key, member);
-            }
+            processed.index_locally(&store);
             self.next_offsets[p] = start + n as i64;
             self.done.records += n as u64;
             self.done.applied += processed.applied;

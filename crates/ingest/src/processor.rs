@@ -71,6 +71,19 @@ pub struct Processed {
     pub next_offset: i64,
 }
 
+impl Processed {
+    /// Applies the batch's identity-index updates to `store` itself, in the
+    /// same batch, instead of writing them to the identity topic (replays,
+    /// which write nothing back to Kafka).
+    pub fn index_locally(&mut self, store: &Store) {
+        for r in &self.index {
+            let key = String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned();
+            let member = std::str::from_utf8(&r.value).ok().filter(|v| !v.is_empty());
+            self.batch.put_index(store, &key, member);
+        }
+    }
+}
+
 type Cache = Option<Arc<Mutex<LruCache<(u32, String), Member>>>>;
 
 /// Called with the partition after each commit (for example to wake

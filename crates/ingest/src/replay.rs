@@ -12,12 +12,12 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::warn;
 
-use crate::consumer::client_config;
-use crate::processor::{Processor, ROUTE_HEADER, Record};
+use crate::consumer::{client_config, record_of};
+use crate::processor::{Processor, Record};
 use crate::{IngestConfig, Result, Shutdown};
 
 /// Where a replay stands.
@@ -136,25 +136,11 @@ pub fn replay(
             if from_time.is_some_and(|t| m.timestamp().to_millis().is_some_and(|ts| ts < t)) {
                 continue;
             }
-            let route = m
-                .headers()
-                .and_then(|h| h.iter().find(|h| h.key == ROUTE_HEADER))
-                .and_then(|h| h.value)
-                .and_then(|v| std::str::from_utf8(v).ok());
-            by_partition.entry(m.partition() as u32).or_default().push(Record {
-                offset: m.offset(),
-                key: m.key(),
-                value: m.payload(),
-                route,
-            });
+            by_partition.entry(p).or_default().push(record_of(m));
         }
         for (partition, records) in by_partition {
             let mut processed = processor.process(partition, &records)?;
-            for r in &processed.index {
-                let key = String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned();
-                let member = std::str::from_utf8(&r.value).ok().filter(|v| !v.is_empty());
-                processed.batch.put_index(&store, &key, member);
-            }
+            processed.index_locally(&store);
             state.records += records.len() as u64;
             state.applied += processed.applied;
             processor.commit(processed)?;

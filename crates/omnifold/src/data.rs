@@ -172,11 +172,7 @@ pub fn replay(config: &Config, args: ReplayArgs) -> Result<()> {
     let from_time = args
         .from_time
         .as_deref()
-        .map(|t| {
-            serde_json::from_value::<omnifold_proto::wkt::Timestamp>(serde_json::Value::String(t.to_owned()))
-                .map(|ts| omnifold_core::time::from_timestamp(&ts))
-                .with_context(|| format!("--from-time `{t}` is not an RFC 3339 time like 2026-11-01T00:00:00Z"))
-        })
+        .map(|t| crate::tools::rfc3339("--from-time", t).map(|ts| omnifold_core::time::from_timestamp(&ts)))
         .transpose()?;
     let done = rebuild(config, &args.data_dir, &ReplayEnd::Idle(Duration::from_millis(args.idle_ms)), from_time)?;
     println!(

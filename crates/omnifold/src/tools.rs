@@ -199,12 +199,7 @@ pub enum ReportCommand {
 
 pub async fn report(server: String, cmd: ReportCommand) -> Result<()> {
     let ReportCommand::Liability { as_of, json } = cmd;
-    let as_of = as_of
-        .map(|t| {
-            serde_json::from_value::<omnifold_proto::wkt::Timestamp>(serde_json::Value::String(t.clone()))
-                .with_context(|| format!("--as-of `{t}` is not an RFC 3339 time like 2026-11-30T23:59:59+08:00"))
-        })
-        .transpose()?;
+    let as_of = as_of.map(|t| rfc3339("--as-of", &t)).transpose()?;
     let mut c = proto::admin_service_client::AdminServiceClient::connect(server.clone())
         .await
         .with_context(|| format!("connecting to {server}; is `omnifold serve` running?"))?;
@@ -225,4 +220,10 @@ pub async fn report(server: String, cmd: ReportCommand) -> Result<()> {
     println!("{:<25} {:>14} {:>14}", "total", r.total_active_points, r.total_pending_points);
     println!("owed (negative balances): {}", r.total_negative_balance);
     Ok(())
+}
+
+/// An RFC 3339 time given on the command line.
+pub fn rfc3339(flag: &str, text: &str) -> Result<omnifold_proto::wkt::Timestamp> {
+    serde_json::from_value(serde_json::Value::String(text.to_owned()))
+        .with_context(|| format!("{flag} `{text}` is not an RFC 3339 time like 2026-11-30T23:59:59+08:00"))
 }
