@@ -378,7 +378,11 @@ fn main() -> Result<()> {
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?.to_string();
-        let state = omnifold_server::AppState::new(store.clone(), &topic, Arc::new(FoldConfig::default().validate()?));
+        let state = omnifold_server::AppState::new(
+            omnifold_store::StoreHandle::new(store.clone()),
+            &topic,
+            Arc::new(FoldConfig::default().validate()?),
+        );
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(omnifold_server::run(listener, state, async {
             let _ = stop_rx.await;
@@ -493,7 +497,8 @@ fn redemptions(rt: &tokio::runtime::Runtime, brokers: &str, topic: &str, args: &
     let handle = std::thread::spawn(move || omnifold_ingest::run(&ingest_cfg, processor, stop));
     let result = rt.block_on(async {
         let commands = Commands { log: Arc::new(Log(CommandProducer::new(&cfg, timeout)?)), commits, timeout };
-        let state = omnifold_server::AppState::new(store, topic, fold).with_commands(commands);
+        let state = omnifold_server::AppState::new(omnifold_store::StoreHandle::new(store), topic, fold)
+            .with_commands(commands);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?.to_string();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

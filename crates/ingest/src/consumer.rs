@@ -16,7 +16,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{debug, error, info, warn};
 
-use omnifold_store::Store;
+use omnifold_store::{Store, StoreHandle, StoreSwitch};
 
 use crate::processor::{OutRecord, Processor, ROUTE_HEADER, Record};
 use crate::{Error, IngestConfig, Result};
@@ -48,7 +48,8 @@ pub fn client_config(cfg: &IngestConfig) -> ClientConfig {
 }
 
 struct IngestContext {
-    store: Arc<Store>,
+    /// The store offsets come from; replaced by a switch.
+    store: Mutex<Arc<Store>>,
     topic: String,
     /// Partitions this member owns, with the next offset to apply.
     assigned: Mutex<HashMap<u32, i64>>,
@@ -66,7 +67,8 @@ impl ConsumerContext for IngestContext {
                     tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
                 let mut assigned = self.assigned.lock().expect("assignment lock");
                 for (topic, p) in parts {
-                    let next = match self.store.next_offset(&topic, p as u32) {
+                    let store = self.store.lock().expect("store lock").clone();
+                    let next = match store.next_offset(&topic, p as u32) {
                         Ok(next) => next,
                         Err(e) => {
                             *self.fatal.lock().expect("fatal lock") = Some(format!("reading stored offset: {e}"));
@@ -204,13 +206,24 @@ pub fn partition_count(cfg: &IngestConfig, topic: &str) -> Result<u32> {
 /// assigned partition from the store's offsets, and commits per partition.
 /// Blocking: run it on its own thread.
 pub fn run(cfg: &IngestConfig, processor: Processor, shutdown: Shutdown) -> Result<()> {
+    run_switchable(cfg, processor, shutdown, None)
+}
+
+/// [`run`], also taking store switches from `switches` and publishing the
+/// current store in `handle`.
+pub fn run_switchable(
+    cfg: &IngestConfig,
+    mut processor: Processor,
+    shutdown: Shutdown,
+    switches: Option<(std::sync::mpsc::Receiver<StoreSwitch>, Arc<StoreHandle>)>,
+) -> Result<()> {
     cfg.validate()?;
     let store = processor.store().clone();
     let partitions = partition_count(cfg, &cfg.topic)?;
     store.set_partition_count(&cfg.topic, partitions)?;
 
     let context = IngestContext {
-        store: store.clone(),
+        store: Mutex::new(store.clone()),
         topic: cfg.topic.clone(),
         assigned: Mutex::new(HashMap::new()),
         fatal: Mutex::new(None),
@@ -235,6 +248,12 @@ pub fn run(cfg: &IngestConfig, processor: Processor, shutdown: Shutdown) -> Resu
 
     let max_wait = Duration::from_millis(cfg.batch_max_wait_ms);
     while !shutdown.is_triggered() {
+        if let Some((requests, handle)) = &switches
+            && let Ok(switch) = requests.try_recv()
+        {
+            let result = switch_store(cfg, &consumer, &mut processor, handle, switch.to).map_err(|e| e.to_string());
+            let _ = switch.done.send(result);
+        }
         let mut messages: Vec<BorrowedMessage<'_>> = Vec::new();
         match consumer.poll(Duration::from_millis(100)) {
             None => continue,
@@ -275,8 +294,40 @@ pub fn run(cfg: &IngestConfig, processor: Processor, shutdown: Shutdown) -> Resu
         commit_messages(cfg, &processor, &consumer, &producer, &messages, &shutdown)?;
     }
     info!("ingest stopping: last batch committed");
-    store.flush()?;
+    processor.store().flush()?;
     Ok(())
+}
+
+/// Catches `to` up to exactly the offsets the current store has read for
+/// every assigned partition (reading those records again from the topic),
+/// then folds into it and serves from it. Ingest pauses meanwhile; reads go
+/// on from the current store until the switch, so no answer is missing and
+/// none is older than one already given.
+fn switch_store(
+    cfg: &IngestConfig,
+    consumer: &BaseConsumer<IngestContext>,
+    processor: &mut Processor,
+    handle: &StoreHandle,
+    to: Arc<Store>,
+) -> Result<BTreeMap<u32, i64>> {
+    let until: BTreeMap<u32, i64> =
+        consumer.context().assigned.lock().expect("assignment lock").iter().map(|(p, n)| (*p, *n)).collect();
+    let next = processor.with_store(to.clone());
+    crate::replay(cfg, &next, &crate::ReplayEnd::At(until.clone()), None, &Shutdown::default(), |_| {})?;
+    // A store that had read further than the current one keeps its place:
+    // records below its offsets are skipped.
+    {
+        let mut assigned = consumer.context().assigned.lock().expect("assignment lock");
+        for (p, n) in assigned.iter_mut() {
+            *n = (*n).max(to.next_offset(&cfg.topic, *p)?.unwrap_or(0));
+        }
+    }
+    *consumer.context().store.lock().expect("store lock") = to.clone();
+    let old = std::mem::replace(processor, next);
+    handle.set(to);
+    old.store().flush()?;
+    info!(partitions = until.len(), "switched to the new store");
+    Ok(until)
 }
 
 fn commit_messages(

@@ -11,14 +11,15 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{info, warn};
 
-use omnifold_store::Store;
+use omnifold_store::StoreHandle;
 
 use crate::consumer::client_config;
 use crate::{IngestConfig, Result, Shutdown};
 
 /// Reads the identity topic into `store` until `shutdown`. Blocking: run it
 /// on its own thread.
-pub fn run_index(cfg: &IngestConfig, store: &Store, shutdown: &Shutdown) -> Result<()> {
+pub fn run_index(cfg: &IngestConfig, stores: &StoreHandle, shutdown: &Shutdown) -> Result<()> {
+    let store = stores.get();
     let topic = cfg.identity_topic.as_str();
     let consumer: BaseConsumer = client_config(cfg)
         .set("group.id", format!("{}.index-reader", cfg.group_id))
@@ -45,6 +46,9 @@ pub fn run_index(cfg: &IngestConfig, store: &Store, shutdown: &Shutdown) -> Resu
                 None => break,
             }
         }
+        // The current store: after a switch, the new one.
+        let store = stores.get();
+        let store = store.as_ref();
         let mut batches = std::collections::BTreeMap::new();
         for m in messages {
             let m = match m {

@@ -18,7 +18,7 @@ mod replay;
 
 pub use admin::{CommandProducer, EventProducer, TopicOutcome, create_topics};
 pub use config::IngestConfig;
-pub use consumer::{Shutdown, client_config, partition_count, run};
+pub use consumer::{Shutdown, client_config, partition_count, run, run_switchable};
 pub use dead_letter::DeadLetter;
 pub use dlq::{StoredDeadLetter, read_dead_letters};
 pub use index::run_index;

@@ -114,6 +114,16 @@ impl Processor {
         self
     }
 
+    /// The same processor folding into another store, with an empty cache.
+    pub fn with_store(&self, store: Arc<Store>) -> Processor {
+        let entries = self.cache.as_ref().map_or(0, |c| c.lock().expect("member cache lock").cap().get());
+        let mut p = Processor { store, cache: None, ..self.clone() };
+        if entries > 0 {
+            p = p.with_member_cache(entries);
+        }
+        p
+    }
+
     /// Calls `f` with the partition after every commit.
     pub fn with_on_commit(mut self, f: OnCommit) -> Self {
         self.on_commit = Some(f);

@@ -82,6 +82,15 @@ enum Command {
         #[command(subcommand)]
         command: tools::PointsCommand,
     },
+    /// Make a running instance serve from a store rebuilt by `replay`, caught up first.
+    Switch {
+        /// gRPC address of a running `omnifold serve`.
+        #[arg(long, default_value = tools::DEFAULT_SERVER, env = "OMNIFOLD_SERVER")]
+        server: String,
+        /// The rebuilt store (on the instance's machine).
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
     /// Reports for finance: `report liability` (over gRPC).
     Report {
         /// gRPC address of a running `omnifold serve`.
@@ -152,6 +161,7 @@ fn run() -> Result<()> {
         Command::Verify(args) => data::verify(&config, args),
         Command::Dlq { command } => data::dlq(&config, command),
         Command::Points { server, command } => runtime.block_on(tools::points(server, command)),
+        Command::Switch { server, data_dir } => runtime.block_on(tools::switch(server, data_dir)),
         Command::Report { server, command } => runtime.block_on(tools::report(server, command)),
         Command::Topics { command } => runtime.block_on(tools::topics(&config, command)),
     }

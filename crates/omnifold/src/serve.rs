@@ -9,8 +9,8 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use omnifold_ingest::{CommandProducer, Processor, Shutdown};
-use omnifold_server::{AppState, CommandLog, Commands};
-use omnifold_store::Store;
+use omnifold_server::{AppState, CommandLog, Commands, Switcher};
+use omnifold_store::{Store, StoreHandle};
 
 use crate::config::Config;
 
@@ -60,17 +60,21 @@ pub async fn serve(config: Config) -> Result<()> {
         timeout,
     };
     let shutdown = Shutdown::default();
+    // The store served and folded into; `SwitchStore` replaces it.
+    let stores = StoreHandle::new(store);
+    let (switch_tx, switch_rx) = std::sync::mpsc::sync_channel(1);
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
     let kafka = config.kafka.clone();
     let stop_ingest = shutdown.clone();
+    let ingest_stores = stores.clone();
     std::thread::Builder::new().name("ingest".into()).spawn(move || {
-        let result = omnifold_ingest::run(&kafka, processor, stop_ingest);
+        let result = omnifold_ingest::run_switchable(&kafka, processor, stop_ingest, Some((switch_rx, ingest_stores)));
         let _ = done_tx.send(result);
     })?;
 
     // The identity index every instance keeps, read from its compacted topic.
     let (index_tx, index_done) = tokio::sync::oneshot::channel();
-    let (index_cfg, index_store, stop_index) = (config.kafka.clone(), store.clone(), shutdown.clone());
+    let (index_cfg, index_store, stop_index) = (config.kafka.clone(), stores.clone(), shutdown.clone());
     std::thread::Builder::new().name("identity-index".into()).spawn(move || {
         let _ = index_tx.send(omnifold_ingest::run_index(&index_cfg, &index_store, &stop_index));
     })?;
@@ -82,7 +86,9 @@ pub async fn serve(config: Config) -> Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(omnifold_server::run(
         listener,
-        AppState::new(store.clone(), &config.kafka.topic, fold).with_commands(commands),
+        AppState::new(stores.clone(), &config.kafka.topic, fold)
+            .with_commands(commands)
+            .with_switcher(Switcher { requests: switch_tx, store_config: config.store.clone() }),
         async {
             let _ = stop_rx.await;
         },
@@ -105,7 +111,7 @@ pub async fn serve(config: Config) -> Result<()> {
     if let Ok(Err(e)) = index_done.await {
         warn!(error = %e, "identity index reader failed");
     }
-    store.flush()?;
+    stores.get().flush()?;
     ingest.context("ingest thread ended without a result")?.context("ingest failed")?;
     info!("stopped cleanly");
     Ok(())

@@ -227,3 +227,21 @@ pub fn rfc3339(flag: &str, text: &str) -> Result<omnifold_proto::wkt::Timestamp>
     serde_json::from_value(serde_json::Value::String(text.to_owned()))
         .with_context(|| format!("{flag} `{text}` is not an RFC 3339 time like 2026-11-30T23:59:59+08:00"))
 }
+
+/// `omnifold switch`: asks a running instance to serve from a rebuilt store.
+pub async fn switch(server: String, data_dir: std::path::PathBuf) -> Result<()> {
+    let dir = std::fs::canonicalize(&data_dir).with_context(|| format!("{} does not exist", data_dir.display()))?;
+    let mut c = proto::admin_service_client::AdminServiceClient::connect(server.clone())
+        .await
+        .with_context(|| format!("connecting to {server}; is `omnifold serve` running?"))?;
+    let r = c
+        .switch_store(proto::SwitchStoreRequest { data_dir: dir.to_string_lossy().into_owned() })
+        .await
+        .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
+        .into_inner();
+    for p in &r.partitions {
+        println!("partition {} switched at offset {}", p.partition, p.next_offset);
+    }
+    println!("serving from {}", dir.display());
+    Ok(())
+}

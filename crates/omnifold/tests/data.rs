@@ -310,3 +310,89 @@ async fn replay_from_a_time_folds_only_what_was_written_since() {
     keys.sort();
     assert_eq!(keys, vec!["m-4", "m-5", "m-6"], "tansu answers offset 0 for any time: records before it are skipped");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn switching_to_a_rebuilt_store_keeps_every_read_answering_and_never_older() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let Stack { broker: _broker, data, setup, service } = Stack::start("bluegreen", 3);
+    let members: Vec<String> = (0..6).map(|i| format!("m-{i}")).collect();
+    let wave = |tag: &str| -> Vec<(String, Vec<u8>)> {
+        members
+            .iter()
+            .map(|m| {
+                let subject = format!(r#"{{"memberId":"{m}"}}"#);
+                let id = format!("{tag}-{m}");
+                (
+                    m.clone(),
+                    json_event(
+                        &id,
+                        "2026-06-01T10:00:00Z",
+                        "ONLINE_WEB",
+                        &subject,
+                        r#""searchPerformed":{"query":"tea"}"#,
+                    ),
+                )
+            })
+            .collect()
+    };
+    setup.produce(&wave("a"));
+    service.wait_consumed(&setup, 6).await;
+
+    // Green: rebuilt from the topic while blue serves; then blue reads on.
+    let green = tempfile::tempdir().unwrap();
+    let green_dir = green.path().join("store");
+    run(&setup, &["replay", "--data-dir", green_dir.to_str().unwrap(), "--idle-ms", "300"]);
+    setup.produce(&wave("b"));
+    service.wait_consumed(&setup, 12).await;
+
+    // A client reads continuously through the switch.
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let (grpc, stop, reads, members) = (service.grpc.clone(), stop.clone(), reads.clone(), members.clone());
+        tokio::spawn(async move {
+            let mut c = omnifold_proto::v1::profile_service_client::ProfileServiceClient::connect(grpc).await.unwrap();
+            let mut seen: std::collections::HashMap<String, (i64, u64)> = Default::default();
+            while !stop.load(Ordering::SeqCst) {
+                for m in &members {
+                    let p = c
+                        .get_profile(omnifold_proto::v1::GetProfileRequest {
+                            member: member(m),
+                            read_mask: None,
+                            as_of: None,
+                        })
+                        .await
+                        .unwrap_or_else(|e| panic!("read of {m} failed during the switch: {e}"))
+                        .into_inner();
+                    let v = p.version.unwrap();
+                    let now = (v.next_offset, v.events_applied);
+                    let before = seen.insert(m.clone(), now).unwrap_or((0, 0));
+                    assert!(now >= before, "{m} went back from {before:?} to {now:?}");
+                    reads.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        })
+    };
+    let said = run(&setup, &["switch", "--server", &service.grpc, "--data-dir", green_dir.to_str().unwrap()]);
+    assert!(said.contains("serving from"), "{said}");
+    setup.produce(&wave("c"));
+    service.wait_consumed(&setup, 18).await;
+    stop.store(true, Ordering::SeqCst);
+    reader.await.unwrap();
+    assert!(reads.load(Ordering::SeqCst) > 0);
+
+    // Every member has all three waves, served and folded by the green store;
+    // blue stopped at the switch.
+    for m in &members {
+        let p = get(&service, m).await.unwrap();
+        assert_eq!(p.browse.unwrap().searches, 3, "{m}");
+    }
+    let blue = data.path().to_str().unwrap().to_owned();
+    let in_green = run(&setup, &["dump", "--data-dir", green_dir.to_str().unwrap(), "--member", "m-0"]);
+    let in_blue = run(&setup, &["dump", "--data-dir", &blue, "--member", "m-0"]);
+    let searches = |dump: &str| {
+        serde_json::from_str::<serde_json::Value>(dump.trim()).unwrap()["member"]["browse"]["searches"].clone()
+    };
+    assert_eq!((searches(&in_blue), searches(&in_green)), (2.into(), 3.into()));
+}

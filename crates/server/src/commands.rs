@@ -101,7 +101,7 @@ pub(crate) enum Outcome<T = Verdict> {
 pub(crate) async fn submit(state: &AppState, cmd: &Command) -> Result<Outcome, Error> {
     let partition = state.partition(&cmd.member)?;
     let decided = || -> Result<Option<Verdict>, Error> {
-        let got = state.store.verdicts(partition, &[(&cmd.member, &cmd.request_id)])?;
+        let got = state.store().verdicts(partition, &[(&cmd.member, &cmd.request_id)])?;
         got.into_iter().next().flatten().map(|v| cmd.check(v)).transpose()
     };
     append_and_wait(state, &cmd.member, cmd.event(), decided).await
@@ -188,11 +188,8 @@ mod tests {
         let log = Arc::new(CountingLog::default());
         let (commits_tx, commits) = watch::channel(0u64);
         let fold = Arc::new(omnifold_core::FoldConfig::default().validate().unwrap());
-        let state = AppState::new(store.clone(), "events", fold).with_commands(Commands {
-            log: log.clone(),
-            commits,
-            timeout: Duration::from_millis(50),
-        });
+        let state = AppState::new(omnifold_store::StoreHandle::new(store.clone()), "events", fold)
+            .with_commands(Commands { log: log.clone(), commits, timeout: Duration::from_millis(50) });
         let c = cmd("m-1", "r-1");
         assert!(matches!(submit(&state, &c).await.unwrap(), Outcome::InProgress));
         assert_eq!(log.0.lock().unwrap().len(), 1);

@@ -24,7 +24,7 @@ use omnifold_proto::v1::{
     admin_service_server::AdminServiceServer, loyalty_service_server::LoyaltyServiceServer,
     profile_service_server::ProfileServiceServer,
 };
-use omnifold_store::Store;
+use omnifold_store::{Store, StoreHandle};
 
 /// The crate's one error type; `From<Error> for Status` is the only place
 /// errors become gRPC statuses.
@@ -67,18 +67,39 @@ impl From<Error> for Status {
 /// What the services read from, and where commands go.
 #[derive(Clone, Debug)]
 pub struct AppState {
-    pub store: Arc<Store>,
+    /// The store reads come from; a switch replaces it while serving.
+    pub stores: Arc<StoreHandle>,
     /// The events topic; member keys route to its partitions.
     pub topic: String,
     /// The fold's rules: program currency, loyalty program.
     pub fold: Arc<FoldConfig>,
     /// Absent on a read-only instance: redemptions and adjustments answer UNAVAILABLE.
     pub commands: Option<Commands>,
+    /// Where `SwitchStore` hands a rebuilt store to the ingest loop.
+    pub switcher: Option<Switcher>,
+}
+
+/// Where `SwitchStore` requests go (the ingest loop), and how to open the
+/// store they name.
+#[derive(Clone, Debug)]
+pub struct Switcher {
+    pub requests: std::sync::mpsc::SyncSender<omnifold_store::StoreSwitch>,
+    pub store_config: omnifold_store::StoreConfig,
 }
 
 impl AppState {
-    pub fn new(store: Arc<Store>, topic: impl Into<String>, fold: Arc<FoldConfig>) -> Self {
-        AppState { store, topic: topic.into(), fold, commands: None }
+    pub fn new(stores: Arc<StoreHandle>, topic: impl Into<String>, fold: Arc<FoldConfig>) -> Self {
+        AppState { stores, topic: topic.into(), fold, commands: None, switcher: None }
+    }
+
+    pub fn with_switcher(mut self, switcher: Switcher) -> Self {
+        self.switcher = Some(switcher);
+        self
+    }
+
+    /// The store to read from now.
+    pub fn store(&self) -> Arc<Store> {
+        self.stores.get()
     }
 
     pub fn with_commands(mut self, commands: Commands) -> Self {
@@ -89,7 +110,7 @@ impl AppState {
     /// The partition that owns a subject key.
     pub(crate) fn partition(&self, key: &str) -> Result<u32, Error> {
         let partitions = self
-            .store
+            .store()
             .partition_count(&self.topic)?
             .ok_or_else(|| Error::Unavailable("the store has not joined the events topic yet; retry shortly".into()))?;
         Ok(partition_for(key.as_bytes(), partitions))
@@ -97,7 +118,7 @@ impl AppState {
 
     /// Loads the aggregate stored under a subject key.
     pub(crate) fn load(&self, key: &str) -> Result<Option<Member>, Error> {
-        Ok(self.store.member(self.partition(key)?, key)?)
+        Ok(self.store().member(self.partition(key)?, key)?)
     }
 }
 

@@ -75,7 +75,7 @@ fn lookup_index(state: &AppState, addr: &MemberAddress) -> Result<Option<proto::
         return Ok(None);
     };
     let mut path = vec![i.key()];
-    while let Some(next) = state.store.index(path.last().expect("not empty"))? {
+    while let Some(next) = state.store().index(path.last().expect("not empty"))? {
         if path.len() > MAX_HOPS {
             return Err(Error::Unavailable(format!("`{}` routes through more than {MAX_HOPS} keys", path[0])));
         }
@@ -97,11 +97,11 @@ fn lookup_index(state: &AppState, addr: &MemberAddress) -> Result<Option<proto::
 /// `at`, in log order; otherwise the member as it stands (reads project it
 /// to `at`). Identifiers, aliases and the version stay as they are now.
 fn as_of(state: &AppState, member: Member, at: Millis) -> Result<Member, Error> {
-    if member.last_seen_at.is_none_or(|last| last <= at) || !state.store.keeps_history() {
+    if member.last_seen_at.is_none_or(|last| last <= at) || !state.store().keeps_history() {
         return Ok(member);
     }
     let partition = state.partition(&member.key)?;
-    let history: Vec<(u64, i64, Vec<u8>)> = state.store.history(partition, &member.key).collect::<Result<_, _>>()?;
+    let history: Vec<(u64, i64, Vec<u8>)> = state.store().history(partition, &member.key).collect::<Result<_, _>>()?;
     if history.len() as u64 != member.version.events_applied {
         // Kept only in part (history was off for a while): project instead.
         return Ok(member);
@@ -289,7 +289,8 @@ impl proto::loyalty_service_server::LoyaltyService for Loyalty {
         let below = |seq: u64| q.before.is_none_or(|b| seq < b);
         let virtual_entries = expiries.into_iter().rev().filter(|e| below(e.seq)).map(Ok);
         let stored_before = q.before.map(|b| b.min(m.loyalty.next_seq));
-        let stored = state.store.ledger(partition, &m.key, stored_before).map(|r| r.map_err(Error::from));
+        let store = state.store();
+        let stored = store.ledger(partition, &m.key, stored_before).map(|r| r.map_err(Error::from));
         let mut entries = Vec::new();
         let mut next_page_token = String::new();
         for (scanned, e) in virtual_entries.chain(stored).enumerate() {
@@ -440,10 +441,10 @@ impl proto::admin_service_server::AdminService for Admin {
         _: Request<proto::GetPartitionStatusRequest>,
     ) -> Result<Response<proto::GetPartitionStatusResponse>, Status> {
         let state = &self.0;
-        let count = state.store.partition_count(&state.topic).map_err(Error::from)?.unwrap_or(0);
+        let count = state.store().partition_count(&state.topic).map_err(Error::from)?.unwrap_or(0);
         let mut partitions = Vec::with_capacity(count as usize);
         for p in 0..count {
-            let next = state.store.next_offset(&state.topic, p).map_err(Error::from)?;
+            let next = state.store().next_offset(&state.topic, p).map_err(Error::from)?;
             partitions.push(proto::PartitionStatus {
                 topic: state.topic.clone(),
                 partition: p,
@@ -455,21 +456,67 @@ impl proto::admin_service_server::AdminService for Admin {
         Ok(Response::new(proto::GetPartitionStatusResponse { partitions }))
     }
 
+    async fn switch_store(
+        &self,
+        req: Request<proto::SwitchStoreRequest>,
+    ) -> Result<Response<proto::SwitchStoreResponse>, Status> {
+        let state = &self.0;
+        let switcher = state.switcher.clone().ok_or_else(|| {
+            Error::Unavailable("this instance does not fold events, so it cannot switch stores".into())
+        })?;
+        let dir = req.into_inner().data_dir;
+        if dir.trim().is_empty() {
+            return Err(Error::InvalidArgument("data_dir is required: the rebuilt store's directory".into()).into());
+        }
+        let config = omnifold_store::StoreConfig { path: dir.clone().into(), ..switcher.store_config.clone() };
+        let to = omnifold_store::Store::open(&config).map_err(|e| {
+            Error::FailedPrecondition(format!("cannot open the store at {dir}: {e} (is a replay still using it?)"))
+        })?;
+        if to.partition_count(&state.topic).map_err(Error::from)?.is_none() {
+            return Err(Error::FailedPrecondition(format!(
+                "{dir} holds no state for topic {}; build it with omnifold replay",
+                state.topic
+            ))
+            .into());
+        }
+        let (done, answer) = std::sync::mpsc::channel();
+        switcher
+            .requests
+            .send(omnifold_store::StoreSwitch { to, done })
+            .map_err(|_| Error::Unavailable("ingest is not running".into()))?;
+        let result = tokio::task::spawn_blocking(move || answer.recv())
+            .await
+            .map_err(|e| Error::Unavailable(format!("switch interrupted: {e}")))?
+            .map_err(|_| Error::Unavailable("ingest stopped before the switch finished".into()))?
+            .map_err(|e| Error::Unavailable(format!("switch failed, still serving the old store: {e}")))?;
+        let partitions = result
+            .into_iter()
+            .map(|(p, next)| proto::PartitionStatus {
+                topic: state.topic.clone(),
+                partition: p,
+                next_offset: next,
+                high_watermark: -1,
+                has_state: true,
+            })
+            .collect();
+        Ok(Response::new(proto::SwitchStoreResponse { partitions }))
+    }
+
     async fn get_points_liability(
         &self,
         req: Request<proto::GetPointsLiabilityRequest>,
     ) -> Result<Response<proto::GetPointsLiabilityResponse>, Status> {
         let state = &self.0;
         let as_of = instant("as_of", req.into_inner().as_of, now_millis())?;
-        let count = state.store.partition_count(&state.topic).map_err(Error::from)?.unwrap_or(0);
+        let count = state.store().partition_count(&state.topic).map_err(Error::from)?.unwrap_or(0);
         let mut report = Liability::new(as_of);
         let mut partitions = Vec::new();
         for p in 0..count {
-            if state.store.next_offset(&state.topic, p).map_err(Error::from)?.is_none() {
+            if state.store().next_offset(&state.topic, p).map_err(Error::from)?.is_none() {
                 continue;
             }
             partitions.push(p);
-            for m in state.store.scan_members(p) {
+            for m in state.store().scan_members(p) {
                 report.add(&m.map_err(Error::from)?, &state.fold.loyalty);
             }
         }

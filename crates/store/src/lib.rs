@@ -281,6 +281,35 @@ impl Store {
     }
 }
 
+/// The store an instance currently serves and folds into, replaceable while
+/// it runs (a switch to a rebuilt store).
+#[derive(Debug)]
+pub struct StoreHandle(std::sync::RwLock<Arc<Store>>);
+
+impl StoreHandle {
+    pub fn new(store: Arc<Store>) -> Arc<StoreHandle> {
+        Arc::new(StoreHandle(std::sync::RwLock::new(store)))
+    }
+
+    /// The current store.
+    pub fn get(&self) -> Arc<Store> {
+        self.0.read().expect("store handle lock").clone()
+    }
+
+    /// Makes `store` the current one; readers holding the old one finish with it.
+    pub fn set(&self, store: Arc<Store>) {
+        *self.0.write().expect("store handle lock") = store;
+    }
+}
+
+/// A request to fold into and serve from another store (rebuilt by a
+/// replay) from now on, answered with each partition's next offset once the
+/// switch is done.
+pub struct StoreSwitch {
+    pub to: Arc<Store>,
+    pub done: std::sync::mpsc::Sender<std::result::Result<std::collections::BTreeMap<u32, i64>, String>>,
+}
+
 /// Changes to one partition that become visible together, or not at all.
 pub struct Batch {
     inner: rocksdb::WriteBatch,
