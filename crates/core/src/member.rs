@@ -161,6 +161,19 @@ impl Purchases {
     }
 }
 
+/// Bookkeeping of the member's kept event history (the store keeps the
+/// events; the fold never reads this).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryMark {
+    /// Events folded into the history's base snapshot and no longer kept.
+    pub pruned: u64,
+    /// Every pruned event occurred before this instant: reads as of an
+    /// earlier instant cannot be exact.
+    pub pruned_before: Millis,
+    /// The oldest event time still kept, if any.
+    pub oldest_kept: Option<Millis>,
+}
+
 /// How far the fold had read when it last changed this member.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Version {
@@ -195,6 +208,7 @@ pub struct Member {
     pub shared: bool,
     /// Member ids merged into this one (also listed in `aliases`).
     pub merged_members: BTreeSet<String>,
+    pub history: HistoryMark,
 }
 
 impl Member {

@@ -13,6 +13,7 @@ use omnifold_core::fold::{self, Position, kind_of};
 use omnifold_core::identity::Outgoing;
 use omnifold_core::member::ProfileKind;
 use omnifold_core::partition::partition_for;
+use omnifold_core::time::DAY;
 use omnifold_core::{Event, FoldConfig, LedgerEntry, Member, Payload, decode_event};
 use omnifold_proto::v1 as proto;
 use omnifold_store::{Batch, Store};
@@ -284,6 +285,7 @@ impl Processor {
                         for (seq, at, r) in kept {
                             batch.put_history(store, &key, seq, at, r);
                             batch_history.entry(key.clone()).or_default().push((at, r.to_vec()));
+                            member.history.oldest_kept = Some(member.history.oldest_kept.map_or(at, |o| o.min(at)));
                         }
                     }
                     for entry in &effects.ledger {
@@ -315,6 +317,20 @@ impl Processor {
         }
         let mut dirty: Vec<String> = dirty.into_iter().collect();
         dirty.sort_unstable();
+        let days = i64::from(store.history_days());
+        if days > 0 && store.keeps_history() {
+            for key in &dirty {
+                let m = members.get_mut(key).expect("dirty members are loaded");
+                let (Some(oldest), Some(last)) = (m.history.oldest_kept, m.last_seen_at) else {
+                    continue;
+                };
+                // Prune in steps of a month at most once, not on every event.
+                if last - oldest > (days + 30) * DAY {
+                    let appended = batch_history.get(key).map_or(&[][..], Vec::as_slice);
+                    self.prune_history(partition, &mut batch, m, last - days * DAY, appended)?;
+                }
+            }
+        }
         for key in dirty {
             batch.put_member(store, &members[&key]);
         }
@@ -337,6 +353,36 @@ impl Processor {
             forwarded,
             next_offset,
         })
+    }
+
+    /// Folds the member's committed history before `horizon` into its base
+    /// snapshot and drops those events.
+    fn prune_history(
+        &self,
+        partition: u32,
+        batch: &mut Batch,
+        m: &mut Member,
+        horizon: i64,
+        appended: &[(i64, Vec<u8>)],
+    ) -> Result<()> {
+        let store = &*self.store;
+        let entries: Vec<(u64, i64, Vec<u8>)> = store.history(partition, &m.key).collect::<Result<_, _>>()?;
+        let (old, rest): (Vec<_>, Vec<_>) = entries.into_iter().partition(|(_, at, _)| *at < horizon);
+        if !old.is_empty() {
+            let mut base = store.history_base(partition, &m.key)?.unwrap_or_else(|| Member::new(m.key.clone(), m.kind));
+            for (_, _, record) in &old {
+                if let Ok(e) = decode_event(record, usize::MAX) {
+                    // What the fold refuses or would write is beside the point here.
+                    let _ = fold::apply(&mut base, &e, Position { partition, offset: 0 }, &self.fold);
+                }
+            }
+            let seqs: Vec<u64> = old.iter().map(|(seq, _, _)| *seq).collect();
+            batch.prune_history(store, &m.key, &seqs, &base);
+            m.history.pruned += old.len() as u64;
+            m.history.pruned_before = m.history.pruned_before.max(horizon);
+        }
+        m.history.oldest_kept = rest.iter().map(|(_, at, _)| *at).chain(appended.iter().map(|(at, _)| *at)).min();
+        Ok(())
     }
 
     /// An event the fold wrote, ready to send; a join of a member carries

@@ -418,3 +418,70 @@ async fn as_of_answers_are_the_fold_of_the_events_up_to_then() {
     let today = loyalty.get_balance(proto::GetBalanceRequest { member: member("m-a"), as_of: None }).await.unwrap();
     assert_eq!(balance(today.into_inner()), (500, 0, 700), "the first lot expired 8 days ago");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_a_history_retention_as_of_stays_exact_after_the_horizon_and_says_so_before() {
+    use omnifold_core::fold::{Position, apply};
+    use omnifold_core::{Event, FoldConfig, Member, ProfileKind};
+    let broker = Broker::start();
+    let mut setup = Setup::new(&broker, "retention", 2);
+    setup.extra_env.insert("OMNIFOLD_STORE__HISTORY_DAYS".into(), "5".into());
+    setup.create_topics();
+    let data = tempfile::tempdir().unwrap();
+    let service = Service::start(&setup, data.path());
+    let d0 = 200; // days ago
+    let view = |sku: &str| {
+        proto::event::Payload::ProductViewed(proto::ProductViewed {
+            sku: sku.into(),
+            category: "c".into(),
+            price_minor: 100,
+            currency: String::new(),
+        })
+    };
+    let first = vec![
+        event("h1", "m-h", d0, proto::Channel::OnlineWeb, order("o-1", 10_000)),
+        event("h2", "m-h", d0 - 10, proto::Channel::OnlineWeb, view("A")),
+        event("h3", "m-h", d0 - 50, proto::Channel::OnlineWeb, order("o-2", 5_000)),
+        event("h4", "m-h", d0 - 100, proto::Channel::OnlineWeb, view("B")),
+    ];
+    setup.produce(&first);
+    service.wait_consumed(&setup, 4).await;
+    // A later event: events older than 5 days before it fold into the base.
+    let later = vec![event("h5", "m-h", d0 - 101, proto::Channel::OnlineWeb, view("C"))];
+    setup.produce(&later);
+    service.wait_consumed(&setup, 5).await;
+
+    let cfg = FoldConfig::default().validate().unwrap();
+    let events: Vec<Event> =
+        first.iter().chain(&later).map(|(_, v)| omnifold_core::decode_event(v, 65536).unwrap()).collect();
+    let day = |d: f64| now() - ((d0 as f64 - d) * DAY as f64) as i64;
+    let mut profiles = service.profiles().await;
+    for d in [98.0, 100.5, 101.5] {
+        let at = day(d);
+        let mut want = Member::new("m-h", ProfileKind::KnownMember);
+        for e in events.iter().filter(|e| e.occurred_at <= at) {
+            let _ = apply(&mut want, e, Position { partition: 0, offset: 0 }, &cfg);
+        }
+        let p = profiles
+            .get_profile(proto::GetProfileRequest {
+                member: member("m-h"),
+                read_mask: None,
+                as_of: Some(to_timestamp(at)),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let got = (p.purchases.unwrap().orders, p.browse.unwrap().product_views);
+        assert_eq!(got, (want.purchases.orders, want.browse.product_views), "day {d}");
+    }
+    let err = profiles
+        .get_profile(proto::GetProfileRequest {
+            member: member("m-h"),
+            read_mask: None,
+            as_of: Some(to_timestamp(day(20.0))),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("no longer kept (store.history_days)"), "{}", err.message());
+}

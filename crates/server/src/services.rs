@@ -97,16 +97,31 @@ fn lookup_index(state: &AppState, addr: &MemberAddress) -> Result<Option<proto::
 /// `at`, in log order; otherwise the member as it stands (reads project it
 /// to `at`). Identifiers, aliases and the version stay as they are now.
 fn as_of(state: &AppState, member: Member, at: Millis) -> Result<Member, Error> {
-    if member.last_seen_at.is_none_or(|last| last <= at) || !state.store().keeps_history() {
+    let store = state.store();
+    if member.last_seen_at.is_none_or(|last| last <= at) || !store.keeps_history() {
         return Ok(member);
+    }
+    if at < member.history.pruned_before {
+        return Err(Error::FailedPrecondition(format!(
+            "events of `{}` before {} are no longer kept (store.history_days); ask for a later as_of",
+            member.key,
+            serde_json::to_value(omnifold_core::time::to_timestamp(member.history.pruned_before))
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default()
+        )));
     }
     let partition = state.partition(&member.key)?;
-    let history: Vec<(u64, i64, Vec<u8>)> = state.store().history(partition, &member.key).collect::<Result<_, _>>()?;
-    if history.len() as u64 != member.version.events_applied {
-        // Kept only in part (history was off for a while): project instead.
+    let history: Vec<(u64, i64, Vec<u8>)> = store.history(partition, &member.key).collect::<Result<_, _>>()?;
+    if member.history.pruned + history.len() as u64 != member.version.events_applied {
+        // Kept only in part (history was off for a while, or a joined
+        // profile's was pruned): project instead.
         return Ok(member);
     }
-    let mut past = Member::new(member.key.clone(), member.kind);
+    let mut past = match store.history_base(partition, &member.key)? {
+        Some(base) => base,
+        None => Member::new(member.key.clone(), member.kind),
+    };
     for (_, _, record) in history.into_iter().filter(|(_, t, _)| *t <= at) {
         if let Ok(event) = decode_event(&record, usize::MAX) {
             // Refused events stay refused; what the fold would write is dropped.
@@ -117,6 +132,7 @@ fn as_of(state: &AppState, member: Member, at: Millis) -> Result<Member, Error> 
     past.aliases = member.aliases;
     past.merged_members = member.merged_members;
     past.version = member.version;
+    past.history = member.history;
     Ok(past)
 }
 

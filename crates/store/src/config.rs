@@ -26,6 +26,11 @@ pub struct StoreConfig {
     /// time), so reads `as_of` a past instant are exact. Costs about the
     /// record's size per event (docs/benchmarks.md).
     pub keep_history: bool,
+    /// Keep each member's events of the last this many days (counted back
+    /// from its latest event); older ones are folded into a base snapshot.
+    /// Reads as of an instant before what was folded answer
+    /// FAILED_PRECONDITION. 0 keeps everything.
+    pub history_days: u32,
     /// Runtime only (replay): skip the write-ahead log; the caller flushes
     /// at the end, and a crash means starting the rebuild again.
     #[serde(skip)]
@@ -46,6 +51,7 @@ impl Default for StoreConfig {
             sync_writes: false,
             max_open_files: 512,
             keep_history: true,
+            history_days: 0,
             bulk_load: false,
             read_only: false,
         }

@@ -54,6 +54,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct Store {
     db: DB,
     keep_history: bool,
+    history_days: u32,
     write_opts: WriteOptions,
     _cache: Cache,
 }
@@ -116,7 +117,13 @@ impl Store {
         let mut write_opts = WriteOptions::default();
         write_opts.set_sync(config.sync_writes && !config.bulk_load);
         write_opts.disable_wal(config.bulk_load);
-        Ok(Arc::new(Store { db, keep_history: config.keep_history, write_opts, _cache: cache }))
+        Ok(Arc::new(Store {
+            db,
+            keep_history: config.keep_history,
+            history_days: config.history_days,
+            write_opts,
+            _cache: cache,
+        }))
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -205,10 +212,23 @@ impl Store {
         self.keep_history
     }
 
+    /// Days of history kept per member (0: all).
+    pub fn history_days(&self) -> u32 {
+        self.history_days
+    }
+
+    /// The snapshot older events of a member were folded into, if any.
+    pub fn history_base(&self, partition: u32, member: &str) -> Result<Option<Member>> {
+        match self.db.get_pinned_cf(self.cf(CF_HISTORY), keys::ledger(partition, member, 0))? {
+            Some(v) => Ok(Some(Member::decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
     /// A member's kept events, oldest first: `(sequence, event time, record)`.
     pub fn history(&self, partition: u32, member: &str) -> impl Iterator<Item = Result<(u64, i64, Vec<u8>)>> + '_ {
         let prefix = keys::member_prefix(partition, member);
-        let start = keys::ledger(partition, member, 0);
+        let start = keys::ledger(partition, member, 1);
         self.db
             .iterator_cf(self.cf(CF_HISTORY), IteratorMode::From(&start, Direction::Forward))
             .take_while(move |r| {
@@ -345,6 +365,15 @@ impl Batch {
         v.extend_from_slice(&at.to_be_bytes());
         v.extend_from_slice(record);
         self.inner.put_cf(store.cf(CF_HISTORY), keys::ledger(self.partition, member, seq), v);
+    }
+
+    /// Replaces kept events `seqs` of `member` by the snapshot they fold into.
+    pub fn prune_history(&mut self, store: &Store, member: &str, seqs: &[u64], base: &Member) {
+        let cf = store.cf(CF_HISTORY);
+        for seq in seqs {
+            self.inner.delete_cf(cf, keys::ledger(self.partition, member, *seq));
+        }
+        self.inner.put_cf(cf, keys::ledger(self.partition, member, 0), base.encode());
     }
 
     /// Sets (or with `None` removes) a key's entry in the identity index.
