@@ -97,8 +97,12 @@ fn lookup_index(state: &AppState, addr: &MemberAddress) -> Result<Option<proto::
 /// `at`, in log order; otherwise the member as it stands (reads project it
 /// to `at`). Identifiers, aliases and the version stay as they are now.
 fn as_of(state: &AppState, member: Member, at: Millis) -> Result<Member, Error> {
+    // The usual read (now, or after the latest event) touches nothing more.
+    if member.last_seen_at.is_none_or(|last| last <= at) {
+        return Ok(member);
+    }
     let store = state.store();
-    if member.last_seen_at.is_none_or(|last| last <= at) || !store.keeps_history() {
+    if !store.keeps_history() {
         return Ok(member);
     }
     if at < member.history.pruned_before {
