@@ -265,8 +265,7 @@ pub(crate) fn on_claim(
                     profile.key
                 ))),
                 OnConflict::Merge => {
-                    let holder = Member::new(to, ProfileKind::KnownMember);
-                    out.push(merge_request(&holder, event, member_id));
+                    out.push(merge_request(to, event, member_id));
                     Ok(())
                 }
             };
@@ -285,18 +284,18 @@ pub(crate) fn on_claim(
 }
 
 /// A `membersMerged` event for `into` (the holder) absorbing `from`.
-fn merge_request(into: &Member, event: &Event, from: &str) -> Outgoing {
+fn merge_request(into: &str, event: &Event, from: &str) -> Outgoing {
     Outgoing {
-        key: into.key.clone(),
+        key: into.to_owned(),
         event: proto::Event {
             event_id: derived_event_id("merge", &event.event_id, from),
             occurred_at: Some(to_timestamp(event.occurred_at)),
             channel: event.channel.to_proto() as i32,
             store_id: String::new(),
-            subject: Some(proto::Subject { member_id: into.key.clone(), ..Default::default() }),
+            subject: Some(proto::Subject { member_id: into.to_owned(), ..Default::default() }),
             payload: Some(proto::event::Payload::MembersMerged(proto::MembersMerged {
                 from_member_id: from.to_owned(),
-                into_member_id: into.key.clone(),
+                into_member_id: into.to_owned(),
             })),
         },
         attach_state_of: None,
@@ -446,7 +445,7 @@ fn combine(
             earn_joined_order(member, &order_id, &other.key, event, cfg, fx);
         }
     }
-    loyalty::upgrade_after_join(member, event.occurred_at, &cfg.loyalty);
+    loyalty::upgrade(member, event.occurred_at, &cfg.loyalty);
 }
 
 fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {

@@ -211,7 +211,8 @@ impl Processor {
         // Ledger entries and history written in this batch, for joins that
         // carry the joined profile's.
         let mut batch_ledger: HashMap<String, Vec<LedgerEntry>> = HashMap::new();
-        let mut batch_history: HashMap<String, Vec<(i64, Vec<u8>)>> = HashMap::new();
+        // Borrowed from `records` and `decoded`: no copy of each event.
+        let mut batch_history: HashMap<String, Vec<(i64, &[u8])>> = HashMap::new();
         for ((record, event), key) in records.iter().zip(&decoded).zip(record_keys) {
             let dead = |reason: String, kind: &'static str| DeadLetter {
                 reason,
@@ -284,7 +285,12 @@ impl Processor {
                     if store.keeps_history() {
                         for (seq, at, r) in kept {
                             batch.put_history(store, &key, seq, at, r);
-                            batch_history.entry(key.clone()).or_default().push((at, r.to_vec()));
+                            match batch_history.get_mut(&key) {
+                                Some(h) => h.push((at, r)),
+                                None => {
+                                    batch_history.insert(key.clone(), vec![(at, r)]);
+                                }
+                            }
                             member.history.oldest_kept = Some(member.history.oldest_kept.map_or(at, |o| o.min(at)));
                         }
                     }
@@ -363,7 +369,7 @@ impl Processor {
         batch: &mut Batch,
         m: &mut Member,
         horizon: i64,
-        appended: &[(i64, Vec<u8>)],
+        appended: &[(i64, &[u8])],
     ) -> Result<()> {
         let store = &*self.store;
         let entries: Vec<(u64, i64, Vec<u8>)> = store.history(partition, &m.key).collect::<Result<_, _>>()?;
@@ -392,7 +398,7 @@ impl Processor {
         partition: u32,
         mut out: Outgoing,
         batch_ledger: &HashMap<String, Vec<LedgerEntry>>,
-        batch_history: &HashMap<String, Vec<(i64, Vec<u8>)>>,
+        batch_history: &HashMap<String, Vec<(i64, &[u8])>>,
     ) -> Result<OutRecord> {
         if let Some(of) = &out.attach_state_of
             && let Some(proto::event::Payload::ProfileJoined(j)) = &mut out.event.payload

@@ -32,9 +32,9 @@ pub(crate) fn member_prefix(partition: u32, member: &str) -> Vec<u8> {
     k
 }
 
-/// A ledger (or history) entry: the member prefix, then the sequence
+/// A per-member sequenced entry (ledger, history): the member prefix, then the sequence
 /// number, so one member's entries are contiguous and ordered oldest first.
-pub(crate) fn ledger(partition: u32, member: &str, seq: u64) -> Vec<u8> {
+pub(crate) fn sequenced(partition: u32, member: &str, seq: u64) -> Vec<u8> {
     let mut k = member_prefix(partition, member);
     k.extend_from_slice(&seq.to_be_bytes());
     k

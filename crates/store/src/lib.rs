@@ -190,8 +190,8 @@ impl Store {
         let prefix = keys::member_prefix(partition, member);
         let start = match before {
             Some(0) => None,
-            Some(seq) => Some(keys::ledger(partition, member, seq - 1)),
-            None => Some(keys::ledger(partition, member, u64::MAX)),
+            Some(seq) => Some(keys::sequenced(partition, member, seq - 1)),
+            None => Some(keys::sequenced(partition, member, u64::MAX)),
         };
         start
             .into_iter()
@@ -219,7 +219,7 @@ impl Store {
 
     /// The snapshot older events of a member were folded into, if any.
     pub fn history_base(&self, partition: u32, member: &str) -> Result<Option<Member>> {
-        match self.db.get_pinned_cf(self.cf(CF_HISTORY), keys::ledger(partition, member, 0))? {
+        match self.db.get_pinned_cf(self.cf(CF_HISTORY), keys::sequenced(partition, member, 0))? {
             Some(v) => Ok(Some(Member::decode(&v)?)),
             None => Ok(None),
         }
@@ -228,7 +228,7 @@ impl Store {
     /// A member's kept events, oldest first: `(sequence, event time, record)`.
     pub fn history(&self, partition: u32, member: &str) -> impl Iterator<Item = Result<(u64, i64, Vec<u8>)>> + '_ {
         let prefix = keys::member_prefix(partition, member);
-        let start = keys::ledger(partition, member, 1);
+        let start = keys::sequenced(partition, member, 1);
         self.db
             .iterator_cf(self.cf(CF_HISTORY), IteratorMode::From(&start, Direction::Forward))
             .take_while(move |r| {
@@ -344,7 +344,7 @@ impl Batch {
     }
 
     pub fn put_ledger(&mut self, store: &Store, member: &str, entry: &LedgerEntry) {
-        self.inner.put_cf(store.cf(CF_LEDGER), keys::ledger(self.partition, member, entry.seq), entry.encode());
+        self.inner.put_cf(store.cf(CF_LEDGER), keys::sequenced(self.partition, member, entry.seq), entry.encode());
     }
 
     pub fn put_verdict(&mut self, store: &Store, member: &str, verdict: &Verdict) {
@@ -364,16 +364,16 @@ impl Batch {
         let mut v = Vec::with_capacity(8 + record.len());
         v.extend_from_slice(&at.to_be_bytes());
         v.extend_from_slice(record);
-        self.inner.put_cf(store.cf(CF_HISTORY), keys::ledger(self.partition, member, seq), v);
+        self.inner.put_cf(store.cf(CF_HISTORY), keys::sequenced(self.partition, member, seq), v);
     }
 
     /// Replaces kept events `seqs` of `member` by the snapshot they fold into.
     pub fn prune_history(&mut self, store: &Store, member: &str, seqs: &[u64], base: &Member) {
         let cf = store.cf(CF_HISTORY);
         for seq in seqs {
-            self.inner.delete_cf(cf, keys::ledger(self.partition, member, *seq));
+            self.inner.delete_cf(cf, keys::sequenced(self.partition, member, *seq));
         }
-        self.inner.put_cf(cf, keys::ledger(self.partition, member, 0), base.encode());
+        self.inner.put_cf(cf, keys::sequenced(self.partition, member, 0), base.encode());
     }
 
     /// Sets (or with `None` removes) a key's entry in the identity index.

@@ -671,16 +671,11 @@ pub(crate) fn advance(member: &mut Member, at: Millis, fx: &mut Effects) {
     }
 }
 
-pub(crate) use tier::tier_for_order;
+pub(crate) use tier::{tier_for_order, upgrade};
 
 /// The tier held at `at`.
 pub(crate) fn tier_at(member: &Member, at: Millis, cfg: &LoyaltyConfig) -> Tier {
     tier::standing_at(member, at, cfg).0
-}
-
-/// After another profile's spend joined: upgrade if it now qualifies.
-pub(crate) fn upgrade_after_join(member: &mut Member, at: Millis, cfg: &LoyaltyConfig) {
-    tier::upgrade(member, at, cfg);
 }
 
 /// An order that joined from an anonymous or provisional profile.
