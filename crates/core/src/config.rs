@@ -8,7 +8,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::Error;
 use crate::identity::IdentityConfig;
+use crate::limits::Limits;
 use crate::loyalty::LoyaltyConfig;
+
+/// The largest conversion rate: amounts within the limits still convert
+/// into an `i64` (a currency worth more than 1,000 program units per unit
+/// does not exist).
+pub const MAX_RATE: f64 = 1_000.0;
 
 /// Configuration of the fold. Build it with serde, then call
 /// [`FoldConfig::validate`] once; the fold relies on a validated config.
@@ -36,6 +42,8 @@ pub struct FoldConfig {
     pub loyalty: LoyaltyConfig,
     /// Identity resolution: `[fold.identity]`.
     pub identity: IdentityConfig,
+    /// The largest values one event may carry: `[fold.limits]`.
+    pub limits: Limits,
     #[serde(skip)]
     rates_micro: BTreeMap<String, i128>,
 }
@@ -52,6 +60,7 @@ impl Default for FoldConfig {
             max_orders_kept: 1_000,
             loyalty: LoyaltyConfig::default(),
             identity: IdentityConfig::default(),
+            limits: Limits::default(),
             rates_micro: BTreeMap::new(),
         }
     }
@@ -67,8 +76,10 @@ impl FoldConfig {
         self.program_currency = cur;
         let mut micro = BTreeMap::new();
         for (code, rate) in &self.rates {
-            if !(rate.is_finite() && *rate > 0.0) {
-                return Err(Error::Config(format!("rate for {code} must be a positive number, got {rate}")));
+            if !(rate.is_finite() && *rate > 0.0 && *rate <= MAX_RATE) {
+                return Err(Error::Config(format!(
+                    "rate for {code} must be above 0 and at most {MAX_RATE}, got {rate}"
+                )));
             }
             micro.insert(code.to_ascii_uppercase(), (rate * 1e6).round() as i128);
         }
@@ -94,17 +105,20 @@ impl FoldConfig {
             other => other,
         })?;
         self.identity = self.identity.validate()?;
+        self.limits = self.limits.validate()?;
         Ok(self)
     }
 
     /// Converts an amount in minor units of `currency` to minor units of the
     /// program currency, rounding down. `None` if no rate is configured.
+    /// Amounts within [`Limits`] convert without overflow: at most
+    /// 10^15 × [`MAX_RATE`].
     pub fn to_program(&self, currency: &str, minor: i64) -> Option<i64> {
         if currency == self.program_currency {
             return Some(minor);
         }
         let rate = self.rates_micro.get(currency)?;
-        Some((i128::from(minor) * rate).div_euclid(1_000_000) as i64)
+        i64::try_from((i128::from(minor) * rate).div_euclid(1_000_000)).ok()
     }
 }
 

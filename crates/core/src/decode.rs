@@ -3,6 +3,7 @@
 
 use prost::Message;
 
+use crate::limits::Limits;
 use crate::{Error, Event};
 use omnifold_proto::v1 as proto;
 
@@ -38,9 +39,9 @@ pub fn decode_wire(bytes: &[u8], max_bytes: usize) -> Result<proto::Event, Error
     }
 }
 
-/// Decodes and validates one record.
-pub fn decode_event(bytes: &[u8], max_bytes: usize) -> Result<Event, Error> {
-    Event::try_from(decode_wire(bytes, max_bytes)?)
+/// Decodes and validates one record, within `limits`.
+pub fn decode_event(bytes: &[u8], max_bytes: usize, limits: &Limits) -> Result<Event, Error> {
+    Event::validate(decode_wire(bytes, max_bytes)?, limits)
 }
 
 #[cfg(test)]
@@ -53,9 +54,9 @@ mod tests {
 
     #[test]
     fn json_and_protobuf_decode_to_the_same_event() {
-        let from_json = decode_event(VIEW.as_bytes(), 65536).unwrap();
+        let from_json = decode_event(VIEW.as_bytes(), 65536, &Limits::default()).unwrap();
         let wire: proto::Event = serde_json::from_str(VIEW).unwrap();
-        let from_proto = decode_event(&wire.encode_to_vec(), 65536).unwrap();
+        let from_proto = decode_event(&wire.encode_to_vec(), 65536, &Limits::default()).unwrap();
         assert_eq!(from_json, from_proto);
         assert_eq!(from_json.subject.key(), "anon-1");
         assert!(matches!(from_json.payload, Payload::ProductViewed { price_minor: 12900, .. }));
@@ -83,12 +84,12 @@ mod tests {
             ),
         ];
         for (input, want) in cases {
-            let err = decode_event(input.as_bytes(), 65536).unwrap_err().to_string();
+            let err = decode_event(input.as_bytes(), 65536, &Limits::default()).unwrap_err().to_string();
             assert!(err.contains(want), "{input}: got `{err}`, want `{want}`");
         }
         let big = vec![b' '; 70_000];
-        assert_eq!(decode_event(&big, 65536).unwrap_err().kind(), "too_large");
-        assert_eq!(decode_event(&[0xff, 0xff, 0xff], 65536).unwrap_err().kind(), "decode");
+        assert_eq!(decode_event(&big, 65536, &Limits::default()).unwrap_err().kind(), "too_large");
+        assert_eq!(decode_event(&[0xff, 0xff, 0xff], 65536, &Limits::default()).unwrap_err().kind(), "decode");
     }
 
     /// Every JSON example in docs/events.md decodes and validates.
@@ -98,7 +99,7 @@ mod tests {
         let mut examples = 0;
         for block in doc.split("```json").skip(1) {
             let json = block.split("```").next().unwrap();
-            decode_event(json.as_bytes(), 65536).unwrap_or_else(|e| panic!("{e}: {json}"));
+            decode_event(json.as_bytes(), 65536, &Limits::default()).unwrap_or_else(|e| panic!("{e}: {json}"));
             examples += 1;
         }
         assert_eq!(examples, 15, "one example per payload, two for returns");

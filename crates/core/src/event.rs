@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Error;
 use crate::ident::Identifier;
+use crate::limits::Limits;
 use crate::loyalty::LedgerEntry;
 use crate::member::Member;
 use crate::time::{self, Millis};
@@ -15,7 +16,6 @@ use omnifold_proto::v1 as proto;
 
 pub const MAX_EVENT_ID_LEN: usize = 128;
 const MAX_TEXT: usize = 512;
-const MAX_LINES: usize = 500;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Channel {
@@ -245,20 +245,6 @@ fn opt_text(field: &'static str, s: &str) -> Result<Option<String>, Error> {
     Ok(if t.is_empty() { None } else { Some(t) })
 }
 
-fn non_negative(field: &'static str, v: i64) -> Result<i64, Error> {
-    if v < 0 {
-        return Err(Error::invalid(field, format!("must not be negative, got {v}")));
-    }
-    Ok(v)
-}
-
-fn quantity(field: &'static str, q: i32) -> Result<u32, Error> {
-    if q <= 0 {
-        return Err(Error::invalid(field, format!("must be at least 1, got {q}")));
-    }
-    Ok(q as u32)
-}
-
 fn currency(field: &'static str, c: &str) -> Result<String, Error> {
     let c = c.trim();
     if c.is_empty() {
@@ -270,28 +256,41 @@ fn currency(field: &'static str, c: &str) -> Result<String, Error> {
     Ok(c.to_ascii_uppercase())
 }
 
+/// Order or cart lines, each within the limits, and their list value.
 fn lines<'a>(
     field: &'static str,
+    limits: &Limits,
     raw: impl ExactSizeIterator<Item = (&'a str, &'a str, i32, i64)>,
-) -> Result<Vec<Line>, Error> {
-    if raw.len() > MAX_LINES {
-        return Err(Error::invalid(field, format!("more than {MAX_LINES} lines")));
-    }
-    raw.map(|(sku, category, q, price)| {
-        Ok(Line {
-            sku: text("lines.sku", sku, true)?,
-            category: text("lines.category", category, false)?,
-            quantity: quantity("lines.quantity", q)?,
-            unit_price_minor: non_negative("lines.unitPriceMinor", price)?,
+) -> Result<(Vec<Line>, i64), Error> {
+    limits.lines(field, raw.len())?;
+    let mut list: i128 = 0;
+    let lines = raw
+        .map(|(sku, category, q, price)| {
+            let line = Line {
+                sku: text("lines.sku", sku, true)?,
+                category: text("lines.category", category, false)?,
+                quantity: limits.quantity("lines.quantity", q)?,
+                unit_price_minor: limits.amount("lines.unitPriceMinor", price)?,
+            };
+            list += i128::from(line.unit_price_minor) * i128::from(line.quantity);
+            Ok(line)
         })
-    })
-    .collect()
+        .collect::<Result<Vec<_>, Error>>()?;
+    Ok((lines, limits.list_value(field, list)?))
 }
 
 impl TryFrom<proto::Event> for Event {
     type Error = Error;
 
+    /// Validates with the default [`Limits`]; ingest uses the configured ones.
     fn try_from(e: proto::Event) -> Result<Self, Error> {
+        Event::validate(e, &Limits::default())
+    }
+}
+
+impl Event {
+    /// Builds a valid event from the wire type, or says which field is wrong.
+    pub fn validate(e: proto::Event, limits: &Limits) -> Result<Self, Error> {
         let event_id = e.event_id.trim().to_owned();
         if event_id.is_empty() {
             return Err(Error::Missing("eventId"));
@@ -326,22 +325,25 @@ impl TryFrom<proto::Event> for Event {
             P::ProductViewed(p) => Payload::ProductViewed {
                 sku: text("productViewed.sku", &p.sku, true)?,
                 category: text("productViewed.category", &p.category, false)?,
-                price_minor: non_negative("productViewed.priceMinor", p.price_minor)?,
+                price_minor: limits.amount("productViewed.priceMinor", p.price_minor)?,
             },
             P::SearchPerformed(p) => Payload::SearchPerformed { query: text("searchPerformed.query", &p.query, true)? },
             P::CartUpdated(p) => Payload::CartUpdated {
                 cart_id: text("cartUpdated.cartId", &p.cart_id, false)?,
                 lines: lines(
                     "cartUpdated.lines",
+                    limits,
                     p.lines.iter().map(|l| (l.sku.as_str(), l.category.as_str(), l.quantity, l.unit_price_minor)),
-                )?,
+                )?
+                .0,
             },
             P::OrderPlaced(p) => {
-                let lines = lines(
+                let (lines, _) = lines(
                     "orderPlaced.lines",
+                    limits,
                     p.lines.iter().map(|l| (l.sku.as_str(), l.category.as_str(), l.quantity, l.unit_price_minor)),
                 )?;
-                let total_minor = non_negative("orderPlaced.totalMinor", p.total_minor)?;
+                let total_minor = limits.amount("orderPlaced.totalMinor", p.total_minor)?;
                 if lines.is_empty() && total_minor == 0 {
                     return Err(Error::invalid("orderPlaced", "needs lines or a totalMinor"));
                 }
@@ -357,19 +359,20 @@ impl TryFrom<proto::Event> for Event {
                     if p.amount_minor != 0 {
                         return Err(Error::invalid("orderReturned", "give lines or amountMinor, not both"));
                     }
+                    limits.lines("orderReturned.lines", p.lines.len())?;
                     Returned::Lines(
                         p.lines
                             .iter()
                             .map(|l| {
                                 Ok(ReturnLine {
                                     sku: text("orderReturned.lines.sku", &l.sku, true)?,
-                                    quantity: quantity("orderReturned.lines.quantity", l.quantity)?,
+                                    quantity: limits.quantity("orderReturned.lines.quantity", l.quantity)?,
                                 })
                             })
                             .collect::<Result<_, Error>>()?,
                     )
                 } else if p.amount_minor > 0 {
-                    Returned::Amount(p.amount_minor)
+                    Returned::Amount(limits.amount("orderReturned.amountMinor", p.amount_minor)?)
                 } else {
                     return Err(Error::invalid("orderReturned", "needs lines or a positive amountMinor"));
                 };
@@ -421,24 +424,19 @@ impl TryFrom<proto::Event> for Event {
                     into_member_id,
                 }
             }
-            P::PointsAdjusted(p) => {
-                if p.delta == 0 {
-                    return Err(Error::invalid("pointsAdjusted.delta", "must not be zero"));
-                }
-                Payload::PointsAdjusted {
-                    delta: p.delta,
-                    reason: text("pointsAdjusted.reason", &p.reason, true)?,
-                    actor: text("pointsAdjusted.actor", &p.actor, true)?,
-                    request_id: opt_text("pointsAdjusted.requestId", &p.request_id)?,
-                }
-            }
+            P::PointsAdjusted(p) => Payload::PointsAdjusted {
+                delta: limits.points("pointsAdjusted.delta", p.delta)?,
+                reason: text("pointsAdjusted.reason", &p.reason, true)?,
+                actor: text("pointsAdjusted.actor", &p.actor, true)?,
+                request_id: opt_text("pointsAdjusted.requestId", &p.request_id)?,
+            },
             P::PointsRedemptionRequested(p) => {
                 if p.points <= 0 {
                     return Err(Error::invalid("pointsRedemptionRequested.points", "must be positive"));
                 }
                 Payload::PointsRedemptionRequested {
                     request_id: text("pointsRedemptionRequested.requestId", &p.request_id, true)?,
-                    points: p.points,
+                    points: limits.points("pointsRedemptionRequested.points", p.points)?,
                     reward: text("pointsRedemptionRequested.reward", &p.reward, false)?,
                 }
             }

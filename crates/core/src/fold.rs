@@ -44,8 +44,11 @@ pub fn apply(member: &mut Member, event: &Event, pos: Position, cfg: &FoldConfig
         }
         Payload::ProfileJoined { from_key, from_kind, identifier, snapshot, ledger, .. } => {
             points_holder(member)?;
+            // Combining checks every sum as it goes: work on a copy, so a
+            // refused join leaves the member as it was.
+            let mut joined = member.clone();
             identity::on_joined(
-                member,
+                &mut joined,
                 event,
                 &identity::Joined {
                     from_key,
@@ -56,14 +59,15 @@ pub fn apply(member: &mut Member, event: &Event, pos: Position, cfg: &FoldConfig
                 },
                 cfg,
                 &mut fx,
-            );
+            )?;
+            *member = joined;
             record_position(member, pos, false);
             loyalty::advance(member, at, &mut fx);
             return Ok(fx);
         }
         Payload::ProductViewed { sku, category, .. } => view_product(member, sku, category, at, cfg),
         Payload::SearchPerformed { query } => search(member, query, at, cfg),
-        Payload::CartUpdated { .. } => member.browse.cart_updates += 1,
+        Payload::CartUpdated { .. } => member.browse.cart_updates = member.browse.cart_updates.saturating_add(1),
         Payload::OrderPlaced { order_id, currency, lines, total_minor } => {
             let order = NewOrder { order_id, currency, lines, total_minor: *total_minor };
             place_order(member, event, &order, cfg, &mut fx)?
@@ -106,11 +110,13 @@ pub fn apply(member: &mut Member, event: &Event, pos: Position, cfg: &FoldConfig
         }
         Payload::PointsAdjusted { delta, reason, actor, request_id } => {
             points_holder(member)?;
+            loyalty::room(member, delta.unsigned_abs())?;
             let adjustment = loyalty::Adjustment { delta: *delta, reason, actor, request_id: request_id.as_deref() };
             loyalty::adjust(member, event, &adjustment, &cfg.loyalty, &mut fx);
         }
         Payload::PointsRedemptionRequested { request_id, points, reward } => {
             points_holder(member)?;
+            loyalty::room(member, points.unsigned_abs())?;
             loyalty::redeem(member, event, request_id, *points, reward, &mut fx);
         }
         Payload::ErasureRequested { .. } => {
@@ -134,7 +140,7 @@ pub fn apply(member: &mut Member, event: &Event, pos: Position, cfg: &FoldConfig
         }
     }
     let stats = member.channels.entry(event.channel).or_default();
-    stats.events += 1;
+    stats.events = stats.events.saturating_add(1);
     stats.last_seen_at = stats.last_seen_at.max(at);
     member.first_seen_at = Some(member.first_seen_at.map_or(at, |f| f.min(at)));
     member.last_seen_at = Some(member.last_seen_at.map_or(at, |l| l.max(at)));
@@ -149,8 +155,8 @@ pub fn apply(member: &mut Member, event: &Event, pos: Position, cfg: &FoldConfig
 /// event if it is activity (not identity bookkeeping).
 fn record_position(member: &mut Member, pos: Position, activity: bool) {
     member.version.partition = pos.partition;
-    member.version.next_offset = member.version.next_offset.max(pos.offset + 1);
-    member.version.events_applied += u64::from(activity);
+    member.version.next_offset = member.version.next_offset.max(pos.offset.saturating_add(1));
+    member.version.events_applied = member.version.events_applied.saturating_add(u64::from(activity));
 }
 
 fn points_holder(member: &Member) -> Result<(), Rejection> {
@@ -163,13 +169,13 @@ fn points_holder(member: &Member) -> Result<(), Rejection> {
 
 fn view_product(member: &mut Member, sku: &str, category: &str, at: Millis, cfg: &FoldConfig) {
     let b = &mut member.browse;
-    b.product_views += 1;
-    let mut views = 1;
+    b.product_views = b.product_views.saturating_add(1);
+    let mut views: u32 = 1;
     let mut last = at;
     let mut category = category.to_owned();
     if let Some(i) = b.recent.iter().position(|p| p.sku == sku) {
         let old = b.recent.remove(i);
-        views += old.views;
+        views = views.saturating_add(old.views);
         last = last.max(old.last_viewed_at);
         if category.is_empty() {
             category = old.category;
@@ -194,8 +200,8 @@ fn view_product(member: &mut Member, sku: &str, category: &str, at: Millis, cfg:
 pub(crate) fn bump_category(member: &mut Member, category: &str, views: u64, units: u64, cfg: &FoldConfig) {
     let cats = &mut member.browse.categories;
     let c = cats.entry(category.to_owned()).or_default();
-    c.views += views;
-    c.units += units;
+    c.views = c.views.saturating_add(views);
+    c.units = c.units.saturating_add(units);
     if cats.len() > cfg.max_categories {
         // Drop the weakest, the greatest name among equals.
         let weakest = cats
@@ -210,7 +216,7 @@ pub(crate) fn bump_category(member: &mut Member, category: &str, views: u64, uni
 
 fn search(member: &mut Member, query: &str, at: Millis, cfg: &FoldConfig) {
     let b = &mut member.browse;
-    b.searches += 1;
+    b.searches = b.searches.saturating_add(1);
     let mut at = at;
     if let Some(i) = b.recent_searches.iter().position(|s| s.query == query) {
         at = at.max(b.recent_searches.remove(i).at);
@@ -243,28 +249,38 @@ fn place_order(
     if member.purchases.history.iter().any(|o| o.order_id == order_id) {
         return Err(Rejection(format!("order {order_id} was already placed by another event")));
     }
-    let list_total: i64 = lines.iter().map(|l| l.unit_price_minor * i64::from(l.quantity)).sum();
-    let total = if total_minor > 0 { total_minor } else { list_total };
+    let total = if total_minor > 0 { total_minor } else { list_value(lines)? };
     let total_program = cfg
         .to_program(currency, total)
         .ok_or_else(|| Rejection(format!("no conversion rate configured for currency {currency}")))?;
-    let units: u32 = lines.iter().map(|l| l.quantity).sum();
+    // Units are a statistic: a sum beyond u32 saturates.
+    let units = u32::try_from(lines.iter().map(|l| u64::from(l.quantity)).sum::<u64>()).unwrap_or(u32::MAX);
     let at = event.occurred_at;
     // Earned at the tier held when the order occurs, before its own spend counts.
     let points = if collects_points(member) {
-        let tier = loyalty::tier_for_order(member, at, &cfg.loyalty);
+        let tier = loyalty::tier_at(member, at, &cfg.loyalty);
         loyalty::order_points(total_program, lines, event.channel, tier, &cfg.loyalty)
     } else {
         0
     };
+    // Every sum the order changes must fit before anything changes.
+    let gross = sum(member, "gross spend", member.purchases.gross_minor, total_program)?;
+    let channel_spend = member.channels.get(&event.channel).map_or(0, |s| s.spend_minor);
+    let channel_spend = sum(member, "channel spend", channel_spend, total_program)?;
+    loyalty::room(member, points.unsigned_abs())?;
+    if collects_points(member) {
+        // Records the tier reviews due by the order (the tier itself was read above).
+        loyalty::tier_for_order(member, at, &cfg.loyalty);
+    }
     let p = &mut member.purchases;
-    p.orders += 1;
-    p.units += u64::from(units);
-    p.gross_minor += total_program;
+    p.orders = p.orders.saturating_add(1);
+    p.units = p.units.saturating_add(u64::from(units));
+    p.gross_minor = gross;
     p.first_order_at = Some(p.first_order_at.map_or(at, |f| f.min(at)));
     p.last_order_at = Some(p.last_order_at.map_or(at, |l| l.max(at)));
     if let Some(store) = &event.store_id {
-        *p.stores.entry(store.clone()).or_default() += 1;
+        let n = p.stores.entry(store.clone()).or_default();
+        *n = n.saturating_add(1);
     }
     let record = OrderRecord {
         order_id: order_id.to_owned(),
@@ -297,8 +313,8 @@ fn place_order(
     p.history.insert(idx, record);
     prune_history(member, cfg);
     let stats = member.channels.entry(event.channel).or_default();
-    stats.orders += 1;
-    stats.spend_minor += total_program;
+    stats.orders = stats.orders.saturating_add(1);
+    stats.spend_minor = channel_spend;
     for l in lines {
         if !l.category.is_empty() {
             bump_category(member, &l.category, 0, u64::from(l.quantity), cfg);
@@ -308,6 +324,19 @@ fn place_order(
         loyalty::earn_order(member, event, order_id, points, &cfg.loyalty, fx);
     }
     Ok(())
+}
+
+/// `a + b`, or a refusal naming the member's total that would overflow.
+pub(crate) fn sum(member: &Member, what: &str, a: i64, b: i64) -> Result<i64, Rejection> {
+    a.checked_add(b).ok_or_else(|| {
+        Rejection(format!("the {what} of `{}` would exceed what can be counted; the event was refused", member.key))
+    })
+}
+
+/// Σ unit price × quantity of order lines, exactly (validated lines fit).
+fn list_value(lines: &[Line]) -> Result<i64, Rejection> {
+    let v: i128 = lines.iter().map(|l| i128::from(l.unit_price_minor) * i128::from(l.quantity)).sum();
+    i64::try_from(v).map_err(|_| Rejection(format!("the order's list value {v} is out of range")))
 }
 
 /// Keeps orders within `order_history_days` of the latest one, at most
@@ -321,6 +350,12 @@ pub(crate) fn prune_history(member: &mut Member, cfg: &FoldConfig) {
     let old = h.partition_point(|o| o.at < horizon);
     let over = h.len().saturating_sub(cfg.max_orders_kept);
     h.drain(..old.max(over));
+}
+
+/// An order's list value (its lines were validated, so it fits).
+fn list_value_of(order: &OrderRecord) -> i64 {
+    let v: i128 = order.lines.iter().map(|l| i128::from(l.unit_price_minor) * i128::from(l.quantity)).sum();
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 fn find_order<'a>(member: &'a mut Member, order_id: &str) -> Result<&'a mut OrderRecord, Rejection> {
@@ -341,6 +376,8 @@ fn return_order(
     cfg: &FoldConfig,
     fx: &mut Effects,
 ) -> Result<(), Rejection> {
+    let order_points = find_order(member, order_id)?.points;
+    loyalty::room(member, order_points.unsigned_abs())?;
     let order = find_order(member, order_id)?;
     if order.return_ids.contains(return_id) {
         return Ok(()); // the same return reported again under another event id
@@ -348,36 +385,33 @@ fn return_order(
     if order.cancelled {
         return Err(Rejection(format!("order {order_id} was cancelled")));
     }
-    let list_total: i64 = order.lines.iter().map(|l| l.unit_price_minor * i64::from(l.quantity)).sum();
+    let list_total = i128::from(list_value_of(order));
     let (new_list, new_returned, new_units) = match returned {
         Returned::Lines(lines) => {
             let mut units = order.returned_units.clone();
-            let mut list = order.returned_list_minor;
+            let mut list = i128::from(order.returned_list_minor);
             for ReturnLine { sku, quantity } in lines {
                 let Some(line) = order.lines.iter().find(|l| &l.sku == sku) else {
                     return Err(Rejection(format!("order {order_id} has no line for SKU {sku}")));
                 };
                 let done = units.entry(sku.clone()).or_default();
-                if *done + quantity > line.quantity {
+                if u64::from(*done) + u64::from(*quantity) > u64::from(line.quantity) {
                     return Err(Rejection(format!(
                         "return of {quantity} × {sku} exceeds the {} ordered ({} already returned)",
                         line.quantity, *done
                     )));
                 }
                 *done += quantity;
-                list += line.unit_price_minor * i64::from(*quantity);
+                list += i128::from(line.unit_price_minor) * i128::from(*quantity);
             }
             // Refund what was paid for the returned share, cumulatively so
-            // rounding never drifts over several returns.
-            let refunded = if list_total > 0 {
-                (i128::from(order.total_minor) * i128::from(list) / i128::from(list_total)) as i64
-            } else {
-                0
-            };
-            (list, refunded, units)
+            // rounding never drifts over several returns. The returned list
+            // value is at most the order's, so both fit.
+            let refunded = if list_total > 0 { i128::from(order.total_minor) * list / list_total } else { 0 };
+            (list as i64, refunded as i64, units)
         }
         Returned::Amount(amount) => {
-            let refunded = order.returned_minor + amount;
+            let refunded = order.returned_minor.saturating_add(*amount);
             if refunded > order.total_minor {
                 return Err(Rejection(format!(
                     "return of {amount} exceeds what is left of order {order_id} ({} of {})",
@@ -404,9 +438,10 @@ fn return_order(
     let revoke = revoked - order.points_revoked;
     order.points_revoked = revoked;
     let channel = order.channel;
-    member.purchases.returned_minor += delta;
-    member.purchases.returns += 1;
-    member.channels.entry(channel).or_default().spend_minor -= delta;
+    member.purchases.returned_minor = member.purchases.returned_minor.saturating_add(delta);
+    member.purchases.returns = member.purchases.returns.saturating_add(1);
+    let stats = member.channels.entry(channel).or_default();
+    stats.spend_minor = stats.spend_minor.saturating_sub(delta);
     let reason = format!("return {return_id}");
     loyalty::revoke(member, event, order_id, revoke, &reason, &cfg.loyalty, fx);
     Ok(())
@@ -419,6 +454,8 @@ fn cancel_order(
     cfg: &FoldConfig,
     fx: &mut Effects,
 ) -> Result<(), Rejection> {
+    let order_points = find_order(member, order_id)?.points;
+    loyalty::room(member, order_points.unsigned_abs())?;
     let order = find_order(member, order_id)?;
     if order.cancelled {
         return Ok(());
@@ -429,22 +466,22 @@ fn cancel_order(
     let (channel, store, units, total, returned) =
         (order.channel, order.store_id.clone(), order.units, order.total_program_minor, order.returned_program_minor);
     let p = &mut member.purchases;
-    p.orders -= 1;
-    p.units -= u64::from(units);
-    p.gross_minor -= total;
-    p.returned_minor -= returned;
-    p.cancelled += 1;
+    p.orders = p.orders.saturating_sub(1);
+    p.units = p.units.saturating_sub(u64::from(units));
+    p.gross_minor = p.gross_minor.saturating_sub(total);
+    p.returned_minor = p.returned_minor.saturating_sub(returned);
+    p.cancelled = p.cancelled.saturating_add(1);
     if let Some(s) = store
         && let Some(n) = p.stores.get_mut(&s)
     {
-        *n -= 1;
+        *n = n.saturating_sub(1);
         if *n == 0 {
             p.stores.remove(&s);
         }
     }
     let stats = member.channels.entry(channel).or_default();
-    stats.orders -= 1;
-    stats.spend_minor -= total - returned;
+    stats.orders = stats.orders.saturating_sub(1);
+    stats.spend_minor = stats.spend_minor.saturating_sub(total.saturating_sub(returned));
     loyalty::revoke(member, event, order_id, revoke, "order cancelled", &cfg.loyalty, fx);
     Ok(())
 }

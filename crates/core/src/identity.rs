@@ -15,7 +15,7 @@ use xxhash_rust::xxh3::xxh3_128;
 
 use crate::config::FoldConfig;
 use crate::event::{Event, KeyKind, Line};
-use crate::fold::{bump_category, prune_history};
+use crate::fold::{bump_category, prune_history, sum};
 use crate::ident::{IdType, Identifier};
 use crate::loyalty::{self, LedgerEntry, collects_points};
 use crate::member::{Member, ProfileKind, RecentProduct};
@@ -344,7 +344,7 @@ pub(crate) fn on_joined(
     j: &Joined<'_>,
     cfg: &FoldConfig,
     fx: &mut loyalty::Effects,
-) {
+) -> Result<(), Rejection> {
     let Joined { from_key, from_kind, identifier, snapshot, ledger } = *j;
     match (from_kind, identifier) {
         (KeyKind::Identifier, Some(i)) => {
@@ -359,7 +359,7 @@ pub(crate) fn on_joined(
         }
     }
     let Some(other) = snapshot else {
-        return;
+        return Ok(());
     };
     // Identifiers a non-member profile gathered were never claimed: claim them now.
     if other.kind != ProfileKind::KnownMember {
@@ -378,7 +378,7 @@ pub(crate) fn on_joined(
         member.merged_members.extend(other.merged_members.iter().cloned());
     }
     member.aliases.extend(other.aliases.iter().cloned());
-    combine(member, other, event, ledger, cfg, fx);
+    combine(member, other, event, ledger, cfg, fx)
 }
 
 /// Adds another profile's history to `member`.
@@ -389,7 +389,7 @@ fn combine(
     ledger: &[LedgerEntry],
     cfg: &FoldConfig,
     fx: &mut loyalty::Effects,
-) {
+) -> Result<(), Rejection> {
     for (k, v) in &other.traits {
         if member.traits.get(k).is_none_or(|old| old.older_than(v.at, &v.event_id)) {
             member.traits.insert(k.clone(), v.clone());
@@ -401,25 +401,30 @@ fn combine(
         }
     }
     for (c, s) in &other.channels {
+        let spend = member.channels.get(c).map_or(0, |m| m.spend_minor);
+        let spend = sum(member, "channel spend", spend, s.spend_minor)?;
         let mine = member.channels.entry(*c).or_default();
-        mine.events += s.events;
-        mine.orders += s.orders;
-        mine.spend_minor += s.spend_minor;
+        mine.events = mine.events.saturating_add(s.events);
+        mine.orders = mine.orders.saturating_add(s.orders);
+        mine.spend_minor = spend;
         mine.last_seen_at = mine.last_seen_at.max(s.last_seen_at);
     }
     combine_browse(member, other, cfg);
+    let gross = sum(member, "gross spend", member.purchases.gross_minor, other.purchases.gross_minor)?;
+    let returned = sum(member, "returned amount", member.purchases.returned_minor, other.purchases.returned_minor)?;
     let p = &mut member.purchases;
     let q = &other.purchases;
-    p.orders += q.orders;
-    p.units += q.units;
-    p.gross_minor += q.gross_minor;
-    p.returned_minor += q.returned_minor;
-    p.returns += q.returns;
-    p.cancelled += q.cancelled;
+    p.orders = p.orders.saturating_add(q.orders);
+    p.units = p.units.saturating_add(q.units);
+    p.gross_minor = gross;
+    p.returned_minor = returned;
+    p.returns = p.returns.saturating_add(q.returns);
+    p.cancelled = p.cancelled.saturating_add(q.cancelled);
     p.first_order_at = min_opt(p.first_order_at, q.first_order_at);
     p.last_order_at = p.last_order_at.max(q.last_order_at);
     for (s, n) in &q.stores {
-        *p.stores.entry(s.clone()).or_default() += n;
+        let mine = p.stores.entry(s.clone()).or_default();
+        *mine = mine.saturating_add(*n);
     }
     let known: BTreeSet<String> = p.history.iter().map(|o| o.order_id.clone()).collect();
     let mut joined_orders = Vec::new();
@@ -432,20 +437,21 @@ fn combine(
     member.first_seen_at = min_opt(member.first_seen_at, other.first_seen_at);
     member.last_seen_at = member.last_seen_at.max(other.last_seen_at);
     member.enrolled_at = min_opt(member.enrolled_at, other.enrolled_at);
-    member.version.events_applied += other.version.events_applied;
+    member.version.events_applied = member.version.events_applied.saturating_add(other.version.events_applied);
     if !collects_points(member) {
-        return;
+        return Ok(());
     }
     if other.kind == ProfileKind::KnownMember {
-        combine_points(member, other, ledger, fx);
+        combine_points(member, other, ledger, fx)?;
     } else {
         // Orders of an anonymous or provisional profile earn when it joins a
         // member: at the tier the member held when each occurred.
         for order_id in joined_orders {
-            earn_joined_order(member, &order_id, &other.key, event, cfg, fx);
+            earn_joined_order(member, &order_id, &other.key, event, cfg, fx)?;
         }
     }
     loyalty::upgrade(member, event.occurred_at, &cfg.loyalty);
+    Ok(())
 }
 
 fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
@@ -458,15 +464,15 @@ fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
 fn combine_browse(member: &mut Member, other: &Member, cfg: &FoldConfig) {
     let b = &mut member.browse;
     let o = &other.browse;
-    b.product_views += o.product_views;
-    b.searches += o.searches;
-    b.cart_updates += o.cart_updates;
+    b.product_views = b.product_views.saturating_add(o.product_views);
+    b.searches = b.searches.saturating_add(o.searches);
+    b.cart_updates = b.cart_updates.saturating_add(o.cart_updates);
     let mut recent: BTreeMap<String, RecentProduct> = BTreeMap::new();
     for r in b.recent.iter().chain(&o.recent) {
         recent
             .entry(r.sku.clone())
             .and_modify(|e| {
-                e.views += r.views;
+                e.views = e.views.saturating_add(r.views);
                 e.last_viewed_at = e.last_viewed_at.max(r.last_viewed_at);
                 if e.category.is_empty() {
                     e.category = r.category.clone();
@@ -494,9 +500,22 @@ fn combine_browse(member: &mut Member, other: &Member, cfg: &FoldConfig) {
 }
 
 /// A merged member's lots, totals and ledger, renumbered after the survivor's.
-fn combine_points(member: &mut Member, other: &Member, ledger: &[LedgerEntry], fx: &mut loyalty::Effects) {
-    let l = &mut member.loyalty;
+fn combine_points(
+    member: &mut Member,
+    other: &Member,
+    ledger: &[LedgerEntry],
+    fx: &mut loyalty::Effects,
+) -> Result<(), Rejection> {
     let o = &other.loyalty;
+    let totals = [
+        sum(member, "points owed", member.loyalty.negative, o.negative)?,
+        sum(member, "points earned", member.loyalty.earned, o.earned)?,
+        sum(member, "points redeemed", member.loyalty.redeemed, o.redeemed)?,
+        sum(member, "points revoked", member.loyalty.revoked, o.revoked)?,
+        sum(member, "points expired", member.loyalty.expired, o.expired)?,
+        sum(member, "points written off", member.loyalty.written_off, o.written_off)?,
+    ];
+    let l = &mut member.loyalty;
     let mut renumbered: BTreeMap<u64, u64> = BTreeMap::new();
     for e in ledger {
         let seq = l.next_seq;
@@ -522,13 +541,9 @@ fn combine_points(member: &mut Member, other: &Member, ledger: &[LedgerEntry], f
         };
         l.insert_lot(lot);
     }
-    l.negative += o.negative;
-    l.earned += o.earned;
-    l.redeemed += o.redeemed;
-    l.revoked += o.revoked;
-    l.expired += o.expired;
-    l.written_off += o.written_off;
+    [l.negative, l.earned, l.redeemed, l.revoked, l.expired, l.written_off] = totals;
     l.clock = l.clock.max(o.clock);
+    Ok(())
 }
 
 /// Earns the points of an order that joined from a non-member profile.
@@ -539,12 +554,12 @@ fn earn_joined_order(
     event: &Event,
     cfg: &FoldConfig,
     fx: &mut loyalty::Effects,
-) {
+) -> Result<(), Rejection> {
     let Some(order) = member.purchases.history.iter().find(|o| o.order_id == order_id) else {
-        return;
+        return Ok(());
     };
     if order.cancelled || order.points > 0 {
-        return;
+        return Ok(());
     }
     let lines: Vec<Line> = order
         .lines
@@ -560,11 +575,18 @@ fn earn_joined_order(
     let (returned, total) = (order.returned_minor, order.total_minor);
     let tier = loyalty::tier_at(member, at, &cfg.loyalty);
     let points = loyalty::order_points(total_program, &lines, channel, tier, &cfg.loyalty);
-    let revoked = if total > 0 { (i128::from(points) * i128::from(returned) / i128::from(total)) as i64 } else { 0 };
+    loyalty::room(member, points.unsigned_abs())?;
+    // At most `points`: returned never exceeds the order's total.
+    let revoked = if total > 0 {
+        (i128::from(points) * i128::from(returned.clamp(0, total)) / i128::from(total)) as i64
+    } else {
+        0
+    };
     if let Some(o) = member.purchases.history.iter_mut().find(|o| o.order_id == order_id) {
         o.points = points;
         o.points_revoked = revoked;
     }
     let order = loyalty::JoinedOrder { order_id, at, channel, points, revoked, from };
     loyalty::earn_joined(member, event, &order, &cfg.loyalty, fx);
+    Ok(())
 }

@@ -129,7 +129,7 @@ pub struct OrderRecord {
 
 impl OrderRecord {
     pub fn net_program_minor(&self) -> i64 {
-        self.total_program_minor - self.returned_program_minor
+        self.total_program_minor.saturating_sub(self.returned_program_minor)
     }
 }
 
@@ -152,7 +152,7 @@ pub struct Purchases {
 
 impl Purchases {
     pub fn net_minor(&self) -> i64 {
-        self.gross_minor - self.returned_minor
+        self.gross_minor.saturating_sub(self.returned_minor)
     }
 
     /// The store with most orders; ties go to the smallest id.

@@ -153,3 +153,50 @@ pub fn events(max_len: usize) -> impl Strategy<Value = Vec<proto::Event>> {
         out
     })
 }
+
+/// Values a hostile or broken producer may send in a numeric field.
+fn absurd_i64() -> impl Strategy<Value = i64> {
+    prop_oneof![
+        Just(i64::MIN),
+        Just(i64::MAX),
+        Just(i64::MIN + 1),
+        Just(-1i64),
+        Just(0i64),
+        Just(1_000_000_000_000i64),
+        Just(1_000_000_000_001i64),
+        any::<i64>(),
+        (-10_000i64..10_000),
+    ]
+}
+
+fn absurd_i32() -> impl Strategy<Value = i32> {
+    prop_oneof![Just(i32::MIN), Just(i32::MAX), Just(0i32), Just(-1i32), Just(100_001i32), any::<i32>(), 1i32..5]
+}
+
+/// [`events`] with some numeric fields replaced by absurd values: amounts,
+/// prices, quantities, deltas and points at the edges of their types.
+/// Validation refuses some; the fold must take the rest without overflow.
+pub fn hostile_events(max_len: usize) -> impl Strategy<Value = Vec<proto::Event>> {
+    (events(max_len), prop::collection::vec((any::<prop::sample::Index>(), absurd_i64(), absurd_i32()), 0..12))
+        .prop_map(|(mut stream, changes)| {
+            for (at, big, small) in changes {
+                let i = at.index(stream.len());
+                match stream[i].payload.as_mut() {
+                    Some(Payload::ProductViewed(p)) => p.price_minor = big,
+                    Some(Payload::OrderPlaced(p)) => match p.lines.first_mut() {
+                        Some(l) if small % 2 == 0 => l.quantity = small,
+                        Some(l) if big % 3 == 0 => l.unit_price_minor = big,
+                        _ => p.total_minor = big,
+                    },
+                    Some(Payload::OrderReturned(p)) => match p.lines.first_mut() {
+                        Some(l) => l.quantity = small,
+                        None => p.amount_minor = big,
+                    },
+                    Some(Payload::PointsAdjusted(p)) => p.delta = big,
+                    Some(Payload::PointsRedemptionRequested(p)) => p.points = big,
+                    _ => {}
+                }
+            }
+            stream
+        })
+}

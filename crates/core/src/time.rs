@@ -7,7 +7,8 @@ use omnifold_proto::wkt::Timestamp;
 pub type Millis = i64;
 
 pub const SECOND: Millis = 1_000;
-pub const DAY: Millis = 86_400 * SECOND;
+pub const HOUR: Millis = 3_600 * SECOND;
+pub const DAY: Millis = 24 * HOUR;
 
 /// Earliest accepted event time (2000-01-01T00:00:00Z).
 pub const MIN_EVENT_TIME: Millis = 946_684_800_000;

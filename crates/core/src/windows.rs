@@ -50,13 +50,13 @@ impl Member {
             }
             if age < 365 * DAY {
                 w.orders_last_365_days += 1;
-                w.net_last_365_days_minor += o.net_program_minor();
+                w.net_last_365_days_minor = w.net_last_365_days_minor.saturating_add(o.net_program_minor());
             }
             last = Some(last.map_or(o.at, |l| l.max(o.at)));
         }
         let p = &self.purchases;
         if p.orders > 0 {
-            w.average_order_value_minor = p.net_minor() / p.orders as i64;
+            w.average_order_value_minor = p.net_minor() / i64::try_from(p.orders).unwrap_or(i64::MAX);
         }
         let recency = last.or(p.last_order_at.filter(|l| *l <= now)).map(|l| days_between(l, now));
         let mut rfm = Rfm {

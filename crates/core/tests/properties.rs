@@ -4,7 +4,7 @@
 
 use omnifold_core::fold::{Position, apply, kind_of};
 use omnifold_core::loyalty::NegativeBalance;
-use omnifold_core::testing::events;
+use omnifold_core::testing::{events, hostile_events};
 use omnifold_core::time::DAY;
 use omnifold_core::{Event, FoldConfig, LedgerEntry, Member};
 use proptest::prelude::*;
@@ -15,7 +15,10 @@ type Folded = BTreeMap<String, (Member, Vec<LedgerEntry>)>;
 fn fold_with(wire: &[omnifold_proto::v1::Event], cfg: &FoldConfig) -> Folded {
     let mut members: Folded = BTreeMap::new();
     for (i, w) in wire.iter().enumerate() {
-        let e = Event::try_from(w.clone()).expect("generated events are valid");
+        // Hostile streams carry events validation refuses: they never reach the fold.
+        let Ok(e) = Event::validate(w.clone(), &cfg.limits) else {
+            continue;
+        };
         let key = e.subject.key();
         let (m, ledger) = members.entry(key.clone()).or_insert_with(|| (Member::new(key, kind_of(&e)), Vec::new()));
         let before = m.clone();
@@ -111,4 +114,48 @@ proptest! {
             }
         }
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// Absurd amounts, quantities, deltas and points (i64::MIN, i64::MAX,
+    /// just over the limits) are refused by validation or folded exactly:
+    /// nothing overflows, the books balance and no lot goes below zero.
+    #[test]
+    fn absurd_values_never_break_the_books(stream in hostile_events(80), write_off in any::<bool>()) {
+        let mut cfg = FoldConfig::default();
+        if write_off {
+            cfg.loyalty.negative_balance = NegativeBalance::WriteOff;
+        }
+        let cfg = cfg.validate().unwrap();
+        for (m, ledger) in fold_with(&stream, &cfg).values() {
+            let clock = m.loyalty.clock;
+            for at in [clock, clock + 7 * DAY, clock + 400 * DAY] {
+                check_points(m, at, &cfg)?;
+            }
+            if !write_off {
+                let b = m.balance(clock, &cfg.loyalty);
+                prop_assert_eq!(ledger.iter().map(|e| e.points).sum::<i64>(), b.active + b.pending - b.negative);
+            }
+            let p = &m.purchases;
+            prop_assert!(p.gross_minor >= 0 && p.returned_minor >= 0 && p.returned_minor <= p.gross_minor);
+        }
+    }
+}
+
+/// The finding that opened issue 9: one adjustment of i64::MIN points
+/// is refused by validation, naming the field and the limit.
+#[test]
+fn an_adjustment_of_i64_min_points_is_refused() {
+    let json = r#"{"eventId":"evil","occurredAt":"2026-06-01T10:00:00Z","channel":"CALL_CENTER",
+        "subject":{"memberId":"m-1"},"pointsAdjusted":{"delta":"-9223372036854775808","reason":"x","actor":"y"}}"#;
+    let err = omnifold_core::decode_event(json.as_bytes(), 65536, &Default::default()).unwrap_err();
+    assert_eq!(err.kind(), "validation");
+    assert!(
+        err.to_string().contains(
+            "`pointsAdjusted.delta`: 9223372036854775808 is above the limit of 1000000000 (fold.limits.max_points)"
+        ),
+        "{err}"
+    );
 }

@@ -56,7 +56,8 @@ impl<'a> LocalLog<'a> {
     /// subject's key (murmur2); an undecodable record to partition 0, where
     /// it becomes a dead letter.
     pub fn append(&mut self, value: Vec<u8>) {
-        let key = decode_event(&value, usize::MAX).ok().map(|e| e.subject.key().into_bytes());
+        let key =
+            decode_event(&value, usize::MAX, &self.processor.fold().limits).ok().map(|e| e.subject.key().into_bytes());
         self.push(Queued { value, key, route: None });
     }
 

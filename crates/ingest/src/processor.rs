@@ -150,13 +150,20 @@ impl Processor {
         &self.store
     }
 
+    /// The fold's rules this processor applies.
+    pub fn fold(&self) -> &FoldConfig {
+        &self.fold
+    }
+
     /// Processes consecutive records of one partition (offsets ascending).
     pub fn process(&self, partition: u32, records: &[Record<'_>]) -> Result<Processed> {
         let store = &*self.store;
         let mut batch = store.batch(&self.topic, partition);
         let mut dead_letters = Vec::new();
-        let decoded: Vec<Result<Event, omnifold_core::Error>> =
-            records.iter().map(|r| decode_event(r.value.unwrap_or_default(), self.max_event_bytes)).collect();
+        let decoded: Vec<Result<Event, omnifold_core::Error>> = records
+            .iter()
+            .map(|r| decode_event(r.value.unwrap_or_default(), self.max_event_bytes, &self.fold.limits))
+            .collect();
 
         let ids: Vec<&str> = decoded.iter().filter_map(|d| d.as_ref().ok()).map(|e| e.event_id.as_str()).collect();
         let seen_before = store.seen(partition, &ids)?;
@@ -377,7 +384,7 @@ impl Processor {
         if !old.is_empty() {
             let mut base = store.history_base(partition, &m.key)?.unwrap_or_else(|| Member::new(m.key.clone(), m.kind));
             for (_, _, record) in &old {
-                if let Ok(e) = decode_event(record, usize::MAX) {
+                if let Ok(e) = decode_event(record, usize::MAX, &self.fold.limits) {
                     // What the fold refuses or would write is beside the point here.
                     let _ = fold::apply(&mut base, &e, Position { partition, offset: 0 }, &self.fold);
                 }

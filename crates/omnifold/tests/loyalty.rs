@@ -366,7 +366,8 @@ async fn as_of_answers_are_the_fold_of_the_events_up_to_then() {
 
     // The person's events as the log now stands, folded by the test itself.
     let cfg = FoldConfig::default().validate().unwrap();
-    let events: Vec<Event> = records.iter().map(|(_, v)| omnifold_core::decode_event(v, 65536).unwrap()).collect();
+    let events: Vec<Event> =
+        records.iter().map(|(_, v)| omnifold_core::decode_event(v, 65536, &Default::default()).unwrap()).collect();
     let expected = |at: i64| {
         let mut m = Member::new("m-a", ProfileKind::KnownMember);
         for e in events.iter().filter(|e| e.occurred_at <= at) {
@@ -452,8 +453,11 @@ async fn with_a_history_retention_as_of_stays_exact_after_the_horizon_and_says_s
     service.wait_consumed(&setup, 5).await;
 
     let cfg = FoldConfig::default().validate().unwrap();
-    let events: Vec<Event> =
-        first.iter().chain(&later).map(|(_, v)| omnifold_core::decode_event(v, 65536).unwrap()).collect();
+    let events: Vec<Event> = first
+        .iter()
+        .chain(&later)
+        .map(|(_, v)| omnifold_core::decode_event(v, 65536, &Default::default()).unwrap())
+        .collect();
     let day = |d: f64| now() - ((d0 as f64 - d) * DAY as f64) as i64;
     let mut profiles = service.profiles().await;
     for d in [98.0, 100.5, 101.5] {

@@ -127,7 +127,7 @@ fn as_of(state: &AppState, member: Member, at: Millis) -> Result<Member, Error> 
         None => Member::new(member.key.clone(), member.kind),
     };
     for (_, _, record) in history.into_iter().filter(|(_, t, _)| *t <= at) {
-        if let Ok(event) = decode_event(&record, usize::MAX) {
+        if let Ok(event) = decode_event(&record, usize::MAX, &state.fold.limits) {
             // Refused events stay refused; what the fold would write is dropped.
             let _ = apply(&mut past, &event, Position { partition, offset: 0 }, &state.fold);
         }

@@ -273,18 +273,18 @@ impl Member {
         let soon = at + cfg.expiring_soon();
         for lot in l.lots.iter().filter(|lot| lot.remaining > 0) {
             if lot.expires_at <= at {
-                b.expired += lot.remaining;
+                b.expired = b.expired.saturating_add(lot.remaining);
             } else if lot.activates_at > at {
-                b.pending += lot.remaining;
+                b.pending = b.pending.saturating_add(lot.remaining);
                 b.pending_lots.push(PendingLot {
                     points: lot.remaining,
                     activates_at: lot.activates_at,
                     order_id: lot.order_id.clone(),
                 });
             } else {
-                b.active += lot.remaining;
+                b.active = b.active.saturating_add(lot.remaining);
                 if lot.expires_at <= soon {
-                    b.expiring_soon += lot.remaining;
+                    b.expiring_soon = b.expiring_soon.saturating_add(lot.remaining);
                     b.expiring_lots.push(ExpiringLot { points: lot.remaining, expires_at: lot.expires_at });
                 }
             }
@@ -300,9 +300,9 @@ impl Member {
         for lot in self.loyalty.lots.iter().filter(|l| l.remaining > 0 && at < l.expires_at) {
             let e = out.entry(lot.channel).or_default();
             if lot.activates_at <= at {
-                e.0 += lot.remaining;
+                e.0 = e.0.saturating_add(lot.remaining);
             } else {
-                e.1 += lot.remaining;
+                e.1 = e.1.saturating_add(lot.remaining);
             }
         }
         out
@@ -355,6 +355,22 @@ fn expiry_entry(seq: u64, lot: &Lot) -> LedgerEntry {
         activates_at: Some(lot.activates_at),
         expires_at: Some(lot.expires_at),
     }
+}
+
+/// Refuses an event that could move up to `points` points when one of the
+/// member's lifetime totals could not count them. Called before the event
+/// changes anything, so every later `+` on the totals fits.
+pub(crate) fn room(member: &Member, points: u64) -> Result<(), crate::Rejection> {
+    let l = &member.loyalty;
+    let points = i64::try_from(points).unwrap_or(i64::MAX);
+    let totals = [l.earned, l.redeemed, l.revoked, l.expired, l.written_off, l.negative];
+    if totals.iter().any(|t| t.checked_add(points).is_none()) {
+        return Err(crate::Rejection(format!(
+            "the points totals of `{}` cannot count {points} more points; the event was refused",
+            member.key
+        )));
+    }
+    Ok(())
 }
 
 /// Only members collect points; anonymous and provisional profiles do not.
@@ -467,9 +483,12 @@ impl Loyalty {
 
     /// Points that can be spent at `at`: active minus what is owed.
     pub fn spendable(&self, at: Millis) -> i64 {
-        let active: i64 =
-            self.lots.iter().filter(|l| l.activates_at <= at && at < l.expires_at).map(|l| l.remaining).sum();
-        (active - self.negative).max(0)
+        let active = self
+            .lots
+            .iter()
+            .filter(|l| l.activates_at <= at && at < l.expires_at)
+            .fold(0i64, |sum, l| sum.saturating_add(l.remaining));
+        active.saturating_sub(self.negative).max(0)
     }
 
     /// Records a shortfall according to the policy.

@@ -37,19 +37,19 @@ impl Liability {
         let tier = super::tier_at(member, self.as_of, cfg);
         for (channel, (active, pending)) in member.outstanding(self.as_of) {
             let row = self.rows.entry((tier, channel)).or_default();
-            row.active += active;
-            row.pending += pending;
+            row.active = row.active.saturating_add(active);
+            row.pending = row.pending.saturating_add(pending);
             row.members += 1;
         }
-        self.negative += member.loyalty.negative;
+        self.negative = self.negative.saturating_add(member.loyalty.negative);
     }
 
     pub fn total_active(&self) -> i64 {
-        self.rows.values().map(|r| r.active).sum()
+        self.rows.values().fold(0i64, |t, r| t.saturating_add(r.active))
     }
 
     pub fn total_pending(&self) -> i64 {
-        self.rows.values().map(|r| r.pending).sum()
+        self.rows.values().fold(0i64, |t, r| t.saturating_add(r.pending))
     }
 }
 

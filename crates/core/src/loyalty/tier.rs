@@ -27,8 +27,7 @@ pub(crate) fn qualifying_spend(member: &Member, at: Millis, cfg: &LoyaltyConfig)
         .history
         .iter()
         .filter(|o| !o.cancelled && o.at > from && o.at <= at)
-        .map(|o| o.net_program_minor())
-        .sum()
+        .fold(0i64, |sum, o| sum.saturating_add(o.net_program_minor()))
 }
 
 #[derive(Debug, Clone, Copy)]
