@@ -6,6 +6,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::Error;
 
+/// How an instance gets its partitions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Assignment {
+    /// Join the consumer group `group_id`; Kafka shares the partitions
+    /// among the group's instances (scale-out).
+    #[default]
+    Group,
+    /// Read every partition without joining a group: one instance on one
+    /// machine. A restart resumes at once, with no group to rebalance.
+    All,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IngestConfig {
@@ -17,6 +30,8 @@ pub struct IngestConfig {
     /// routes to. Every instance reads all of it into its store.
     pub identity_topic: String,
     pub group_id: String,
+    /// `group` (default) or `all`.
+    pub assignment: Assignment,
     /// Most records folded into one store batch.
     pub batch_max_records: usize,
     /// A batch takes every record already fetched; when none is left it
@@ -31,6 +46,12 @@ pub struct IngestConfig {
     /// Decoded members kept in memory between batches (0 disables), so a
     /// busy member is not read and decoded from RocksDB on every batch.
     pub member_cache_entries: usize,
+    /// A partition resumed at offset N is fetched from this many records
+    /// earlier, and the records before N are dropped: some brokers (tansu
+    /// 0.6) answer a fetch inside a producer's batch with the next batch,
+    /// skipping the rest of the one that holds N. A first record after N
+    /// still makes omnifold read from further back (docs/decisions.md).
+    pub resume_rewind_records: i64,
     /// Extra librdkafka settings for the consumer and producer.
     pub librdkafka: BTreeMap<String, String>,
 }
@@ -43,11 +64,13 @@ impl Default for IngestConfig {
             dead_letter_topic: "omnifold.events.dlq".into(),
             identity_topic: "omnifold.identity".into(),
             group_id: "omnifold".into(),
+            assignment: Assignment::Group,
             batch_max_records: 5_000,
             batch_max_wait_ms: 0,
             fetch_wait_max_ms: 10,
             max_event_bytes: 64 * 1024,
             member_cache_entries: 20_000,
+            resume_rewind_records: 10_000,
             librdkafka: BTreeMap::new(),
         }
     }
@@ -71,6 +94,9 @@ impl IngestConfig {
         }
         if self.batch_max_records == 0 {
             return Err(Error::Config("batch_max_records must be at least 1".into()));
+        }
+        if !(0..=100_000_000).contains(&self.resume_rewind_records) {
+            return Err(Error::Config("resume_rewind_records must be 0 to 100000000".into()));
         }
         if self.max_event_bytes < 1024 {
             return Err(Error::Config("max_event_bytes must be at least 1024".into()));

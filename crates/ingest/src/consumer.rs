@@ -18,7 +18,10 @@ use tracing::{debug, error, info, warn};
 
 use omnifold_store::{Store, StoreHandle, StoreSwitch};
 
+use crate::config::Assignment;
+use crate::failpoint;
 use crate::processor::{OutRecord, Processor, ROUTE_HEADER, Record};
+use crate::resume::{Resume, Step};
 use crate::{Error, IngestConfig, Result};
 
 /// A stop signal the poll loop checks between batches: the batch in hand is
@@ -51,8 +54,10 @@ struct IngestContext {
     /// The store offsets come from; replaced by a switch.
     store: Mutex<Arc<Store>>,
     topic: String,
-    /// Partitions this member owns, with the next offset to apply.
-    assigned: Mutex<HashMap<u32, i64>>,
+    /// Partitions this member owns, with where each is read from.
+    assigned: Mutex<HashMap<u32, Resume>>,
+    /// `kafka.resume_rewind_records`.
+    rewind: i64,
     fatal: Mutex<Option<String>>,
 }
 
@@ -75,12 +80,16 @@ impl ConsumerContext for IngestContext {
                             None
                         }
                     };
-                    let offset = next.map_or(Offset::Beginning, Offset::Offset);
+                    let resume = Resume::at(next.unwrap_or(0), self.rewind);
+                    let offset = match resume.position() {
+                        0 => Offset::Beginning,
+                        at => Offset::Offset(at),
+                    };
                     if let Err(e) = tpl.set_partition_offset(&topic, p, offset) {
                         error!(error = %e, partition = p, "cannot set start offset");
                     }
                     if topic == self.topic {
-                        assigned.insert(p as u32, next.unwrap_or(0));
+                        assigned.insert(p as u32, resume);
                     }
                     info!(partition = p, next_offset = ?next, "partition assigned; resuming from the store's offset");
                 }
@@ -139,16 +148,6 @@ pub(crate) fn record_of<'a>(m: &'a BorrowedMessage<'_>) -> Record<'a> {
         .and_then(|h| h.value)
         .and_then(|v| std::str::from_utf8(v).ok());
     Record { offset: m.offset(), key: m.key(), value: m.payload(), route }
-}
-
-/// Test hook: `OMNIFOLD_FAILPOINT=after_outbox` aborts the process right
-/// after a batch's outgoing events are acknowledged and before its commit,
-/// which is the window the crash tests need to hit.
-fn failpoint(name: &str) {
-    if std::env::var("OMNIFOLD_FAILPOINT").is_ok_and(|v| v == name) {
-        error!(failpoint = name, "failpoint reached: aborting");
-        std::process::abort();
-    }
 }
 
 /// Produces records and waits until the broker has every one of them.
@@ -226,6 +225,7 @@ pub fn run_switchable(
         store: Mutex::new(store.clone()),
         topic: cfg.topic.clone(),
         assigned: Mutex::new(HashMap::new()),
+        rewind: cfg.resume_rewind_records,
         fatal: Mutex::new(None),
     };
     let consumer: BaseConsumer<IngestContext> = client_config(cfg)
@@ -243,8 +243,11 @@ pub fn run_switchable(
         .set("partitioner", "murmur2_random")
         .set("linger.ms", "5")
         .create_with_context(DlqContext::default())?;
-    consumer.subscribe(&[cfg.topic.as_str()])?;
-    info!(topic = %cfg.topic, partitions, group = %cfg.group_id, "ingest started");
+    match cfg.assignment {
+        Assignment::Group => consumer.subscribe(&[cfg.topic.as_str()])?,
+        Assignment::All => assign_all(&consumer, &cfg.topic, partitions)?,
+    }
+    info!(topic = %cfg.topic, partitions, group = %cfg.group_id, assignment = ?cfg.assignment, "ingest started");
 
     let max_wait = Duration::from_millis(cfg.batch_max_wait_ms);
     while !shutdown.is_triggered() {
@@ -298,6 +301,21 @@ pub fn run_switchable(
     Ok(())
 }
 
+/// `assignment = "all"`: every partition, positioned from the store, with
+/// no consumer group to join.
+fn assign_all(consumer: &BaseConsumer<IngestContext>, topic: &str, partitions: u32) -> Result<()> {
+    let store = consumer.context().store.lock().expect("store lock").clone();
+    let mut tpl = TopicPartitionList::new();
+    let mut assigned = consumer.context().assigned.lock().expect("assignment lock");
+    for p in 0..partitions {
+        let resume = Resume::at(store.next_offset(topic, p)?.unwrap_or(0), consumer.context().rewind);
+        tpl.add_partition_offset(topic, p as i32, Offset::Offset(resume.position()))?;
+        assigned.insert(p, resume);
+    }
+    consumer.assign(&tpl)?;
+    Ok(())
+}
+
 /// Catches `to` up to exactly the offsets the current store has read for
 /// every assigned partition (reading those records again from the topic),
 /// then folds into it and serves from it. Ingest pauses meanwhile; reads go
@@ -311,15 +329,15 @@ fn switch_store(
     to: Arc<Store>,
 ) -> Result<BTreeMap<u32, i64>> {
     let until: BTreeMap<u32, i64> =
-        consumer.context().assigned.lock().expect("assignment lock").iter().map(|(p, n)| (*p, *n)).collect();
+        consumer.context().assigned.lock().expect("assignment lock").iter().map(|(p, r)| (*p, r.next)).collect();
     let next = processor.with_store(to.clone());
     crate::replay(cfg, &next, &crate::ReplayEnd::At(until.clone()), None, &Shutdown::default(), |_| {})?;
     // A store that had read further than the current one keeps its place:
     // records below its offsets are skipped.
     {
         let mut assigned = consumer.context().assigned.lock().expect("assignment lock");
-        for (p, n) in assigned.iter_mut() {
-            *n = (*n).max(to.next_offset(&cfg.topic, *p)?.unwrap_or(0));
+        for (p, r) in assigned.iter_mut() {
+            r.next = r.next.max(to.next_offset(&cfg.topic, *p)?.unwrap_or(0));
         }
     }
     *consumer.context().store.lock().expect("store lock") = to.clone();
@@ -339,17 +357,32 @@ fn commit_messages(
     shutdown: &Shutdown,
 ) -> Result<()> {
     let mut by_partition: BTreeMap<u32, Vec<Record<'_>>> = BTreeMap::new();
+    let mut rewinds: BTreeMap<u32, i64> = BTreeMap::new();
     {
-        let assigned = consumer.context().assigned.lock().expect("assignment lock");
+        let mut assigned = consumer.context().assigned.lock().expect("assignment lock");
         for m in messages {
             let p = m.partition() as u32;
-            // Skip partitions revoked meanwhile, and records already applied
-            // (fetched before the seek to the store's offset took effect).
-            match assigned.get(&p) {
-                Some(next) if m.offset() >= *next => {}
-                _ => continue,
+            // Skip partitions revoked meanwhile, records already applied,
+            // and what arrived before a rewind.
+            let Some(resume) = assigned.get_mut(&p) else {
+                continue;
+            };
+            if rewinds.contains_key(&p) {
+                continue;
             }
-            by_partition.entry(p).or_default().push(record_of(m));
+            match resume.step(m.offset()) {
+                Step::Take => by_partition.entry(p).or_default().push(record_of(m)),
+                Step::Skip => {}
+                Step::Rewind(to) => {
+                    rewinds.insert(p, to);
+                }
+            }
+        }
+    }
+    for (p, to) in rewinds {
+        warn!(partition = p, from = to, "the broker skipped records at the resume offset; reading again from earlier");
+        if let Err(e) = consumer.seek(&cfg.topic, p as i32, Offset::Offset(to), Duration::from_secs(10)) {
+            warn!(partition = p, error = %e, "seek failed");
         }
     }
     let mut offsets = TopicPartitionList::new();
@@ -367,16 +400,15 @@ fn commit_messages(
         }
         if !processed.outbox.is_empty() {
             deliver(producer, &cfg.topic, &processed.outbox, shutdown)?;
-            failpoint("after_outbox");
+            failpoint::hit("after_outbox");
         }
         metrics::counter!("omnifold_events_misrouted_total").increment(processed.misrouted);
         metrics::counter!("omnifold_events_forwarded_total").increment(processed.forwarded);
         let next = processed.next_offset;
         let (applied, duplicates) = (processed.applied, processed.duplicates);
+        failpoint::hit("before_commit");
         processor.commit(processed)?;
-        if let Some(n) = consumer.context().assigned.lock().expect("assignment lock").get_mut(&partition) {
-            *n = next;
-        }
+        failpoint::hit("after_commit");
         offsets.add_partition_offset(&cfg.topic, partition as i32, Offset::Offset(next))?;
         metrics::counter!("omnifold_events_applied_total").increment(applied);
         metrics::counter!("omnifold_events_duplicate_total").increment(duplicates);

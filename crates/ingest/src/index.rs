@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use omnifold_store::StoreHandle;
 
 use crate::consumer::client_config;
+use crate::resume::{Resume, Step};
 use crate::{IngestConfig, Result, Shutdown};
 
 /// Reads the identity topic into `store` until `shutdown`. Blocking: run it
@@ -29,9 +30,11 @@ pub fn run_index(cfg: &IngestConfig, stores: &StoreHandle, shutdown: &Shutdown) 
         .create()?;
     let partitions = crate::partition_count(cfg, topic)?;
     let mut tpl = TopicPartitionList::new();
+    let mut resumes = std::collections::BTreeMap::new();
     for p in 0..partitions {
-        let start = store.next_offset(topic, p)?.map_or(Offset::Beginning, Offset::Offset);
-        tpl.add_partition_offset(topic, p as i32, start)?;
+        let resume = Resume::at(store.next_offset(topic, p)?.unwrap_or(0), cfg.resume_rewind_records);
+        tpl.add_partition_offset(topic, p as i32, Offset::Offset(resume.position()))?;
+        resumes.insert(p, resume);
     }
     consumer.assign(&tpl)?;
     info!(topic, partitions, "identity index reader started");
@@ -50,6 +53,7 @@ pub fn run_index(cfg: &IngestConfig, stores: &StoreHandle, shutdown: &Shutdown) 
         let store = stores.get();
         let store = store.as_ref();
         let mut batches = std::collections::BTreeMap::new();
+        let mut rewinds = std::collections::BTreeMap::new();
         for m in messages {
             let m = match m {
                 Ok(m) => m,
@@ -59,6 +63,20 @@ pub fn run_index(cfg: &IngestConfig, stores: &StoreHandle, shutdown: &Shutdown) 
                 }
             };
             let p = m.partition() as u32;
+            let Some(resume) = resumes.get_mut(&p) else {
+                continue;
+            };
+            if rewinds.contains_key(&p) {
+                continue;
+            }
+            match resume.step(m.offset()) {
+                Step::Take => {}
+                Step::Skip => continue,
+                Step::Rewind(to) => {
+                    rewinds.insert(p, to);
+                    continue;
+                }
+            }
             let batch = batches.entry(p).or_insert_with(|| store.batch(topic, p));
             let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
                 continue;
@@ -69,6 +87,10 @@ pub fn run_index(cfg: &IngestConfig, stores: &StoreHandle, shutdown: &Shutdown) 
         }
         for (_, batch) in batches {
             store.commit(batch)?;
+        }
+        for (p, to) in rewinds {
+            warn!(partition = p, from = to, "the broker skipped identity records; reading again from earlier");
+            consumer.seek(topic, p as i32, Offset::Offset(to), Duration::from_secs(10))?;
         }
     }
     Ok(())

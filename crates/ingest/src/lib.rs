@@ -11,13 +11,15 @@ mod config;
 mod consumer;
 mod dead_letter;
 mod dlq;
+mod failpoint;
 mod index;
 mod local;
 mod processor;
 mod replay;
+mod resume;
 
 pub use admin::{CommandProducer, EventProducer, TopicOutcome, create_topics};
-pub use config::IngestConfig;
+pub use config::{Assignment, IngestConfig};
 pub use consumer::{Shutdown, client_config, partition_count, run, run_switchable};
 pub use dead_letter::DeadLetter;
 pub use dlq::{StoredDeadLetter, read_dead_letters};

@@ -18,6 +18,7 @@ use tracing::warn;
 
 use crate::consumer::{client_config, record_of};
 use crate::processor::{Processor, Record};
+use crate::resume::{Resume, Step};
 use crate::{IngestConfig, Result, Shutdown};
 
 /// Where a replay stands.
@@ -66,6 +67,7 @@ pub fn replay(
     let mut end: BTreeMap<u32, i64> = BTreeMap::new();
     // Where each partition's reading stands (skipped records included).
     let mut positions: BTreeMap<u32, i64> = BTreeMap::new();
+    let mut resumes: BTreeMap<u32, Resume> = BTreeMap::new();
     let mut state = ReplayProgress::default();
     for p in 0..partitions {
         let start = store.next_offset(topic, p)?;
@@ -79,23 +81,24 @@ pub fn replay(
         if start.unwrap_or(0) >= high && matches!(end_at, ReplayEnd::At(_)) {
             continue;
         }
-        let offset = match (start, from_time) {
-            (Some(s), _) => Offset::Offset(s),
+        let first = match (start, from_time) {
+            (Some(s), _) => s,
             // Where the broker says the instant starts (tansu answers 0 for
             // any time, so records before it are skipped below too).
             (None, Some(t)) => {
                 let mut q = TopicPartitionList::new();
                 q.add_partition_offset(topic, p as i32, Offset::Offset(t))?;
                 let found = consumer.offsets_for_times(q, Duration::from_secs(10))?;
-                found
-                    .find_partition(topic, p as i32)
-                    .map(|e| e.offset())
-                    .filter(|o| matches!(o, Offset::Offset(_)))
-                    .unwrap_or(Offset::Beginning)
+                match found.find_partition(topic, p as i32).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) => o,
+                    _ => 0,
+                }
             }
-            (None, None) => Offset::Beginning,
+            (None, None) => 0,
         };
-        tpl.add_partition_offset(topic, p as i32, offset)?;
+        let resume = Resume::at(first, cfg.resume_rewind_records);
+        tpl.add_partition_offset(topic, p as i32, Offset::Offset(resume.position()))?;
+        resumes.insert(p, resume);
         positions.insert(p, start.unwrap_or(0));
         end.insert(p, high);
         state.expected += (high - start.unwrap_or(0)).max(0) as u64;
@@ -124,8 +127,23 @@ pub fn replay(
         }
         last_record = Instant::now();
         let mut by_partition: BTreeMap<u32, Vec<Record<'_>>> = BTreeMap::new();
+        let mut rewinds: BTreeMap<u32, i64> = BTreeMap::new();
         for m in &messages {
             let p = m.partition() as u32;
+            let Some(resume) = resumes.get_mut(&p) else {
+                continue;
+            };
+            if rewinds.contains_key(&p) {
+                continue;
+            }
+            match resume.step(m.offset()) {
+                Step::Take => {}
+                Step::Skip => continue,
+                Step::Rewind(to) => {
+                    rewinds.insert(p, to);
+                    continue;
+                }
+            }
             if let ReplayEnd::At(_) = end_at
                 && end.get(&p).is_none_or(|high| m.offset() >= *high)
             {
@@ -137,6 +155,14 @@ pub fn replay(
                 continue;
             }
             by_partition.entry(p).or_default().push(record_of(m));
+        }
+        for (p, to) in rewinds {
+            warn!(
+                partition = p,
+                from = to,
+                "the broker skipped records at the resume offset; reading again from earlier"
+            );
+            consumer.seek(topic, p as i32, Offset::Offset(to), Duration::from_secs(10))?;
         }
         for (partition, records) in by_partition {
             let mut processed = processor.process(partition, &records)?;

@@ -7,9 +7,7 @@ use common::*;
 
 /// The binary's stdout, failing the test on a non-zero exit.
 fn run(setup: &Setup, args: &[&str]) -> String {
-    let out = setup.command().args(args).output().unwrap();
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
+    setup.run(args)
 }
 
 #[tokio::test(flavor = "multi_thread")]

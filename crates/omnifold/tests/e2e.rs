@@ -282,30 +282,31 @@ fn chunk(tag: &str, members: usize, per_member: usize) -> Vec<(String, Vec<u8>)>
 async fn kill_9_mid_stream_loses_and_double_counts_nothing() {
     let broker = Broker::start();
     let mut setup = Setup::new(&broker, "crash", 4);
-    // Small batches: many commits, so the kill lands between and inside them.
+    // Small batches: many commits, so the crash lands between two of them.
     setup.extra_env.insert("OMNIFOLD_KAFKA__BATCH_MAX_RECORDS".into(), "25".into());
     setup.create_topics();
     let data = tempfile::tempdir().unwrap();
     let (members, per) = (40, 30);
     let first = chunk("c1", members, per);
-    let mut redelivered = first[..200].to_vec(); // a producer retry of the first 200
+    let redelivered = first[..200].to_vec(); // a producer retry of the first 200
     let second = chunk("c2", members, per);
 
-    let service = Service::start(&setup, data.path());
+    // The process aborts (no flush, like kill -9) right before its 6th store
+    // commit: 5 batches of at most 25 records are in the store, the rest of
+    // the stream is not.
     setup.produce(&first);
-    let seen_at_kill = eventually("some progress", Duration::from_secs(60), || async {
-        let n = service.consumed().await;
-        (n > 0).then_some(n)
-    })
-    .await;
-    service.kill9();
-    // The stream goes on while the service is down.
+    let service = Service::start_with(&setup, data.path(), &[("OMNIFOLD_FAILPOINT", "before_commit:6")]);
+    let status = service.wait_exit(Duration::from_secs(60));
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(6), "aborted by the failpoint: {status}");
+    let at_crash: u64 = setup.events_applied(data.path()).values().sum();
+    assert!(0 < at_crash && at_crash <= 5 * 25, "the crash landed mid-stream: {at_crash} of {} applied", first.len());
+
+    // The stream goes on while the service is down, then it restarts.
     setup.produce(&redelivered);
     let service = Service::start(&setup, data.path());
     setup.produce(&second);
     let total = (first.len() + redelivered.len() + second.len()) as i64;
     service.wait_consumed(&setup, total).await;
-    eprintln!("killed after {seen_at_kill} of {} records", first.len());
 
     for m in 0..members {
         let p = get(&service, &format!("m-{m}")).await.unwrap();
@@ -317,7 +318,6 @@ async fn kill_9_mid_stream_loses_and_double_counts_nothing() {
     }
     // A graceful stop exits 0 and keeps everything.
     assert!(service.stop().success());
-    redelivered.clear();
     let service = Service::start(&setup, data.path());
     let p = get(&service, "m-0").await.unwrap();
     assert_eq!(p.version.unwrap().events_applied, 2 * per as u64);

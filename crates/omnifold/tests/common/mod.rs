@@ -116,6 +116,24 @@ impl Setup {
         c
     }
 
+    /// Runs the binary with `args` and returns its stdout; fails on a non-zero exit.
+    pub fn run(&self, args: &[&str]) -> String {
+        let out = self.command().args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Events applied per member key in the store at `data` (read-only dump).
+    pub fn events_applied(&self, data: &Path) -> BTreeMap<String, u64> {
+        let dump = self.run(&["dump", "--data-dir", data.to_str().unwrap()]);
+        dump.lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (v["key"].as_str().unwrap().to_owned(), v["member"]["version"]["events_applied"].as_u64().unwrap())
+            })
+            .collect()
+    }
+
     pub fn create_topics(&self) {
         let out =
             self.command().args(["topics", "create", "--partitions", &self.partitions.to_string()]).output().unwrap();
@@ -231,8 +249,14 @@ pub struct Service {
 
 impl Service {
     pub fn start(setup: &Setup, data: &Path) -> Service {
+        Service::start_with(setup, data, &[])
+    }
+
+    /// Starts with extra environment (for example a failpoint).
+    pub fn start_with(setup: &Setup, data: &Path, env: &[(&str, &str)]) -> Service {
         let mut child = setup
             .command()
+            .envs(env.iter().copied())
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data)
             .stdout(Stdio::piped())
@@ -257,6 +281,18 @@ impl Service {
         let ok = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
         assert!(ok.success());
         self.child.wait().unwrap()
+    }
+
+    /// Waits for the process to end on its own (a failpoint's abort).
+    pub fn wait_exit(mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the service did not exit within {timeout:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn is_running(&mut self) -> bool {
