@@ -12,6 +12,13 @@ MEMBERS=${DEMO_MEMBERS:-1000}
 BIN=$(realpath "$BIN")
 mkdir -p "$DATA"
 export OMNIFOLD_BROKERS=127.0.0.1:$PORT
+# One instance on this machine: it reads every partition, no group to wait for.
+export OMNIFOLD_KAFKA__ASSIGNMENT=${OMNIFOLD_KAFKA__ASSIGNMENT:-all}
+# The secret omnifold signs its own records with, made once and kept.
+if [ ! -s "$DATA/internal.secret" ]; then
+  (umask 077 && "$BIN" secret >"$DATA/internal.secret")
+fi
+export OMNIFOLD_KAFKA__INTERNAL_SECRET=${OMNIFOLD_KAFKA__INTERNAL_SECRET:-$(cat "$DATA/internal.secret")}
 
 pids=()
 # Stops omnifold first (it commits its last batch), then the broker.

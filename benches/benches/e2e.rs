@@ -181,9 +181,14 @@ fn ingest_config(brokers: &str, topic: &str) -> IngestConfig {
 
 fn ingest(brokers: &str, topic: &str, n: u64, partitions: i32, store: Arc<Store>) -> Result<(f64, f64)> {
     let cfg = ingest_config(brokers, topic);
-    let processor =
-        Processor::new(store.clone(), Arc::new(FoldConfig::default().validate()?), topic, cfg.max_event_bytes)
-            .with_member_cache(cfg.member_cache_entries);
+    let processor = Processor::new(
+        store.clone(),
+        Arc::new(FoldConfig::default().validate()?),
+        topic,
+        cfg.max_event_bytes,
+        omnifold_ingest::Signer::ephemeral(),
+    )
+    .with_member_cache(cfg.member_cache_entries);
     let shutdown = Shutdown::default();
     let stop = shutdown.clone();
     let started = Instant::now();
@@ -431,9 +436,14 @@ fn replay_topic(brokers: &str, topic: &str, partitions: i32, live: &Store) -> Re
     let n: i64 = until.values().sum();
     let dir = tempfile::tempdir()?;
     let store = Store::open(&StoreConfig { path: dir.path().into(), bulk_load: true, ..StoreConfig::default() })?;
-    let processor =
-        Processor::new(store.clone(), Arc::new(FoldConfig::default().validate()?), topic, cfg.max_event_bytes)
-            .with_member_cache(cfg.member_cache_entries);
+    let processor = Processor::new(
+        store.clone(),
+        Arc::new(FoldConfig::default().validate()?),
+        topic,
+        cfg.max_event_bytes,
+        omnifold_ingest::Signer::ephemeral(),
+    )
+    .with_member_cache(cfg.member_cache_entries);
     let started = Instant::now();
     omnifold_ingest::replay(&cfg, &processor, &ReplayEnd::At(until), None, &Shutdown::default(), |_| {})?;
     Ok(n as f64 / started.elapsed().as_secs_f64())
@@ -455,9 +465,14 @@ fn replay_file(topic: &str, n: u64, members: u64, partitions: i32) -> Result<f64
     let store =
         Store::open(&StoreConfig { path: dir.path().join("store"), bulk_load: true, ..StoreConfig::default() })?;
     let cfg = IngestConfig::default();
-    let processor =
-        Processor::new(store.clone(), Arc::new(FoldConfig::default().validate()?), topic, cfg.max_event_bytes)
-            .with_member_cache(cfg.member_cache_entries);
+    let processor = Processor::new(
+        store.clone(),
+        Arc::new(FoldConfig::default().validate()?),
+        topic,
+        cfg.max_event_bytes,
+        omnifold_ingest::Signer::ephemeral(),
+    )
+    .with_member_cache(cfg.member_cache_entries);
     let started = Instant::now();
     let mut log = LocalLog::new(&processor, topic, partitions as u32, cfg.batch_max_records)?;
     for (i, line) in std::io::BufReader::new(std::fs::File::open(&path)?).lines().enumerate() {
@@ -488,9 +503,10 @@ fn redemptions(rt: &tokio::runtime::Runtime, brokers: &str, topic: &str, args: &
     let timeout = Duration::from_secs(30);
     let (commits_tx, commits) = tokio::sync::watch::channel(0u64);
     let fold = Arc::new(FoldConfig::default().validate()?);
-    let processor = Processor::new(store.clone(), fold.clone(), topic, cfg.max_event_bytes)
-        .with_member_cache(cfg.member_cache_entries)
-        .with_on_commit(Arc::new(move |_| commits_tx.send_modify(|n| *n += 1)));
+    let processor =
+        Processor::new(store.clone(), fold.clone(), topic, cfg.max_event_bytes, omnifold_ingest::Signer::ephemeral())
+            .with_member_cache(cfg.member_cache_entries)
+            .with_on_commit(Arc::new(move |_| commits_tx.send_modify(|n| *n += 1)));
     let shutdown = Shutdown::default();
     let stop = shutdown.clone();
     let ingest_cfg = cfg.clone();

@@ -25,9 +25,14 @@ fn bench(c: &mut Criterion) {
     for (name, make) in [("json", event as fn(u64, u64) -> (String, Vec<u8>)), ("protobuf", event_protobuf)] {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&StoreConfig { path: dir.path().into(), ..StoreConfig::default() }).unwrap();
-        let processor =
-            Processor::new(store.clone(), Arc::new(FoldConfig::default().validate().unwrap()), "bench", 65536)
-                .with_member_cache(MEMBERS as usize);
+        let processor = Processor::new(
+            store.clone(),
+            Arc::new(FoldConfig::default().validate().unwrap()),
+            "bench",
+            65536,
+            omnifold_ingest::Signer::ephemeral(),
+        )
+        .with_member_cache(MEMBERS as usize);
         let mut next = 0u64;
         g.bench_function(format!("decode_fold_commit_{name}"), |b| {
             b.iter_batched(

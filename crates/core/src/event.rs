@@ -8,9 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::Error;
 use crate::ident::Identifier;
+use crate::join::{JoinedState, MAX_PARTS};
 use crate::limits::Limits;
-use crate::loyalty::LedgerEntry;
-use crate::member::Member;
 use crate::time::{self, Millis};
 use omnifold_proto::v1 as proto;
 
@@ -172,15 +171,22 @@ pub enum Payload {
         merge: bool,
         cause_event_id: String,
     },
-    /// Internal: `from_key` now routes to this event's member; its history comes along.
+    /// Internal: `from_key` now routes to this event's member. When it had a
+    /// profile, its state arrived ahead in `parts` `ProfileJoinPart`s; the
+    /// ingest puts them together into `state` before the fold sees the join.
     ProfileJoined {
         from_key: String,
         from_kind: KeyKind,
         identifier: Option<Identifier>,
-        snapshot: Option<Box<Member>>,
-        ledger: Vec<LedgerEntry>,
-        /// The joined profile's kept history: `(event time, record)`.
-        history: Vec<(Millis, Vec<u8>)>,
+        parts: u32,
+        digest: Vec<u8>,
+        state: Option<Box<JoinedState>>,
+    },
+    /// Internal: one piece of a join's state (kept until the join arrives).
+    ProfileJoinPart {
+        join_id: String,
+        index: u32,
+        data: Vec<u8>,
     },
 }
 
@@ -218,6 +224,15 @@ pub struct Event {
 }
 
 impl Event {
+    /// Whether only omnifold may write this event (identity claims, joins
+    /// and their parts): it must carry omnifold's signature.
+    pub fn is_internal(&self) -> bool {
+        matches!(
+            self.payload,
+            Payload::IdentityClaimed { .. } | Payload::ProfileJoined { .. } | Payload::ProfileJoinPart { .. }
+        )
+    }
+
     /// The idempotency key of a points command: redemptions always have
     /// one, adjustments may. One request id is decided once per member.
     pub fn request_id(&self) -> Option<&str> {
@@ -455,35 +470,29 @@ impl Event {
                 let from_kind = KeyKind::from_name(&p.from_kind).ok_or_else(|| {
                     Error::invalid("profileJoined.fromKind", "must be anonymous, identifier or member")
                 })?;
-                let snapshot = if p.snapshot.is_empty() {
-                    None
-                } else {
-                    let m = Member::decode(&p.snapshot)
-                        .map_err(|e| Error::invalid("profileJoined.snapshot", e.to_string()))?;
-                    Some(Box::new(m))
-                };
-                let ledger = p
-                    .ledger
-                    .iter()
-                    .map(|b| LedgerEntry::decode(b).map_err(|e| Error::invalid("profileJoined.ledger", e.to_string())))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let history = p
-                    .history
-                    .iter()
-                    .map(|h| {
-                        let (at, record) = h.split_first_chunk::<8>().ok_or_else(|| {
-                            Error::invalid("profileJoined.history", "an entry is shorter than its time")
-                        })?;
-                        Ok((i64::from_be_bytes(*at), record.to_vec()))
-                    })
-                    .collect::<Result<Vec<_>, Error>>()?;
+                if p.parts > MAX_PARTS {
+                    return Err(Error::invalid("profileJoined.parts", format!("more than {MAX_PARTS}")));
+                }
                 Payload::ProfileJoined {
                     from_key: text("profileJoined.fromKey", &p.from_key, true)?,
                     from_kind,
                     identifier: p.identifier.as_ref().map(Identifier::try_from).transpose()?,
-                    snapshot,
-                    ledger,
-                    history,
+                    parts: p.parts,
+                    digest: p.digest,
+                    state: None,
+                }
+            }
+            P::ProfileJoinPart(p) => {
+                if subject.member_id.is_none() {
+                    return Err(Error::invalid("subject.memberId", "profileJoinPart needs the member it joins"));
+                }
+                if p.index >= MAX_PARTS {
+                    return Err(Error::invalid("profileJoinPart.index", format!("at most {MAX_PARTS}")));
+                }
+                Payload::ProfileJoinPart {
+                    join_id: text("profileJoinPart.joinId", &p.join_id, true)?,
+                    index: p.index,
+                    data: p.data,
                 }
             }
         };

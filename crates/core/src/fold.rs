@@ -42,8 +42,18 @@ pub fn apply(member: &mut Member, event: &Event, pos: Position, cfg: &FoldConfig
             record_position(member, pos, false);
             return Ok(fx);
         }
-        Payload::ProfileJoined { from_key, from_kind, identifier, snapshot, ledger, .. } => {
+        Payload::ProfileJoinPart { .. } => {
+            return Err(Rejection("a join's part is kept by the ingest until its join arrives, not folded".into()));
+        }
+        Payload::ProfileJoined { from_key, from_kind, identifier, parts, state, .. } => {
             points_holder(member)?;
+            if *parts > 0 && state.is_none() {
+                return Err(Rejection(format!("the state of the join of {from_key} has not arrived")));
+            }
+            let (snapshot, ledger) = match state {
+                Some(s) => (Some(&s.profile), s.ledger.as_slice()),
+                None => (None, &[][..]),
+            };
             // Combining checks every sum as it goes: work on a copy, so a
             // refused join leaves the member as it was.
             let mut joined = member.clone();
@@ -54,7 +64,7 @@ pub fn apply(member: &mut Member, event: &Event, pos: Position, cfg: &FoldConfig
                     from_key,
                     from_kind: *from_kind,
                     identifier: identifier.as_ref(),
-                    snapshot: snapshot.as_deref(),
+                    snapshot,
                     ledger,
                 },
                 cfg,

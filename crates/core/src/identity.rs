@@ -96,9 +96,10 @@ impl IdentityConfig {
 pub struct Outgoing {
     pub key: String,
     pub event: proto::Event,
-    /// Attach this key's stored ledger and event history (oldest first) to
-    /// the event's `profileJoined` before sending; the fold cannot read the store.
-    pub attach_state_of: Option<String>,
+    /// For a `profileJoined`: the joined profile, whose state the ingest
+    /// sends ahead in parts, with its stored ledger, history and verdicts
+    /// (the fold cannot read the store).
+    pub join: Option<Box<Member>>,
 }
 
 /// A key a member can claim.
@@ -174,7 +175,7 @@ pub(crate) fn claim(member: &Member, event: &Event, target: &Claimed, merge: boo
             })),
         },
         key,
-        attach_state_of: None,
+        join: None,
     }
 }
 
@@ -184,9 +185,8 @@ fn joined(
     profile_key: &str,
     kind: KeyKind,
     identifier: Option<&Identifier>,
-    snapshot: Vec<u8>,
+    profile: Option<Box<Member>>,
 ) -> Outgoing {
-    let has_history = !snapshot.is_empty();
     Outgoing {
         key: member_id.to_owned(),
         event: proto::Event {
@@ -199,12 +199,12 @@ fn joined(
                 from_key: profile_key.to_owned(),
                 identifier: identifier.map(wire_identifier),
                 from_kind: kind.name().to_owned(),
-                snapshot,
-                ledger: Vec::new(),
-                history: Vec::new(),
+                // Set by the ingest when it cuts the profile's state into parts.
+                parts: 0,
+                digest: Vec::new(),
             })),
         },
-        attach_state_of: has_history.then(|| profile_key.to_owned()),
+        join: profile,
     }
 }
 
@@ -239,14 +239,14 @@ pub(crate) fn on_claim(
     }
     if profile.shared {
         // A shared device: the member lists it, but it routes nowhere.
-        out.push(joined(event, member_id, &profile.key, kind, identifier, Vec::new()));
+        out.push(joined(event, member_id, &profile.key, kind, identifier, None));
         return Ok(());
     }
     match profile.routes_to.as_deref() {
         Some(to) if to == member_id => {
             // Already the member's: confirm again (the member may have
             // forgotten it, after an erasure), with no history to carry.
-            out.push(joined(event, member_id, &profile.key, kind, identifier, Vec::new()));
+            out.push(joined(event, member_id, &profile.key, kind, identifier, None));
             return Ok(());
         }
         Some(to) if merge => return Err(Rejection(format!("member {} was already merged into {to}", profile.key))),
@@ -255,7 +255,7 @@ pub(crate) fn on_claim(
             if !unique {
                 profile.routes_to = None;
                 profile.shared = true;
-                out.push(joined(event, member_id, &profile.key, kind, identifier, Vec::new()));
+                out.push(joined(event, member_id, &profile.key, kind, identifier, None));
                 fx.routes.push((profile.key.clone(), None));
                 return Ok(());
             }
@@ -277,9 +277,10 @@ pub(crate) fn on_claim(
     stub.routes_to = Some(member_id.to_owned());
     stub.version = profile.version;
     let old = std::mem::replace(profile, stub);
-    let snapshot = if old.version.events_applied > 0 { old.encode() } else { Vec::new() };
-    out.push(joined(event, member_id, &old.key, kind, identifier, snapshot));
-    fx.routes.push((old.key, Some(member_id.to_owned())));
+    let key = old.key.clone();
+    let state = (old.version.events_applied > 0).then(|| Box::new(old));
+    out.push(joined(event, member_id, &key, kind, identifier, state));
+    fx.routes.push((key, Some(member_id.to_owned())));
     Ok(())
 }
 
@@ -298,7 +299,7 @@ fn merge_request(into: &str, event: &Event, from: &str) -> Outgoing {
                 into_member_id: into.to_owned(),
             })),
         },
-        attach_state_of: None,
+        join: None,
     }
 }
 
@@ -346,6 +347,13 @@ pub(crate) fn on_joined(
     fx: &mut loyalty::Effects,
 ) -> Result<(), Rejection> {
     let Joined { from_key, from_kind, identifier, snapshot, ledger } = *j;
+    // A key the member already holds brings nothing twice: a copy of a
+    // join that was applied before (its state was combined then).
+    let known = match (from_kind, identifier) {
+        (KeyKind::Identifier, Some(i)) => member.identifiers.contains(i),
+        _ => member.aliases.contains(from_key),
+    };
+    let snapshot = if known { None } else { snapshot };
     match (from_kind, identifier) {
         (KeyKind::Identifier, Some(i)) => {
             member.identifiers.insert(i.clone());

@@ -12,6 +12,7 @@ pub mod event;
 pub mod fold;
 pub mod ident;
 pub mod identity;
+pub mod join;
 pub mod limits;
 pub mod loyalty;
 pub mod member;

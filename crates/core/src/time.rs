@@ -27,3 +27,11 @@ pub fn to_timestamp(ms: Millis) -> Timestamp {
 pub fn days_between(earlier: Millis, later: Millis) -> u32 {
     ((later - earlier).max(0) / DAY).min(u32::MAX as i64) as u32
 }
+
+/// An instant as RFC 3339 (`2026-06-01T10:00:00Z`), as the event contract writes it.
+pub fn rfc3339(ms: Millis) -> String {
+    match serde_json::to_value(to_timestamp(ms)) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => format!("{ms} ms after the epoch"),
+    }
+}

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use omnifold_core::fold::{Position, apply, kind_of};
 use omnifold_core::identity::OnConflict;
+use omnifold_core::join::JoinedState;
 use omnifold_core::loyalty::EntryKind;
 use omnifold_core::member::ProfileKind;
 use omnifold_core::time::{DAY, to_timestamp};
@@ -26,9 +27,14 @@ struct Net {
     profiles: BTreeMap<String, Member>,
     ledgers: BTreeMap<String, Vec<LedgerEntry>>,
     seen: BTreeSet<(String, String)>,
+    /// Join parts kept per (key, join id), as the ingest keeps them.
+    parts: BTreeMap<(String, String), BTreeMap<u32, Vec<u8>>>,
     rejected: Vec<String>,
     offset: i64,
 }
+
+/// Small parts, so joins here travel in many of them.
+const PART_BYTES: usize = 97;
 
 fn key_of(e: &proto::Event) -> String {
     let s = e.subject.as_ref().unwrap();
@@ -50,6 +56,7 @@ impl Net {
             profiles: BTreeMap::new(),
             ledgers: BTreeMap::new(),
             seen: BTreeSet::new(),
+            parts: BTreeMap::new(),
             rejected: Vec::new(),
             offset: 0,
         }
@@ -65,7 +72,7 @@ impl Net {
         let Some((route, wire)) = self.queues.get_mut(key).and_then(VecDeque::pop_front) else {
             return;
         };
-        let event = Event::try_from(wire.clone()).unwrap();
+        let mut event = Event::try_from(wire.clone()).unwrap();
         if !self.seen.insert((key.to_owned(), event.event_id.clone())) {
             return;
         }
@@ -78,16 +85,25 @@ impl Net {
             self.send(Some(to), wire);
             return;
         }
+        match &mut event.payload {
+            DomainPayload::ProfileJoinPart { join_id, index, data } => {
+                self.parts.entry((key.to_owned(), join_id.clone())).or_default().insert(*index, data.clone());
+                return;
+            }
+            DomainPayload::ProfileJoined { parts, digest, state, .. } if *parts > 0 => {
+                let kept = self.parts.remove(&(key.to_owned(), event.event_id.clone())).unwrap_or_default();
+                let data: Vec<&[u8]> = kept.values().map(Vec::as_slice).collect();
+                *state = Some(Box::new(JoinedState::from_parts(&data, *parts, digest).unwrap()));
+            }
+            _ => {}
+        }
         self.offset += 1;
+        let m = self.profiles.get_mut(key).unwrap();
         match apply(m, &event, Position { partition: 0, offset: self.offset }, &self.cfg) {
             Ok(fx) => {
                 self.ledgers.entry(key.to_owned()).or_default().extend(fx.ledger);
                 for out in fx.outbox {
-                    let mut e = out.event;
-                    if let (Some(of), Some(Payload::ProfileJoined(j))) = (&out.attach_state_of, &mut e.payload) {
-                        j.ledger = self.ledgers.get(of).into_iter().flatten().map(LedgerEntry::encode).collect();
-                    }
-                    self.send(None, e);
+                    self.send_out(out);
                 }
             }
             Err(r) => {
@@ -95,6 +111,25 @@ impl Net {
                 self.rejected.push(r.0);
             }
         }
+    }
+
+    /// Sends what the fold wrote; a join's state goes ahead in parts.
+    fn send_out(&mut self, mut out: omnifold_core::identity::Outgoing) {
+        if let (Some(profile), Some(Payload::ProfileJoined(j))) = (out.join.take(), &mut out.event.payload) {
+            let ledger = self.ledgers.get(&profile.key).cloned().unwrap_or_default();
+            let state = JoinedState { profile: *profile, ledger, ..JoinedState::default() };
+            let (parts, digest) = state.into_parts(PART_BYTES);
+            j.parts = parts.len() as u32;
+            j.digest = digest;
+            for (index, data) in parts.into_iter().enumerate() {
+                let part = proto::ProfileJoinPart { join_id: out.event.event_id.clone(), index: index as u32, data };
+                let mut e = out.event.clone();
+                e.event_id = format!("{}.{index}", out.event.event_id);
+                e.payload = Some(Payload::ProfileJoinPart(part));
+                self.send(None, e);
+            }
+        }
+        self.send(None, out.event);
     }
 
     /// Serves the queues in key order until all are empty.

@@ -6,6 +6,23 @@ use serde::{Deserialize, Serialize};
 
 use crate::Error;
 
+/// A secret from the configuration: serialised as is, never printed.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "Secret(unset)" } else { "Secret(..)" })
+    }
+}
+
+impl Secret {
+    pub fn is_set(&self) -> bool {
+        !self.0.is_empty()
+    }
+}
+
 /// How an instance gets its partitions.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -52,6 +69,15 @@ pub struct IngestConfig {
     /// skipping the rest of the one that holds N. A first record after N
     /// still makes omnifold read from further back (docs/decisions.md).
     pub resume_rewind_records: i64,
+    /// The cluster secret omnifold signs the records only it may write with
+    /// (identity claims, joins, forwards, the identity index): the same on
+    /// every instance, at least 32 characters. `serve` and `replay` need it;
+    /// `omnifold secret` prints a new one. See docs/reliability.md.
+    pub internal_secret: Secret,
+    /// Earlier secrets, still accepted when verifying (rotation: add the
+    /// old one here, set the new one above; remove it once the topic no
+    /// longer holds records signed with it).
+    pub previous_internal_secrets: Vec<Secret>,
     /// Extra librdkafka settings for the consumer and producer.
     pub librdkafka: BTreeMap<String, String>,
 }
@@ -71,12 +97,38 @@ impl Default for IngestConfig {
             max_event_bytes: 64 * 1024,
             member_cache_entries: 20_000,
             resume_rewind_records: 10_000,
+            internal_secret: Secret::default(),
+            previous_internal_secrets: Vec::new(),
             librdkafka: BTreeMap::new(),
         }
     }
 }
 
+/// The shortest internal secret accepted.
+pub const MIN_SECRET_LEN: usize = 32;
+
 impl IngestConfig {
+    /// The signer for internal records: the configured secret, or an error
+    /// that says how to set one.
+    pub fn signer(&self) -> Result<crate::Signer, Error> {
+        if !self.internal_secret.is_set() {
+            return Err(Error::Config(
+                "kafka.internal_secret is not set: omnifold signs the records only it may write (identity claims, \
+                 joins, forwards) so that no producer can forge them. Set the same secret on every instance, for \
+                 example OMNIFOLD_KAFKA__INTERNAL_SECRET=$(omnifold secret)"
+                    .into(),
+            ));
+        }
+        let previous: Vec<String> = self.previous_internal_secrets.iter().map(|s| s.0.clone()).collect();
+        Ok(crate::Signer::new(&self.internal_secret.0, &previous))
+    }
+
+    /// The largest piece of a join's state one record carries: well under
+    /// `max_event_bytes`, so the part passes the same size check as any event.
+    pub fn join_part_bytes(&self) -> usize {
+        self.max_event_bytes - 1024
+    }
+
     pub fn validate(&self) -> Result<(), Error> {
         for (name, v) in [
             ("brokers", &self.brokers),
@@ -98,8 +150,18 @@ impl IngestConfig {
         if !(0..=100_000_000).contains(&self.resume_rewind_records) {
             return Err(Error::Config("resume_rewind_records must be 0 to 100000000".into()));
         }
-        if self.max_event_bytes < 1024 {
-            return Err(Error::Config("max_event_bytes must be at least 1024".into()));
+        for s in std::iter::once(&self.internal_secret).chain(&self.previous_internal_secrets) {
+            if s.is_set() && s.0.len() < MIN_SECRET_LEN {
+                return Err(Error::Config(format!(
+                    "internal secrets must be at least {MIN_SECRET_LEN} characters (`omnifold secret` prints one)"
+                )));
+            }
+        }
+        if !(4096..=900_000).contains(&self.max_event_bytes) {
+            return Err(Error::Config(
+                "max_event_bytes must be 4096 to 900000 (below the 1 MB message limit of a default Kafka broker)"
+                    .into(),
+            ));
         }
         Ok(())
     }

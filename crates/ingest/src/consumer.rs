@@ -22,6 +22,7 @@ use crate::config::Assignment;
 use crate::failpoint;
 use crate::processor::{OutRecord, Processor, ROUTE_HEADER, Record};
 use crate::resume::{Resume, Step};
+use crate::sign::SIGNATURE_HEADER;
 use crate::{Error, IngestConfig, Result};
 
 /// A stop signal the poll loop checks between batches: the batch in hand is
@@ -140,14 +141,18 @@ fn now_millis() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-/// A consumed message as the processor takes it, with its route header.
+/// A consumed message as the processor takes it, with its route and
+/// signature headers and its timestamp.
 pub(crate) fn record_of<'a>(m: &'a BorrowedMessage<'_>) -> Record<'a> {
-    let route = m
-        .headers()
-        .and_then(|h| h.iter().find(|h| h.key == ROUTE_HEADER))
-        .and_then(|h| h.value)
-        .and_then(|v| std::str::from_utf8(v).ok());
-    Record { offset: m.offset(), key: m.key(), value: m.payload(), route }
+    let header = |name: &str| m.headers().and_then(|h| h.iter().find(|h| h.key == name)).and_then(|h| h.value);
+    Record {
+        offset: m.offset(),
+        key: m.key(),
+        value: m.payload(),
+        route: header(ROUTE_HEADER).and_then(|v| std::str::from_utf8(v).ok()),
+        signature: header(SIGNATURE_HEADER),
+        timestamp: m.timestamp().to_millis(),
+    }
 }
 
 /// Produces records and waits until the broker has every one of them.
@@ -219,7 +224,7 @@ pub fn run_switchable(
     cfg.validate()?;
     let store = processor.store().clone();
     let partitions = partition_count(cfg, &cfg.topic)?;
-    store.set_partition_count(&cfg.topic, partitions)?;
+    store.bind_partitions(&cfg.topic, partitions)?;
 
     let context = IngestContext {
         store: Mutex::new(store.clone()),

@@ -17,9 +17,10 @@ mod local;
 mod processor;
 mod replay;
 mod resume;
+mod sign;
 
 pub use admin::{CommandProducer, EventProducer, TopicOutcome, create_topics};
-pub use config::{Assignment, IngestConfig};
+pub use config::{Assignment, IngestConfig, MIN_SECRET_LEN, Secret};
 pub use consumer::{Shutdown, client_config, partition_count, run, run_switchable};
 pub use dead_letter::DeadLetter;
 pub use dlq::{StoredDeadLetter, read_dead_letters};
@@ -27,6 +28,7 @@ pub use index::run_index;
 pub use local::{LocalLog, LocalReplay};
 pub use processor::{OnCommit, OutRecord, Processed, Processor, ROUTE_HEADER, Record};
 pub use replay::{ReplayEnd, ReplayProgress, replay};
+pub use sign::{SIGNATURE_HEADER, Signer};
 
 /// The crate's one error type.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +41,8 @@ pub enum Error {
     Config(String),
     #[error("topic {0} does not exist or has no partitions")]
     NoTopic(String),
+    #[error("bug: {0}")]
+    Bug(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

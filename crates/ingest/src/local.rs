@@ -11,6 +11,7 @@ use omnifold_core::decode_event;
 use omnifold_core::partition::partition_for;
 
 use crate::processor::{OutRecord, Processor, ROUTE_HEADER, Record};
+use crate::sign::SIGNATURE_HEADER;
 use crate::{DeadLetter, Result};
 
 /// What a local replay did.
@@ -26,6 +27,7 @@ struct Queued {
     value: Vec<u8>,
     key: Option<Vec<u8>>,
     route: Option<String>,
+    signature: Option<String>,
 }
 
 /// A local log of `partitions` partitions folded into the processor's store.
@@ -40,7 +42,7 @@ pub struct LocalLog<'a> {
 impl<'a> LocalLog<'a> {
     pub fn new(processor: &'a Processor, topic: &str, partitions: u32, batch_max: usize) -> Result<Self> {
         let store = processor.store();
-        store.set_partition_count(topic, partitions)?;
+        store.bind_partitions(topic, partitions)?;
         let next_offsets =
             (0..partitions).map(|p| Ok(store.next_offset(topic, p)?.unwrap_or(0))).collect::<Result<Vec<i64>>>()?;
         Ok(LocalLog {
@@ -58,7 +60,7 @@ impl<'a> LocalLog<'a> {
     pub fn append(&mut self, value: Vec<u8>) {
         let key =
             decode_event(&value, usize::MAX, &self.processor.fold().limits).ok().map(|e| e.subject.key().into_bytes());
-        self.push(Queued { value, key, route: None });
+        self.push(Queued { value, key, route: None, signature: None });
     }
 
     fn push(&mut self, q: Queued) {
@@ -68,8 +70,9 @@ impl<'a> LocalLog<'a> {
     }
 
     fn push_out(&mut self, r: OutRecord) {
-        let route = r.headers.iter().find(|(k, _)| *k == ROUTE_HEADER).map(|(_, v)| v.clone());
-        self.push(Queued { value: r.value, key: r.key, route });
+        let route = r.header(ROUTE_HEADER).map(str::to_owned);
+        let signature = r.header(SIGNATURE_HEADER).map(str::to_owned);
+        self.push(Queued { value: r.value, key: r.key, route, signature });
     }
 
     /// Folds everything queued, including what the fold writes meanwhile.
@@ -87,6 +90,8 @@ impl<'a> LocalLog<'a> {
                     key: q.key.as_deref(),
                     value: Some(&q.value),
                     route: q.route.as_deref(),
+                    signature: q.signature.as_deref().map(str::as_bytes),
+                    timestamp: None,
                 })
                 .collect();
             let mut processed = self.processor.process(p as u32, &records)?;

@@ -56,7 +56,7 @@ pub fn replay(
     let store = processor.store().clone();
     let topic = cfg.topic.as_str();
     let partitions = crate::partition_count(cfg, topic)?;
-    store.set_partition_count(topic, partitions)?;
+    store.bind_partitions(topic, partitions)?;
     let consumer: BaseConsumer = client_config(cfg)
         .set("group.id", format!("{}.replay", cfg.group_id))
         .set("enable.auto.commit", "false")

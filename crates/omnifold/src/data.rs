@@ -98,9 +98,17 @@ fn replay_files(config: &Config, args: &ReplayArgs) -> Result<()> {
     }
     let store_cfg = StoreConfig { path: args.data_dir.clone(), bulk_load: true, ..config.store.clone() };
     let store = Store::open(&store_cfg).with_context(|| format!("opening store {}", args.data_dir.display()))?;
-    let processor =
-        Processor::new(store.clone(), Arc::new(config.fold.clone()), &config.kafka.topic, config.kafka.max_event_bytes)
-            .with_member_cache(config.kafka.member_cache_entries);
+    // Internal records in files carry no signature: what the fold writes
+    // is signed and checked with the configured secret, or one of its own.
+    let signer = config.kafka.signer().unwrap_or_else(|_| omnifold_ingest::Signer::ephemeral());
+    let processor = Processor::new(
+        store.clone(),
+        Arc::new(config.fold.clone()),
+        &config.kafka.topic,
+        config.kafka.max_event_bytes,
+        signer,
+    )
+    .with_member_cache(config.kafka.member_cache_entries);
     let mut log = omnifold_ingest::LocalLog::new(
         &processor,
         &config.kafka.topic,
@@ -151,8 +159,9 @@ fn rebuild(
 ) -> Result<omnifold_ingest::ReplayProgress> {
     let store_cfg = StoreConfig { path: dir.to_owned(), bulk_load: true, ..config.store.clone() };
     let store = Store::open(&store_cfg).with_context(|| format!("opening store {}", dir.display()))?;
+    let signer = config.kafka.signer().context("replaying checks omnifold's signatures on the topic")?;
     let processor =
-        Processor::new(store, Arc::new(config.fold.clone()), &config.kafka.topic, config.kafka.max_event_bytes)
+        Processor::new(store, Arc::new(config.fold.clone()), &config.kafka.topic, config.kafka.max_event_bytes, signer)
             .with_member_cache(config.kafka.member_cache_entries);
     let bar = progress(0, "replaying");
     let done = omnifold_ingest::replay(&config.kafka, &processor, end, from_time, &Shutdown::default(), |p| {

@@ -256,7 +256,12 @@ pub fn generate(members: usize, seed: u64, now: i64) -> Vec<proto::Event> {
             }
         }
     }
-    g.events
+    // A log is in time order, give or take: members' histories interleave
+    // instead of following one another a year apart (which would also put
+    // them outside the dedupe window of the events after them).
+    let mut events = g.events;
+    events.sort_by_key(|e| e.occurred_at.map(|t| (t.seconds, t.nanos)));
+    events
 }
 
 #[cfg(test)]
@@ -273,6 +278,9 @@ mod tests {
             omnifold_core::Event::try_from(e.clone()).unwrap_or_else(|err| panic!("{}: {err}", e.event_id));
             assert!(omnifold_core::time::from_timestamp(e.occurred_at.as_ref().unwrap()) < now);
         }
+        let times: Vec<i64> =
+            a.iter().map(|e| omnifold_core::time::from_timestamp(e.occurred_at.as_ref().unwrap())).collect();
+        assert!(times.windows(2).all(|w| w[0] <= w[1]), "the demo log is in time order");
         let channels: std::collections::BTreeSet<i32> = a.iter().map(|e| e.channel).collect();
         assert!(channels.len() >= 4, "demo spans channels: {channels:?}");
     }

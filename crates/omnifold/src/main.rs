@@ -99,6 +99,8 @@ enum Command {
         #[command(subcommand)]
         command: tools::ReportCommand,
     },
+    /// Print a new random secret for `kafka.internal_secret`.
+    Secret,
     /// Manage the topics omnifold uses.
     Topics {
         #[command(subcommand)]
@@ -164,5 +166,10 @@ fn run() -> Result<()> {
         Command::Switch { server, data_dir } => runtime.block_on(tools::switch(server, data_dir)),
         Command::Report { server, command } => runtime.block_on(tools::report(server, command)),
         Command::Topics { command } => runtime.block_on(tools::topics(&config, command)),
+        Command::Secret => {
+            let bytes: [u8; 32] = rand::random();
+            println!("{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>());
+            Ok(())
+        }
     }
 }

@@ -50,9 +50,11 @@ pub async fn serve(config: Config) -> Result<()> {
     let fold = Arc::new(config.fold.clone());
     // Every commit bumps this counter; requests waiting for a verdict wake up.
     let (commits_tx, commits) = tokio::sync::watch::channel(0u64);
-    let processor = Processor::new(store.clone(), fold.clone(), &config.kafka.topic, config.kafka.max_event_bytes)
-        .with_member_cache(config.kafka.member_cache_entries)
-        .with_on_commit(Arc::new(move |_partition| commits_tx.send_modify(|n| *n += 1)));
+    let signer = config.kafka.signer()?;
+    let processor =
+        Processor::new(store.clone(), fold.clone(), &config.kafka.topic, config.kafka.max_event_bytes, signer)
+            .with_member_cache(config.kafka.member_cache_entries)
+            .with_on_commit(Arc::new(move |_partition| commits_tx.send_modify(|n| *n += 1)));
     let timeout = std::time::Duration::from_millis(config.server.command_timeout_ms);
     let commands = Commands {
         log: Arc::new(Log(CommandProducer::new(&config.kafka, timeout).context("creating the command producer")?)),

@@ -184,7 +184,7 @@ mod tests {
         let store =
             omnifold_store::Store::open(&omnifold_store::StoreConfig { path: dir.path().into(), ..Default::default() })
                 .unwrap();
-        store.set_partition_count("events", 1).unwrap();
+        store.bind_partitions("events", 1).unwrap();
         let log = Arc::new(CountingLog::default());
         let (commits_tx, commits) = watch::channel(0u64);
         let fold = Arc::new(omnifold_core::FoldConfig::default().validate().unwrap());

@@ -109,10 +109,7 @@ fn as_of(state: &AppState, member: Member, at: Millis) -> Result<Member, Error> 
         return Err(Error::FailedPrecondition(format!(
             "events of `{}` before {} are no longer kept (store.history_days); ask for a later as_of",
             member.key,
-            serde_json::to_value(omnifold_core::time::to_timestamp(member.history.pruned_before))
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default()
+            omnifold_core::time::rfc3339(member.history.pruned_before)
         )));
     }
     let partition = state.partition(&member.key)?;

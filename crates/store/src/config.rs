@@ -15,7 +15,10 @@ pub struct StoreConfig {
     pub block_cache_bytes: usize,
     /// Memtable budget, taken from the block cache.
     pub write_buffer_bytes: usize,
-    /// How long an applied event id is remembered for dedupe.
+    /// How long an applied event id is remembered, counted in event time
+    /// back from the partition's latest event. An event older than that
+    /// cannot be told from a duplicate and goes to the dead-letter topic
+    /// (kind `too_late`) instead of being applied.
     pub dedupe_retention_hours: u64,
     /// fsync every commit. Off: a process crash loses nothing (the WAL is in
     /// the OS cache); a power loss may lose the last commits, which are then
@@ -47,7 +50,7 @@ impl Default for StoreConfig {
             path: PathBuf::from(".omnifold/data"),
             block_cache_bytes: 256 << 20,
             write_buffer_bytes: 64 << 20,
-            dedupe_retention_hours: 7 * 24,
+            dedupe_retention_hours: 30 * 24,
             sync_writes: false,
             max_open_files: 512,
             keep_history: true,
@@ -68,8 +71,8 @@ impl StoreConfig {
                 "write_buffer_bytes must be at least 4 MiB and at most block_cache_bytes".into(),
             ));
         }
-        if self.dedupe_retention_hours == 0 {
-            return Err(Error::Config("dedupe_retention_hours must be at least 1".into()));
+        if !(1..=100 * 365 * 24).contains(&self.dedupe_retention_hours) {
+            return Err(Error::Config("dedupe_retention_hours must be 1 to 876000 (100 years)".into()));
         }
         Ok(())
     }

@@ -18,6 +18,8 @@ pub(crate) fn partitions(topic: &str) -> Vec<u8> {
     format!("partitions/{topic}").into_bytes()
 }
 
+pub(crate) const PARTITIONS_PREFIX: &[u8] = b"partitions/";
+
 pub(crate) fn decode_i64(v: &[u8]) -> Option<i64> {
     Some(i64::from_be_bytes(v.try_into().ok()?))
 }
@@ -46,3 +48,43 @@ pub(crate) fn verdict(partition: u32, member: &str, request_id: &str) -> Vec<u8>
     k.extend_from_slice(request_id.as_bytes());
     k
 }
+
+pub(crate) fn watermark(topic: &str, partition: u32) -> Vec<u8> {
+    let mut k = format!("watermark/{topic}/").into_bytes();
+    k.extend_from_slice(&partition.to_be_bytes());
+    k
+}
+
+pub(crate) const WATERMARK_PREFIX: &[u8] = b"watermark/";
+
+/// The partition a per-partition key starts with.
+pub(crate) fn partition_of(key: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(key.get(..4)?.try_into().ok()?))
+}
+
+/// The prefix of one join's kept parts: the member prefix, the join id
+/// (length-prefixed), then the part index.
+pub(crate) fn join_prefix(partition: u32, member: &str, join_id: &str) -> Vec<u8> {
+    let mut k = member_prefix(partition, member);
+    k.extend_from_slice(&(join_id.len() as u16).to_be_bytes());
+    k.extend_from_slice(join_id.as_bytes());
+    k
+}
+
+pub(crate) fn join_part(partition: u32, member: &str, join_id: &str, index: u32) -> Vec<u8> {
+    let mut k = join_prefix(partition, member, join_id);
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// The join id and index of a kept part's key.
+pub(crate) fn decode_join_part(partition: u32, member: &str, key: &[u8]) -> Option<(String, u32)> {
+    let rest = key.strip_prefix(member_prefix(partition, member).as_slice())?;
+    let (len, rest) = rest.split_first_chunk::<2>()?;
+    let len = u16::from_be_bytes(*len) as usize;
+    let (id, rest) = (rest.get(..len)?, rest.get(len..)?);
+    let index = u32::from_be_bytes(rest.try_into().ok()?);
+    Some((String::from_utf8(id.to_vec()).ok()?, index))
+}
+
+pub(crate) const FORMAT_VERSION: &[u8] = b"format_version";

@@ -7,18 +7,20 @@
 //! `(topic, partition, next offset)` numbers to it.
 
 mod config;
+mod dedupe;
+mod format;
 mod keys;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use rocksdb::compaction_filter::Decision;
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBufferManager,
     WriteOptions,
 };
 
 pub use config::StoreConfig;
+pub use format::CURRENT as FORMAT_VERSION;
 use omnifold_core::{LedgerEntry, Member, Verdict};
 
 const CF_MEMBERS: &str = "members";
@@ -28,7 +30,8 @@ const CF_LEDGER: &str = "ledger";
 const CF_VERDICTS: &str = "verdicts";
 const CF_INDEX: &str = "index";
 const CF_HISTORY: &str = "history";
-const ALL_CFS: [&str; 7] = [CF_MEMBERS, CF_DEDUPE, CF_META, CF_LEDGER, CF_VERDICTS, CF_INDEX, CF_HISTORY];
+const CF_JOINS: &str = "joins";
+const ALL_CFS: [&str; 8] = [CF_MEMBERS, CF_DEDUPE, CF_META, CF_LEDGER, CF_VERDICTS, CF_INDEX, CF_HISTORY, CF_JOINS];
 
 /// The crate's one error type.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +42,8 @@ pub enum Error {
     Corrupt(#[from] omnifold_core::Error),
     #[error("invalid store config: {0}")]
     Config(String),
+    #[error("{0}")]
+    Format(String),
 }
 
 impl From<rocksdb::Error> for Error {
@@ -53,6 +58,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// from several threads.
 pub struct Store {
     db: DB,
+    /// Each partition's dedupe horizon, shared with the compaction filter.
+    horizons: dedupe::Horizons,
+    /// `dedupe_retention_hours` in milliseconds.
+    retention_ms: i64,
     keep_history: bool,
     history_days: u32,
     write_opts: WriteOptions,
@@ -63,10 +72,6 @@ impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store").field("path", &self.db.path()).finish()
     }
-}
-
-fn now_millis() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 impl Store {
@@ -85,20 +90,17 @@ impl Store {
         table.set_cache_index_and_filter_blocks(true);
         table.set_pin_l0_filter_and_index_blocks_in_cache(true);
 
+        let horizons = dedupe::Horizons::default();
+        let retention_ms =
+            i64::try_from(Duration::from_secs(config.dedupe_retention_hours.saturating_mul(3600)).as_millis())
+                .unwrap_or(i64::MAX);
         let cf_opts = |name: &str| {
             let mut o = Options::default();
             o.set_block_based_table_factory(&table);
             o.set_compression_type(rocksdb::DBCompressionType::Lz4);
             o.set_write_buffer_size(config.write_buffer_bytes / 4);
             if name == CF_DEDUPE {
-                let retention = i64::try_from(Duration::from_secs(config.dedupe_retention_hours * 3600).as_millis())
-                    .unwrap_or(i64::MAX);
-                o.set_compaction_filter("dedupe-retention", move |_level: u32, _key: &[u8], value: &[u8]| {
-                    match keys::decode_i64(value) {
-                        Some(marked) if marked.saturating_add(retention) < now_millis() => Decision::Remove,
-                        _ => Decision::Keep,
-                    }
-                });
+                o.set_compaction_filter("dedupe-horizon", horizons.filter());
             }
             ColumnFamilyDescriptor::new(name, o)
         };
@@ -109,24 +111,56 @@ impl Store {
         db_opts.increase_parallelism(2);
         db_opts.set_max_open_files(config.max_open_files);
         db_opts.set_keep_log_file_num(3);
+        // Every column family on disk is opened, also ones a newer omnifold
+        // added, so the format check below can say what is wrong.
+        let mut names: Vec<String> = ALL_CFS.iter().map(|s| (*s).to_owned()).collect();
+        if let Ok(existing) = DB::list_cf(&db_opts, &config.path) {
+            names.extend(existing.into_iter().filter(|n| n != "default" && !ALL_CFS.contains(&n.as_str())));
+        }
         let db = if config.read_only {
-            DB::open_cf_descriptors_read_only(&db_opts, &config.path, ALL_CFS.map(cf_opts), false)?
+            let existing = DB::list_cf(&db_opts, &config.path)?;
+            let descriptors = names.iter().filter(|n| existing.contains(n)).map(|n| cf_opts(n));
+            DB::open_cf_descriptors_read_only(&db_opts, &config.path, descriptors, false)?
         } else {
-            DB::open_cf_descriptors(&db_opts, &config.path, ALL_CFS.map(cf_opts))?
+            DB::open_cf_descriptors(&db_opts, &config.path, names.iter().map(|n| cf_opts(n)))?
         };
         let mut write_opts = WriteOptions::default();
         write_opts.set_sync(config.sync_writes && !config.bulk_load);
         write_opts.disable_wal(config.bulk_load);
-        Ok(Arc::new(Store {
+        let store = Store {
             db,
+            horizons,
+            retention_ms,
             keep_history: config.keep_history,
             history_days: config.history_days,
             write_opts,
             _cache: cache,
-        }))
+        };
+        format::check_and_upgrade(&store, &config.path, config.read_only)?;
+        store.load_horizons()?;
+        Ok(Arc::new(store))
+    }
+
+    /// Sets every partition's dedupe horizon from its stored watermark.
+    fn load_horizons(&self) -> Result<()> {
+        let iter = self.db.prefix_iterator_cf(self.cf(CF_META), keys::WATERMARK_PREFIX);
+        for kv in iter {
+            let (k, v) = kv?;
+            if !k.starts_with(keys::WATERMARK_PREFIX) {
+                break;
+            }
+            let p = k.len().checked_sub(4).and_then(|i| keys::partition_of(&k[i..]));
+            if let (Some(p), Some(w)) = (p, keys::decode_i64(&v)) {
+                self.horizons.advance(p, w.saturating_sub(self.retention_ms));
+            }
+        }
+        Ok(())
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        // Every name in ALL_CFS is created at open (format::check_and_upgrade
+        // refuses a read-only store that lacks one).
+        #[allow(clippy::expect_used)]
         self.db.cf_handle(name).expect("column family created at open")
     }
 
@@ -142,7 +176,43 @@ impl Store {
         Ok(v.and_then(|v| keys::decode_i64(&v)).map(|n| n as u32))
     }
 
-    pub fn set_partition_count(&self, topic: &str, count: u32) -> Result<()> {
+    /// The events topics the store holds state for (normally one).
+    pub fn topics(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for kv in self.db.prefix_iterator_cf(self.cf(CF_META), keys::PARTITIONS_PREFIX) {
+            let (k, _) = kv?;
+            let Some(topic) = k.strip_prefix(keys::PARTITIONS_PREFIX) else {
+                break;
+            };
+            out.push(String::from_utf8_lossy(topic).into_owned());
+        }
+        Ok(out)
+    }
+
+    /// Binds the store to `topic` with `count` partitions, the first time;
+    /// afterwards refuses another count or another topic. Member keys are
+    /// scoped by partition, so a store cannot follow a repartitioned topic.
+    pub fn bind_partitions(&self, topic: &str, count: u32) -> Result<()> {
+        match self.partition_count(topic)? {
+            Some(n) if n == count => return Ok(()),
+            Some(n) => {
+                return Err(Error::Format(format!(
+                    "the store at {} was built for {n} partitions of topic {topic}, which has {count} now; every \
+                     member lives on the partition its key hashes to, so this store cannot follow the change: \
+                     rebuild it from a topic with the new count (docs/operations.md, \"Changing the partition \
+                     count\")",
+                    self.db.path().display()
+                )));
+            }
+            None => {}
+        }
+        if let Some(other) = self.topics()?.into_iter().find(|t| t != topic) {
+            return Err(Error::Format(format!(
+                "the store at {} holds the state of topic {other}, not {topic}: point kafka.topic at {other}, or \
+                 use another data directory for {topic}",
+                self.db.path().display()
+            )));
+        }
         self.db.put_cf_opt(
             self.cf(CF_META),
             keys::partitions(topic),
@@ -244,6 +314,52 @@ impl Store {
             })
     }
 
+    /// The store's format version (`None` for a store of omnifold 0.1).
+    pub fn format_version(&self) -> Result<Option<u32>> {
+        format::read(self)
+    }
+
+    /// Stamps another format version (tests of what a newer omnifold wrote).
+    #[doc(hidden)]
+    pub fn set_format_version_for_tests(&self, version: u32) -> Result<()> {
+        format::write(self, version)
+    }
+
+    /// Every verdict recorded for a member, by request id.
+    pub fn member_verdicts(&self, partition: u32, member: &str) -> Result<Vec<Verdict>> {
+        let prefix = keys::member_prefix(partition, member);
+        let mut out = Vec::new();
+        for kv in self.db.prefix_iterator_cf(self.cf(CF_VERDICTS), &prefix) {
+            let (k, v) = kv?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            out.push(Verdict::decode(&v)?);
+        }
+        Ok(out)
+    }
+
+    /// The parts of a join kept for `member`, in order: `(join id, index,
+    /// event time, data)`, for one join or (with `None`) all of them.
+    pub fn join_parts(&self, partition: u32, member: &str, join_id: Option<&str>) -> Result<Vec<JoinPart>> {
+        let prefix = match join_id {
+            Some(j) => keys::join_prefix(partition, member, j),
+            None => keys::member_prefix(partition, member),
+        };
+        let mut out = Vec::new();
+        for kv in self.db.prefix_iterator_cf(self.cf(CF_JOINS), &prefix) {
+            let (k, v) = kv?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let corrupt = || Error::Corrupt(omnifold_core::Error::Corrupt("a kept join part is cut short".into()));
+            let (join_id, index) = keys::decode_join_part(partition, member, &k).ok_or_else(corrupt)?;
+            let (at, data) = v.split_first_chunk::<8>().ok_or_else(corrupt)?;
+            out.push(JoinPart { join_id, index, at: i64::from_be_bytes(*at), data: data.to_vec() });
+        }
+        Ok(out)
+    }
+
     /// The verdicts recorded for `(member, request id)` pairs of one partition.
     pub fn verdicts(&self, partition: u32, requests: &[(&str, &str)]) -> Result<Vec<Option<Verdict>>> {
         let ks: Vec<Vec<u8>> = requests.iter().map(|(m, r)| keys::verdict(partition, m, r)).collect();
@@ -262,21 +378,61 @@ impl Store {
         Ok(v.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
-    /// For each event id, whether it was already applied in this partition.
-    pub fn seen(&self, partition: u32, event_ids: &[&str]) -> Result<Vec<bool>> {
+    /// For each event id, its dedupe marker in this partition, if one is
+    /// stored: the marker time (see [`Store::watermark`]). Markers below the
+    /// partition's horizon count for nothing, whether or not compaction
+    /// has dropped them yet.
+    pub fn markers(&self, partition: u32, event_ids: &[&str]) -> Result<Vec<Option<i64>>> {
         let ks: Vec<Vec<u8>> = event_ids.iter().map(|id| keys::scoped(partition, id)).collect();
         let got = self.db.batched_multi_get_cf(self.cf(CF_DEDUPE), &ks, false);
-        got.into_iter().map(|r| Ok(r?.is_some())).collect()
+        got.into_iter().map(|r| Ok(r?.and_then(|v| keys::decode_i64(&v)))).collect()
+    }
+
+    /// The latest event time applied in a partition (its watermark), which
+    /// the dedupe window is counted back from.
+    pub fn watermark(&self, topic: &str, partition: u32) -> Result<Option<i64>> {
+        let v = self.db.get_cf(self.cf(CF_META), keys::watermark(topic, partition))?;
+        Ok(v.and_then(|v| keys::decode_i64(&v)))
+    }
+
+    /// How long, in event time behind the watermark, a marker counts.
+    pub fn dedupe_retention_ms(&self) -> i64 {
+        self.retention_ms
+    }
+
+    /// Dedupe markers physically stored for a partition, expired or not
+    /// (for tests and operators watching compaction).
+    pub fn stored_markers(&self, partition: u32) -> Result<u64> {
+        let prefix = partition.to_be_bytes();
+        let mut n = 0;
+        for kv in self.db.prefix_iterator_cf(self.cf(CF_DEDUPE), prefix) {
+            let (k, _) = kv?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Compacts every column family now (expired markers are dropped).
+    pub fn compact(&self) {
+        for cf in ALL_CFS {
+            self.db.compact_range_cf(self.cf(cf), None::<&[u8]>, None::<&[u8]>);
+        }
     }
 
     /// Starts a batch for one partition of one topic.
     pub fn batch(&self, topic: &str, partition: u32) -> Batch {
-        Batch { inner: rocksdb::WriteBatch::default(), topic: topic.to_owned(), partition, marked_at: now_millis() }
+        Batch { inner: rocksdb::WriteBatch::default(), topic: topic.to_owned(), partition, watermark: None }
     }
 
     /// Writes a batch atomically: state, dedupe markers and offset together.
     pub fn commit(&self, batch: Batch) -> Result<()> {
         self.db.write_opt(batch.inner, &self.write_opts)?;
+        if let Some(w) = batch.watermark {
+            self.horizons.advance(batch.partition, w.saturating_sub(self.retention_ms));
+        }
         Ok(())
     }
 
@@ -330,12 +486,23 @@ pub struct StoreSwitch {
     pub done: std::sync::mpsc::Sender<std::result::Result<std::collections::BTreeMap<u32, i64>, String>>,
 }
 
+/// One kept part of a join.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinPart {
+    pub join_id: String,
+    pub index: u32,
+    /// The event time of the part.
+    pub at: i64,
+    pub data: Vec<u8>,
+}
+
 /// Changes to one partition that become visible together, or not at all.
 pub struct Batch {
     inner: rocksdb::WriteBatch,
     topic: String,
     partition: u32,
-    marked_at: i64,
+    /// The partition's watermark after this batch, if it moved.
+    watermark: Option<i64>,
 }
 
 impl Batch {
@@ -376,6 +543,19 @@ impl Batch {
         self.inner.put_cf(cf, keys::sequenced(self.partition, member, 0), base.encode());
     }
 
+    /// Keeps one part of a join until the join arrives.
+    pub fn put_join_part(&mut self, store: &Store, member: &str, part: &JoinPart) {
+        let mut v = Vec::with_capacity(8 + part.data.len());
+        v.extend_from_slice(&part.at.to_be_bytes());
+        v.extend_from_slice(&part.data);
+        self.inner.put_cf(store.cf(CF_JOINS), keys::join_part(self.partition, member, &part.join_id, part.index), v);
+    }
+
+    /// Drops a kept part (its join was applied, or it moved on with its member).
+    pub fn delete_join_part(&mut self, store: &Store, member: &str, join_id: &str, index: u32) {
+        self.inner.delete_cf(store.cf(CF_JOINS), keys::join_part(self.partition, member, join_id, index));
+    }
+
     /// Sets (or with `None` removes) a key's entry in the identity index.
     pub fn put_index(&mut self, store: &Store, key: &str, member: Option<&str>) {
         match member {
@@ -384,8 +564,16 @@ impl Batch {
         }
     }
 
-    pub fn mark_seen(&mut self, store: &Store, event_id: &str) {
-        self.inner.put_cf(store.cf(CF_DEDUPE), keys::scoped(self.partition, event_id), self.marked_at.to_be_bytes());
+    /// Marks an event id applied, at `marker` (the watermark when it was
+    /// applied, and not before its own event time).
+    pub fn mark_seen(&mut self, store: &Store, event_id: &str, marker: i64) {
+        self.inner.put_cf(store.cf(CF_DEDUPE), keys::scoped(self.partition, event_id), marker.to_be_bytes());
+    }
+
+    /// Records the partition's watermark (the latest event time applied).
+    pub fn set_watermark(&mut self, store: &Store, watermark: i64) {
+        self.inner.put_cf(store.cf(CF_META), keys::watermark(&self.topic, self.partition), watermark.to_be_bytes());
+        self.watermark = Some(watermark);
     }
 
     /// Records that every offset before `next` has been applied.
@@ -414,14 +602,14 @@ mod tests {
         m.browse.product_views = 7;
         let mut b = store.batch("events", 3);
         b.put_member(&store, &m);
-        b.mark_seen(&store, "e-1");
+        b.mark_seen(&store, "e-1", 5);
         b.set_next_offset(&store, 42);
         // Nothing is visible before the commit.
         assert_eq!(store.member(3, "m-1").unwrap(), None);
         store.commit(b).unwrap();
         assert_eq!(store.member(3, "m-1").unwrap(), Some(m.clone()));
         assert_eq!(store.member(2, "m-1").unwrap(), None, "partitions are separate key spaces");
-        assert_eq!(store.seen(3, &["e-1", "e-2"]).unwrap(), vec![true, false]);
+        assert_eq!(store.markers(3, &["e-1", "e-2"]).unwrap(), vec![Some(5), None]);
         assert_eq!(store.next_offset("events", 3).unwrap(), Some(42));
         let got = store.members(3, &["zz", "m-1"]).unwrap();
         assert_eq!(got, vec![None, Some(m)]);
@@ -436,7 +624,7 @@ mod tests {
             b.put_member(&store, &Member::new("a", ProfileKind::Anonymous));
             b.set_next_offset(&store, 9);
             store.commit(b).unwrap();
-            store.set_partition_count("events", 4).unwrap();
+            store.bind_partitions("events", 4).unwrap();
         }
         let store = open(dir.path());
         assert_eq!(store.next_offset("events", 0).unwrap(), Some(9));

@@ -19,6 +19,9 @@ use rdkafka::{Message as _, Offset, TopicPartitionList};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_omnifold");
 
+/// The cluster secret every test instance signs its own records with.
+pub const SECRET: &str = "e2e-test-secret-0123456789abcdef0123456789";
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -100,7 +103,10 @@ impl Setup {
             dlq: format!("{name}.dlq"),
             identity: format!("{name}.identity"),
             partitions,
-            extra_env: BTreeMap::new(),
+            // These tests fold events from months and years ago next to
+            // probes dated now: a dedupe window of ten years keeps every one
+            // of them in it (the window itself is tested on its own).
+            extra_env: BTreeMap::from([("OMNIFOLD_STORE__DEDUPE_RETENTION_HOURS".into(), "87600".into())]),
         }
     }
 
@@ -111,6 +117,7 @@ impl Setup {
             .env("OMNIFOLD_KAFKA__DEAD_LETTER_TOPIC", &self.dlq)
             .env("OMNIFOLD_KAFKA__IDENTITY_TOPIC", &self.identity)
             .env("OMNIFOLD_KAFKA__GROUP_ID", format!("{}.group", self.topic))
+            .env("OMNIFOLD_KAFKA__INTERNAL_SECRET", SECRET)
             .env_remove("OMNIFOLD_CONFIG")
             .envs(&self.extra_env);
         c
@@ -184,7 +191,10 @@ impl Setup {
                 .unwrap();
             let value = json_event(
                 &format!("probe-{p}-{round}-{}", std::process::id()),
-                "2026-01-01T00:00:00Z",
+                // Now: a probe must never be older than the dedupe window.
+                &omnifold_core::time::rfc3339(
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64,
+                ),
                 "ONLINE_WEB",
                 &format!(r#"{{"memberId":"{key}"}}"#),
                 r#""searchPerformed":{"query":"probe"}"#,

@@ -1,0 +1,485 @@
+//! The work on one batch, record by record: the checks every record passes
+//! (decoded, authentic, not from the future, not a duplicate, not too late,
+//! on its own partition, not for a key that joined a member, not a retried
+//! command) and then the fold, with what it writes staged in the batch.
+
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::sync::PoisonError;
+
+use omnifold_core::fold::{self, Position, kind_of};
+use omnifold_core::member::ProfileKind;
+use omnifold_core::partition::partition_for;
+use omnifold_core::time::DAY;
+use omnifold_core::{Effects, Event, LedgerEntry, Member, Payload, Verdict, decode_event};
+use omnifold_store::{Batch, JoinPart, Store};
+
+use super::{OutRecord, Processed, Processor, Record};
+use crate::Result;
+use crate::dead_letter::DeadLetter;
+
+/// One batch in progress.
+pub(super) struct Run<'a> {
+    pub(super) p: &'a Processor,
+    pub(super) partition: u32,
+    pub(super) records: &'a [Record<'a>],
+    pub(super) batch: Batch,
+    /// Each record decoded and validated (a join's state is put in here
+    /// once its parts are together).
+    decoded: Vec<std::result::Result<Event, omnifold_core::Error>>,
+    /// Each record's profile key: where a forward routed it, else its subject's.
+    keys: Vec<Option<String>>,
+    partitions: Option<u32>,
+    pub(super) members: HashMap<String, Member>,
+    /// Dedupe markers: from the store, and written by this batch.
+    markers: HashMap<String, i64>,
+    /// `(member, request id)` of the commands already decided.
+    decided: HashSet<(String, String)>,
+    /// The partition's latest applied event time.
+    watermark: Option<i64>,
+    dirty: HashSet<String>,
+    dead_letters: Vec<DeadLetter>,
+    pub(super) outbox: Vec<OutRecord>,
+    index: Vec<OutRecord>,
+    /// Ledger entries, history and verdicts written in this batch, for
+    /// joins that carry the joined profile's.
+    pub(super) batch_ledger: HashMap<String, Vec<LedgerEntry>>,
+    pub(super) batch_history: HashMap<String, Vec<(i64, Cow<'a, [u8]>)>>,
+    pub(super) batch_verdicts: HashMap<String, Vec<Verdict>>,
+    /// Join parts kept in this batch, by member.
+    pub(super) staged: HashMap<String, Vec<JoinPart>>,
+    /// Kept parts dropped in this batch (applied, or moved on).
+    pub(super) unstaged: HashSet<(String, String, u32)>,
+    applied: u64,
+    duplicates: u64,
+    misrouted: u64,
+    forwarded: u64,
+}
+
+impl<'a> Run<'a> {
+    /// Decodes the records and reads what the batch needs from the store:
+    /// members (cache first), dedupe markers, decided commands, the watermark.
+    pub(super) fn load(p: &'a Processor, partition: u32, records: &'a [Record<'a>]) -> Result<Run<'a>> {
+        let store = &*p.store;
+        let decoded: Vec<_> = records
+            .iter()
+            .map(|r| decode_event(r.value.unwrap_or_default(), p.max_event_bytes, &p.fold.limits))
+            .collect();
+        let keys: Vec<Option<String>> = decoded
+            .iter()
+            .zip(records)
+            .map(|(d, r)| d.as_ref().ok().map(|e| r.route.map_or_else(|| e.subject.key(), str::to_owned)))
+            .collect();
+        let ids: Vec<&str> = decoded.iter().filter_map(|d| d.as_ref().ok()).map(|e| e.event_id.as_str()).collect();
+        let markers: HashMap<String, i64> = ids
+            .iter()
+            .zip(store.markers(partition, &ids)?)
+            .filter_map(|(id, m)| Some(((*id).to_owned(), m?)))
+            .collect();
+        let members = load_members(p, partition, &keys)?;
+        let requests: Vec<(&str, &str)> = decoded
+            .iter()
+            .zip(&keys)
+            .filter_map(|(d, k)| Some((k.as_deref()?, d.as_ref().ok()?.request_id()?)))
+            .collect();
+        let decided = requests
+            .iter()
+            .zip(store.verdicts(partition, &requests)?)
+            .filter(|(_, v)| v.is_some())
+            .map(|((k, r), _)| ((*k).to_owned(), (*r).to_owned()))
+            .collect();
+        Ok(Run {
+            p,
+            partition,
+            records,
+            batch: store.batch(&p.topic, partition),
+            decoded,
+            keys,
+            partitions: store.partition_count(&p.topic)?,
+            members,
+            markers,
+            decided,
+            watermark: store.watermark(&p.topic, partition)?,
+            dirty: HashSet::new(),
+            dead_letters: Vec::new(),
+            outbox: Vec::new(),
+            index: Vec::new(),
+            batch_ledger: HashMap::new(),
+            batch_history: HashMap::new(),
+            batch_verdicts: HashMap::new(),
+            staged: HashMap::new(),
+            unstaged: HashSet::new(),
+            applied: 0,
+            duplicates: 0,
+            misrouted: 0,
+            forwarded: 0,
+        })
+    }
+
+    pub(super) fn store(&self) -> &'a Store {
+        &self.p.store
+    }
+
+    /// Sends record `i` to the dead-letter topic with its reason.
+    pub(super) fn dead_letter(&mut self, i: usize, kind: &'static str, reason: String) {
+        let r = &self.records[i];
+        self.dead_letters.push(DeadLetter {
+            reason,
+            kind,
+            original: r.value.unwrap_or_default().to_vec(),
+            key: r.key.map(<[u8]>::to_vec),
+            topic: self.p.topic.clone(),
+            partition: self.partition,
+            offset: r.offset,
+        });
+    }
+
+    /// Markers older than this count for nothing; events older than this
+    /// cannot be told from a duplicate.
+    fn horizon(&self) -> i64 {
+        self.watermark.map_or(i64::MIN, |w| w.saturating_sub(self.store().dedupe_retention_ms()))
+    }
+
+    /// Marks an event id applied (or passed on) at the current watermark.
+    fn mark_seen(&mut self, id: &str, occurred_at: i64) {
+        let marker = self.watermark.map_or(occurred_at, |w| w.max(occurred_at));
+        self.batch.mark_seen(self.store(), id, marker);
+        self.markers.insert(id.to_owned(), marker);
+    }
+
+    /// Runs record `i` through every check, then the fold.
+    pub(super) fn step(&mut self, i: usize) -> Result<()> {
+        let record = self.records[i];
+        let event = match &self.decoded[i] {
+            Ok(e) => e,
+            Err(e) => {
+                let (kind, reason) = (e.kind(), e.to_string());
+                self.dead_letter(i, kind, reason);
+                return Ok(());
+            }
+        };
+        let (internal, id, at) = (event.is_internal(), event.event_id.clone(), event.occurred_at);
+        let is_claim = matches!(event.payload, Payload::IdentityClaimed { .. });
+        let request = event.request_id().map(str::to_owned);
+        let part = match &event.payload {
+            Payload::ProfileJoinPart { join_id, index, data } => {
+                Some(JoinPart { join_id: join_id.clone(), index: *index, at, data: data.clone() })
+            }
+            _ => None,
+        };
+        if let Some(reason) = self.forged(&record, event) {
+            self.dead_letter(i, "forged", reason);
+            return Ok(());
+        }
+        if let Err(e) = self.p.fold.limits.check_event_time(at, record.timestamp) {
+            self.dead_letter(i, e.kind(), e.to_string());
+            return Ok(());
+        }
+        if self.markers.get(&id).is_some_and(|m| *m >= self.horizon()) {
+            self.duplicates += 1;
+            return Ok(());
+        }
+        // omnifold's own records are made once per cause and deduplicated by
+        // their ids; anything else this old could be a duplicate we no
+        // longer know.
+        if !internal && at < self.horizon() {
+            let reason = self.too_late_reason(at);
+            self.dead_letter(i, "too_late", reason);
+            return Ok(());
+        }
+        let Some(key) = self.keys[i].clone() else {
+            return Err(crate::Error::Bug("a valid event without a key".into()));
+        };
+        // Not marked seen here: the partition it goes to decides (it may be
+        // this one, and a marker would drop the forwarded copy).
+        if self.send_on(i, &key, is_claim) {
+            return Ok(());
+        }
+        if let Some(r) = request
+            && self.decided.contains(&(key.clone(), r))
+        {
+            self.duplicates += 1;
+            self.mark_seen(&id, at);
+            return Ok(());
+        }
+        if let Some(part) = part {
+            self.stage_part(&key, part);
+            self.mark_seen(&id, at);
+            return Ok(());
+        }
+        if let Err(reason) = self.assemble_join(i, &key) {
+            self.dead_letter(i, "rule", reason);
+            return Ok(());
+        }
+        self.fold(i, key)
+    }
+
+    /// Why record `i` is refused as forged, if it is: an event only
+    /// omnifold may write, or a route header, without omnifold's signature.
+    fn forged(&self, record: &Record<'_>, event: &Event) -> Option<String> {
+        if !event.is_internal() && record.route.is_none() {
+            return None;
+        }
+        let value = record.value.unwrap_or_default();
+        if self.p.signer.verify(record.key, record.route, value, record.signature) {
+            return None;
+        }
+        let what = if event.is_internal() {
+            format!("{} events are", internal_name(&event.payload))
+        } else {
+            "the omnifold-route header is".to_owned()
+        };
+        Some(format!(
+            "{what} written only by omnifold, and this record has no valid omnifold-sig signature (refused: it could \
+             move a person's history or points)"
+        ))
+    }
+
+    fn too_late_reason(&self, at: i64) -> String {
+        let hours = self.store().dedupe_retention_ms() / 3_600_000;
+        format!(
+            "occurredAt {} is older than this partition's dedupe window ({hours} hours of event time before its latest \
+             event, {}): a duplicate could no longer be recognised, so it was not applied. If it is new, raise \
+             store.dedupe_retention_hours and replay it from the dead-letter topic",
+            omnifold_core::time::rfc3339(at),
+            omnifold_core::time::rfc3339(self.watermark.unwrap_or(at)),
+        )
+    }
+
+    /// Forwards record `i` when it does not belong here: to the partition
+    /// that owns its key, or to the member its key joined. True if sent on.
+    fn send_on(&mut self, i: usize, key: &str, is_claim: bool) -> bool {
+        let record = self.records[i];
+        let value = || record.value.unwrap_or_default().to_vec();
+        if let Some(n) = self.partitions
+            && partition_for(key.as_bytes(), n) != self.partition
+        {
+            self.misrouted += 1;
+            let out = OutRecord::signed(&self.p.signer, key.as_bytes().to_vec(), value(), record.route);
+            self.outbox.push(out);
+            return true;
+        }
+        // A claim is decided at the key it claims, route or not.
+        if !is_claim && let Some(to) = self.members.get(key).and_then(|m| m.routes_to.clone()) {
+            self.forwarded += 1;
+            self.outbox.push(OutRecord::signed(&self.p.signer, to.clone().into_bytes(), value(), Some(&to)));
+            return true;
+        }
+        false
+    }
+
+    /// Folds record `i` into the member stored under `key`.
+    fn fold(&mut self, i: usize, key: String) -> Result<()> {
+        let record = self.records[i];
+        let Ok(event) = &self.decoded[i] else {
+            return Ok(());
+        };
+        let kind = if record.route.is_some() { ProfileKind::KnownMember } else { kind_of(event) };
+        let member = self.members.entry(key.clone()).or_insert_with(|| Member::new(key.clone(), kind));
+        let was_route = member.routes_to.is_some();
+        let pos = Position { partition: self.partition, offset: record.offset };
+        let applied_before = member.version.events_applied;
+        let effects = match fold::apply(member, event, pos, &self.p.fold) {
+            Ok(effects) => effects,
+            // Not marked seen: the same event id can be replayed after a fix.
+            Err(rejection) => {
+                self.dead_letter(i, "rule", rejection.0);
+                return Ok(());
+            }
+        };
+        let became_route = !was_route && member.routes_to.is_some();
+        let (id, at) = (event.event_id.clone(), event.occurred_at);
+        let is_join = matches!(event.payload, Payload::ProfileJoined { .. });
+        self.keep_history(i, &key, applied_before);
+        self.stage_effects(&key, effects)?;
+        if is_join {
+            self.finish_join(i, &key)?;
+        }
+        if became_route {
+            self.move_staged_parts(&key)?;
+        }
+        self.applied += 1;
+        self.watermark = Some(self.watermark.map_or(at, |w| w.max(at)));
+        self.mark_seen(&id, at);
+        self.dirty.insert(key);
+        Ok(())
+    }
+
+    /// The member's kept history: this event, or what a join brought.
+    fn keep_history(&mut self, i: usize, key: &str, applied_before: u64) {
+        let store = self.store();
+        if !store.keeps_history() {
+            return;
+        }
+        let record = self.records[i];
+        let Ok(event) = &self.decoded[i] else {
+            return;
+        };
+        let Some(member) = self.members.get_mut(key) else {
+            return;
+        };
+        let kept: Vec<(u64, i64, Cow<'a, [u8]>)> = match &event.payload {
+            Payload::ProfileJoined { state, .. } => state
+                .iter()
+                .flat_map(|s| s.history.iter())
+                .enumerate()
+                .map(|(n, (t, r))| (applied_before + 1 + n as u64, *t, Cow::Owned(r.clone())))
+                .collect(),
+            Payload::IdentityClaimed { .. } | Payload::ProfileJoinPart { .. } => Vec::new(),
+            _ => vec![(
+                member.version.events_applied,
+                event.occurred_at,
+                Cow::Borrowed(record.value.unwrap_or_default()),
+            )],
+        };
+        for (seq, t, r) in kept {
+            self.batch.put_history(store, key, seq, t, &r);
+            member.history.oldest_kept = Some(member.history.oldest_kept.map_or(t, |o| o.min(t)));
+            self.batch_history.entry(key.to_owned()).or_default().push((t, r));
+        }
+    }
+
+    /// Stages what the fold produced: ledger entries, the verdict, routes
+    /// for the identity index, and the events it writes (signed).
+    fn stage_effects(&mut self, key: &str, effects: Effects) -> Result<()> {
+        let store = self.store();
+        for entry in &effects.ledger {
+            self.batch.put_ledger(store, key, entry);
+        }
+        if !effects.ledger.is_empty() {
+            self.batch_ledger.entry(key.to_owned()).or_default().extend(effects.ledger);
+        }
+        if let Some(v) = effects.verdict {
+            self.batch.put_verdict(store, key, &v);
+            self.decided.insert((key.to_owned(), v.request_id.clone()));
+            self.batch_verdicts.entry(key.to_owned()).or_default().push(v);
+        }
+        for (route_key, to) in effects.routes {
+            // An empty value: the key routes nowhere (shared).
+            let value = to.unwrap_or_default().into_bytes();
+            let sig = self.p.signer.sign(Some(route_key.as_bytes()), None, &value);
+            let headers = vec![(crate::sign::SIGNATURE_HEADER, sig)];
+            self.index.push(OutRecord { key: Some(route_key.into_bytes()), value, headers });
+        }
+        for out in effects.outbox {
+            self.send(out)?;
+        }
+        Ok(())
+    }
+
+    /// Verdicts a join brought: the member keeps its own answer for a
+    /// request id it decided itself.
+    pub(super) fn adopt_verdicts(&mut self, key: &str, verdicts: Vec<Verdict>) -> Result<()> {
+        let fresh: Vec<Verdict> =
+            verdicts.into_iter().filter(|v| !self.decided.contains(&(key.to_owned(), v.request_id.clone()))).collect();
+        let pairs: Vec<(&str, &str)> = fresh.iter().map(|v| (key, v.request_id.as_str())).collect();
+        let stored = self.store().verdicts(self.partition, &pairs)?;
+        for (v, s) in fresh.into_iter().zip(stored) {
+            if s.is_none() {
+                self.batch.put_verdict(self.store(), key, &v);
+                self.decided.insert((key.to_owned(), v.request_id.clone()));
+                self.batch_verdicts.entry(key.to_owned()).or_default().push(v);
+            }
+        }
+        Ok(())
+    }
+
+    /// The decoded event of record `i`, for the join code to fill in.
+    pub(super) fn event_mut(&mut self, i: usize) -> Option<&mut Event> {
+        self.decoded[i].as_mut().ok()
+    }
+
+    pub(super) fn event(&self, i: usize) -> Option<&Event> {
+        self.decoded[i].as_ref().ok()
+    }
+
+    /// Writes the dirty members and the offset, prunes old history.
+    pub(super) fn finish(mut self) -> Result<Processed> {
+        let store = self.store();
+        let mut dirty: Vec<String> = self.dirty.drain().collect();
+        dirty.sort_unstable();
+        self.prune_histories(&dirty)?;
+        for key in &dirty {
+            if let Some(m) = self.members.get(key) {
+                self.batch.put_member(store, m);
+            }
+        }
+        let next_offset = self.records.last().map_or(0, |r| r.offset + 1);
+        if !self.records.is_empty() {
+            self.batch.set_next_offset(store, next_offset);
+        }
+        if let Some(w) = self.watermark {
+            self.batch.set_watermark(store, w);
+        }
+        // Members created here but refused every event were never stored.
+        let touched =
+            self.members.into_values().filter(|m| m.version.events_applied > 0 || m.routes_to.is_some()).collect();
+        Ok(Processed {
+            batch: self.batch,
+            touched,
+            partition: self.partition,
+            dead_letters: self.dead_letters,
+            outbox: self.outbox,
+            index: self.index,
+            applied: self.applied,
+            duplicates: self.duplicates,
+            misrouted: self.misrouted,
+            forwarded: self.forwarded,
+            next_offset,
+        })
+    }
+
+    fn prune_histories(&mut self, dirty: &[String]) -> Result<()> {
+        let store = self.store();
+        let days = i64::from(store.history_days());
+        if days == 0 || !store.keeps_history() {
+            return Ok(());
+        }
+        for key in dirty {
+            let Some(m) = self.members.get(key) else {
+                continue;
+            };
+            let (Some(oldest), Some(last)) = (m.history.oldest_kept, m.last_seen_at) else {
+                continue;
+            };
+            // Prune in steps of a month at most once, not on every event.
+            if last - oldest > (days + 30) * DAY {
+                self.prune_history(key, last - days * DAY)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Members of the batch's keys: from the cache (taken out until the
+/// commit), else from the store.
+fn load_members(p: &Processor, partition: u32, keys: &[Option<String>]) -> Result<HashMap<String, Member>> {
+    let mut wanted: Vec<&str> = keys.iter().flatten().map(String::as_str).collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let mut members: HashMap<String, Member> = HashMap::with_capacity(wanted.len());
+    if let Some(cache) = &p.cache {
+        let mut cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
+        for k in &wanted {
+            if let Some(m) = cache.pop(&(partition, (*k).to_owned())) {
+                members.insert((*k).to_owned(), m);
+            }
+        }
+    }
+    let missing: Vec<&str> = wanted.into_iter().filter(|k| !members.contains_key(*k)).collect();
+    for (k, m) in missing.iter().zip(p.store.members(partition, &missing)?) {
+        if let Some(m) = m {
+            members.insert((*k).to_owned(), m);
+        }
+    }
+    Ok(members)
+}
+
+fn internal_name(p: &Payload) -> &'static str {
+    match p {
+        Payload::IdentityClaimed { .. } => "identityClaimed",
+        Payload::ProfileJoined { .. } => "profileJoined",
+        Payload::ProfileJoinPart { .. } => "profileJoinPart",
+        _ => "internal",
+    }
+}

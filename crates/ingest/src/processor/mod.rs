@@ -1,0 +1,265 @@
+//! One partition's micro-batch: decode, authenticate, dedupe, fold, and
+//! stage the commit. No Kafka here, so the file replay, the tests and the
+//! benchmarks use it too.
+//!
+//! The work per record is in `batch.rs`; sending and putting together the
+//! state of joins is in `joins.rs`; folding old history into a base
+//! snapshot is in `history.rs`. This module holds the types and the guard
+//! that keeps a bug in the fold from stopping a partition.
+
+mod batch;
+mod history;
+mod joins;
+
+use std::collections::BTreeSet;
+use std::num::NonZeroUsize;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use lru::LruCache;
+use tracing::error;
+
+use omnifold_core::{FoldConfig, Member};
+use omnifold_store::{Batch, Store};
+
+use crate::Result;
+use crate::dead_letter::DeadLetter;
+use crate::sign::{SIGNATURE_HEADER, Signer};
+
+/// The header that routes a forwarded event to a profile other than its
+/// subject's key: the member the subject's key has joined.
+pub const ROUTE_HEADER: &str = "omnifold-route";
+
+/// One consumed record.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Record<'a> {
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    /// The `omnifold-route` header of a forwarded event.
+    pub route: Option<&'a str>,
+    /// The `omnifold-sig` header of a record omnifold wrote.
+    pub signature: Option<&'a [u8]>,
+    /// The Kafka record timestamp, milliseconds (none for files).
+    pub timestamp: Option<i64>,
+}
+
+impl<'a> Record<'a> {
+    pub fn new(offset: i64, key: Option<&'a [u8]>, value: Option<&'a [u8]>) -> Self {
+        Record { offset, key, value, ..Record::default() }
+    }
+}
+
+/// A record to write to a topic before the batch commits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutRecord {
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl OutRecord {
+    /// A record only omnifold may write: signed over key, route and value.
+    pub(crate) fn signed(signer: &Signer, key: Vec<u8>, value: Vec<u8>, route: Option<&str>) -> OutRecord {
+        let mut headers: Vec<(&'static str, String)> =
+            route.map(|r| (ROUTE_HEADER, r.to_owned())).into_iter().collect();
+        headers.push((SIGNATURE_HEADER, signer.sign(Some(&key), route, &value)));
+        OutRecord { key: Some(key), value, headers }
+    }
+
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// A processed batch, ready to commit once its dead letters are delivered.
+/// Hand it to [`Processor::commit`].
+pub struct Processed {
+    pub batch: Batch,
+    /// The members the batch read, as they are after it: they go back into
+    /// the cache only once the batch is committed.
+    touched: Vec<Member>,
+    partition: u32,
+    pub dead_letters: Vec<DeadLetter>,
+    /// Events for the events topic: forwards to the partition that owns
+    /// their member, identity claims, joins and their parts. Written before
+    /// the commit, in this order.
+    pub outbox: Vec<OutRecord>,
+    /// Identity-index updates for the identity topic, written before the commit.
+    pub index: Vec<OutRecord>,
+    pub applied: u64,
+    pub duplicates: u64,
+    /// Events that arrived on a partition that does not own their key.
+    pub misrouted: u64,
+    /// Events forwarded to the member their key joined.
+    pub forwarded: u64,
+    pub next_offset: i64,
+}
+
+impl Processed {
+    /// Applies the batch's identity-index updates to `store` itself, in the
+    /// same batch, instead of writing them to the identity topic (replays,
+    /// which write nothing back to Kafka).
+    pub fn index_locally(&mut self, store: &Store) {
+        for r in &self.index {
+            let key = String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned();
+            let member = std::str::from_utf8(&r.value).ok().filter(|v| !v.is_empty());
+            self.batch.put_index(store, &key, member);
+        }
+    }
+}
+
+type Cache = Option<Arc<Mutex<LruCache<(u32, String), Member>>>>;
+
+/// Called with the partition after each commit (for example to wake
+/// requests waiting for a verdict).
+pub type OnCommit = Arc<dyn Fn(u32) + Send + Sync>;
+
+/// Folds records of one topic into the store.
+#[derive(Clone)]
+pub struct Processor {
+    store: Arc<Store>,
+    fold: Arc<FoldConfig>,
+    topic: String,
+    max_event_bytes: usize,
+    /// Largest piece of a join's state per record.
+    part_bytes: usize,
+    signer: Signer,
+    /// Members exactly as committed. A batch takes its members out and puts
+    /// them back only after its commit, so the cache is never ahead of the store.
+    cache: Cache,
+    on_commit: Option<OnCommit>,
+}
+
+impl Processor {
+    /// A processor of `topic` into `store`: records above `max_event_bytes`
+    /// are dead letters, and what only omnifold may write is signed and
+    /// verified with `signer`.
+    pub fn new(
+        store: Arc<Store>,
+        fold: Arc<FoldConfig>,
+        topic: impl Into<String>,
+        max_event_bytes: usize,
+        signer: Signer,
+    ) -> Self {
+        Processor {
+            store,
+            fold,
+            topic: topic.into(),
+            max_event_bytes,
+            part_bytes: max_event_bytes.saturating_sub(1024).max(256),
+            signer,
+            cache: None,
+            on_commit: None,
+        }
+    }
+
+    /// Cuts joins into parts of at most `bytes` (tests use small parts).
+    pub fn with_join_part_bytes(mut self, bytes: usize) -> Self {
+        self.part_bytes = bytes.max(1);
+        self
+    }
+
+    /// Keeps up to `entries` decoded members between batches.
+    pub fn with_member_cache(mut self, entries: usize) -> Self {
+        self.cache = NonZeroUsize::new(entries).map(|n| Arc::new(Mutex::new(LruCache::new(n))));
+        self
+    }
+
+    /// The same processor folding into another store, with an empty cache.
+    pub fn with_store(&self, store: Arc<Store>) -> Processor {
+        let entries = self.cache.as_ref().map_or(0, |c| c.lock().unwrap_or_else(PoisonError::into_inner).cap().get());
+        let mut p = Processor { store, cache: None, ..self.clone() };
+        if entries > 0 {
+            p = p.with_member_cache(entries);
+        }
+        p
+    }
+
+    /// Calls `f` with the partition after every commit.
+    pub fn with_on_commit(mut self, f: OnCommit) -> Self {
+        self.on_commit = Some(f);
+        self
+    }
+
+    /// Commits a processed batch and returns its members to the cache.
+    pub fn commit(&self, processed: Processed) -> Result<()> {
+        self.store.commit(processed.batch)?;
+        if let Some(f) = &self.on_commit {
+            f(processed.partition);
+        }
+        if let Some(cache) = &self.cache {
+            let mut cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
+            for m in processed.touched {
+                cache.put((processed.partition, m.key.clone()), m);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The fold's rules this processor applies.
+    pub fn fold(&self) -> &FoldConfig {
+        &self.fold
+    }
+
+    /// The signer of the records only omnifold may write.
+    pub fn signer(&self) -> &Signer {
+        &self.signer
+    }
+
+    /// Processes consecutive records of one partition (offsets ascending).
+    ///
+    /// A bug in the fold that panics on some record must not stop the
+    /// partition in a loop: the batch is processed again with that record
+    /// sent to the dead-letter topic (kind `bug`), and so on for each
+    /// record that panics.
+    pub fn process(&self, partition: u32, records: &[Record<'_>]) -> Result<Processed> {
+        let mut poisoned: BTreeSet<usize> = BTreeSet::new();
+        loop {
+            let at = std::cell::Cell::new(None);
+            let run = catch_unwind(AssertUnwindSafe(|| self.process_once(partition, records, &poisoned, &at)));
+            match run {
+                Ok(result) => return result,
+                Err(panic) => {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    // Outside any record, or the same record again: the
+                    // failure is not a record's; the caller stalls the partition.
+                    let Some(i) = at.get().filter(|i| !poisoned.contains(i)) else {
+                        return Err(crate::Error::Bug(format!("processing a batch panicked: {what}")));
+                    };
+                    error!(partition, offset = records[i].offset, panic = %what, "the fold failed on a record; it goes to the dead-letter topic");
+                    poisoned.insert(i);
+                }
+            }
+        }
+    }
+
+    fn process_once(
+        &self,
+        partition: u32,
+        records: &[Record<'_>],
+        poisoned: &BTreeSet<usize>,
+        at: &std::cell::Cell<Option<usize>>,
+    ) -> Result<Processed> {
+        let mut run = batch::Run::load(self, partition, records)?;
+        for i in 0..records.len() {
+            at.set(Some(i));
+            if poisoned.contains(&i) {
+                run.dead_letter(i, "bug", "the fold failed on this event (a bug in omnifold: please report it)".into());
+                continue;
+            }
+            run.step(i)?;
+        }
+        at.set(None);
+        run.finish()
+    }
+}

@@ -1,0 +1,103 @@
+//! The store's format version, kept in `meta`: a newer omnifold opens an
+//! older store (upgrading it), an older omnifold refuses a newer one.
+//!
+//! - 1 (omnifold 0.1, no version key): dedupe markers hold the wall-clock
+//!   time they were written.
+//! - 2: dedupe markers hold event time and every partition has a watermark
+//!   (`dedupe.rs`); kept join parts (`joins`). The upgrade sets each
+//!   partition's watermark to its members' latest event time; old markers
+//!   stay, their wall-clock times count as event times (they are later,
+//!   so they are kept a little longer, never shorter).
+
+use std::path::Path;
+
+use crate::{CF_MEMBERS, CF_META, Error, Result, Store, keys};
+
+/// The format this omnifold writes.
+pub const CURRENT: u32 = 2;
+
+pub(crate) fn read(store: &Store) -> Result<Option<u32>> {
+    let v = store.db.get_cf(store.cf(CF_META), keys::FORMAT_VERSION)?;
+    Ok(v.and_then(|v| keys::decode_i64(&v)).map(|n| n as u32))
+}
+
+/// Whether the store holds anything yet (a fresh directory does not).
+fn is_empty(store: &Store) -> Result<bool> {
+    for cf in [CF_META, CF_MEMBERS] {
+        if let Some(kv) = store.db.iterator_cf(store.cf(cf), rocksdb::IteratorMode::Start).next() {
+            kv?;
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Refuses a store of a newer format, upgrades an older one (unless opened
+/// read-only) and stamps a fresh one.
+pub(crate) fn check_and_upgrade(store: &Store, path: &Path, read_only: bool) -> Result<()> {
+    let found = match read(store)? {
+        Some(v) => v,
+        None if is_empty(store)? => {
+            if !read_only {
+                write(store, CURRENT)?;
+            }
+            return Ok(());
+        }
+        None => 1,
+    };
+    if found > CURRENT {
+        return Err(Error::Format(format!(
+            "the store at {} has format {found}, written by a newer omnifold; this one reads formats up to {CURRENT}: \
+             upgrade omnifold, or rebuild a store for this version with `omnifold replay`",
+            path.display()
+        )));
+    }
+    if found < CURRENT {
+        if read_only {
+            return Err(Error::Format(format!(
+                "the store at {} has format {found}, from an older omnifold; start `omnifold serve` on it once to \
+                 upgrade it to format {CURRENT} (dump and verify only read)",
+                path.display()
+            )));
+        }
+        upgrade_from_1(store)?;
+        tracing::info!(path = %path.display(), from = found, to = CURRENT, "store format upgraded");
+    }
+    Ok(())
+}
+
+pub(crate) fn write(store: &Store, version: u32) -> Result<()> {
+    store.db.put_cf_opt(
+        store.cf(CF_META),
+        keys::FORMAT_VERSION,
+        i64::from(version).to_be_bytes(),
+        &store.write_opts,
+    )?;
+    Ok(())
+}
+
+/// 1 → 2: every partition's watermark from its members' latest event time,
+/// and the version, in one batch.
+fn upgrade_from_1(store: &Store) -> Result<()> {
+    let mut latest: std::collections::BTreeMap<u32, i64> = std::collections::BTreeMap::new();
+    for kv in store.db.iterator_cf(store.cf(CF_MEMBERS), rocksdb::IteratorMode::Start) {
+        let (k, v) = kv?;
+        let (Some(p), Ok(m)) = (keys::partition_of(&k), omnifold_core::Member::decode(&v)) else {
+            continue;
+        };
+        if let Some(t) = m.last_seen_at {
+            let e = latest.entry(p).or_insert(t);
+            *e = (*e).max(t);
+        }
+    }
+    let topics = store.topics()?;
+    let mut batch = rocksdb::WriteBatch::default();
+    for topic in &topics {
+        for (p, t) in &latest {
+            batch.put_cf(store.cf(CF_META), keys::watermark(topic, *p), t.to_be_bytes());
+        }
+    }
+    batch.put_cf(store.cf(CF_META), keys::FORMAT_VERSION, i64::from(CURRENT).to_be_bytes());
+    store.db.write_opt(batch, &store.write_opts)?;
+    Ok(())
+}

@@ -1,0 +1,74 @@
+//! The store's format version and its binding to one topic: a newer
+//! omnifold opens (and upgrades) a store an older one wrote, an older one
+//! refuses a newer store, and a store refuses a topic whose partition count
+//! changed.
+
+use std::path::Path;
+
+use omnifold_store::{Store, StoreConfig};
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+fn open(path: &Path, read_only: bool) -> Result<std::sync::Arc<Store>, omnifold_store::Error> {
+    Store::open(&StoreConfig { path: path.into(), read_only, ..StoreConfig::default() })
+}
+
+/// `fixtures/store-v1` was written by omnifold 0.1 (`omnifold replay
+/// --file` of two members' 60 events into 2 partitions), before stores had
+/// a format version.
+#[test]
+fn a_store_written_by_omnifold_0_1_is_upgraded_and_reads_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-v1"), dir.path());
+    let err = open(dir.path(), true).unwrap_err().to_string();
+    assert!(err.contains("has format 1, from an older omnifold; start `omnifold serve` on it once"), "{err}");
+
+    let store = open(dir.path(), false).unwrap();
+    assert_eq!(store.format_version().unwrap(), Some(omnifold_store::FORMAT_VERSION));
+    let m0 = store.member(0, "m-0").unwrap().unwrap();
+    assert_eq!((m0.version.events_applied, m0.purchases.orders), (30, 10));
+    let m1 = store.member(1, "m-1").unwrap().unwrap();
+    assert_eq!(m1.version.events_applied, 30);
+    // The upgrade set each partition's watermark to its latest event time.
+    assert_eq!(store.watermark("omnifold.events", 0).unwrap(), m0.last_seen_at);
+    assert_eq!(store.watermark("omnifold.events", 1).unwrap(), m1.last_seen_at);
+    drop(store);
+    // Upgraded once: read-only tools open it now.
+    assert!(open(dir.path(), true).is_ok());
+}
+
+#[test]
+fn a_store_of_a_newer_format_is_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), false).unwrap();
+    store.set_format_version_for_tests(omnifold_store::FORMAT_VERSION + 1).unwrap();
+    drop(store);
+    for read_only in [false, true] {
+        let err = open(dir.path(), read_only).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("has format {}, written by a newer omnifold", omnifold_store::FORMAT_VERSION + 1)),
+            "{err}"
+        );
+        assert!(err.contains("upgrade omnifold"), "{err}");
+    }
+}
+
+#[test]
+fn a_store_refuses_a_topic_whose_partition_count_changed_or_another_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), false).unwrap();
+    store.bind_partitions("events", 4).unwrap();
+    store.bind_partitions("events", 4).unwrap();
+    let err = store.bind_partitions("events", 6).unwrap_err().to_string();
+    assert!(err.contains("was built for 4 partitions of topic events, which has 6 now"), "{err}");
+    assert!(err.contains("Changing the partition count"), "{err}");
+    assert_eq!(store.partition_count("events").unwrap(), Some(4), "the stored count is not overwritten");
+    let err = store.bind_partitions("other", 4).unwrap_err().to_string();
+    assert!(err.contains("holds the state of topic events, not other"), "{err}");
+}
