@@ -8,7 +8,10 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, FutureProducer, FutureRecord, Producer};
 
+use rdkafka::ClientContext;
+
 use crate::consumer::client_config;
+use crate::status::{IngestStatus, STATS_INTERVAL_MS};
 use crate::{Error, IngestConfig, Result};
 
 /// What happened to one topic.
@@ -85,22 +88,34 @@ impl EventProducer {
 }
 
 /// Appends single commands (redemptions, adjustments) to the events topic
-/// and reports when each is acknowledged; for request handlers.
+/// and reports when each is acknowledged; for request handlers. Knows
+/// when the broker is away (its statistics), so a command answers at once
+/// instead of waiting out its deadline.
 #[derive(Clone)]
 pub struct CommandProducer {
-    producer: FutureProducer,
+    producer: FutureProducer<StatusContext>,
     topic: String,
     timeout: Duration,
 }
 
+/// Reports the broker's state into an [`IngestStatus`].
+pub struct StatusContext(IngestStatus);
+
+impl ClientContext for StatusContext {
+    fn stats(&self, statistics: rdkafka::statistics::Statistics) {
+        self.0.observe(&statistics);
+    }
+}
+
 impl CommandProducer {
-    pub fn new(cfg: &IngestConfig, timeout: Duration) -> Result<CommandProducer> {
+    pub fn new(cfg: &IngestConfig, timeout: Duration, status: &IngestStatus) -> Result<CommandProducer> {
         let producer = client_config(cfg)
             .set("partitioner", "murmur2_random")
             .set("enable.idempotence", "true")
             .set("linger.ms", "0")
             .set("message.timeout.ms", timeout.as_millis().max(1).to_string())
-            .create()?;
+            .set("statistics.interval.ms", STATS_INTERVAL_MS.to_string())
+            .create_with_context(StatusContext(status.clone()))?;
         Ok(CommandProducer { producer, topic: cfg.topic.clone(), timeout })
     }
 

@@ -1,28 +1,37 @@
-//! The Kafka side: a consumer-group member that resumes every assigned
-//! partition from the offset in the store, and a blocking poll loop that
-//! runs micro-batches through the [`Processor`].
+//! The Kafka side: a consumer that resumes every partition it folds from
+//! the offset in the store, and a blocking poll loop that runs micro-batches
+//! through the [`Processor`], writes what they produce, and commits them.
+//!
+//! Faults stop a partition, never the process: a broker that is away is
+//! waited for (reads go on from the store); a record the broker refuses for
+//! good, a failed store write (a full disk) or a bug stalls that partition
+//! with the reason in [`IngestStatus`], and it is tried again with backoff
+//! from the offset in the store (after reopening the store if a write
+//! failed) until the cause is gone.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{debug, error, info, warn};
 
-use omnifold_store::{Store, StoreHandle, StoreSwitch};
+use omnifold_store::{StoreConfig, StoreHandle, StoreSwitch};
 
 use crate::config::Assignment;
 use crate::failpoint;
+use crate::outbox::{Outbox, Undelivered};
 use crate::processor::{OutRecord, Processor, ROUTE_HEADER, Record};
 use crate::resume::{Resume, Step};
 use crate::sign::SIGNATURE_HEADER;
+use crate::status::{IngestStatus, STATS_INTERVAL_MS, now_ms};
 use crate::{Error, IngestConfig, Result};
 
 /// A stop signal the poll loop checks between batches: the batch in hand is
@@ -38,6 +47,18 @@ impl Shutdown {
     pub fn is_triggered(&self) -> bool {
         self.0.load(Ordering::SeqCst)
     }
+
+    /// Sleeps up to `d`, returning early (false) on shutdown.
+    pub(crate) fn sleep(&self, d: Duration) -> bool {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            if self.is_triggered() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20).min(until.saturating_duration_since(Instant::now())));
+        }
+        !self.is_triggered()
+    }
 }
 
 /// Base librdkafka settings shared by every client omnifold creates.
@@ -51,18 +72,48 @@ pub fn client_config(cfg: &IngestConfig) -> ClientConfig {
     c
 }
 
+/// What [`run`] needs besides the configuration and the processor.
+#[derive(Default)]
+pub struct RunOptions {
+    /// Requests to switch to a rebuilt store (`AdminService.SwitchStore`).
+    pub switches: Option<Receiver<StoreSwitch>>,
+    /// Where ingest reports its health.
+    pub status: IngestStatus,
+    /// The store's configuration, to open it again after a failed write.
+    pub store_config: Option<StoreConfig>,
+}
+
 struct IngestContext {
-    /// The store offsets come from; replaced by a switch.
-    store: Mutex<Arc<Store>>,
+    /// The store offsets come from (the processor's).
+    stores: Arc<StoreHandle>,
     topic: String,
-    /// Partitions this member owns, with where each is read from.
+    /// Partitions this instance folds, with where each is read from.
     assigned: Mutex<HashMap<u32, Resume>>,
-    /// `kafka.resume_rewind_records`.
+    /// Partitions stalled by a fault, waiting to be tried again.
+    stalled: Mutex<BTreeMap<u32, Stalled>>,
     rewind: i64,
+    status: IngestStatus,
     fatal: Mutex<Option<String>>,
 }
 
-impl ClientContext for IngestContext {}
+/// A partition that stopped folding, and when to try it again.
+#[derive(Debug, Clone)]
+struct Stalled {
+    retry_at: Instant,
+    backoff: Duration,
+    /// A store write failed: the store is opened again before retrying.
+    store_fault: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl ClientContext for IngestContext {
+    fn stats(&self, statistics: Statistics) {
+        self.status.observe(&statistics);
+    }
+}
 
 impl ConsumerContext for IngestContext {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
@@ -71,17 +122,10 @@ impl ConsumerContext for IngestContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let parts: Vec<(String, i32)> =
                     tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
-                let mut assigned = self.assigned.lock().expect("assignment lock");
                 for (topic, p) in parts {
-                    let store = self.store.lock().expect("store lock").clone();
-                    let next = match store.next_offset(&topic, p as u32) {
-                        Ok(next) => next,
-                        Err(e) => {
-                            *self.fatal.lock().expect("fatal lock") = Some(format!("reading stored offset: {e}"));
-                            None
-                        }
+                    let Some(resume) = self.resume_from_store(p as u32) else {
+                        continue;
                     };
-                    let resume = Resume::at(next.unwrap_or(0), self.rewind);
                     let offset = match resume.position() {
                         0 => Offset::Beginning,
                         at => Offset::Offset(at),
@@ -90,9 +134,14 @@ impl ConsumerContext for IngestContext {
                         error!(error = %e, partition = p, "cannot set start offset");
                     }
                     if topic == self.topic {
-                        assigned.insert(p as u32, resume);
+                        lock(&self.assigned).insert(p as u32, resume);
+                        self.status.assigned([p as u32]);
                     }
-                    info!(partition = p, next_offset = ?next, "partition assigned; resuming from the store's offset");
+                    info!(
+                        partition = p,
+                        next_offset = resume.next,
+                        "partition assigned; resuming from the store's offset"
+                    );
                 }
                 let r = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
                 if let Err(e) = r {
@@ -100,10 +149,12 @@ impl ConsumerContext for IngestContext {
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                let mut assigned = self.assigned.lock().expect("assignment lock");
                 for e in tpl.elements() {
-                    assigned.remove(&(e.partition() as u32));
-                    info!(partition = e.partition(), "partition revoked");
+                    let p = e.partition() as u32;
+                    lock(&self.assigned).remove(&p);
+                    lock(&self.stalled).remove(&p);
+                    self.status.revoked([p]);
+                    info!(partition = p, "partition revoked");
                 }
                 let r = if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
                 if let Err(e) = r {
@@ -113,32 +164,25 @@ impl ConsumerContext for IngestContext {
             other => {
                 error!(error = ?other, "rebalance error");
                 let _ = consumer.unassign();
-                self.assigned.lock().expect("assignment lock").clear();
+                let revoked: Vec<u32> = lock(&self.assigned).drain().map(|(p, _)| p).collect();
+                lock(&self.stalled).clear();
+                self.status.revoked(revoked);
             }
         }
     }
 }
 
-#[derive(Default)]
-struct DlqContext {
-    failed: Mutex<Vec<usize>>,
-}
-
-impl ClientContext for DlqContext {}
-
-impl ProducerContext for DlqContext {
-    type DeliveryOpaque = Box<usize>;
-
-    fn delivery(&self, result: &DeliveryResult<'_>, index: Box<usize>) {
-        if let Err((e, _)) = result {
-            warn!(error = %e, "record not delivered; will retry");
-            self.failed.lock().expect("delivery lock").push(*index);
+impl IngestContext {
+    /// Where partition `p` resumes: the store's offset, read early.
+    fn resume_from_store(&self, p: u32) -> Option<Resume> {
+        match self.stores.get().next_offset(&self.topic, p) {
+            Ok(next) => Some(Resume::at(next.unwrap_or(0), self.rewind)),
+            Err(e) => {
+                *lock(&self.fatal) = Some(format!("reading the stored offset of partition {p}: {e}"));
+                None
+            }
         }
     }
-}
-
-fn now_millis() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// A consumed message as the processor takes it, with its route and
@@ -155,46 +199,6 @@ pub(crate) fn record_of<'a>(m: &'a BorrowedMessage<'_>) -> Record<'a> {
     }
 }
 
-/// Produces records and waits until the broker has every one of them.
-/// Retries failed deliveries until they succeed or shutdown is requested.
-fn deliver(producer: &BaseProducer<DlqContext>, topic: &str, records: &[OutRecord], shutdown: &Shutdown) -> Result<()> {
-    let mut pending: Vec<usize> = (0..records.len()).collect();
-    let mut backoff = Duration::from_millis(100);
-    while !pending.is_empty() {
-        for &i in &pending {
-            let r = &records[i];
-            let mut headers = OwnedHeaders::new();
-            for (k, v) in &r.headers {
-                headers = headers.insert(Header { key: k, value: Some(v.as_str()) });
-            }
-            let mut record = BaseRecord::with_opaque_to(topic, Box::new(i)).payload(&r.value).headers(headers);
-            if let Some(k) = &r.key {
-                record = record.key(k);
-            }
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                        record = r;
-                        producer.poll(Duration::from_millis(50));
-                    }
-                    Err((e, _)) => return Err(e.into()),
-                }
-            }
-        }
-        producer.flush(Duration::from_secs(30))?;
-        pending = std::mem::take(&mut *producer.context().failed.lock().expect("delivery lock"));
-        if !pending.is_empty() {
-            if shutdown.is_triggered() {
-                return Err(Error::Kafka(KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut)));
-            }
-            std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-        }
-    }
-    Ok(())
-}
-
 /// The number of partitions of `topic`, from the broker.
 pub fn partition_count(cfg: &IngestConfig, topic: &str) -> Result<u32> {
     let consumer: BaseConsumer = client_config(cfg).create()?;
@@ -206,31 +210,79 @@ pub fn partition_count(cfg: &IngestConfig, topic: &str) -> Result<u32> {
     Ok(n as u32)
 }
 
-/// Runs ingest until `shutdown`: joins the consumer group, folds every
-/// assigned partition from the store's offsets, and commits per partition.
-/// Blocking: run it on its own thread.
-pub fn run(cfg: &IngestConfig, processor: Processor, shutdown: Shutdown) -> Result<()> {
-    run_switchable(cfg, processor, shutdown, None)
+/// [`partition_count`], waiting (with backoff) for a broker that does not
+/// answer yet. `None` on shutdown.
+pub(crate) fn await_partition_count(
+    cfg: &IngestConfig,
+    topic: &str,
+    status: &IngestStatus,
+    shutdown: &Shutdown,
+) -> Result<Option<u32>> {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match partition_count(cfg, topic) {
+            Ok(n) => return Ok(Some(n)),
+            Err(Error::NoTopic(t)) => return Err(Error::NoTopic(t)),
+            Err(e) => {
+                status.set_broker(false);
+                warn!(brokers = %cfg.brokers, error = %e, retry_in = ?backoff, "waiting for the broker");
+                if !shutdown.sleep(backoff) {
+                    return Ok(None);
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
 }
 
-/// [`run`], also taking store switches from `switches` and publishing the
-/// current store in `handle`.
-pub fn run_switchable(
-    cfg: &IngestConfig,
-    mut processor: Processor,
-    shutdown: Shutdown,
-    switches: Option<(std::sync::mpsc::Receiver<StoreSwitch>, Arc<StoreHandle>)>,
-) -> Result<()> {
-    cfg.validate()?;
-    let store = processor.store().clone();
-    let partitions = partition_count(cfg, &cfg.topic)?;
-    store.bind_partitions(&cfg.topic, partitions)?;
+/// How one partition's batch ended.
+enum Outcome {
+    Committed {
+        next: i64,
+    },
+    /// Shutdown came while waiting for the broker: not committed.
+    Stopped,
+    Fault {
+        reason: String,
+        store: bool,
+    },
+}
 
+/// The running ingest loop.
+struct Ingest<'a> {
+    cfg: &'a IngestConfig,
+    processor: Processor,
+    outbox: Outbox,
+    shutdown: Shutdown,
+    opts: RunOptions,
+}
+
+/// Runs ingest until `shutdown`: folds every partition it gets (from the
+/// consumer group, or all of them) from the store's offsets, and commits
+/// per partition. Waits for a broker that is away; stalls a partition that
+/// cannot go on and tries it again. Blocking: run it on its own thread.
+pub fn run(cfg: &IngestConfig, processor: Processor, shutdown: Shutdown, opts: RunOptions) -> Result<()> {
+    cfg.validate()?;
+    let status = opts.status.clone();
+    status.set_running(true);
+    let result = run_inner(cfg, processor, shutdown, opts);
+    status.set_running(false);
+    result
+}
+
+fn run_inner(cfg: &IngestConfig, processor: Processor, shutdown: Shutdown, opts: RunOptions) -> Result<()> {
+    let status = opts.status.clone();
+    let Some(partitions) = await_partition_count(cfg, &cfg.topic, &status, &shutdown)? else {
+        return Ok(());
+    };
+    processor.store().bind_partitions(&cfg.topic, partitions)?;
     let context = IngestContext {
-        store: Mutex::new(store.clone()),
+        stores: processor.handle().clone(),
         topic: cfg.topic.clone(),
         assigned: Mutex::new(HashMap::new()),
+        stalled: Mutex::new(BTreeMap::new()),
         rewind: cfg.resume_rewind_records,
+        status: status.clone(),
         fatal: Mutex::new(None),
     };
     let consumer: BaseConsumer<IngestContext> = client_config(cfg)
@@ -240,191 +292,331 @@ pub fn run_switchable(
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         .set("fetch.wait.max.ms", cfg.fetch_wait_max_ms.to_string())
+        .set("statistics.interval.ms", STATS_INTERVAL_MS.to_string())
         .create_with_context(context)?;
-    // Dead letters, forwards and identity events; murmur2 like every
-    // producer, so forwards land on the partition that owns their key.
-    let producer: BaseProducer<DlqContext> = client_config(cfg)
-        .set("enable.idempotence", "true")
-        .set("partitioner", "murmur2_random")
-        .set("linger.ms", "5")
-        .create_with_context(DlqContext::default())?;
+    let outbox = Outbox::new(cfg, &status)?;
     match cfg.assignment {
         Assignment::Group => consumer.subscribe(&[cfg.topic.as_str()])?,
         Assignment::All => assign_all(&consumer, &cfg.topic, partitions)?,
     }
     info!(topic = %cfg.topic, partitions, group = %cfg.group_id, assignment = ?cfg.assignment, "ingest started");
-
-    let max_wait = Duration::from_millis(cfg.batch_max_wait_ms);
-    while !shutdown.is_triggered() {
-        if let Some((requests, handle)) = &switches
-            && let Ok(switch) = requests.try_recv()
-        {
-            let result = switch_store(cfg, &consumer, &mut processor, handle, switch.to).map_err(|e| e.to_string());
-            let _ = switch.done.send(result);
-        }
-        let mut messages: Vec<BorrowedMessage<'_>> = Vec::new();
-        match consumer.poll(Duration::from_millis(100)) {
-            None => continue,
-            Some(Err(e)) => {
-                warn!(error = %e, "poll error");
-                continue;
-            }
-            Some(Ok(m)) => messages.push(m),
-        }
-        let deadline = Instant::now() + max_wait;
-        while messages.len() < cfg.batch_max_records {
-            // Take what librdkafka has already fetched, without waiting.
-            match consumer.poll(Duration::ZERO) {
-                Some(Ok(m)) => {
-                    messages.push(m);
-                    continue;
-                }
-                Some(Err(e)) => {
-                    warn!(error = %e, "poll error");
-                    continue;
-                }
-                None => {}
-            }
-            // Nothing buffered: linger for more up to batch_max_wait_ms.
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            match consumer.poll(left) {
-                Some(Ok(m)) => messages.push(m),
-                Some(Err(e)) => warn!(error = %e, "poll error"),
-                None => break,
-            }
-        }
-        if let Some(reason) = consumer.context().fatal.lock().expect("fatal lock").take() {
-            return Err(Error::Config(reason));
-        }
-        commit_messages(cfg, &processor, &consumer, &producer, &messages, &shutdown)?;
-    }
-    info!("ingest stopping: last batch committed");
-    processor.store().flush()?;
-    Ok(())
+    let mut ingest = Ingest { cfg, processor, outbox, shutdown, opts };
+    ingest.run(&consumer)
 }
 
 /// `assignment = "all"`: every partition, positioned from the store, with
 /// no consumer group to join.
 fn assign_all(consumer: &BaseConsumer<IngestContext>, topic: &str, partitions: u32) -> Result<()> {
-    let store = consumer.context().store.lock().expect("store lock").clone();
+    let ctx = consumer.context();
+    let store = ctx.stores.get();
     let mut tpl = TopicPartitionList::new();
-    let mut assigned = consumer.context().assigned.lock().expect("assignment lock");
     for p in 0..partitions {
-        let resume = Resume::at(store.next_offset(topic, p)?.unwrap_or(0), consumer.context().rewind);
+        let resume = Resume::at(store.next_offset(topic, p)?.unwrap_or(0), ctx.rewind);
         tpl.add_partition_offset(topic, p as i32, Offset::Offset(resume.position()))?;
-        assigned.insert(p, resume);
+        lock(&ctx.assigned).insert(p, resume);
     }
+    ctx.status.assigned(0..partitions);
     consumer.assign(&tpl)?;
     Ok(())
 }
 
-/// Catches `to` up to exactly the offsets the current store has read for
-/// every assigned partition (reading those records again from the topic),
-/// then folds into it and serves from it. Ingest pauses meanwhile; reads go
-/// on from the current store until the switch, so no answer is missing and
-/// none is older than one already given.
-fn switch_store(
-    cfg: &IngestConfig,
-    consumer: &BaseConsumer<IngestContext>,
-    processor: &mut Processor,
-    handle: &StoreHandle,
-    to: Arc<Store>,
-) -> Result<BTreeMap<u32, i64>> {
-    let until: BTreeMap<u32, i64> =
-        consumer.context().assigned.lock().expect("assignment lock").iter().map(|(p, r)| (*p, r.next)).collect();
-    let next = processor.with_store(to.clone());
-    crate::replay(cfg, &next, &crate::ReplayEnd::At(until.clone()), None, &Shutdown::default(), |_| {})?;
-    // A store that had read further than the current one keeps its place:
-    // records below its offsets are skipped.
-    {
-        let mut assigned = consumer.context().assigned.lock().expect("assignment lock");
-        for (p, r) in assigned.iter_mut() {
-            r.next = r.next.max(to.next_offset(&cfg.topic, *p)?.unwrap_or(0));
-        }
-    }
-    *consumer.context().store.lock().expect("store lock") = to.clone();
-    let old = std::mem::replace(processor, next);
-    handle.set(to);
-    old.store().flush()?;
-    info!(partitions = until.len(), "switched to the new store");
-    Ok(until)
-}
-
-fn commit_messages(
-    cfg: &IngestConfig,
-    processor: &Processor,
-    consumer: &BaseConsumer<IngestContext>,
-    producer: &BaseProducer<DlqContext>,
-    messages: &[BorrowedMessage<'_>],
-    shutdown: &Shutdown,
-) -> Result<()> {
-    let mut by_partition: BTreeMap<u32, Vec<Record<'_>>> = BTreeMap::new();
-    let mut rewinds: BTreeMap<u32, i64> = BTreeMap::new();
-    {
-        let mut assigned = consumer.context().assigned.lock().expect("assignment lock");
-        for m in messages {
-            let p = m.partition() as u32;
-            // Skip partitions revoked meanwhile, records already applied,
-            // and what arrived before a rewind.
-            let Some(resume) = assigned.get_mut(&p) else {
-                continue;
-            };
-            if rewinds.contains_key(&p) {
-                continue;
+impl Ingest<'_> {
+    fn run(&mut self, c: &BaseConsumer<IngestContext>) -> Result<()> {
+        while !self.shutdown.is_triggered() {
+            self.take_switch(c);
+            self.retry_stalled(c);
+            let messages = self.poll_batch(c);
+            if let Some(reason) = lock(&c.context().fatal).take() {
+                return Err(Error::Config(reason));
             }
-            match resume.step(m.offset()) {
-                Step::Take => by_partition.entry(p).or_default().push(record_of(m)),
-                Step::Skip => {}
-                Step::Rewind(to) => {
-                    rewinds.insert(p, to);
+            if !self.fold(c, &messages) {
+                break;
+            }
+        }
+        info!("ingest stopping: every batch folded so far is committed");
+        if let Err(e) = self.processor.store().flush() {
+            warn!(error = %e, "flushing the store at shutdown failed; the write-ahead log has every commit");
+        }
+        Ok(())
+    }
+
+    /// Takes what librdkafka has fetched, up to `batch_max_records`,
+    /// lingering up to `batch_max_wait_ms` for more.
+    fn poll_batch<'c>(&self, c: &'c BaseConsumer<IngestContext>) -> Vec<BorrowedMessage<'c>> {
+        let mut messages: Vec<BorrowedMessage<'c>> = Vec::new();
+        let deadline = Instant::now() + Duration::from_millis(self.cfg.batch_max_wait_ms);
+        let mut wait = Duration::from_millis(100);
+        while messages.len() < self.cfg.batch_max_records {
+            match c.poll(wait) {
+                Some(Ok(m)) => messages.push(m),
+                Some(Err(e)) => {
+                    if self.opts.status.broker_down() {
+                        debug!(error = %e, "poll error while the broker is away");
+                    } else {
+                        warn!(error = %e, "poll error");
+                    }
+                }
+                None if messages.is_empty() => break,
+                None => {
+                    // Nothing buffered: linger for more up to batch_max_wait_ms.
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    wait = left;
+                    continue;
+                }
+            }
+            wait = Duration::ZERO;
+        }
+        messages
+    }
+
+    /// Groups the messages by partition (dropping what was applied, what
+    /// belongs to a stalled or revoked partition, and what came before a
+    /// rewind), folds and commits each. False when shutdown interrupted.
+    fn fold(&mut self, c: &BaseConsumer<IngestContext>, messages: &[BorrowedMessage<'_>]) -> bool {
+        let by_partition = self.group(c, messages);
+        let mut offsets = TopicPartitionList::new();
+        for (partition, records) in by_partition {
+            let started = Instant::now();
+            match self.fold_partition(partition, &records) {
+                Outcome::Committed { next } => {
+                    let _ = offsets.add_partition_offset(&self.cfg.topic, partition as i32, Offset::Offset(next));
+                    metrics::histogram!("omnifold_batch_seconds").record(started.elapsed().as_secs_f64());
+                }
+                Outcome::Stopped => return false,
+                Outcome::Fault { reason, store } => self.stall(c, partition, &reason, store),
+            }
+        }
+        // The store is authoritative; the group offsets only feed lag monitoring.
+        if offsets.count() > 0
+            && let Err(e) = c.commit(&offsets, CommitMode::Async)
+        {
+            debug!(error = %e, "group offset commit failed (monitoring only)");
+        }
+        true
+    }
+
+    fn group<'m>(
+        &self,
+        c: &BaseConsumer<IngestContext>,
+        messages: &'m [BorrowedMessage<'_>],
+    ) -> BTreeMap<u32, Vec<Record<'m>>> {
+        let ctx = c.context();
+        let mut by_partition: BTreeMap<u32, Vec<Record<'m>>> = BTreeMap::new();
+        let mut rewinds: BTreeMap<u32, i64> = BTreeMap::new();
+        {
+            let stalled = lock(&ctx.stalled);
+            let mut assigned = lock(&ctx.assigned);
+            for m in messages {
+                let p = m.partition() as u32;
+                if stalled.contains_key(&p) || rewinds.contains_key(&p) {
+                    continue;
+                }
+                let Some(resume) = assigned.get_mut(&p) else {
+                    continue;
+                };
+                match resume.step(m.offset()) {
+                    Step::Take => by_partition.entry(p).or_default().push(record_of(m)),
+                    Step::Skip => {}
+                    Step::Rewind(to) => {
+                        rewinds.insert(p, to);
+                        by_partition.remove(&p);
+                    }
                 }
             }
         }
-    }
-    for (p, to) in rewinds {
-        warn!(partition = p, from = to, "the broker skipped records at the resume offset; reading again from earlier");
-        if let Err(e) = consumer.seek(&cfg.topic, p as i32, Offset::Offset(to), Duration::from_secs(10)) {
-            warn!(partition = p, error = %e, "seek failed");
+        for (p, to) in rewinds {
+            warn!(
+                partition = p,
+                from = to,
+                "the broker skipped records at the resume offset; reading again from earlier"
+            );
+            if let Err(e) = c.seek(&self.cfg.topic, p as i32, Offset::Offset(to), Duration::from_secs(10)) {
+                warn!(partition = p, error = %e, "seek failed");
+            }
         }
+        by_partition
     }
-    let mut offsets = TopicPartitionList::new();
-    for (partition, records) in by_partition {
-        let started = Instant::now();
-        let processed = processor.process(partition, &records)?;
+
+    /// One partition's batch: fold, write what it produced, commit.
+    fn fold_partition(&mut self, partition: u32, records: &[Record<'_>]) -> Outcome {
+        let processed = match self.processor.process(partition, records) {
+            Ok(p) => p,
+            Err(e) => return Outcome::Fault { store: matches!(e, Error::Store(_)), reason: e.to_string() },
+        };
         if !processed.dead_letters.is_empty() {
-            let now = now_millis();
-            let letters: Vec<OutRecord> = processed.dead_letters.iter().map(|d| d.to_record(now)).collect();
-            deliver(producer, &cfg.dead_letter_topic, &letters, shutdown)?;
+            let now = now_ms();
+            let letters: Vec<OutRecord> =
+                processed.dead_letters.iter().map(|d| d.to_record(now, self.cfg.max_event_bytes)).collect();
+            if let Some(o) = self.deliver(&self.cfg.dead_letter_topic.clone(), &letters) {
+                return o;
+            }
             metrics::counter!("omnifold_dead_letters_total").increment(letters.len() as u64);
         }
-        if !processed.index.is_empty() {
-            deliver(producer, &cfg.identity_topic, &processed.index, shutdown)?;
+        if !processed.index.is_empty()
+            && let Some(o) = self.deliver(&self.cfg.identity_topic.clone(), &processed.index)
+        {
+            return o;
         }
         if !processed.outbox.is_empty() {
-            deliver(producer, &cfg.topic, &processed.outbox, shutdown)?;
+            let (first, rest) = processed.outbox.split_at(processed.outbox.len() / 2);
+            let topic = self.cfg.topic.clone();
+            if failpoint::armed("mid_outbox") {
+                // For the crash tests: half of a join's parts written, not all.
+                if let Some(o) = self.deliver(&topic, first) {
+                    return o;
+                }
+                failpoint::hit("mid_outbox");
+                if let Some(o) = self.deliver(&topic, rest) {
+                    return o;
+                }
+            } else if let Some(o) = self.deliver(&topic, &processed.outbox) {
+                return o;
+            }
             failpoint::hit("after_outbox");
         }
         metrics::counter!("omnifold_events_misrouted_total").increment(processed.misrouted);
         metrics::counter!("omnifold_events_forwarded_total").increment(processed.forwarded);
-        let next = processed.next_offset;
-        let (applied, duplicates) = (processed.applied, processed.duplicates);
+        let (next, applied, duplicates) = (processed.next_offset, processed.applied, processed.duplicates);
         failpoint::hit("before_commit");
-        processor.commit(processed)?;
+        if let Err(e) = self.processor.commit(processed) {
+            return Outcome::Fault { reason: format!("the store refused the batch: {e}"), store: true };
+        }
         failpoint::hit("after_commit");
-        offsets.add_partition_offset(&cfg.topic, partition as i32, Offset::Offset(next))?;
+        self.opts.status.healthy(partition);
         metrics::counter!("omnifold_events_applied_total").increment(applied);
         metrics::counter!("omnifold_events_duplicate_total").increment(duplicates);
-        metrics::histogram!("omnifold_batch_seconds").record(started.elapsed().as_secs_f64());
         debug!(partition, records = records.len(), applied, next_offset = next, "batch committed");
+        Outcome::Committed { next }
     }
-    // The store is authoritative; the group offsets only feed lag monitoring.
-    if offsets.count() > 0
-        && let Err(e) = consumer.commit(&offsets, CommitMode::Async)
-    {
-        debug!(error = %e, "group offset commit failed (monitoring only)");
+
+    /// Writes records; `Some` when the batch cannot commit.
+    fn deliver(&mut self, topic: &str, records: &[OutRecord]) -> Option<Outcome> {
+        match self.outbox.deliver(topic, records, &self.shutdown) {
+            Ok(()) => None,
+            Err(Undelivered::Shutdown) => Some(Outcome::Stopped),
+            Err(Undelivered::Refused(reason)) => Some(Outcome::Fault { reason, store: false }),
+        }
     }
-    Ok(())
+
+    /// Stops folding a partition: paused, its records dropped, tried again
+    /// after a backoff.
+    fn stall(&mut self, c: &BaseConsumer<IngestContext>, partition: u32, reason: &str, store: bool) {
+        error!(partition, reason, "partition stalled; it is tried again with backoff");
+        self.opts.status.stall(partition, reason);
+        metrics::counter!("omnifold_partition_stalls_total").increment(1);
+        let mut tpl = TopicPartitionList::new();
+        let _ = tpl.add_partition(&self.cfg.topic, partition as i32);
+        if let Err(e) = c.pause(&tpl) {
+            warn!(partition, error = %e, "pause failed");
+        }
+        let mut stalled = lock(&c.context().stalled);
+        let backoff =
+            stalled.get(&partition).map_or(Duration::from_secs(1), |s| (s.backoff * 2).min(Duration::from_secs(30)));
+        stalled.insert(partition, Stalled { retry_at: Instant::now() + backoff, backoff, store_fault: store });
+    }
+
+    /// Tries stalled partitions whose time has come again, from the
+    /// store's offsets; opens the store again first if a write failed.
+    fn retry_stalled(&mut self, c: &BaseConsumer<IngestContext>) {
+        let ctx = c.context();
+        let due: Vec<(u32, Stalled)> = lock(&ctx.stalled)
+            .iter()
+            .filter(|(_, s)| s.retry_at <= Instant::now())
+            .map(|(p, s)| (*p, s.clone()))
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        if due.iter().any(|(_, s)| s.store_fault)
+            && let Err(reason) = self.reopen_store()
+        {
+            for (p, s) in due {
+                self.opts.status.stall(p, &reason);
+                let backoff = (s.backoff * 2).min(Duration::from_secs(30));
+                lock(&ctx.stalled).insert(p, Stalled { retry_at: Instant::now() + backoff, backoff, ..s });
+            }
+            return;
+        }
+        let store = self.processor.store();
+        for (p, _) in due {
+            let next = match store.next_offset(&self.cfg.topic, p) {
+                Ok(n) => n.unwrap_or(0),
+                Err(e) => {
+                    self.stall(c, p, &format!("reading the stored offset failed: {e}"), true);
+                    continue;
+                }
+            };
+            let resume = Resume::at(next, ctx.rewind);
+            let mut tpl = TopicPartitionList::new();
+            let _ = tpl.add_partition(&self.cfg.topic, p as i32);
+            let sought = c.resume(&tpl).and_then(|()| {
+                c.seek(&self.cfg.topic, p as i32, Offset::Offset(resume.position()), Duration::from_secs(10))
+            });
+            match sought {
+                Ok(()) => {
+                    lock(&ctx.assigned).insert(p, resume);
+                    lock(&ctx.stalled).remove(&p);
+                    info!(partition = p, next_offset = next, "retrying a stalled partition");
+                }
+                Err(e) => {
+                    let _ = c.pause(&tpl);
+                    self.stall(c, p, &format!("cannot read the partition again yet: {e}"), false);
+                }
+            }
+        }
+    }
+
+    /// Opens the store again after a failed write; the reason if it cannot.
+    fn reopen_store(&mut self) -> std::result::Result<(), String> {
+        let Some(config) = self.opts.store_config.clone() else {
+            return Err("a store write failed, and this ingest cannot open the store again".into());
+        };
+        match self.processor.handle().reopen(&config, Duration::from_secs(10)) {
+            Ok(_) => {
+                self.processor.clear_cache();
+                info!(path = %config.path.display(), "store opened again after a failed write");
+                Ok(())
+            }
+            Err(e) => Err(format!("the store cannot be written yet (is the disk full?): {e}")),
+        }
+    }
+
+    /// Serves one switch request, if any.
+    fn take_switch(&mut self, c: &BaseConsumer<IngestContext>) {
+        let Some(switch) = self.opts.switches.as_ref().and_then(|r| r.try_recv().ok()) else {
+            return;
+        };
+        let result = self.switch_store(c, switch.to).map_err(|e| e.to_string());
+        let _ = switch.done.send(result);
+    }
+
+    /// Catches `to` up to exactly the offsets the current store has read for
+    /// every assigned partition (reading those records again from the topic),
+    /// then folds into it and serves from it. Ingest pauses meanwhile; reads go
+    /// on from the current store until the switch, so no answer is missing and
+    /// none is older than one already given.
+    fn switch_store(
+        &mut self,
+        c: &BaseConsumer<IngestContext>,
+        to: Arc<omnifold_store::Store>,
+    ) -> Result<BTreeMap<u32, i64>> {
+        let ctx = c.context();
+        let until: BTreeMap<u32, i64> = lock(&ctx.assigned).iter().map(|(p, r)| (*p, r.next)).collect();
+        let catch_up = self.processor.with_store(to.clone());
+        crate::replay(self.cfg, &catch_up, &crate::ReplayEnd::At(until.clone()), None, &Shutdown::default(), |_| {})?;
+        // A store that had read further than the current one keeps its place:
+        // records below its offsets are skipped.
+        for (p, r) in lock(&ctx.assigned).iter_mut() {
+            r.next = r.next.max(to.next_offset(&self.cfg.topic, *p)?.unwrap_or(0));
+        }
+        let old = self.processor.store();
+        self.processor.handle().set(to);
+        self.processor.clear_cache();
+        old.flush()?;
+        info!(partitions = until.len(), "switched to the new store");
+        Ok(until)
+    }
 }

@@ -20,11 +20,16 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    /// The dead-letter record's value: an `omnifold.v1.DeadLetter`.
-    pub fn encode(&self, now_millis: i64) -> Vec<u8> {
+    /// The dead-letter record's value: an `omnifold.v1.DeadLetter`, with
+    /// the original cut to `max_original` bytes (a record refused for its
+    /// size must not make a dead letter the broker refuses in turn).
+    pub fn encode(&self, now_millis: i64, max_original: usize) -> Vec<u8> {
+        let truncated = self.original.len() > max_original;
         proto::DeadLetter {
             reason: self.reason.clone(),
-            original: self.original.clone(),
+            original: self.original[..self.original.len().min(max_original)].to_vec(),
+            original_size: self.original.len() as u64,
+            original_truncated: truncated,
             original_key: self.key.clone().unwrap_or_default(),
             topic: self.topic.clone(),
             partition: self.partition,
@@ -36,10 +41,10 @@ impl DeadLetter {
     }
 
     /// The dead-letter record, with the reason and kind as headers too.
-    pub fn to_record(&self, now_millis: i64) -> OutRecord {
+    pub fn to_record(&self, now_millis: i64, max_original: usize) -> OutRecord {
         OutRecord {
             key: self.key.clone(),
-            value: self.encode(now_millis),
+            value: self.encode(now_millis, max_original),
             headers: vec![("omnifold.reason", self.reason.clone()), ("omnifold.kind", self.kind.to_owned())],
         }
     }

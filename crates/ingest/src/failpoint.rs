@@ -4,7 +4,7 @@
 //! `before_commit` (a batch folded, its records written, its store batch
 //! not yet), `after_commit` (the store batch written, the group offsets not
 //! yet), `after_outbox` (a batch's forwards and identity events written)
-//! and `mid_join` (some of a join's parts written, not all).
+//! and `mid_outbox` (half of them written: some of a join's parts, not all).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +17,7 @@ struct Armed {
     hits: AtomicU64,
 }
 
-fn armed() -> Option<&'static Armed> {
+fn armed_point() -> Option<&'static Armed> {
     static ARMED: OnceLock<Option<Armed>> = OnceLock::new();
     ARMED
         .get_or_init(|| {
@@ -33,11 +33,17 @@ fn armed() -> Option<&'static Armed> {
 
 /// Aborts the process if `name` is armed and this is its Nth hit.
 pub(crate) fn hit(name: &str) {
-    if let Some(a) = armed()
+    if let Some(a) = armed_point()
         && a.name == name
         && a.hits.fetch_add(1, Ordering::SeqCst) + 1 == a.nth
     {
         error!(failpoint = name, hit = a.nth, "failpoint reached: aborting");
         std::process::abort();
     }
+}
+
+/// Whether `name` is armed at all (to take a slower path that the point
+/// sits in only when a test asks for it).
+pub(crate) fn armed(name: &str) -> bool {
+    armed_point().is_some_and(|a| a.name == name)
 }

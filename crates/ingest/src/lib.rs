@@ -14,14 +14,16 @@ mod dlq;
 mod failpoint;
 mod index;
 mod local;
+mod outbox;
 mod processor;
 mod replay;
 mod resume;
 mod sign;
+mod status;
 
-pub use admin::{CommandProducer, EventProducer, TopicOutcome, create_topics};
+pub use admin::{CommandProducer, EventProducer, StatusContext, TopicOutcome, create_topics};
 pub use config::{Assignment, IngestConfig, MIN_SECRET_LEN, Secret};
-pub use consumer::{Shutdown, client_config, partition_count, run, run_switchable};
+pub use consumer::{RunOptions, Shutdown, client_config, partition_count, run};
 pub use dead_letter::DeadLetter;
 pub use dlq::{StoredDeadLetter, read_dead_letters};
 pub use index::run_index;
@@ -29,6 +31,7 @@ pub use local::{LocalLog, LocalReplay};
 pub use processor::{OnCommit, OutRecord, Processed, Processor, ROUTE_HEADER, Record};
 pub use replay::{ReplayEnd, ReplayProgress, replay};
 pub use sign::{SIGNATURE_HEADER, Signer};
+pub use status::{IngestStatus, PartitionHealth, Snapshot, Stall, Waiting};
 
 /// The crate's one error type.
 #[derive(Debug, thiserror::Error)]

@@ -77,7 +77,6 @@ impl<'a> LocalLog<'a> {
 
     /// Folds everything queued, including what the fold writes meanwhile.
     pub fn drain(&mut self) -> Result<()> {
-        let store = self.processor.store().clone();
         while let Some(p) = self.queues.iter().position(|q| !q.is_empty()) {
             let n = self.queues[p].len().min(self.batch_max);
             let taken: Vec<Queued> = self.queues[p].drain(..n).collect();
@@ -95,7 +94,7 @@ impl<'a> LocalLog<'a> {
                 })
                 .collect();
             let mut processed = self.processor.process(p as u32, &records)?;
-            processed.index_locally(&store);
+            processed.index_locally();
             self.next_offsets[p] = start + n as i64;
             self.done.records += n as u64;
             self.done.applied += processed.applied;

@@ -53,7 +53,7 @@ pub fn replay(
     shutdown: &Shutdown,
     mut progress: impl FnMut(&ReplayProgress),
 ) -> Result<ReplayProgress> {
-    let store = processor.store().clone();
+    let store = processor.store();
     let topic = cfg.topic.as_str();
     let partitions = crate::partition_count(cfg, topic)?;
     store.bind_partitions(topic, partitions)?;
@@ -166,7 +166,7 @@ pub fn replay(
         }
         for (partition, records) in by_partition {
             let mut processed = processor.process(partition, &records)?;
-            processed.index_locally(&store);
+            processed.index_locally();
             state.records += records.len() as u64;
             state.applied += processed.applied;
             processor.commit(processed)?;

@@ -204,7 +204,7 @@ pub struct VerifyArgs {
 /// Top-level fields of two dump lines that differ.
 fn differing_fields(a: &serde_json::Value, b: &serde_json::Value) -> Vec<String> {
     let mut out = Vec::new();
-    for part in ["member", "ledger"] {
+    for part in ["member", "ledger", "verdicts"] {
         match (a[part].as_object(), b[part].as_object()) {
             (Some(x), Some(y)) => {
                 let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
@@ -297,12 +297,19 @@ pub struct DumpArgs {
     pub digest: bool,
 }
 
-/// One line of the dump: a member with its ledger, in canonical JSON,
-/// without its log position.
+/// One line of the dump: a member with its ledger and decided commands,
+/// in canonical JSON, without its log position.
 fn line(store: &Store, partition: u32, member: &omnifold_core::Member) -> Result<String> {
     let ledger: Vec<omnifold_core::LedgerEntry> =
         store.ledger(partition, &member.key, None).collect::<Result<Vec<_>, _>>()?.into_iter().rev().collect();
-    let mut v = serde_json::json!({ "partition": partition, "key": member.key, "member": member, "ledger": ledger });
+    let verdicts = store.member_verdicts(partition, &member.key)?;
+    let mut v = serde_json::json!({
+        "partition": partition,
+        "key": member.key,
+        "member": member,
+        "ledger": ledger,
+        "verdicts": verdicts,
+    });
     // A log position, not content: it depends on what else is in the log
     // (other subjects, retries, the fold's own records), so stores built
     // from a topic and from a file of the same events compare equal.
@@ -378,7 +385,7 @@ pub enum DlqCommand {
 
 #[derive(Args, Clone)]
 pub struct DlqFilter {
-    /// Only this kind: decode, validation, too_large or rule.
+    /// Only this kind: decode, validation, too_large, too_late, rule, forged or bug.
     #[arg(long)]
     pub kind: Option<String>,
     /// Only reasons containing this text.
@@ -464,7 +471,16 @@ pub fn dlq(config: &Config, cmd: DlqCommand) -> Result<()> {
             }
         }
         DlqCommand::Replay { filter, dry_run } => {
-            let chosen: Vec<_> = letters.iter().filter(|d| filter.keeps(d)).collect();
+            // A forged internal event must never be sent again (it would be
+            // refused again, at best); a cut original is not the event.
+            let (chosen, held): (Vec<_>, Vec<_>) = letters
+                .iter()
+                .filter(|d| filter.keeps(d))
+                .partition(|d| d.letter.kind != "forged" && !d.letter.original_truncated);
+            for d in &held {
+                let why = if d.letter.kind == "forged" { "forged" } else { "its original was cut to max_event_bytes" };
+                eprintln!("not sending dead letter {} ({why})", d.offset);
+            }
             if dry_run {
                 for d in &chosen {
                     writeln!(out, "would send {} ({})", d.offset, d.letter.reason)?;

@@ -8,8 +8,8 @@ use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use omnifold_ingest::{CommandProducer, Processor, Shutdown};
-use omnifold_server::{AppState, CommandLog, Commands, Switcher};
+use omnifold_ingest::{CommandProducer, IngestStatus, Processor, RunOptions, Shutdown};
+use omnifold_server::{AppState, CommandLog, Commands, IngestHealth, IngestReport, PartitionReport, Switcher};
 use omnifold_store::{Store, StoreHandle};
 
 use crate::config::Config;
@@ -38,7 +38,34 @@ async fn signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-pub async fn serve(config: Config) -> Result<()> {
+/// The server's view of ingest's health is the ingest crate's status.
+#[derive(Debug)]
+struct Health(IngestStatus);
+
+impl IngestHealth for Health {
+    fn report(&self) -> IngestReport {
+        let s = self.0.snapshot();
+        IngestReport {
+            running: s.running,
+            broker_up: s.broker_up,
+            broker_since_ms: s.broker_since_ms,
+            records_waiting: s.waiting.map_or(0, |w| w.records as u64),
+            partitions: s
+                .partitions
+                .into_iter()
+                .map(|(p, h)| {
+                    (p, PartitionReport { stalled: h.stalled.map(|st| (st.reason, st.since_ms, st.retries)) })
+                })
+                .collect(),
+        }
+    }
+
+    fn broker_down_since(&self) -> Option<i64> {
+        self.0.broker_down_since()
+    }
+}
+
+fn start_metrics(config: &Config) -> Result<()> {
     if !config.server.metrics_listen.is_empty() {
         let addr: std::net::SocketAddr = config.server.metrics_listen.parse().context("server.metrics_listen")?;
         metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -46,32 +73,35 @@ pub async fn serve(config: Config) -> Result<()> {
             .install()
             .context("starting the metrics endpoint")?;
     }
+    Ok(())
+}
+
+pub async fn serve(config: Config) -> Result<()> {
+    start_metrics(&config)?;
+    let signer = config.kafka.signer()?;
     let store = Store::open(&config.store).with_context(|| format!("opening store {}", config.store.path.display()))?;
     let fold = Arc::new(config.fold.clone());
     // Every commit bumps this counter; requests waiting for a verdict wake up.
     let (commits_tx, commits) = tokio::sync::watch::channel(0u64);
-    let signer = config.kafka.signer()?;
+    // The store served and folded into; a switch or a reopen replaces it.
+    let stores = StoreHandle::new(store);
     let processor =
-        Processor::new(store.clone(), fold.clone(), &config.kafka.topic, config.kafka.max_event_bytes, signer)
+        Processor::on_handle(stores.clone(), fold.clone(), &config.kafka.topic, config.kafka.max_event_bytes, signer)
             .with_member_cache(config.kafka.member_cache_entries)
             .with_on_commit(Arc::new(move |_partition| commits_tx.send_modify(|n| *n += 1)));
+    let status = IngestStatus::default();
     let timeout = std::time::Duration::from_millis(config.server.command_timeout_ms);
-    let commands = Commands {
-        log: Arc::new(Log(CommandProducer::new(&config.kafka, timeout).context("creating the command producer")?)),
-        commits,
-        timeout,
-    };
+    let producer = CommandProducer::new(&config.kafka, timeout, &status).context("creating the command producer")?;
+    let commands = Commands { log: Arc::new(Log(producer)), commits, timeout };
     let shutdown = Shutdown::default();
-    // The store served and folded into; `SwitchStore` replaces it.
-    let stores = StoreHandle::new(store);
+
     let (switch_tx, switch_rx) = std::sync::mpsc::sync_channel(1);
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
-    let kafka = config.kafka.clone();
-    let stop_ingest = shutdown.clone();
-    let ingest_stores = stores.clone();
+    let (kafka, stop_ingest) = (config.kafka.clone(), shutdown.clone());
+    let opts =
+        RunOptions { switches: Some(switch_rx), status: status.clone(), store_config: Some(config.store.clone()) };
     std::thread::Builder::new().name("ingest".into()).spawn(move || {
-        let result = omnifold_ingest::run_switchable(&kafka, processor, stop_ingest, Some((switch_rx, ingest_stores)));
-        let _ = done_tx.send(result);
+        let _ = done_tx.send(omnifold_ingest::run(&kafka, processor, stop_ingest, opts));
     })?;
 
     // The identity index every instance keeps, read from its compacted topic.
@@ -90,6 +120,7 @@ pub async fn serve(config: Config) -> Result<()> {
         listener,
         AppState::new(stores.clone(), &config.kafka.topic, fold)
             .with_commands(commands)
+            .with_ingest(Arc::new(Health(status)))
             .with_switcher(Switcher { requests: switch_tx, store_config: config.store.clone() }),
         async {
             let _ = stop_rx.await;
@@ -113,7 +144,9 @@ pub async fn serve(config: Config) -> Result<()> {
     if let Ok(Err(e)) = index_done.await {
         warn!(error = %e, "identity index reader failed");
     }
-    stores.get().flush()?;
+    if let Err(e) = stores.get().flush() {
+        warn!(error = %e, "flushing the store failed; the write-ahead log has every commit");
+    }
     ingest.context("ingest thread ended without a result")?.context("ingest failed")?;
     info!("stopped cleanly");
     Ok(())

@@ -123,6 +123,14 @@ pub(crate) async fn append_and_wait<T>(
     if let Some(v) = outcome()? {
         return Ok(Outcome::Decided(v));
     }
+    // The log is the arbiter: with no broker, nothing can be decided.
+    if let Some(since) = state.ingest.as_ref().and_then(|i| i.broker_down_since()) {
+        return Err(Error::Unavailable(format!(
+            "the event log (Kafka) has been unreachable since {}; the request was not sent. Retry with the same \
+             request_id",
+            omnifold_core::time::rfc3339(since)
+        )));
+    }
     // One deadline covers the append and the wait.
     let deadline = Instant::now() + commands.timeout;
     let mut commits = commands.commits.clone();

@@ -7,6 +7,7 @@
 
 mod commands;
 mod convert;
+mod health;
 mod request;
 mod services;
 
@@ -19,6 +20,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::Status;
 
 pub use commands::{CommandLog, Commands};
+pub use health::{IngestHealth, IngestReport, PartitionReport};
 use omnifold_core::{FoldConfig, Member, Millis, partition::partition_for};
 use omnifold_proto::v1::{
     admin_service_server::AdminServiceServer, loyalty_service_server::LoyaltyServiceServer,
@@ -77,6 +79,8 @@ pub struct AppState {
     pub commands: Option<Commands>,
     /// Where `SwitchStore` hands a rebuilt store to the ingest loop.
     pub switcher: Option<Switcher>,
+    /// What ingest reports about its health (absent: no ingest here).
+    pub ingest: Option<Arc<dyn IngestHealth>>,
 }
 
 /// Where `SwitchStore` requests go (the ingest loop), and how to open the
@@ -89,7 +93,12 @@ pub struct Switcher {
 
 impl AppState {
     pub fn new(stores: Arc<StoreHandle>, topic: impl Into<String>, fold: Arc<FoldConfig>) -> Self {
-        AppState { stores, topic: topic.into(), fold, commands: None, switcher: None }
+        AppState { stores, topic: topic.into(), fold, commands: None, switcher: None, ingest: None }
+    }
+
+    pub fn with_ingest(mut self, ingest: Arc<dyn IngestHealth>) -> Self {
+        self.ingest = Some(ingest);
+        self
     }
 
     pub fn with_switcher(mut self, switcher: Switcher) -> Self {
@@ -133,6 +142,7 @@ pub async fn run(listener: TcpListener, state: AppState, shutdown: impl Future<O
     health.set_serving::<ProfileServiceServer<services::Profiles>>().await;
     health.set_serving::<LoyaltyServiceServer<services::Loyalty>>().await;
     health.set_serving::<AdminServiceServer<services::Admin>>().await;
+    let watcher = state.ingest.clone().map(|ingest| tokio::spawn(health::watch(ingest, health.clone())));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(omnifold_proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
@@ -144,5 +154,8 @@ pub async fn run(listener: TcpListener, state: AppState, shutdown: impl Future<O
         .add_service(AdminServiceServer::new(services::Admin(state)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
+    if let Some(w) = watcher {
+        w.abort();
+    }
     Ok(())
 }

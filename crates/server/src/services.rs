@@ -458,19 +458,43 @@ impl proto::admin_service_server::AdminService for Admin {
         _: Request<proto::GetPartitionStatusRequest>,
     ) -> Result<Response<proto::GetPartitionStatusResponse>, Status> {
         let state = &self.0;
-        let count = state.store().partition_count(&state.topic).map_err(Error::from)?.unwrap_or(0);
+        let store = state.store();
+        let count = store.partition_count(&state.topic).map_err(Error::from)?.unwrap_or(0);
+        let report = state.ingest.as_ref().map(|i| i.report()).unwrap_or_default();
         let mut partitions = Vec::with_capacity(count as usize);
         for p in 0..count {
-            let next = state.store().next_offset(&state.topic, p).map_err(Error::from)?;
+            let next = store.next_offset(&state.topic, p).map_err(Error::from)?;
+            let health = report.partitions.get(&p);
+            let stalled = health.and_then(|h| h.stalled.clone());
+            let state_name = match (health, &stalled) {
+                (_, Some(_)) => "stalled",
+                (Some(_), None) => "ok",
+                (None, None) => "unassigned",
+            };
             partitions.push(proto::PartitionStatus {
                 topic: state.topic.clone(),
                 partition: p,
                 next_offset: next.unwrap_or(0),
                 high_watermark: -1,
                 has_state: next.is_some(),
+                state: state_name.into(),
+                error: stalled.as_ref().map(|s| s.0.clone()).unwrap_or_default(),
+                stalled_since: stalled.as_ref().map(|s| to_timestamp(s.1)),
+                retries: stalled.as_ref().map_or(0, |s| s.2),
             });
         }
-        Ok(Response::new(proto::GetPartitionStatusResponse { partitions }))
+        let broker = match report.broker_up {
+            Some(true) => "up",
+            Some(false) => "down",
+            None => "unknown",
+        };
+        Ok(Response::new(proto::GetPartitionStatusResponse {
+            partitions,
+            broker: broker.into(),
+            broker_since: (report.broker_since_ms > 0).then(|| to_timestamp(report.broker_since_ms)),
+            records_waiting: report.records_waiting,
+            ingest_running: report.running,
+        }))
     }
 
     async fn switch_store(
@@ -514,6 +538,8 @@ impl proto::admin_service_server::AdminService for Admin {
                 next_offset: next,
                 high_watermark: -1,
                 has_state: true,
+                state: "ok".into(),
+                ..Default::default()
             })
             .collect();
         Ok(Response::new(proto::SwitchStoreResponse { partitions }))

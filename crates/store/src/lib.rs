@@ -58,6 +58,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// from several threads.
 pub struct Store {
     db: DB,
+    /// Opened read-only (dump, verify, or while a reopen is under way).
+    read_only: bool,
     /// Each partition's dedupe horizon, shared with the compaction filter.
     horizons: dedupe::Horizons,
     /// `dedupe_retention_hours` in milliseconds.
@@ -129,6 +131,7 @@ impl Store {
         write_opts.disable_wal(config.bulk_load);
         let store = Store {
             db,
+            read_only: config.read_only,
             horizons,
             retention_ms,
             keep_history: config.keep_history,
@@ -458,7 +461,7 @@ impl Store {
 }
 
 /// The store an instance currently serves and folds into, replaceable while
-/// it runs (a switch to a rebuilt store).
+/// it runs (a switch to a rebuilt store, a reopen after a write error).
 #[derive(Debug)]
 pub struct StoreHandle(std::sync::RwLock<Arc<Store>>);
 
@@ -469,12 +472,41 @@ impl StoreHandle {
 
     /// The current store.
     pub fn get(&self) -> Arc<Store> {
-        self.0.read().expect("store handle lock").clone()
+        self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// Makes `store` the current one; readers holding the old one finish with it.
     pub fn set(&self, store: Arc<Store>) {
-        *self.0.write().expect("store handle lock") = store;
+        *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = store;
+    }
+
+    /// Replaces the current store by a fresh instance of its directory.
+    ///
+    /// A failed write (a full disk) leaves RocksDB refusing every later
+    /// write until the database is opened again. Meanwhile readers are
+    /// served by a read-only instance (which takes no lock), the current
+    /// one is closed once every holder has let go of it (up to `wait`), and
+    /// a writable one is opened. If that fails (the disk is still full),
+    /// the read-only instance keeps serving and the error is returned; call
+    /// again later.
+    pub fn reopen(&self, config: &StoreConfig, wait: Duration) -> Result<Arc<Store>> {
+        let current = self.get();
+        if !current.read_only {
+            let reader = Store::open(&StoreConfig { read_only: true, ..config.clone() })?;
+            self.set(reader);
+            let deadline = std::time::Instant::now() + wait;
+            // One holder left: this function.
+            while Arc::strong_count(&current) > 1 {
+                if std::time::Instant::now() > deadline {
+                    return Err(Error::Db("the store is still in use; cannot reopen it yet".into()));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        drop(current);
+        let fresh = Store::open(config)?;
+        self.set(fresh.clone());
+        Ok(fresh)
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
-use std::sync::PoisonError;
+use std::sync::{Arc, PoisonError};
 
 use omnifold_core::fold::{self, Position, kind_of};
 use omnifold_core::member::ProfileKind;
@@ -21,6 +21,8 @@ use crate::dead_letter::DeadLetter;
 /// One batch in progress.
 pub(super) struct Run<'a> {
     pub(super) p: &'a Processor,
+    /// The store instance this batch reads and is staged for.
+    store: &'a Arc<Store>,
     pub(super) partition: u32,
     pub(super) records: &'a [Record<'a>],
     pub(super) batch: Batch,
@@ -59,8 +61,12 @@ pub(super) struct Run<'a> {
 impl<'a> Run<'a> {
     /// Decodes the records and reads what the batch needs from the store:
     /// members (cache first), dedupe markers, decided commands, the watermark.
-    pub(super) fn load(p: &'a Processor, partition: u32, records: &'a [Record<'a>]) -> Result<Run<'a>> {
-        let store = &*p.store;
+    pub(super) fn load(
+        p: &'a Processor,
+        store: &'a Arc<Store>,
+        partition: u32,
+        records: &'a [Record<'a>],
+    ) -> Result<Run<'a>> {
         let decoded: Vec<_> = records
             .iter()
             .map(|r| decode_event(r.value.unwrap_or_default(), p.max_event_bytes, &p.fold.limits))
@@ -76,7 +82,7 @@ impl<'a> Run<'a> {
             .zip(store.markers(partition, &ids)?)
             .filter_map(|(id, m)| Some(((*id).to_owned(), m?)))
             .collect();
-        let members = load_members(p, partition, &keys)?;
+        let members = load_members(p, store, partition, &keys)?;
         let requests: Vec<(&str, &str)> = decoded
             .iter()
             .zip(&keys)
@@ -90,6 +96,7 @@ impl<'a> Run<'a> {
             .collect();
         Ok(Run {
             p,
+            store,
             partition,
             records,
             batch: store.batch(&p.topic, partition),
@@ -117,7 +124,7 @@ impl<'a> Run<'a> {
     }
 
     pub(super) fn store(&self) -> &'a Store {
-        &self.p.store
+        self.store
     }
 
     /// Sends record `i` to the dead-letter topic with its reason.
@@ -415,6 +422,7 @@ impl<'a> Run<'a> {
         let touched =
             self.members.into_values().filter(|m| m.version.events_applied > 0 || m.routes_to.is_some()).collect();
         Ok(Processed {
+            store: self.store.clone(),
             batch: self.batch,
             touched,
             partition: self.partition,
@@ -453,7 +461,12 @@ impl<'a> Run<'a> {
 
 /// Members of the batch's keys: from the cache (taken out until the
 /// commit), else from the store.
-fn load_members(p: &Processor, partition: u32, keys: &[Option<String>]) -> Result<HashMap<String, Member>> {
+fn load_members(
+    p: &Processor,
+    store: &Store,
+    partition: u32,
+    keys: &[Option<String>],
+) -> Result<HashMap<String, Member>> {
     let mut wanted: Vec<&str> = keys.iter().flatten().map(String::as_str).collect();
     wanted.sort_unstable();
     wanted.dedup();
@@ -467,7 +480,7 @@ fn load_members(p: &Processor, partition: u32, keys: &[Option<String>]) -> Resul
         }
     }
     let missing: Vec<&str> = wanted.into_iter().filter(|k| !members.contains_key(*k)).collect();
-    for (k, m) in missing.iter().zip(p.store.members(partition, &missing)?) {
+    for (k, m) in missing.iter().zip(store.members(partition, &missing)?) {
         if let Some(m) = m {
             members.insert((*k).to_owned(), m);
         }

@@ -20,7 +20,7 @@ use lru::LruCache;
 use tracing::error;
 
 use omnifold_core::{FoldConfig, Member};
-use omnifold_store::{Batch, Store};
+use omnifold_store::{Batch, Store, StoreHandle};
 
 use crate::Result;
 use crate::dead_letter::DeadLetter;
@@ -76,6 +76,8 @@ impl OutRecord {
 /// A processed batch, ready to commit once its dead letters are delivered.
 /// Hand it to [`Processor::commit`].
 pub struct Processed {
+    /// The store instance the batch was staged for (and commits to).
+    store: Arc<Store>,
     pub batch: Batch,
     /// The members the batch read, as they are after it: they go back into
     /// the cache only once the batch is committed.
@@ -101,11 +103,11 @@ impl Processed {
     /// Applies the batch's identity-index updates to `store` itself, in the
     /// same batch, instead of writing them to the identity topic (replays,
     /// which write nothing back to Kafka).
-    pub fn index_locally(&mut self, store: &Store) {
+    pub fn index_locally(&mut self) {
         for r in &self.index {
             let key = String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned();
             let member = std::str::from_utf8(&r.value).ok().filter(|v| !v.is_empty());
-            self.batch.put_index(store, &key, member);
+            self.batch.put_index(&self.store, &key, member);
         }
     }
 }
@@ -119,7 +121,9 @@ pub type OnCommit = Arc<dyn Fn(u32) + Send + Sync>;
 /// Folds records of one topic into the store.
 #[derive(Clone)]
 pub struct Processor {
-    store: Arc<Store>,
+    /// The store to fold into: shared with the server, replaced by a
+    /// switch or a reopen.
+    stores: Arc<StoreHandle>,
     fold: Arc<FoldConfig>,
     topic: String,
     max_event_bytes: usize,
@@ -143,8 +147,19 @@ impl Processor {
         max_event_bytes: usize,
         signer: Signer,
     ) -> Self {
+        Processor::on_handle(StoreHandle::new(store), fold, topic, max_event_bytes, signer)
+    }
+
+    /// [`Processor::new`] folding into whatever store `stores` holds.
+    pub fn on_handle(
+        stores: Arc<StoreHandle>,
+        fold: Arc<FoldConfig>,
+        topic: impl Into<String>,
+        max_event_bytes: usize,
+        signer: Signer,
+    ) -> Self {
         Processor {
-            store,
+            stores,
             fold,
             topic: topic.into(),
             max_event_bytes,
@@ -167,10 +182,11 @@ impl Processor {
         self
     }
 
-    /// The same processor folding into another store, with an empty cache.
+    /// The same processor folding into another store (a handle of its
+    /// own), with an empty cache.
     pub fn with_store(&self, store: Arc<Store>) -> Processor {
         let entries = self.cache.as_ref().map_or(0, |c| c.lock().unwrap_or_else(PoisonError::into_inner).cap().get());
-        let mut p = Processor { store, cache: None, ..self.clone() };
+        let mut p = Processor { stores: StoreHandle::new(store), cache: None, ..self.clone() };
         if entries > 0 {
             p = p.with_member_cache(entries);
         }
@@ -183,9 +199,16 @@ impl Processor {
         self
     }
 
+    /// Forgets every cached member (the store behind the handle changed).
+    pub fn clear_cache(&self) {
+        if let Some(cache) = &self.cache {
+            cache.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        }
+    }
+
     /// Commits a processed batch and returns its members to the cache.
     pub fn commit(&self, processed: Processed) -> Result<()> {
-        self.store.commit(processed.batch)?;
+        processed.store.commit(processed.batch)?;
         if let Some(f) = &self.on_commit {
             f(processed.partition);
         }
@@ -198,8 +221,14 @@ impl Processor {
         Ok(())
     }
 
-    pub fn store(&self) -> &Arc<Store> {
-        &self.store
+    /// The store folded into now.
+    pub fn store(&self) -> Arc<Store> {
+        self.stores.get()
+    }
+
+    /// The handle of the store folded into, to share with the server.
+    pub fn handle(&self) -> &Arc<StoreHandle> {
+        &self.stores
     }
 
     /// The fold's rules this processor applies.
@@ -250,7 +279,8 @@ impl Processor {
         poisoned: &BTreeSet<usize>,
         at: &std::cell::Cell<Option<usize>>,
     ) -> Result<Processed> {
-        let mut run = batch::Run::load(self, partition, records)?;
+        let store = self.stores.get();
+        let mut run = batch::Run::load(self, &store, partition, records)?;
         for i in 0..records.len() {
             at.set(Some(i));
             if poisoned.contains(&i) {

@@ -42,45 +42,64 @@ where
     }
 }
 
-/// A tansu broker with in-memory storage, killed on drop.
+/// A tansu broker on a free loopback port, killed on drop: in memory, or
+/// in a sqlite file that survives a stop and a start (outage tests).
 pub struct Broker {
-    child: Child,
+    child: Option<Child>,
     pub addr: String,
+    /// The directory of the sqlite storage, when persistent.
+    storage: Option<std::path::PathBuf>,
 }
 
 impl Broker {
     pub fn start() -> Broker {
-        let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
-        let url = format!("tcp://{addr}");
+        let mut b = Broker { child: None, addr: format!("127.0.0.1:{}", free_port()), storage: None };
+        b.restart();
+        b
+    }
+
+    /// A broker whose data lives in `dir` (sqlite), so it can be stopped
+    /// and started again on the same port with everything it had.
+    pub fn start_persistent(dir: &Path) -> Broker {
+        let mut b = Broker { child: None, addr: format!("127.0.0.1:{}", free_port()), storage: Some(dir.to_owned()) };
+        b.restart();
+        b
+    }
+
+    /// Kills the broker: clients see connections refused.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it (again) on the same port and storage.
+    pub fn restart(&mut self) {
+        self.stop();
+        let url = format!("tcp://{}", self.addr);
         let bin = std::env::var("TANSU").unwrap_or_else(|_| "tansu".into());
-        let child = Command::new(&bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "memory://tansu/",
-            ])
+        let storage = if self.storage.is_some() { "sqlite://tansu.db" } else { "memory://tansu/" };
+        let mut cmd = Command::new(&bin);
+        cmd.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", storage])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start `{bin}` ({e}); install it with `make deps`"));
+            .stderr(Stdio::null());
+        if let Some(dir) = &self.storage {
+            cmd.current_dir(dir);
+        }
+        self.child =
+            Some(cmd.spawn().unwrap_or_else(|e| panic!("cannot start `{bin}` ({e}); install it with `make deps`")));
         let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(&addr).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not listen on {addr}");
+        while TcpStream::connect(&self.addr).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen on {}", self.addr);
             std::thread::sleep(Duration::from_millis(20));
         }
-        Broker { child, addr }
     }
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
@@ -321,6 +340,27 @@ impl Service {
         proto::admin_service_client::AdminServiceClient::connect(self.grpc.clone()).await.unwrap()
     }
 
+    /// `AdminService.GetPartitionStatus`.
+    pub async fn status(&self) -> proto::GetPartitionStatusResponse {
+        let mut admin = self.admin().await;
+        admin.get_partition_status(proto::GetPartitionStatusRequest {}).await.unwrap().into_inner()
+    }
+
+    /// The `grpc.health.v1` status of one service name ("" for the server).
+    pub async fn health(&self, service: &str) -> i32 {
+        let channel = tonic::transport::Channel::from_shared(self.grpc.clone()).unwrap().connect().await.unwrap();
+        let mut c = tonic_health::pb::health_client::HealthClient::new(channel);
+        c.check(tonic_health::pb::HealthCheckRequest { service: service.into() }).await.unwrap().into_inner().status
+    }
+
+    /// Waits until the health service reports `status` for `service`.
+    pub async fn wait_health(&self, service: &str, status: i32) {
+        eventually(&format!("health of `{service}` to be {status}"), Duration::from_secs(60), || async {
+            (self.health(service).await == status).then_some(())
+        })
+        .await;
+    }
+
     /// Records applied so far, summed over partitions (from the store).
     pub async fn consumed(&self) -> i64 {
         let Ok(mut admin) = proto::admin_service_client::AdminServiceClient::connect(self.grpc.clone()).await else {
@@ -399,4 +439,89 @@ pub fn json_event(id: &str, at: &str, channel: &str, subject: &str, payload: &st
 pub fn to_protobuf(json: &[u8]) -> Vec<u8> {
     let e: proto::Event = serde_json::from_slice(json).unwrap();
     e.encode_to_vec()
+}
+
+/// Now as Unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+/// An instant `days` before now, as RFC 3339.
+pub fn days_ago(days: f64) -> String {
+    omnifold_core::time::rfc3339(now_ms() - (days * 86_400_000.0) as i64)
+}
+
+/// Redeems through the API like a careful client: asks again with the same
+/// request id while the answer is IN_PROGRESS or UNAVAILABLE (with a short
+/// pause, as a client retry policy would), until it is decided.
+pub async fn redeem_until_decided(
+    grpc: &str,
+    member_id: &str,
+    request: &str,
+    points: i64,
+) -> proto::RedeemPointsResponse {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        assert!(Instant::now() < deadline, "{request} was never decided");
+        let Ok(mut c) = proto::loyalty_service_client::LoyaltyServiceClient::connect(grpc.to_owned()).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let asked = c
+            .redeem_points(proto::RedeemPointsRequest {
+                member: member(member_id),
+                request_id: request.into(),
+                points,
+                channel: proto::Channel::MobileApp as i32,
+                reward: "voucher".into(),
+            })
+            .await;
+        match asked {
+            Ok(r) if r.get_ref().status != proto::RedemptionStatus::InProgress as i32 => return r.into_inner(),
+            Ok(_) => {}
+            Err(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::NotFound) => {}
+            Err(s) => panic!("{request}: {s}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The request ids of a member's REDEEM ledger entries, as many times as
+/// each appears.
+pub async fn redeemed_request_ids(service: &Service, member_id: &str) -> Vec<String> {
+    let mut c = service.loyalty().await;
+    let mut out = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = c
+            .list_ledger(proto::ListLedgerRequest {
+                member: member(member_id),
+                page_size: 500,
+                page_token: page_token.clone(),
+                kinds: vec![proto::LedgerEntryKind::Redeem as i32],
+                from: None,
+                to: None,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        out.extend(page.entries.into_iter().map(|e| e.request_id));
+        if page.next_page_token.is_empty() {
+            return out;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// The per-partition digests of a store (`omnifold dump --digest`).
+pub fn digest(setup: &Setup, data: &Path) -> String {
+    setup.run(&["dump", "--data-dir", data.to_str().unwrap(), "--digest"])
+}
+
+/// The digests of a store rebuilt from the whole topic by `omnifold replay`.
+pub fn replayed_digest(setup: &Setup) -> String {
+    let fresh = tempfile::tempdir().unwrap();
+    let dir = fresh.path().join("store");
+    setup.run(&["replay", "--data-dir", dir.to_str().unwrap(), "--idle-ms", "500"]);
+    digest(setup, &dir)
 }

@@ -1,0 +1,153 @@
+//! What ingest is doing, for health checks and `GetPartitionStatus`: whether
+//! the broker answers, what is waiting to be written to it, and each
+//! partition's health (stalled, with the reason and since when).
+//!
+//! Ingest writes it; the server reads snapshots. The broker's state comes
+//! from librdkafka's statistics (`statistics.interval.ms`): the broker is
+//! up when at least one connection to it is up.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rdkafka::statistics::Statistics;
+
+/// How often every client reports the broker's state, in milliseconds.
+pub(crate) const STATS_INTERVAL_MS: u32 = 500;
+
+/// A shared, cheap-to-clone view of ingest's health.
+#[derive(Debug, Clone, Default)]
+pub struct IngestStatus(Arc<Mutex<Snapshot>>);
+
+/// One reading of ingest's health.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Whether ingest is running (it has started and not stopped).
+    pub running: bool,
+    /// `None` until the first report; then whether a broker connection is up.
+    pub broker_up: Option<bool>,
+    /// When the broker's state last changed (Unix milliseconds).
+    pub broker_since_ms: i64,
+    /// Records waiting for the broker to acknowledge them, and since when.
+    pub waiting: Option<Waiting>,
+    /// Partitions this instance folds, by number.
+    pub partitions: BTreeMap<u32, PartitionHealth>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiting {
+    pub records: usize,
+    pub since_ms: i64,
+}
+
+/// One partition's health.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PartitionHealth {
+    /// Set while the partition is stalled: it folds nothing until the
+    /// cause is gone (retried with backoff).
+    pub stalled: Option<Stall>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stall {
+    pub reason: String,
+    pub since_ms: i64,
+    /// Attempts since it stalled.
+    pub retries: u32,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+impl IngestStatus {
+    fn with<T>(&self, f: impl FnOnce(&mut Snapshot) -> T) -> T {
+        f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// A copy of the current state.
+    pub fn snapshot(&self) -> Snapshot {
+        self.with(|s| s.clone())
+    }
+
+    /// Whether the broker is known to be down right now.
+    pub fn broker_down(&self) -> bool {
+        self.with(|s| s.broker_up == Some(false))
+    }
+
+    /// When the broker went down, if it is down (Unix milliseconds).
+    pub fn broker_down_since(&self) -> Option<i64> {
+        self.with(|s| (s.broker_up == Some(false)).then_some(s.broker_since_ms))
+    }
+
+    pub(crate) fn set_running(&self, running: bool) {
+        self.with(|s| s.running = running);
+    }
+
+    pub(crate) fn set_broker(&self, up: bool) {
+        self.with(|s| {
+            if s.broker_up != Some(up) {
+                s.broker_up = Some(up);
+                s.broker_since_ms = now_ms();
+                if up {
+                    tracing::info!("the broker answers again");
+                } else {
+                    tracing::warn!("no broker connection is up; ingest waits and retries, reads go on");
+                }
+            }
+        });
+    }
+
+    /// Reads the broker's state from a client's statistics.
+    pub(crate) fn observe(&self, stats: &Statistics) {
+        let up = stats.brokers.values().any(|b| b.state == "UP");
+        let known = stats.brokers.values().any(|b| b.nodeid >= 0 || b.state != "INIT");
+        if up || known {
+            self.set_broker(up);
+        }
+    }
+
+    pub(crate) fn set_waiting(&self, waiting: Option<usize>) {
+        self.with(|s| match (waiting, &s.waiting) {
+            (None, _) => s.waiting = None,
+            (Some(n), Some(w)) => s.waiting = Some(Waiting { records: n, since_ms: w.since_ms }),
+            (Some(n), None) => s.waiting = Some(Waiting { records: n, since_ms: now_ms() }),
+        });
+    }
+
+    pub(crate) fn assigned(&self, partitions: impl IntoIterator<Item = u32>) {
+        self.with(|s| {
+            for p in partitions {
+                s.partitions.entry(p).or_default();
+            }
+        });
+    }
+
+    pub(crate) fn revoked(&self, partitions: impl IntoIterator<Item = u32>) {
+        self.with(|s| {
+            for p in partitions {
+                s.partitions.remove(&p);
+            }
+        });
+    }
+
+    pub(crate) fn stall(&self, partition: u32, reason: &str) {
+        self.with(|s| {
+            let h = s.partitions.entry(partition).or_default();
+            match &mut h.stalled {
+                Some(st) if st.reason == reason => st.retries += 1,
+                _ => h.stalled = Some(Stall { reason: reason.to_owned(), since_ms: now_ms(), retries: 0 }),
+            }
+        });
+    }
+
+    pub(crate) fn healthy(&self, partition: u32) {
+        self.with(|s| {
+            if let Some(h) = s.partitions.get_mut(&partition)
+                && h.stalled.take().is_some()
+            {
+                tracing::info!(partition, "partition folds again");
+            }
+        });
+    }
+}
