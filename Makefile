@@ -1,6 +1,7 @@
 # omnifold — see README.md.
 #   make run    build, start a local broker, load demo data, serve
 #   make test   every test, starting the broker it needs
+#   make soak   long fault runs (hundreds of kills)
 #   make bench  benchmarks (results in docs/benchmarks.md)
 
 SHELL := /bin/bash
@@ -8,7 +9,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 BIN := $(TARGET_DIR)/release/omnifold
 
-.PHONY: run test bench deps build fmt lint clean
+.PHONY: run test soak bench deps build fmt lint clean
 
 ## Install what a fresh machine lacks: libclang (RocksDB bindings), a C/C++
 ## toolchain, and the tansu broker.
@@ -23,6 +24,10 @@ run: build
 
 test: deps
 	cargo test --workspace
+
+## The long fault runs: hundreds of kills in the crash loop.
+soak: deps
+	CRASHLOOP_KILLS=$${CRASHLOOP_KILLS:-300} cargo test --workspace --test crashloop -- --nocapture
 
 bench: deps
 	cargo bench --workspace

@@ -99,10 +99,13 @@ impl IngestStatus {
     }
 
     /// Reads the broker's state from a client's statistics.
+    /// Until a connection was up once, a client that is still connecting
+    /// says nothing (a broker that cannot be reached at start is reported
+    /// by the wait for it).
     pub(crate) fn observe(&self, stats: &Statistics) {
         let up = stats.brokers.values().any(|b| b.state == "UP");
-        let known = stats.brokers.values().any(|b| b.nodeid >= 0 || b.state != "INIT");
-        if up || known {
+        let seen_up = self.with(|s| s.broker_up.is_some());
+        if up || seen_up {
             self.set_broker(up);
         }
     }

@@ -283,6 +283,16 @@ impl Service {
 
     /// Starts with extra environment (for example a failpoint).
     pub fn start_with(setup: &Setup, data: &Path, env: &[(&str, &str)]) -> Service {
+        Service::try_start_with(setup, data, env).unwrap_or_else(|status| panic!("omnifold serve exited: {status}"))
+    }
+
+    /// Starts `omnifold serve`; its exit status if it ended before serving
+    /// (a failpoint reached at once).
+    pub fn try_start_with(
+        setup: &Setup,
+        data: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<Service, std::process::ExitStatus> {
         let mut child = setup
             .command()
             .envs(env.iter().copied())
@@ -294,9 +304,15 @@ impl Service {
             .unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let addr =
-            line.trim().strip_prefix("omnifold serving gRPC on ").unwrap_or_else(|| panic!("unexpected: {line}"));
-        Service { child, grpc: format!("http://{addr}") }
+        match line.trim().strip_prefix("omnifold serving gRPC on ") {
+            Some(addr) => Ok(Service { child, grpc: format!("http://{addr}") }),
+            None => Err(child.wait().unwrap()),
+        }
+    }
+
+    /// Whether the process has ended (a failpoint's abort).
+    pub fn has_exited(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_some()
     }
 
     /// SIGKILL: no chance to finish a batch or flush anything.
