@@ -512,11 +512,7 @@ fn redemptions(rt: &tokio::runtime::Runtime, brokers: &str, topic: &str, args: &
     let ingest_cfg = cfg.clone();
     let handle = std::thread::spawn(move || omnifold_ingest::run(&ingest_cfg, processor, stop, Default::default()));
     let result = rt.block_on(async {
-        let commands = Commands {
-            log: Arc::new(Log(CommandProducer::new(&cfg, timeout, &Default::default())?)),
-            commits,
-            timeout,
-        };
+        let commands = Commands { log: Arc::new(Log(CommandProducer::new(&cfg, timeout)?)), commits, timeout };
         let state = omnifold_server::AppState::new(omnifold_store::StoreHandle::new(store), topic, fold)
             .with_commands(commands);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -8,10 +8,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, FutureProducer, FutureRecord, Producer};
 
-use rdkafka::ClientContext;
-
 use crate::consumer::client_config;
-use crate::status::{IngestStatus, STATS_INTERVAL_MS};
 use crate::{Error, IngestConfig, Result};
 
 /// What happened to one topic.
@@ -88,34 +85,22 @@ impl EventProducer {
 }
 
 /// Appends single commands (redemptions, adjustments) to the events topic
-/// and reports when each is acknowledged; for request handlers. Knows
-/// when the broker is away (its statistics), so a command answers at once
-/// instead of waiting out its deadline.
+/// and reports when each is acknowledged; for request handlers.
 #[derive(Clone)]
 pub struct CommandProducer {
-    producer: FutureProducer<StatusContext>,
+    producer: FutureProducer<crate::status::Quiet>,
     topic: String,
     timeout: Duration,
 }
 
-/// Reports the broker's state into an [`IngestStatus`].
-pub struct StatusContext(IngestStatus);
-
-impl ClientContext for StatusContext {
-    fn stats(&self, statistics: rdkafka::statistics::Statistics) {
-        self.0.observe(&statistics);
-    }
-}
-
 impl CommandProducer {
-    pub fn new(cfg: &IngestConfig, timeout: Duration, status: &IngestStatus) -> Result<CommandProducer> {
+    pub fn new(cfg: &IngestConfig, timeout: Duration) -> Result<CommandProducer> {
         let producer = client_config(cfg)
             .set("partitioner", "murmur2_random")
             .set("enable.idempotence", "true")
             .set("linger.ms", "0")
             .set("message.timeout.ms", timeout.as_millis().max(1).to_string())
-            .set("statistics.interval.ms", STATS_INTERVAL_MS.to_string())
-            .create_with_context(StatusContext(status.clone()))?;
+            .create_with_context(crate::status::Quiet)?;
         Ok(CommandProducer { producer, topic: cfg.topic.clone(), timeout })
     }
 

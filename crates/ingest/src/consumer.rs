@@ -113,6 +113,14 @@ impl ClientContext for IngestContext {
     fn stats(&self, statistics: Statistics) {
         self.status.observe(&statistics);
     }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        crate::status::quiet_log(level, fac, log_message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        crate::status::quiet_error(&error, reason);
+    }
 }
 
 impl ConsumerContext for IngestContext {
@@ -201,7 +209,7 @@ pub(crate) fn record_of<'a>(m: &'a BorrowedMessage<'_>) -> Record<'a> {
 
 /// The number of partitions of `topic`, from the broker.
 pub fn partition_count(cfg: &IngestConfig, topic: &str) -> Result<u32> {
-    let consumer: BaseConsumer = client_config(cfg).create()?;
+    let consumer: BaseConsumer<crate::status::Quiet> = client_config(cfg).create_with_context(crate::status::Quiet)?;
     let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let n = md.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len());
     if n == 0 {

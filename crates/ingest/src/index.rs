@@ -18,6 +18,7 @@ use omnifold_store::{Batch, Store, StoreHandle};
 
 use crate::consumer::{await_partition_count, client_config, record_of};
 use crate::resume::{Resume, Step};
+use crate::status::Quiet;
 use crate::{IngestConfig, IngestStatus, Result, Shutdown, Signer};
 
 /// Reads the identity topic into the store `stores` holds until `shutdown`.
@@ -29,12 +30,12 @@ pub fn run_index(cfg: &IngestConfig, stores: &StoreHandle, shutdown: &Shutdown) 
     let Some(partitions) = await_partition_count(cfg, topic, &status, shutdown)? else {
         return Ok(());
     };
-    let consumer: BaseConsumer = client_config(cfg)
+    let consumer: BaseConsumer<Quiet> = client_config(cfg)
         .set("group.id", format!("{}.index-reader", cfg.group_id))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
         .set("fetch.wait.max.ms", cfg.fetch_wait_max_ms.to_string())
-        .create()?;
+        .create_with_context(Quiet)?;
     let mut resumes = position(&consumer, cfg, &stores.get(), partitions)?;
     info!(topic, partitions, "identity index reader started");
     let mut backoff = Duration::from_millis(500);
@@ -63,7 +64,7 @@ pub fn run_index(cfg: &IngestConfig, stores: &StoreHandle, shutdown: &Shutdown) 
 
 /// Assigns every partition from the store's offsets.
 fn position(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<Quiet>,
     cfg: &IngestConfig,
     store: &Store,
     partitions: u32,
@@ -80,7 +81,7 @@ fn position(
     Ok(resumes)
 }
 
-fn poll(consumer: &BaseConsumer) -> Vec<BorrowedMessage<'_>> {
+fn poll(consumer: &BaseConsumer<Quiet>) -> Vec<BorrowedMessage<'_>> {
     let mut messages = Vec::new();
     let mut wait = Duration::from_millis(100);
     while messages.len() < 1_000 {
@@ -96,7 +97,7 @@ fn poll(consumer: &BaseConsumer) -> Vec<BorrowedMessage<'_>> {
 
 /// Writes a poll's entries with each partition's offset, one batch per partition.
 fn apply(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<Quiet>,
     cfg: &IngestConfig,
     signer: &Signer,
     store: &Store,

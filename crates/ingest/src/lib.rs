@@ -21,7 +21,7 @@ mod resume;
 mod sign;
 mod status;
 
-pub use admin::{CommandProducer, EventProducer, StatusContext, TopicOutcome, create_topics};
+pub use admin::{CommandProducer, EventProducer, TopicOutcome, create_topics};
 pub use config::{Assignment, IngestConfig, MIN_SECRET_LEN, Secret};
 pub use consumer::{RunOptions, Shutdown, client_config, partition_count, run};
 pub use dead_letter::DeadLetter;

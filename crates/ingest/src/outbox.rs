@@ -38,8 +38,21 @@ pub(crate) struct OutboxContext {
 }
 
 impl ClientContext for OutboxContext {
+    /// While records wait, the producer is the one trying to reach the
+    /// broker (the consumer is not polled meanwhile); idle, it says nothing
+    /// (a broker may close an idle connection).
     fn stats(&self, statistics: Statistics) {
-        self.status.observe(&statistics);
+        if statistics.msg_cnt > 0 {
+            self.status.observe(&statistics);
+        }
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        crate::status::quiet_log(level, fac, log_message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        crate::status::quiet_error(&error, reason);
     }
 }
 

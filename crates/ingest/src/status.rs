@@ -3,8 +3,16 @@
 //! partition's health (stalled, with the reason and since when).
 //!
 //! Ingest writes it; the server reads snapshots. The broker's state comes
-//! from librdkafka's statistics (`statistics.interval.ms`): the broker is
-//! up when at least one connection to it is up.
+//! from the ingest consumer's librdkafka statistics (`statistics.interval.ms`):
+//! the broker is up when at least one of its connections is up. The
+//! consumer reports it (it fetches all the time), and the outbox producer
+//! while it has records waiting (the consumer is not polled then); an idle
+//! producer says nothing, since a broker may close an idle connection
+//! without anything being wrong.
+//!
+//! librdkafka's own logs and errors go to `tracing` at debug level through
+//! [`quiet_log`] and [`quiet_error`]: during an outage every client would
+//! otherwise log each reconnect attempt as an error. The status says it once.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -154,3 +162,30 @@ impl IngestStatus {
         });
     }
 }
+
+/// librdkafka's log lines, at debug level: the status reports what matters.
+pub(crate) fn quiet_log(level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+    tracing::debug!(target: "librdkafka", ?level, fac, message);
+}
+
+/// librdkafka's global errors (a broker going away, a transport failure),
+/// at debug level: the status reports them once.
+pub(crate) fn quiet_error(error: &rdkafka::error::KafkaError, reason: &str) {
+    tracing::debug!(target: "librdkafka", %error, reason);
+}
+
+/// A client context that keeps librdkafka quiet (see [`quiet_log`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Quiet;
+
+impl rdkafka::ClientContext for Quiet {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        quiet_log(level, fac, log_message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        quiet_error(&error, reason);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Quiet {}

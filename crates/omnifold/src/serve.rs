@@ -91,7 +91,7 @@ pub async fn serve(config: Config) -> Result<()> {
             .with_on_commit(Arc::new(move |_partition| commits_tx.send_modify(|n| *n += 1)));
     let status = IngestStatus::default();
     let timeout = std::time::Duration::from_millis(config.server.command_timeout_ms);
-    let producer = CommandProducer::new(&config.kafka, timeout, &status).context("creating the command producer")?;
+    let producer = CommandProducer::new(&config.kafka, timeout).context("creating the command producer")?;
     let commands = Commands { log: Arc::new(Log(producer)), commits, timeout };
     let shutdown = Shutdown::default();
 
