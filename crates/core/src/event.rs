@@ -313,6 +313,9 @@ impl Event {
         if event_id.len() > MAX_EVENT_ID_LEN {
             return Err(Error::invalid("eventId", format!("longer than {MAX_EVENT_ID_LEN} characters")));
         }
+        if event_id.chars().any(char::is_control) {
+            return Err(Error::invalid("eventId", "must not contain control characters"));
+        }
         let occurred_at = time::from_timestamp(e.occurred_at.as_ref().ok_or(Error::Missing("occurredAt"))?);
         if !(time::MIN_EVENT_TIME..time::MAX_EVENT_TIME).contains(&occurred_at) {
             return Err(Error::invalid("occurredAt", "must be between 2000-01-01 and 2100-01-01"));

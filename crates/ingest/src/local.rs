@@ -63,6 +63,15 @@ impl<'a> LocalLog<'a> {
         self.push(Queued { value, key, route: None, signature: None });
     }
 
+    /// Appends one record to `partition`, whatever its key: a producer that
+    /// partitions differently (the processor forwards it where it belongs).
+    pub fn append_to(&mut self, partition: u32, value: Vec<u8>) {
+        let key =
+            decode_event(&value, usize::MAX, &self.processor.fold().limits).ok().map(|e| e.subject.key().into_bytes());
+        let p = partition as usize % self.queues.len();
+        self.queues[p].push_back(Queued { value, key, route: None, signature: None });
+    }
+
     fn push(&mut self, q: Queued) {
         let routing = q.route.as_deref().map(str::as_bytes).or(q.key.as_deref());
         let p = routing.map_or(0, |k| partition_for(k, self.queues.len() as u32)) as usize;

@@ -76,11 +76,17 @@ impl<'a> Run<'a> {
             .zip(records)
             .map(|(d, r)| d.as_ref().ok().map(|e| r.route.map_or_else(|| e.subject.key(), str::to_owned)))
             .collect();
-        let ids: Vec<&str> = decoded.iter().filter_map(|d| d.as_ref().ok()).map(|e| e.event_id.as_str()).collect();
+        // Each event id, and the marker of its having been forwarded from here.
+        let ids: Vec<String> = decoded
+            .iter()
+            .filter_map(|d| d.as_ref().ok())
+            .flat_map(|e| [e.event_id.clone(), forwarded_marker(&e.event_id)])
+            .collect();
+        let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
         let markers: HashMap<String, i64> = ids
             .iter()
-            .zip(store.markers(partition, &ids)?)
-            .filter_map(|(id, m)| Some(((*id).to_owned(), m?)))
+            .zip(store.markers(partition, &id_refs)?)
+            .filter_map(|(id, m)| Some((id.clone(), m?)))
             .collect();
         let members = load_members(p, store, partition, &keys)?;
         let requests: Vec<(&str, &str)> = decoded
@@ -182,13 +188,18 @@ impl<'a> Run<'a> {
             self.dead_letter(i, e.kind(), e.to_string());
             return Ok(());
         }
-        if self.markers.get(&id).is_some_and(|m| *m >= self.horizon()) {
+        // A copy omnifold passed on (signed) is not a producer's retry of
+        // what was forwarded from here.
+        let passed_on = record.route.is_some() || self.signed(&record);
+        let alive = |m: Option<&i64>| m.is_some_and(|m| *m >= self.horizon());
+        let forwarded_before = !internal && !passed_on && alive(self.markers.get(&forwarded_marker(&id)));
+        if alive(self.markers.get(&id)) || forwarded_before {
             self.duplicates += 1;
             return Ok(());
         }
-        // omnifold's own records are made once per cause and deduplicated by
-        // their ids; anything else this old could be a duplicate we no
-        // longer know.
+        // Anything else this old could be a duplicate we no longer know,
+        // forwards too: the partition they left had an earlier horizon.
+        // omnifold's own events are made once per cause.
         if !internal && at < self.horizon() {
             let reason = self.too_late_reason(at);
             self.dead_letter(i, "too_late", reason);
@@ -197,9 +208,10 @@ impl<'a> Run<'a> {
         let Some(key) = self.keys[i].clone() else {
             return Err(crate::Error::Bug("a valid event without a key".into()));
         };
-        // Not marked seen here: the partition it goes to decides (it may be
-        // this one, and a marker would drop the forwarded copy).
+        // Marked as forwarded from here (not as applied: it may go to this
+        // same partition, where it is applied under its own id).
         if self.send_on(i, &key, is_claim) {
+            self.mark_seen(&forwarded_marker(&id), at);
             return Ok(());
         }
         if let Some(r) = request
@@ -219,6 +231,12 @@ impl<'a> Run<'a> {
             return Ok(());
         }
         self.fold(i, key)
+    }
+
+    /// Whether a record carries omnifold's valid signature (a forward).
+    fn signed(&self, record: &Record<'_>) -> bool {
+        record.signature.is_some()
+            && self.p.signer.verify(record.key, record.route, record.value.unwrap_or_default(), record.signature)
     }
 
     /// Why record `i` is refused as forged, if it is: an event only
@@ -495,4 +513,12 @@ fn internal_name(p: &Payload) -> &'static str {
         Payload::ProfileJoinPart { .. } => "profileJoinPart",
         _ => "internal",
     }
+}
+
+/// The dedupe key under which an event forwarded from a partition is
+/// remembered there: a producer's retry of it is dropped at the source, so
+/// the partition it went to may take forwards as they come. Event ids hold
+/// no control characters, so this never meets one.
+fn forwarded_marker(event_id: &str) -> String {
+    format!("\u{1}fwd\u{1}{event_id}")
 }
