@@ -9,6 +9,7 @@
 mod admin;
 mod config;
 mod consumer;
+mod copy;
 mod dead_letter;
 mod dlq;
 mod failpoint;
@@ -24,6 +25,7 @@ mod status;
 pub use admin::{CommandProducer, EventProducer, TopicOutcome, create_topics};
 pub use config::{Assignment, IngestConfig, MIN_SECRET_LEN, Secret};
 pub use consumer::{RunOptions, Shutdown, client_config, partition_count, run};
+pub use copy::{CopyProgress, copy_topic};
 pub use dead_letter::DeadLetter;
 pub use dlq::{StoredDeadLetter, read_dead_letters};
 pub use index::run_index;
@@ -44,6 +46,8 @@ pub enum Error {
     Config(String),
     #[error("topic {0} does not exist or has no partitions")]
     NoTopic(String),
+    #[error("copy: {0}")]
+    Copy(String),
     #[error("bug: {0}")]
     Bug(String),
 }

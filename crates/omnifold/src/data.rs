@@ -44,6 +44,41 @@ pub struct ReplayArgs {
     pub partitions: u32,
 }
 
+#[derive(Args)]
+pub struct CopyArgs {
+    /// The new topic; create it first (`topics create` with its name as
+    /// `kafka.topic`) with the partition count you want.
+    #[arg(long)]
+    pub to_topic: String,
+    /// Stop once the events topic has been quiet this long after the copy
+    /// reached the end it had at the start.
+    #[arg(long, default_value_t = 2_000)]
+    pub idle_ms: u64,
+}
+
+/// Copies producers' records of the events topic into `args.to_topic`.
+pub fn copy(config: &Config, args: CopyArgs) -> Result<()> {
+    let bar = progress(0, "copying");
+    let done = omnifold_ingest::copy_topic(
+        &config.kafka,
+        &config.fold.limits,
+        &args.to_topic,
+        Duration::from_millis(args.idle_ms),
+        &Shutdown::default(),
+        |p| {
+            bar.set_length(p.expected.max(p.read));
+            bar.set_position(p.read);
+        },
+    )
+    .with_context(|| format!("copying {} into {}", config.kafka.topic, args.to_topic))?;
+    bar.finish_and_clear();
+    println!(
+        "copied {} of {} records from {} to {} ({} written by omnifold left out: the serve folding {} writes them again)",
+        done.copied, done.read, config.kafka.topic, args.to_topic, done.left_out, args.to_topic
+    );
+    Ok(())
+}
+
 /// A file, decompressed by its extension.
 fn open_input(path: &std::path::Path) -> Result<Box<dyn std::io::BufRead>> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;

@@ -165,6 +165,12 @@ pub enum TopicsCommand {
         #[arg(long, default_value_t = 1)]
         replication: i32,
     },
+    /// Copy what producers wrote to the events topic into a new, empty topic
+    /// (one with another partition count), each record to its member's
+    /// partition there; what omnifold wrote is left out and written again by
+    /// the `serve` that folds the new topic. See docs/operations.md,
+    /// "Changing the partition count".
+    Copy(crate::data::CopyArgs),
 }
 
 pub async fn topics(config: &Config, cmd: TopicsCommand) -> Result<()> {
@@ -180,6 +186,10 @@ pub async fn topics(config: &Config, cmd: TopicsCommand) -> Result<()> {
                 }
             }
             Ok(())
+        }
+        TopicsCommand::Copy(args) => {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || crate::data::copy(&config, args)).await?
         }
     }
 }

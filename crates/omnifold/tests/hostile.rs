@@ -252,3 +252,83 @@ async fn a_store_refuses_a_topic_whose_partition_count_changed() {
     assert!(err.contains("was built for 2 partitions of topic hostile-count.events, which has 3 now"), "{err}");
     assert!(err.contains("Changing the partition count"), "{err}");
 }
+
+/// What a person holds, read over gRPC: balance, events applied, views.
+async fn holdings(service: &Service, id: &str) -> (i64, i64, u64, u64) {
+    let b = balance(service, id).await;
+    let p = get(service, id).await.unwrap();
+    (b.active_points, b.pending_points, p.version.unwrap().events_applied, p.browse.unwrap().product_views)
+}
+
+/// docs/operations.md, "Changing the partition count": stop writes, copy
+/// the producers' records into a topic with the new count, fold it with a
+/// new store, and every person holds what they held, joins, merges,
+/// redemptions and a misrouted record included.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_partition_count_changes_by_copy_and_fold_with_every_balance_kept() {
+    let Stack { broker: _broker, data: _data, setup, service } = Stack::start("recount", 2);
+    let mut events: Vec<(String, Vec<u8>)> = (1..=5).map(|m| thousand_points(&format!("m-{m}"))).collect();
+    let anon = r#"{"anonymousId":"ck-1"}"#;
+    for i in 0..30 {
+        let view = format!(r#""productViewed":{{"sku":"SKU-{i}","category":"shoes","priceMinor":"1999"}}"#);
+        events.push((
+            "ck-1".into(),
+            json_event(&format!("v{i}"), &days_ago(20.0 - i as f64 * 0.1), "ONLINE_WEB", anon, &view),
+        ));
+    }
+    let link = r#""identityLinked":{"anonymousId":"ck-1"}"#;
+    events.push(("m-1".into(), json_event("login", &days_ago(10.0), "MOBILE_APP", &member_json("m-1"), link)));
+    let merge = r#""membersMerged":{"fromMemberId":"m-3","intoMemberId":"m-2"}"#;
+    events.push(("m-2".into(), json_event("merge", &days_ago(5.0), "CALL_CENTER", &member_json("m-2"), merge)));
+    setup.produce(&events);
+    // A producer that partitions its own way: a view of m-5's on the other
+    // partition (forwarded to m-5's, signed).
+    let misrouted = json_event(
+        "lost-view",
+        &days_ago(4.0),
+        "ONLINE_WEB",
+        &member_json("m-5"),
+        r#""productViewed":{"sku":"X","category":"c","priceMinor":"100"}"#,
+    );
+    let home = omnifold_core::partition::partition_for(b"m-5", 2) as i32;
+    let producer = setup.producer();
+    producer
+        .send(rdkafka::producer::BaseRecord::to(&setup.topic).partition(1 - home).key("m-5").payload(&misrouted))
+        .unwrap();
+    rdkafka::producer::Producer::flush(&producer, Duration::from_secs(30)).unwrap();
+    service.wait_consumed(&setup, events.len() as i64 + 1).await;
+    let redeemed = redeem_until_decided(&service.grpc, "m-4", "r-1", 300).await;
+    assert_eq!(redeemed.status, proto::RedemptionStatus::Accepted as i32);
+    // After the merge, m-3's order goes on to m-2.
+    let order = r#""orderPlaced":{"orderId":"o-3b","currency":"CNY","totalMinor":"50000"}"#;
+    setup.produce(&[("m-3".into(), json_event("m-3-o2", &days_ago(3.0), "STORE_POS", &member_json("m-3"), order))]);
+    service.wait_consumed(&setup, events.len() as i64 + 3).await;
+    let people = ["m-1", "m-2", "m-3", "m-4", "m-5"];
+    let mut before = Vec::new();
+    for id in people {
+        before.push(holdings(&service, id).await);
+    }
+    assert_eq!(before[0].3, 30, "the anonymous views joined m-1");
+    assert_eq!(before[4].3, 1, "the misrouted view reached m-5");
+    assert!(service.stop().success());
+
+    // The procedure, with three partitions.
+    let mut moved = Setup::new(&_broker, "recount-3", 3);
+    moved.extra_env = setup.extra_env.clone();
+    moved.create_topics();
+    let copied = setup.run(&["topics", "copy", "--to-topic", &moved.topic, "--idle-ms", "500"]);
+    let left_out: u64 =
+        copied.split(" written by omnifold").next().and_then(|s| s.rsplit('(').next()).unwrap().parse().unwrap();
+    assert!(left_out >= 2, "the forwards and the join are omnifold's: {copied}");
+    let again = setup.command().args(["topics", "copy", "--to-topic", &moved.topic]).output().unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds records"));
+    let data = tempfile::tempdir().unwrap();
+    let folded = Service::start(&moved, data.path());
+    folded.wait_consumed(&moved, 1).await;
+    for (id, want) in people.into_iter().zip(&before) {
+        assert_eq!(&holdings(&folded, id).await, want, "{id}");
+    }
+    assert_eq!(redeemed_request_ids(&folded, "m-4").await, vec!["r-1".to_owned()]);
+    assert!(moved.dead_letters(0).is_empty());
+}

@@ -83,11 +83,8 @@ impl<'a> Run<'a> {
             .flat_map(|e| [e.event_id.clone(), forwarded_marker(&e.event_id)])
             .collect();
         let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-        let markers: HashMap<String, i64> = ids
-            .iter()
-            .zip(store.markers(partition, &id_refs)?)
-            .filter_map(|(id, m)| Some((id.clone(), m?)))
-            .collect();
+        let markers: HashMap<String, i64> =
+            ids.iter().zip(store.markers(partition, &id_refs)?).filter_map(|(id, m)| Some((id.clone(), m?))).collect();
         let members = load_members(p, store, partition, &keys)?;
         let requests: Vec<(&str, &str)> = decoded
             .iter()
