@@ -2,6 +2,7 @@
 #   make run    build, start a local broker, load demo data, serve
 #   make test   every test, starting the broker it needs
 #   make soak   long fault runs (hundreds of kills)
+#   make fuzz   a long fuzz run of decode + validate + fold
 #   make bench  benchmarks (results in docs/benchmarks.md)
 
 SHELL := /bin/bash
@@ -9,7 +10,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 BIN := $(TARGET_DIR)/release/omnifold
 
-.PHONY: run test soak bench deps build fmt lint clean
+.PHONY: run test soak fuzz bench deps build fmt lint clean
 
 ## Install what a fresh machine lacks: libclang (RocksDB bindings), a C/C++
 ## toolchain, and the tansu broker.
@@ -28,6 +29,11 @@ test: deps
 ## The long fault runs: hundreds of kills in the crash loop.
 soak: deps
 	CRASHLOOP_KILLS=$${CRASHLOOP_KILLS:-300} cargo test --workspace --test crashloop -- --nocapture
+
+## A long fuzz run (a short one is part of `make test`); failures are kept in
+## crates/ingest/tests/fuzz.proptest-regressions.
+fuzz: deps
+	FUZZ_CASES=$${FUZZ_CASES:-20000} cargo test --workspace --test fuzz -- --nocapture
 
 bench: deps
 	cargo bench --workspace

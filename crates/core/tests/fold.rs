@@ -2,6 +2,8 @@
 //! cancellations, currency conversion, windows, last-write-wins traits and
 //! bounded browse history.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test fails loudly on what it did not expect")]
+
 use omnifold_core::fold::{Position, apply, kind_of};
 use omnifold_core::time::{DAY, to_timestamp};
 use omnifold_core::{Event, FoldConfig, Member};

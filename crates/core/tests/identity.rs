@@ -5,6 +5,8 @@
 //! conflicts, and a property: whatever order the queues are served in, a
 //! person ends up with the same profile and points.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test fails loudly on what it did not expect")]
+
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use omnifold_core::fold::{Position, apply, kind_of};

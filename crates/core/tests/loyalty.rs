@@ -1,6 +1,8 @@
 //! The loyalty rules with exact numbers. Each `example_*` test is a worked
 //! example in docs/loyalty.md, with the same numbers.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test fails loudly on what it did not expect")]
+
 use omnifold_core::fold::{Position, apply, kind_of};
 use omnifold_core::loyalty::{EntryKind, NegativeBalance, VerdictStatus};
 use omnifold_core::time::{DAY, to_timestamp};

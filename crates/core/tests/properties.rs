@@ -2,6 +2,8 @@
 //! atomic rejections, books that always balance, and a points ledger that
 //! always adds up.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test fails loudly on what it did not expect")]
+
 use omnifold_core::fold::{Position, apply, kind_of};
 use omnifold_core::loyalty::NegativeBalance;
 use omnifold_core::testing::{events, hostile_events};

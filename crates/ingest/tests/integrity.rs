@@ -2,6 +2,8 @@
 //! events forged by a producer, joins of any size, retries across merges,
 //! and a dedupe that depends on the log alone.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test fails loudly on what it did not expect")]
+
 use std::sync::Arc;
 
 use omnifold_core::FoldConfig;

@@ -3,6 +3,8 @@
 //! over the events; a retried request id is decided once; reprocessing
 //! committed records changes nothing.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test fails loudly on what it did not expect")]
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

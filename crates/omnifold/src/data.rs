@@ -151,7 +151,10 @@ fn replay_files(config: &Config, args: &ReplayArgs) -> Result<()> {
         config.kafka.batch_max_records,
     )?;
     let bar = indicatif::ProgressBar::new_spinner();
-    bar.set_style(indicatif::ProgressStyle::with_template("{msg} {pos} records {per_sec}").expect("valid template"));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} {pos} records {per_sec}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
     bar.set_message("replaying files");
     let mut pending = 0usize;
     for path in &args.file {

@@ -10,6 +10,8 @@
 //! `CRASHLOOP_KILLS` sets the number of kills (24 by default; `make soak`
 //! runs hundreds), `CRASHLOOP_SEED` replays a run (the seed is printed).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test fails loudly on what it did not expect")]
+
 mod common;
 
 use std::collections::BTreeMap;

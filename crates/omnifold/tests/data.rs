@@ -1,6 +1,8 @@
 //! Data tools end to end: a store rebuilt offline with `omnifold replay`
 //! from the same topic dumps to the same digests as the live store.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test fails loudly on what it did not expect")]
+
 mod common;
 
 use common::*;

@@ -3,6 +3,8 @@
 //! nothing; kill -9 mid-stream loses and double-counts nothing; bad input
 //! lands in the dead-letter topic while the partition keeps moving.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test fails loudly on what it did not expect")]
+
 mod common;
 
 use std::time::Duration;

@@ -4,6 +4,8 @@
 //! keeps running, reads keep answering, health says what is wrong, nothing
 //! is lost or counted twice, and folding resumes once the cause is gone.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test fails loudly on what it did not expect")]
+
 mod common;
 
 use std::collections::BTreeMap;

@@ -3,6 +3,8 @@
 //! internal events forged by a producer, a retry after a merge, a crash
 //! halfway through a join, and a topic whose partition count changed.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test fails loudly on what it did not expect")]
+
 mod common;
 
 use std::time::Duration;

@@ -4,6 +4,8 @@
 //! refused conflict; an event on the wrong partition; and a crash between
 //! forwarding an event and committing the batch.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test fails loudly on what it did not expect")]
+
 mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -3,6 +3,8 @@
 //! decided once, and the balance, ledger and benefits answers carry the
 //! numbers of the rules.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test fails loudly on what it did not expect")]
+
 mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

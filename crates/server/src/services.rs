@@ -75,11 +75,13 @@ fn lookup_index(state: &AppState, addr: &MemberAddress) -> Result<Option<proto::
         return Ok(None);
     };
     let mut path = vec![i.key()];
-    while let Some(next) = state.store().index(path.last().expect("not empty"))? {
+    let mut at = i.key();
+    while let Some(next) = state.store().index(&at)? {
         if path.len() > MAX_HOPS {
             return Err(Error::Unavailable(format!("`{}` routes through more than {MAX_HOPS} keys", path[0])));
         }
-        path.push(next);
+        path.push(next.clone());
+        at = next;
     }
     if path.len() == 1 {
         return Ok(None);

@@ -3,6 +3,8 @@
 //! refuses a newer store, and a store refuses a topic whose partition count
 //! changed.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test fails loudly on what it did not expect")]
+
 use std::path::Path;
 
 use omnifold_store::{Store, StoreConfig};

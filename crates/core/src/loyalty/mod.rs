@@ -174,6 +174,7 @@ impl Verdict {
     }
 }
 
+#[allow(clippy::expect_used, reason = "serialising our own plain data into a Vec cannot fail")]
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     let mut out = vec![RECORD_VERSION];
     postcard::to_io(v, &mut out).expect("plain data serialises");
@@ -530,8 +531,10 @@ pub(crate) fn earn_order(
             activates_at,
             expires_at,
         });
-        if paid > 0 {
-            fx.ledger.last_mut().expect("just pushed").reason = format!("{paid} points paid off the negative balance");
+        if paid > 0
+            && let Some(entry) = fx.ledger.last_mut()
+        {
+            entry.reason = format!("{paid} points paid off the negative balance");
         }
     }
     tier::upgrade(member, at, cfg);

@@ -18,6 +18,9 @@ use super::{OutRecord, Processed, Processor, Record};
 use crate::Result;
 use crate::dead_letter::DeadLetter;
 
+/// Events kept for a member's history in this batch: (event time, record).
+type KeptEvents<'a> = Vec<(i64, Cow<'a, [u8]>)>;
+
 /// One batch in progress.
 pub(super) struct Run<'a> {
     pub(super) p: &'a Processor,
@@ -46,7 +49,7 @@ pub(super) struct Run<'a> {
     /// Ledger entries, history and verdicts written in this batch, for
     /// joins that carry the joined profile's.
     pub(super) batch_ledger: HashMap<String, Vec<LedgerEntry>>,
-    pub(super) batch_history: HashMap<String, Vec<(i64, Cow<'a, [u8]>)>>,
+    pub(super) batch_history: HashMap<String, KeptEvents<'a>>,
     pub(super) batch_verdicts: HashMap<String, Vec<Verdict>>,
     /// Join parts kept in this batch, by member.
     pub(super) staged: HashMap<String, Vec<JoinPart>>,
