@@ -29,7 +29,7 @@ use crate::config::Assignment;
 use crate::failpoint;
 use crate::outbox::{Outbox, Undelivered};
 use crate::processor::{OutRecord, Processor, ROUTE_HEADER, Record};
-use crate::resume::{Resume, Step};
+use crate::resume::{Resume, admit};
 use crate::sign::SIGNATURE_HEADER;
 use crate::status::{IngestStatus, STATS_INTERVAL_MS, now_ms};
 use crate::{Error, IngestConfig, Result};
@@ -419,19 +419,16 @@ impl Ingest<'_> {
             let mut assigned = lock(&ctx.assigned);
             for m in messages {
                 let p = m.partition() as u32;
-                if stalled.contains_key(&p) || rewinds.contains_key(&p) {
+                if stalled.contains_key(&p) {
                     continue;
                 }
                 let Some(resume) = assigned.get_mut(&p) else {
                     continue;
                 };
-                match resume.step(m.offset()) {
-                    Step::Take => by_partition.entry(p).or_default().push(record_of(m)),
-                    Step::Skip => {}
-                    Step::Rewind(to) => {
-                        rewinds.insert(p, to);
-                        by_partition.remove(&p);
-                    }
+                if admit(resume, &mut rewinds, p, m.offset()) {
+                    by_partition.entry(p).or_default().push(record_of(m));
+                } else if rewinds.contains_key(&p) {
+                    by_partition.remove(&p);
                 }
             }
         }

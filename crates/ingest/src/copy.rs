@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::warn;
@@ -25,9 +25,10 @@ use tracing::warn;
 use omnifold_core::partition::partition_for;
 use omnifold_core::{Limits, decode_event};
 
-use crate::consumer::client_config;
+use crate::consumer::{client_config, record_of};
+use crate::processor::Record;
 use crate::resume::{Resume, Step};
-use crate::{Error, IngestConfig, ROUTE_HEADER, Result, SIGNATURE_HEADER, Shutdown, Signer};
+use crate::{Error, IngestConfig, Result, Shutdown, Signer};
 
 /// Records held per old partition before it is paused until the merge
 /// takes some: bounds memory whatever the topic's size.
@@ -90,8 +91,11 @@ pub fn copy_topic(
                 let p = m.partition() as u32;
                 match merge.resumes[p as usize].step(m.offset()) {
                     Step::Take => {
-                        merge.held[p as usize].push_back(m.detach());
                         state.read += 1;
+                        match routing_of(&record_of(&m), &signer, limits) {
+                            Some(routing) => merge.held[p as usize].push_back(Held { message: m.detach(), routing }),
+                            None => state.left_out += 1,
+                        }
                     }
                     // Read already, delivered again.
                     Step::Skip => {}
@@ -105,7 +109,7 @@ pub fn copy_topic(
             None if merge.reached() && last_record.elapsed() >= idle => break,
             None => {}
         }
-        out.take(&mut merge, &signer, limits, &mut state)?;
+        out.take(&mut merge, &mut state)?;
         merge.pause_full(&consumer, from)?;
         if state.read >= reported + 1_000 {
             reported = state.read;
@@ -118,7 +122,7 @@ pub fn copy_topic(
         return Err(Error::Copy("interrupted; delete the new topic and copy again".into()));
     }
     merge.finish();
-    out.take(&mut merge, &signer, limits, &mut state)?;
+    out.take(&mut merge, &mut state)?;
     out.flush()?;
     progress(&state);
     Ok(state)
@@ -137,27 +141,33 @@ fn refuse_non_empty(consumer: &BaseConsumer, topic: &str, partitions: u32) -> Re
     Ok(())
 }
 
-/// Whether omnifold wrote this record: a forward (route header, or signed
-/// by omnifold), or an event only omnifold writes. Those written with no
-/// valid signature were refused as forged when they were read, and stay
-/// in the dead-letter topic.
-fn written_by_omnifold(m: &OwnedMessage, signer: &Signer, limits: &Limits) -> bool {
-    let header = |name: &str| m.headers().and_then(|h| h.iter().find(|h| h.key == name)).and_then(|h| h.value);
-    let value = m.payload().unwrap_or_default();
-    if header(ROUTE_HEADER).is_some() {
-        return true;
+/// The key a producer's record is routed by in the new topic (its
+/// subject's; the record key when it is not an event, which is refused
+/// again where it lands), or `None` for a record omnifold wrote: a forward
+/// (route header, or signed by omnifold) or an event only omnifold writes.
+/// Those written with no valid signature were refused as forged when they
+/// were read, and stay in the dead-letter topic.
+fn routing_of(r: &Record<'_>, signer: &Signer, limits: &Limits) -> Option<Vec<u8>> {
+    let value = r.value.unwrap_or_default();
+    if r.route.is_some() || (r.signature.is_some() && signer.verify(r.key, None, value, r.signature)) {
+        return None;
     }
-    if let Some(sig) = header(SIGNATURE_HEADER)
-        && signer.verify(m.key(), None, value, Some(sig))
-    {
-        return true;
+    match decode_event(value, usize::MAX, limits) {
+        Ok(e) if e.is_internal() => None,
+        Ok(e) => Some(e.subject.key().into_bytes()),
+        Err(_) => Some(r.key.unwrap_or_default().to_vec()),
     }
-    decode_event(value, usize::MAX, limits).is_ok_and(|e| e.is_internal())
+}
+
+/// A producer's record waiting for the merge, with its routing key.
+struct Held {
+    message: OwnedMessage,
+    routing: Vec<u8>,
 }
 
 /// The old partitions, merged by record timestamp.
 struct Merge {
-    held: Vec<VecDeque<OwnedMessage>>,
+    held: Vec<VecDeque<Held>>,
     resumes: Vec<Resume>,
     ends: Vec<i64>,
     paused: Vec<bool>,
@@ -188,7 +198,7 @@ impl Merge {
 
     /// The held record with the earliest timestamp, once no partition that
     /// may still deliver an earlier one is empty.
-    fn next(&mut self) -> Option<OwnedMessage> {
+    fn next(&mut self) -> Option<Held> {
         let waiting = (0..self.held.len())
             .any(|p| self.held[p].is_empty() && !self.finished && self.resumes[p].next < self.ends[p]);
         if waiting {
@@ -196,7 +206,7 @@ impl Merge {
         }
         let p = (0..self.held.len())
             .filter(|p| !self.held[*p].is_empty())
-            .min_by_key(|p| self.held[*p].front().map(|m| m.timestamp().to_millis().unwrap_or(i64::MIN)))?;
+            .min_by_key(|p| self.held[*p].front().map(|h| h.message.timestamp().to_millis().unwrap_or(i64::MIN)))?;
         self.held[p].pop_front()
     }
 
@@ -255,29 +265,21 @@ impl Output {
         Ok(Output { producer, topic: topic.to_owned(), partitions })
     }
 
-    /// Sends on what the merge has ready, leaving out what omnifold wrote.
-    fn take(&self, merge: &mut Merge, signer: &Signer, limits: &Limits, state: &mut CopyProgress) -> Result<()> {
-        while let Some(m) = merge.next() {
-            if written_by_omnifold(&m, signer, limits) {
-                state.left_out += 1;
-            } else {
-                self.send(&m, limits)?;
-                state.copied += 1;
-            }
+    /// Sends on what the merge has ready.
+    fn take(&self, merge: &mut Merge, state: &mut CopyProgress) -> Result<()> {
+        while let Some(h) = merge.next() {
+            self.send(&h)?;
+            state.copied += 1;
         }
         Ok(())
     }
 
-    /// Queues one record at its subject's partition in the new topic.
-    fn send(&self, m: &OwnedMessage, limits: &Limits) -> Result<()> {
+    /// Queues one record at its routing key's partition in the new topic.
+    fn send(&self, h: &Held) -> Result<()> {
         self.check()?;
+        let m = &h.message;
         let value = m.payload().unwrap_or_default();
-        let routing = match decode_event(value, usize::MAX, limits) {
-            Ok(e) => e.subject.key().into_bytes(),
-            // Not an event: it is refused again where it lands.
-            Err(_) => m.key().unwrap_or_default().to_vec(),
-        };
-        let partition = partition_for(&routing, self.partitions) as i32;
+        let partition = partition_for(&h.routing, self.partitions) as i32;
         let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topic).partition(partition).payload(value);
         if let Some(k) = m.key() {
             record = record.key(k);
@@ -327,12 +329,13 @@ mod tests {
 
     use super::*;
 
-    fn record(partition: i32, offset: i64, at: i64) -> OwnedMessage {
-        OwnedMessage::new(None, None, "t".into(), Timestamp::CreateTime(at), partition, offset, None)
+    fn record(partition: i32, offset: i64, at: i64) -> Held {
+        let message = OwnedMessage::new(None, None, "t".into(), Timestamp::CreateTime(at), partition, offset, None);
+        Held { message, routing: Vec::new() }
     }
 
     fn taken(merge: &mut Merge) -> Vec<(i32, i64)> {
-        std::iter::from_fn(|| merge.next()).map(|m| (m.partition(), m.offset())).collect()
+        std::iter::from_fn(|| merge.next()).map(|h| (h.message.partition(), h.message.offset())).collect()
     }
 
     #[test]

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use omnifold_store::{Batch, Store, StoreHandle};
 
 use crate::consumer::{await_partition_count, client_config, record_of};
-use crate::resume::{Resume, Step};
+use crate::resume::{Resume, admit};
 use crate::status::Quiet;
 use crate::{IngestConfig, IngestStatus, Result, Shutdown, Signer};
 
@@ -112,17 +112,11 @@ fn apply(
         let Some(resume) = resumes.get_mut(&p) else {
             continue;
         };
-        if rewinds.contains_key(&p) {
-            continue;
-        }
-        match resume.step(m.offset()) {
-            Step::Take => {}
-            Step::Skip => continue,
-            Step::Rewind(to) => {
-                rewinds.insert(p, to);
+        if !admit(resume, &mut rewinds, p, m.offset()) {
+            if rewinds.contains_key(&p) {
                 batches.remove(&p);
-                continue;
             }
+            continue;
         }
         let batch = batches.entry(p).or_insert_with(|| store.batch(topic, p));
         batch.set_next_offset(store, m.offset() + 1);

@@ -18,7 +18,7 @@ use tracing::warn;
 
 use crate::consumer::{client_config, record_of};
 use crate::processor::{Processor, Record};
-use crate::resume::{Resume, Step};
+use crate::resume::{Resume, admit};
 use crate::{IngestConfig, Result, Shutdown};
 
 /// Where a replay stands.
@@ -133,16 +133,8 @@ pub fn replay(
             let Some(resume) = resumes.get_mut(&p) else {
                 continue;
             };
-            if rewinds.contains_key(&p) {
+            if !admit(resume, &mut rewinds, p, m.offset()) {
                 continue;
-            }
-            match resume.step(m.offset()) {
-                Step::Take => {}
-                Step::Skip => continue,
-                Step::Rewind(to) => {
-                    rewinds.insert(p, to);
-                    continue;
-                }
             }
             if let ReplayEnd::At(_) = end_at
                 && end.get(&p).is_none_or(|high| m.offset() >= *high)

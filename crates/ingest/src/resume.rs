@@ -72,6 +72,29 @@ impl Resume {
     }
 }
 
+/// Checks one record of `partition` from a poll: true to take it. A
+/// partition found to have skipped records is noted in `rewinds`, to seek
+/// there once the poll's records are checked; its other records of the
+/// poll are dropped.
+pub(crate) fn admit(
+    resume: &mut Resume,
+    rewinds: &mut std::collections::BTreeMap<u32, i64>,
+    partition: u32,
+    offset: i64,
+) -> bool {
+    if rewinds.contains_key(&partition) {
+        return false;
+    }
+    match resume.step(offset) {
+        Step::Take => true,
+        Step::Skip => false,
+        Step::Rewind(to) => {
+            rewinds.insert(partition, to);
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,8 @@
 //! convention `#[cfg(test)] mod tests` closes a file), skipping comments and
 //! the `testing` module (strategies for property tests).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test fails loudly on what it did not expect")]
+
 use std::path::{Path, PathBuf};
 
 fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
