@@ -188,11 +188,14 @@ impl<'a> Run<'a> {
             self.dead_letter(i, e.kind(), e.to_string());
             return Ok(());
         }
-        // A copy omnifold passed on (signed) is not a producer's retry of
-        // what was forwarded from here.
-        let passed_on = record.route.is_some() || self.signed(&record);
+        // A producer's retry of what was forwarded from here; a copy
+        // omnifold passed on (signed) is not one. The signature is checked
+        // only when a forward marker is there.
         let alive = |m: Option<&i64>| m.is_some_and(|m| *m >= self.horizon());
-        let forwarded_before = !internal && !passed_on && alive(self.markers.get(&forwarded_marker(&id)));
+        let forwarded_before = !internal
+            && alive(self.markers.get(&forwarded_marker(&id)))
+            && record.route.is_none()
+            && !self.signed(&record);
         if alive(self.markers.get(&id)) || forwarded_before {
             self.duplicates += 1;
             return Ok(());
