@@ -10,7 +10,7 @@
 //! Run: `cargo bench --workspace --bench e2e` (part of `make bench`); results
 //! go in docs/benchmarks.md. Settings come from the environment:
 //! `BENCH_EVENTS` (500000), `BENCH_MEMBERS` (50000), `BENCH_PARTITIONS` (4),
-//! `BENCH_CONCURRENCY` (32), `BENCH_SECONDS` (5), `BENCH_BROKERS` (start tansu),
+//! `BENCH_CONCURRENCY` (8,32,64: one run each), `BENCH_SECONDS` (5), `BENCH_BROKERS` (start tansu),
 //! `BENCH_BATCH_WAIT_MS` (ingest's `batch_max_wait_ms`, default as configured).
 
 #[global_allocator]
@@ -19,11 +19,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use hdrhistogram::Histogram;
 use rdkafka::Message;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -32,19 +30,22 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 use omnifold_benches::event;
+use omnifold_benches::load::{LoadRun, Report, Target};
+use omnifold_benches::report::Results;
 use omnifold_core::FoldConfig;
 use omnifold_ingest::{CommandProducer, IngestConfig, LocalLog, Processor, ReplayEnd, Shutdown};
 use omnifold_proto::v1 as proto;
 use omnifold_server::{CommandLog, Commands};
 use omnifold_store::{Store, StoreConfig};
+use serde_json::json;
 
 struct Args {
     brokers: Option<String>,
     events: u64,
     members: u64,
     partitions: i32,
-    /// Concurrent gRPC requests in flight.
-    concurrency: usize,
+    /// Concurrent gRPC requests in flight, one run each.
+    concurrency: Vec<usize>,
     seconds: u64,
 }
 
@@ -59,7 +60,11 @@ impl Args {
             events: env_or("BENCH_EVENTS", 500_000),
             members: env_or("BENCH_MEMBERS", 50_000),
             partitions: env_or("BENCH_PARTITIONS", 4),
-            concurrency: env_or("BENCH_CONCURRENCY", 32),
+            concurrency: std::env::var("BENCH_CONCURRENCY")
+                .ok()
+                .map(|v| v.split(',').filter_map(|c| c.trim().parse().ok()).collect::<Vec<usize>>())
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| vec![8, 32, 64]),
             seconds: env_or("BENCH_SECONDS", 5),
         }
     }
@@ -214,109 +219,47 @@ fn ingest(brokers: &str, topic: &str, n: u64, partitions: i32, store: Arc<Store>
     Ok((n as f64 / total, n as f64 / steady))
 }
 
-struct Load {
-    rps: f64,
-    p50_us: u64,
-    p99_us: u64,
-}
-
-/// What the load generator asks.
-#[derive(Clone, Copy, PartialEq)]
-enum Target {
-    Check,
-    Profile,
-    Balance,
-    /// One point per request, each with a fresh request id.
-    Redeem,
-}
-
 fn member_ref(id: String) -> Option<proto::MemberRef> {
     Some(proto::MemberRef { r#ref: Some(proto::member_ref::Ref::MemberId(id)) })
 }
 
-/// Closed loop at `concurrency`, or open loop at `rate` requests/s when given.
-async fn load(
+/// A load run against `addr` by the load generator, in its own process.
+fn load(
     addr: &str,
-    members: u64,
-    concurrency: usize,
-    seconds: u64,
-    rate: Option<f64>,
+    args: &Args,
     target: Target,
-) -> Result<Load> {
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))?.connect().await?;
-    let count = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let mut tasks = Vec::new();
-    for t in 0..concurrency {
-        let channel = channel.clone();
-        let count = count.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new(3).expect("histogram");
-            let mut profiles = proto::profile_service_client::ProfileServiceClient::new(channel.clone());
-            let mut loyalty = proto::loyalty_service_client::LoyaltyServiceClient::new(channel.clone());
-            let mut checks = tonic_health::pb::health_client::HealthClient::new(channel);
-            let mut tick = rate.map(|r| {
-                let mut i = tokio::time::interval(Duration::from_secs_f64(concurrency as f64 / r));
-                i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                i
-            });
-            let mut i = t as u64;
-            while Instant::now() < deadline {
-                if let Some(tick) = tick.as_mut() {
-                    tick.tick().await;
-                }
-                i += concurrency as u64;
-                let started = Instant::now();
-                let id = format!("m-{:07}", (i * 7919) % members);
-                let result = match target {
-                    Target::Check => {
-                        let req = tonic_health::pb::HealthCheckRequest { service: String::new() };
-                        checks.check(req).await.map(|_| ())
-                    }
-                    Target::Profile => {
-                        let req = proto::GetProfileRequest { member: member_ref(id), read_mask: None, as_of: None };
-                        profiles.get_profile(req).await.map(|_| ())
-                    }
-                    Target::Balance => {
-                        let req = proto::GetBalanceRequest { member: member_ref(id), as_of: None };
-                        loyalty.get_balance(req).await.map(|_| ())
-                    }
-                    Target::Redeem => {
-                        let req = proto::RedeemPointsRequest {
-                            member: member_ref(id),
-                            request_id: format!("bench-{i}"),
-                            points: 1,
-                            channel: proto::Channel::MobileApp as i32,
-                            reward: String::new(),
-                        };
-                        match loyalty.redeem_points(req).await {
-                            Ok(r) if r.get_ref().status == proto::RedemptionStatus::InProgress as i32 => {
-                                panic!("RedeemPoints: no verdict before the deadline")
-                            }
-                            r => r.map(|_| ()),
-                        }
-                    }
-                };
-                match result {
-                    Ok(()) => {}
-                    Err(s) if s.code() == tonic::Code::NotFound => {}
-                    Err(s) => panic!("request failed: {s}"),
-                }
-                hist.record(started.elapsed().as_micros() as u64).expect("record");
-                count.fetch_add(1, Ordering::Relaxed);
-            }
-            hist
-        }));
+    concurrency: usize,
+    rate: Option<f64>,
+    mask: &[&str],
+) -> Result<Report> {
+    LoadRun {
+        exe: env!("CARGO_BIN_EXE_omnifold-load"),
+        addr,
+        target,
+        concurrency,
+        seconds: args.seconds,
+        members: args.members,
+        rate,
+        read_mask: mask,
     }
-    let mut all = Histogram::<u64>::new(3)?;
-    for t in tasks {
-        all.add(t.await?)?;
-    }
-    Ok(Load {
-        rps: count.load(Ordering::Relaxed) as f64 / seconds as f64,
-        p50_us: all.value_at_quantile(0.5),
-        p99_us: all.value_at_quantile(0.99),
-    })
+    .run()
+}
+
+/// A latency row: throughput, quantiles, and the load generator's CPU.
+fn latency(r: &Report) -> String {
+    let bound = if r.client_bound(cores()) { " **client-bound**" } else { "" };
+    format!(
+        "{:.0} req/s, p50 {} µs, p99 {} µs, p99.9 {} µs (client {:.2} cores{bound})",
+        r.rps, r.p50_us, r.p99_us, r.p999_us, r.client_cpu
+    )
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn figures(r: &Report) -> serde_json::Value {
+    serde_json::to_value(r).unwrap_or_default()
 }
 
 fn create_topic(brokers: &str, topic: &str, partitions: i32) -> Result<()> {
@@ -346,41 +289,49 @@ fn main() -> Result<()> {
     create_topic(&brokers, &topic, args.partitions)?;
     let dir = tempfile::tempdir()?;
     let store = Store::open(&StoreConfig { path: dir.path().into(), ..StoreConfig::default() })?;
+    let mut out = Results::default();
 
     let produce_rate = produce(&brokers, &topic, args.events, args.members)?;
     println!("| measure | value |\n| --- | --- |");
-    println!(
-        "| events | {} small JSON events, {} members, {} partitions |",
-        args.events, args.members, args.partitions
+    out.row(
+        "events",
+        format!("{} small JSON events, {} members, {} partitions", args.events, args.members, args.partitions),
+        json!({"events": args.events, "members": args.members, "partitions": args.partitions}),
     );
-    println!("| produce (rdkafka, to tansu) | {produce_rate:.0} events/s |");
+    out.row("produce (rdkafka, to tansu)", format!("{produce_rate:.0} events/s"), json!(produce_rate));
     let (raw_total, raw_steady) = raw_consume(&brokers, &topic, args.events)?;
-    println!(
-        "| raw consume (baseline) | {raw_total:.0} events/s incl. group join; {raw_steady:.0} events/s from first record |"
+    out.row(
+        "raw consume (baseline)",
+        format!("{raw_total:.0} events/s incl. group join; {raw_steady:.0} events/s from first record"),
+        json!({"total": raw_total, "steady": raw_steady}),
     );
     let (ing_total, ing_steady) = ingest(&brokers, &topic, args.events, args.partitions, store.clone())?;
-    println!(
-        "| omnifold ingest (decode, dedupe, fold, commit) | {ing_total:.0} events/s incl. group join; {ing_steady:.0} events/s from first commit |"
+    out.row(
+        "omnifold ingest (decode, dedupe, fold, commit)",
+        format!("{ing_total:.0} events/s incl. group join; {ing_steady:.0} events/s from first commit"),
+        json!({"total": ing_total, "steady": ing_steady}),
     );
-    println!(
-        "| ingest / raw consume | {:.2}× incl. join; {:.2}× steady |",
-        ing_total / raw_total,
-        ing_steady / raw_steady
+    out.row(
+        "**ingest / raw consume**",
+        format!("**{:.2}× incl. join; {:.2}× steady** (goal ≥ 0.5×)", ing_total / raw_total, ing_steady / raw_steady),
+        json!({"total": ing_total / raw_total, "steady": ing_steady / raw_steady}),
     );
 
     let replay_rate = replay_topic(&brokers, &topic, args.partitions, &store)?;
-    println!(
-        "| `omnifold replay` from the topic into a fresh store (bulk load) | {replay_rate:.0} events/s ({:.2}× raw consume) |",
-        replay_rate / raw_steady
+    out.row(
+        "`omnifold replay` from the topic into a fresh store (bulk load)",
+        format!("{replay_rate:.0} events/s ({:.2}× raw consume)", replay_rate / raw_steady),
+        json!(replay_rate),
     );
     let file_rate = replay_file(&topic, args.events, args.members, args.partitions)?;
-    println!(
-        "| `omnifold replay --file` (JSON lines, no broker) into a fresh store | {file_rate:.0} events/s ({:.2}× raw consume) |",
-        file_rate / raw_steady
+    out.row(
+        "`omnifold replay --file` (JSON lines, no broker) into a fresh store",
+        format!("{file_rate:.0} events/s ({:.2}× raw consume)", file_rate / raw_steady),
+        json!(file_rate),
     );
 
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(async {
+    let (addr, stop_tx, server) = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?.to_string();
         let state = omnifold_server::AppState::new(
@@ -392,39 +343,50 @@ fn main() -> Result<()> {
         let server = tokio::spawn(omnifold_server::run(listener, state, async {
             let _ = stop_rx.await;
         }));
-        let c = args.concurrency;
-        let health = load(&addr, args.members, c, args.seconds, None, Target::Check).await?;
-        let profile = load(&addr, args.members, c, args.seconds, None, Target::Profile).await?;
-        let balance = load(&addr, args.members, c, args.seconds, None, Target::Balance).await?;
-        println!(
-            "| grpc.health.v1/Check, {c} in flight | {:.0} req/s, p50 {} µs, p99 {} µs |",
-            health.rps, health.p50_us, health.p99_us
-        );
-        println!(
-            "| GetProfile (full profile), {c} in flight | {:.0} req/s, p50 {} µs, p99 {} µs |",
-            profile.rps, profile.p50_us, profile.p99_us
-        );
-        println!("| GetProfile / Check | {:.2}× |", profile.rps / health.rps);
-        println!(
-            "| GetBalance, {c} in flight | {:.0} req/s, p50 {} µs, p99 {} µs ({:.2}× Check) |",
-            balance.rps,
-            balance.p50_us,
-            balance.p99_us,
-            balance.rps / health.rps
-        );
-        let half = load(&addr, args.members, c, args.seconds, Some(profile.rps / 2.0), Target::Profile).await?;
-        println!(
-            "| GetProfile at half the max rate ({:.0} req/s offered) | {:.0} req/s, p50 {} µs, p99 {} µs |",
-            profile.rps / 2.0,
-            half.rps,
-            half.p50_us,
-            half.p99_us
-        );
-        let _ = stop_tx.send(());
-        server.await??;
-        anyhow::Ok(())
+        anyhow::Ok((addr, stop_tx, server))
     })?;
-    redemptions(&rt, &brokers, &topic, &args, store)?;
+    reads(&addr, &args, &mut out)?;
+    let _ = stop_tx.send(());
+    rt.block_on(server)??;
+    redemptions(&rt, &brokers, &topic, &args, store, &mut out)?;
+    let path = out.write(
+        "e2e",
+        json!({"BENCH_EVENTS": args.events, "BENCH_MEMBERS": args.members, "BENCH_PARTITIONS": args.partitions,
+               "BENCH_CONCURRENCY": args.concurrency.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+               "BENCH_SECONDS": args.seconds, "broker": if args.brokers.is_some() { "BENCH_BROKERS" } else { "tansu, memory storage" }}),
+    )?;
+    eprintln!("report written to {}", path.display());
+    Ok(())
+}
+
+/// The read methods against the health check on the same server, at each
+/// concurrency, from the load generator in its own process.
+fn reads(addr: &str, args: &Args, out: &mut Results) -> Result<()> {
+    for &c in &args.concurrency {
+        let check = load(addr, args, Target::Check, c, None, &[])?;
+        out.row(format!("`grpc.health.v1/Check`, {c} in flight"), latency(&check), figures(&check));
+        let mut versus = |name: &str, target: Target, mask: &[&str], goal: &str| -> Result<Report> {
+            let r = load(addr, args, target, c, None, mask)?;
+            out.row(
+                format!("{name}, {c} in flight"),
+                format!("{} — **{:.2}× Check**{goal}", latency(&r), r.rps / check.rps),
+                json!({"load": figures(&r), "vs_check": r.rps / check.rps}),
+            );
+            Ok(r)
+        };
+        let profile = versus("`GetProfile` (full profile)", Target::Profile, &[], " (goal ≥ 0.7×)")?;
+        versus("`GetProfile` (read mask `loyalty`)", Target::Profile, &["loyalty"], "")?;
+        versus("`GetBalance`", Target::Balance, &[], "")?;
+        versus("`BatchGetProfiles` of 20 (requests/s)", Target::Batch, &[], "")?;
+        if c == args.concurrency[args.concurrency.len() / 2] {
+            let half = load(addr, args, Target::Profile, c, Some(profile.rps / 2.0), &[])?;
+            out.row(
+                format!("`GetProfile` at half its max rate ({:.0} req/s offered, open loop)", profile.rps / 2.0),
+                format!("{} (goal p99 < 2 ms)", latency(&half)),
+                figures(&half),
+            );
+        }
+    }
     Ok(())
 }
 
@@ -498,7 +460,14 @@ impl CommandLog for Log {
 
 /// RedeemPoints round trips with ingest running, as in `serve`: append to
 /// the topic, fold, commit, verdict.
-fn redemptions(rt: &tokio::runtime::Runtime, brokers: &str, topic: &str, args: &Args, store: Arc<Store>) -> Result<()> {
+fn redemptions(
+    rt: &tokio::runtime::Runtime,
+    brokers: &str,
+    topic: &str,
+    args: &Args,
+    store: Arc<Store>,
+    out: &mut Results,
+) -> Result<()> {
     let cfg = ingest_config(brokers, topic);
     let timeout = Duration::from_secs(30);
     let (commits_tx, commits) = tokio::sync::watch::channel(0u64);
@@ -532,11 +501,12 @@ fn redemptions(rt: &tokio::runtime::Runtime, brokers: &str, topic: &str, args: &
                 reward: String::new(),
             })
             .await?;
-        let c = args.concurrency;
-        let r = load(&addr, args.members, c, args.seconds, None, Target::Redeem).await?;
-        println!(
-            "| RedeemPoints through the log, {c} in flight | {:.0} req/s, p50 {} µs, p99 {} µs |",
-            r.rps, r.p50_us, r.p99_us
+        let c = args.concurrency[args.concurrency.len() / 2];
+        let r = tokio::task::block_in_place(|| load(&addr, args, Target::Redeem, c, None, &[]))?;
+        out.row(
+            format!("`RedeemPoints` through the log, {c} in flight, ingest running"),
+            format!("{} (goal p99 < 20 ms)", latency(&r)),
+            figures(&r),
         );
         let _ = stop_tx.send(());
         server.await??;

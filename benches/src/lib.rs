@@ -52,3 +52,6 @@ pub fn event_protobuf(i: u64, members: u64) -> (String, Vec<u8>) {
     let e: proto::Event = serde_json::from_slice(&json).expect("valid");
     (k, e.encode_to_vec())
 }
+
+pub mod load;
+pub mod report;
