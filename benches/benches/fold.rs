@@ -15,12 +15,17 @@ use omnifold_core::FoldConfig;
 use omnifold_ingest::{Processor, Record};
 use omnifold_store::{Store, StoreConfig};
 
-const BATCH: u64 = 5_000;
 const MEMBERS: u64 = 20_000;
 
+/// Records per batch: `BENCH_FOLD_BATCH`, else ingest's default `batch_max_records`.
+fn batch_size() -> u64 {
+    std::env::var("BENCH_FOLD_BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(5_000)
+}
+
 fn bench(c: &mut Criterion) {
+    let batch = batch_size();
     let mut g = c.benchmark_group("fold");
-    g.throughput(Throughput::Elements(BATCH));
+    g.throughput(Throughput::Elements(batch));
     g.sample_size(20);
     for (name, make) in [("json", event as fn(u64, u64) -> (String, Vec<u8>)), ("protobuf", event_protobuf)] {
         let dir = tempfile::tempdir().unwrap();
@@ -38,8 +43,8 @@ fn bench(c: &mut Criterion) {
             b.iter_batched(
                 || {
                     let start = next;
-                    next += BATCH;
-                    (start, (start..start + BATCH).map(|i| make(i, MEMBERS).1).collect::<Vec<_>>())
+                    next += batch;
+                    (start, (start..start + batch).map(|i| make(i, MEMBERS).1).collect::<Vec<_>>())
                 },
                 |(start, values)| {
                     let records: Vec<Record<'_>> = values

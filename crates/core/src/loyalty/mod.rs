@@ -176,9 +176,7 @@ impl Verdict {
 
 #[allow(clippy::expect_used, reason = "serialising our own plain data into a Vec cannot fail")]
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    let mut out = vec![RECORD_VERSION];
-    postcard::to_io(v, &mut out).expect("plain data serialises");
-    out
+    postcard::to_extend(v, vec![RECORD_VERSION]).expect("plain data serialises")
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, Error> {
