@@ -180,12 +180,24 @@ fn ingest_config(brokers: &str, topic: &str) -> IngestConfig {
         dead_letter_topic: format!("{topic}.dlq"),
         group_id: format!("omnifold-bench-{}", std::process::id()),
         batch_max_wait_ms: env_or("BENCH_BATCH_WAIT_MS", IngestConfig::default().batch_max_wait_ms),
+        batch_max_records: env_or("BENCH_BATCH_RECORDS", IngestConfig::default().batch_max_records),
         ..IngestConfig::default()
     }
 }
 
-fn ingest(brokers: &str, topic: &str, n: u64, partitions: i32, store: Arc<Store>) -> Result<(f64, f64)> {
-    let cfg = ingest_config(brokers, topic);
+fn ingest(
+    brokers: &str,
+    topic: &str,
+    n: u64,
+    partitions: i32,
+    store: Arc<Store>,
+    threads: usize,
+) -> Result<(f64, f64)> {
+    let cfg = IngestConfig {
+        fold_threads: threads,
+        group_id: format!("omnifold-bench-{}-{threads}", std::process::id()),
+        ..ingest_config(brokers, topic)
+    };
     let processor = Processor::new(
         store.clone(),
         Arc::new(FoldConfig::default().validate()?),
@@ -288,7 +300,7 @@ fn main() -> Result<()> {
     let topic = format!("bench-{}", std::process::id());
     create_topic(&brokers, &topic, args.partitions)?;
     let dir = tempfile::tempdir()?;
-    let store = Store::open(&StoreConfig { path: dir.path().into(), ..StoreConfig::default() })?;
+    let store = Store::open(&StoreConfig { path: dir.path().into(), ..store_config() })?;
     let mut out = Results::default();
 
     let produce_rate = produce(&brokers, &topic, args.events, args.members)?;
@@ -305,11 +317,24 @@ fn main() -> Result<()> {
         format!("{raw_total:.0} events/s incl. group join; {raw_steady:.0} events/s from first record"),
         json!({"total": raw_total, "steady": raw_steady}),
     );
-    let (ing_total, ing_steady) = ingest(&brokers, &topic, args.events, args.partitions, store.clone())?;
+    let one_dir = tempfile::tempdir()?;
+    let one = Store::open(&StoreConfig { path: one_dir.path().into(), ..store_config() })?;
+    let (one_total, one_steady) = ingest(&brokers, &topic, args.events, args.partitions, one, 1)?;
+    drop(one_dir);
     out.row(
-        "omnifold ingest (decode, dedupe, fold, commit)",
-        format!("{ing_total:.0} events/s incl. group join; {ing_steady:.0} events/s from first commit"),
-        json!({"total": ing_total, "steady": ing_steady}),
+        "omnifold ingest, 1 fold thread",
+        format!("{one_total:.0} events/s incl. group join; {one_steady:.0} events/s from first commit"),
+        json!({"total": one_total, "steady": one_steady}),
+    );
+    let threads = cores();
+    let (ing_total, ing_steady) = ingest(&brokers, &topic, args.events, args.partitions, store.clone(), threads)?;
+    out.row(
+        format!("omnifold ingest (decode, dedupe, fold, commit), {threads} fold threads"),
+        format!(
+            "{ing_total:.0} events/s incl. group join; {ing_steady:.0} events/s from first commit ({:.2}× 1 thread)",
+            ing_steady / one_steady
+        ),
+        json!({"total": ing_total, "steady": ing_steady, "threads": threads, "vs_one_thread": ing_steady / one_steady}),
     );
     out.row(
         "**ingest / raw consume**",
@@ -397,7 +422,7 @@ fn replay_topic(brokers: &str, topic: &str, partitions: i32, live: &Store) -> Re
         (0..partitions as u32).filter_map(|p| Some((p, live.next_offset(topic, p).ok()??))).collect();
     let n: i64 = until.values().sum();
     let dir = tempfile::tempdir()?;
-    let store = Store::open(&StoreConfig { path: dir.path().into(), bulk_load: true, ..StoreConfig::default() })?;
+    let store = Store::open(&StoreConfig { path: dir.path().into(), bulk_load: true, ..store_config() })?;
     let processor = Processor::new(
         store.clone(),
         Arc::new(FoldConfig::default().validate()?),
@@ -424,8 +449,7 @@ fn replay_file(topic: &str, n: u64, members: u64, partitions: i32) -> Result<f64
     }
     w.flush()?;
     drop(w);
-    let store =
-        Store::open(&StoreConfig { path: dir.path().join("store"), bulk_load: true, ..StoreConfig::default() })?;
+    let store = Store::open(&StoreConfig { path: dir.path().join("store"), bulk_load: true, ..store_config() })?;
     let cfg = IngestConfig::default();
     let processor = Processor::new(
         store.clone(),
@@ -515,4 +539,10 @@ fn redemptions(
     shutdown.trigger();
     handle.join().expect("ingest thread")?;
     result
+}
+
+/// The store's configuration: the default, with `BENCH_KEEP_HISTORY`.
+fn store_config() -> StoreConfig {
+    let default = StoreConfig::default();
+    StoreConfig { keep_history: env_or("BENCH_KEEP_HISTORY", default.keep_history), ..default }
 }

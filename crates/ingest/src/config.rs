@@ -49,7 +49,10 @@ pub struct IngestConfig {
     pub group_id: String,
     /// `group` (default) or `all`.
     pub assignment: Assignment,
-    /// Most records folded into one store batch.
+    /// Most records folded into one store batch (across the partitions of
+    /// one poll). A larger batch writes a busy member once for more of its
+    /// events; a command a caller waits on (`RedeemPoints`) ends the batch
+    /// early, so larger batches do not slow redemptions down.
     pub batch_max_records: usize,
     /// A batch takes every record already fetched; when none is left it
     /// waits this long for more before committing (0: commit at once, the
@@ -60,6 +63,10 @@ pub struct IngestConfig {
     pub fetch_wait_max_ms: u32,
     /// Larger records go to the dead-letter topic.
     pub max_event_bytes: usize,
+    /// Threads that fold partitions at once (each partition on one thread
+    /// at a time, so its order and its atomic commit are kept). 0: one per
+    /// core.
+    pub fold_threads: usize,
     /// Decoded members kept in memory between batches (0 disables), so a
     /// busy member is not read and decoded from RocksDB on every batch.
     pub member_cache_entries: usize,
@@ -91,11 +98,12 @@ impl Default for IngestConfig {
             identity_topic: "omnifold.identity".into(),
             group_id: "omnifold".into(),
             assignment: Assignment::Group,
-            batch_max_records: 5_000,
+            batch_max_records: 20_000,
             batch_max_wait_ms: 0,
             fetch_wait_max_ms: 10,
             max_event_bytes: 64 * 1024,
             member_cache_entries: 20_000,
+            fold_threads: 0,
             resume_rewind_records: 10_000,
             internal_secret: Secret::default(),
             previous_internal_secrets: Vec::new(),
@@ -108,6 +116,14 @@ impl Default for IngestConfig {
 pub const MIN_SECRET_LEN: usize = 32;
 
 impl IngestConfig {
+    /// The number of fold threads `fold_threads` asks for.
+    pub fn fold_threads(&self) -> usize {
+        match self.fold_threads {
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+            n => n,
+        }
+    }
+
     /// The signer for internal records: the configured secret, or an error
     /// that says how to set one.
     pub fn signer(&self) -> Result<crate::Signer, Error> {
@@ -146,6 +162,9 @@ impl IngestConfig {
         }
         if self.batch_max_records == 0 {
             return Err(Error::Config("batch_max_records must be at least 1".into()));
+        }
+        if self.fold_threads > 256 {
+            return Err(Error::Config("fold_threads must be 0 (one per core) to 256".into()));
         }
         if !(0..=100_000_000).contains(&self.resume_rewind_records) {
             return Err(Error::Config("resume_rewind_records must be 0 to 100000000".into()));

@@ -25,10 +25,11 @@ use tracing::{debug, error, info, warn};
 
 use omnifold_store::{StoreConfig, StoreHandle, StoreSwitch};
 
+use crate::admin::COMMAND_HEADER;
 use crate::config::Assignment;
 use crate::failpoint;
 use crate::outbox::{Outbox, Undelivered};
-use crate::processor::{OutRecord, Processor, ROUTE_HEADER, Record};
+use crate::processor::{OutRecord, Processed, Processor, ROUTE_HEADER, Record};
 use crate::resume::{Resume, admit};
 use crate::sign::SIGNATURE_HEADER;
 use crate::status::{IngestStatus, STATS_INTERVAL_MS, now_ms};
@@ -349,14 +350,23 @@ impl Ingest<'_> {
     }
 
     /// Takes what librdkafka has fetched, up to `batch_max_records`,
-    /// lingering up to `batch_max_wait_ms` for more.
+    /// lingering up to `batch_max_wait_ms` for more; a command someone
+    /// waits on ends the batch.
     fn poll_batch<'c>(&self, c: &'c BaseConsumer<IngestContext>) -> Vec<BorrowedMessage<'c>> {
         let mut messages: Vec<BorrowedMessage<'c>> = Vec::new();
         let deadline = Instant::now() + Duration::from_millis(self.cfg.batch_max_wait_ms);
         let mut wait = Duration::from_millis(100);
         while messages.len() < self.cfg.batch_max_records {
             match c.poll(wait) {
-                Some(Ok(m)) => messages.push(m),
+                Some(Ok(m)) => {
+                    // Someone waits for this command's verdict: fold now
+                    // rather than fill the batch.
+                    let waited_on = m.headers().is_some_and(|h| h.iter().any(|h| h.key == COMMAND_HEADER));
+                    messages.push(m);
+                    if waited_on {
+                        break;
+                    }
+                }
                 Some(Err(e)) => {
                     if self.opts.status.broker_down() {
                         debug!(error = %e, "poll error while the broker is away");
@@ -383,19 +393,52 @@ impl Ingest<'_> {
     /// Groups the messages by partition (dropping what was applied, what
     /// belongs to a stalled or revoked partition, and what came before a
     /// rewind), folds and commits each. False when shutdown interrupted.
+    ///
+    /// Three stages: the partitions are folded at once on up to
+    /// `fold_threads` threads; what their batches write to Kafka is
+    /// delivered in partition order (one producer); the batches whose
+    /// records are delivered commit, again at once.
     fn fold(&mut self, c: &BaseConsumer<IngestContext>, messages: &[BorrowedMessage<'_>]) -> bool {
         let by_partition = self.group(c, messages);
+        let started = Instant::now();
+        let threads = self.cfg.fold_threads();
+        let processor = self.processor.clone();
+        let processor = &processor;
+        let processed = parallel(threads, by_partition.into_iter().collect(), |(partition, records)| {
+            (partition, processor.process(partition, &records))
+        });
+        let mut ready = Vec::with_capacity(processed.len());
+        let mut faults = Vec::new();
+        for (partition, result) in processed {
+            let outcome = match result {
+                Ok(p) => match self.deliver_outputs(&p) {
+                    None => {
+                        ready.push((partition, p));
+                        continue;
+                    }
+                    Some(o) => o,
+                },
+                Err(e) => Outcome::Fault { store: matches!(e, Error::Store(_)), reason: e.to_string() },
+            };
+            match outcome {
+                Outcome::Stopped => return false,
+                o => faults.push((partition, o)),
+            }
+        }
+        let status = &self.opts.status.clone();
+        let committed = parallel(threads, ready, |(partition, p)| (partition, commit(processor, status, partition, p)));
         let mut offsets = TopicPartitionList::new();
-        for (partition, records) in by_partition {
-            let started = Instant::now();
-            match self.fold_partition(partition, &records) {
+        for (partition, outcome) in committed.into_iter().chain(faults) {
+            match outcome {
                 Outcome::Committed { next } => {
                     let _ = offsets.add_partition_offset(&self.cfg.topic, partition as i32, Offset::Offset(next));
-                    metrics::histogram!("omnifold_batch_seconds").record(started.elapsed().as_secs_f64());
                 }
                 Outcome::Stopped => return false,
                 Outcome::Fault { reason, store } => self.stall(c, partition, &reason, store),
             }
+        }
+        if offsets.count() > 0 {
+            metrics::histogram!("omnifold_batch_seconds").record(started.elapsed().as_secs_f64());
         }
         // The store is authoritative; the group offsets only feed lag monitoring.
         if offsets.count() > 0
@@ -445,25 +488,23 @@ impl Ingest<'_> {
         by_partition
     }
 
-    /// One partition's batch: fold, write what it produced, commit.
-    fn fold_partition(&mut self, partition: u32, records: &[Record<'_>]) -> Outcome {
-        let processed = match self.processor.process(partition, records) {
-            Ok(p) => p,
-            Err(e) => return Outcome::Fault { store: matches!(e, Error::Store(_)), reason: e.to_string() },
-        };
+    /// Writes what a folded batch produced, in order: its dead letters,
+    /// its identity-index updates, its outbox. `Some` when the batch
+    /// cannot commit.
+    fn deliver_outputs(&mut self, processed: &Processed) -> Option<Outcome> {
         if !processed.dead_letters.is_empty() {
             let now = now_ms();
             let letters: Vec<OutRecord> =
                 processed.dead_letters.iter().map(|d| d.to_record(now, self.cfg.max_event_bytes)).collect();
             if let Some(o) = self.deliver(&self.cfg.dead_letter_topic.clone(), &letters) {
-                return o;
+                return Some(o);
             }
             metrics::counter!("omnifold_dead_letters_total").increment(letters.len() as u64);
         }
         if !processed.index.is_empty()
             && let Some(o) = self.deliver(&self.cfg.identity_topic.clone(), &processed.index)
         {
-            return o;
+            return Some(o);
         }
         if !processed.outbox.is_empty() {
             let (first, rest) = processed.outbox.split_at(processed.outbox.len() / 2);
@@ -471,30 +512,18 @@ impl Ingest<'_> {
             if failpoint::armed("mid_outbox") {
                 // For the crash tests: half of a join's parts written, not all.
                 if let Some(o) = self.deliver(&topic, first) {
-                    return o;
+                    return Some(o);
                 }
                 failpoint::hit("mid_outbox");
                 if let Some(o) = self.deliver(&topic, rest) {
-                    return o;
+                    return Some(o);
                 }
             } else if let Some(o) = self.deliver(&topic, &processed.outbox) {
-                return o;
+                return Some(o);
             }
             failpoint::hit("after_outbox");
         }
-        metrics::counter!("omnifold_events_misrouted_total").increment(processed.misrouted);
-        metrics::counter!("omnifold_events_forwarded_total").increment(processed.forwarded);
-        let (next, applied, duplicates) = (processed.next_offset, processed.applied, processed.duplicates);
-        failpoint::hit("before_commit");
-        if let Err(e) = self.processor.commit(processed) {
-            return Outcome::Fault { reason: format!("the store refused the batch: {e}"), store: true };
-        }
-        failpoint::hit("after_commit");
-        self.opts.status.healthy(partition);
-        metrics::counter!("omnifold_events_applied_total").increment(applied);
-        metrics::counter!("omnifold_events_duplicate_total").increment(duplicates);
-        debug!(partition, records = records.len(), applied, next_offset = next, "batch committed");
-        Outcome::Committed { next }
+        None
     }
 
     /// Writes records; `Some` when the batch cannot commit.
@@ -623,5 +652,112 @@ impl Ingest<'_> {
         old.flush()?;
         info!(partitions = until.len(), "switched to the new store");
         Ok(until)
+    }
+}
+
+/// Runs `f` on every item, on up to `threads` threads (the calling one
+/// included), and returns the results in the items' order. Items are
+/// dealt to threads largest batch first, so one busy partition does not
+/// wait behind another.
+fn parallel<T: Send + Weight, R: Send>(threads: usize, items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
+    if threads <= 1 || items.len() <= 1 {
+        return items.into_iter().map(f).collect();
+    }
+    let n = threads.min(items.len());
+    let mut lanes: Vec<(usize, Vec<(usize, T)>)> = (0..n).map(|_| (0, Vec::new())).collect();
+    let mut order: Vec<(usize, T)> = items.into_iter().enumerate().collect();
+    order.sort_by_key(|(_, t)| std::cmp::Reverse(t.weight()));
+    for (i, t) in order {
+        if let Some(lane) = lanes.iter_mut().min_by_key(|(w, _)| *w) {
+            lane.0 += t.weight();
+            lane.1.push((i, t));
+        }
+    }
+    let f = &f;
+    let mut results: Vec<(usize, R)> = std::thread::scope(|scope| {
+        let mut lanes = lanes.into_iter().map(|(_, lane)| lane);
+        let first = lanes.next().unwrap_or_default();
+        let handles: Vec<_> = lanes
+            .map(|lane| scope.spawn(move || lane.into_iter().map(|(i, t)| (i, f(t))).collect::<Vec<_>>()))
+            .collect();
+        let mut out: Vec<(usize, R)> = first.into_iter().map(|(i, t)| (i, f(t))).collect();
+        for h in handles {
+            match h.join() {
+                Ok(r) => out.extend(r),
+                // A panic outside the fold's own guard: let it end ingest as
+                // it would on one thread.
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        out
+    });
+    results.sort_unstable_by_key(|(i, _)| *i);
+    results.into_iter().map(|(_, r)| r).collect()
+}
+
+/// How much work an item of [`parallel`] is.
+trait Weight {
+    fn weight(&self) -> usize;
+}
+
+impl Weight for (u32, Vec<Record<'_>>) {
+    fn weight(&self) -> usize {
+        self.1.len()
+    }
+}
+
+impl Weight for (u32, Processed) {
+    fn weight(&self) -> usize {
+        usize::try_from(self.1.applied).unwrap_or(usize::MAX).max(1)
+    }
+}
+
+/// Commits a batch whose records are delivered.
+fn commit(processor: &Processor, status: &IngestStatus, partition: u32, processed: Processed) -> Outcome {
+    metrics::counter!("omnifold_events_misrouted_total").increment(processed.misrouted);
+    metrics::counter!("omnifold_events_forwarded_total").increment(processed.forwarded);
+    let (next, applied, duplicates) = (processed.next_offset, processed.applied, processed.duplicates);
+    failpoint::hit("before_commit");
+    if let Err(e) = processor.commit(processed) {
+        return Outcome::Fault { reason: format!("the store refused the batch: {e}"), store: true };
+    }
+    failpoint::hit("after_commit");
+    status.healthy(partition);
+    metrics::counter!("omnifold_events_applied_total").increment(applied);
+    metrics::counter!("omnifold_events_duplicate_total").increment(duplicates);
+    debug!(partition, applied, next_offset = next, "batch committed");
+    Outcome::Committed { next }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+
+    use super::*;
+
+    struct Job(usize);
+
+    impl Weight for Job {
+        fn weight(&self) -> usize {
+            self.0
+        }
+    }
+
+    #[test]
+    fn parallel_runs_every_item_once_and_keeps_their_order() {
+        for threads in [1, 2, 3, 8] {
+            let seen = Mutex::new(Vec::new());
+            let jobs: Vec<Job> = [5, 1, 9, 3, 3, 7].into_iter().map(Job).collect();
+            let out = parallel(threads, jobs, |j| {
+                seen.lock().unwrap().push((j.0, std::thread::current().id()));
+                j.0 * 10
+            });
+            assert_eq!(out, vec![50, 10, 90, 30, 30, 70], "{threads} threads");
+            let seen = seen.into_inner().unwrap();
+            assert_eq!(seen.len(), 6);
+            let used: HashSet<_> = seen.iter().map(|(_, t)| *t).collect();
+            assert_eq!(used.len(), threads.min(6), "{threads} threads: every lane gets work");
+        }
     }
 }

@@ -67,6 +67,9 @@ pub struct Store {
     keep_history: bool,
     history_days: u32,
     write_opts: WriteOptions,
+    /// The bound topic's partition count: once bound it never changes, so
+    /// the fold and every read take it from here instead of RocksDB.
+    bound: std::sync::OnceLock<(String, u32)>,
     _cache: Cache,
 }
 
@@ -137,6 +140,7 @@ impl Store {
             keep_history: config.keep_history,
             history_days: config.history_days,
             write_opts,
+            bound: std::sync::OnceLock::new(),
             _cache: cache,
         };
         format::check_and_upgrade(&store, &config.path, config.read_only)?;
@@ -175,8 +179,17 @@ impl Store {
 
     /// The partition count the store was built for, per topic.
     pub fn partition_count(&self, topic: &str) -> Result<Option<u32>> {
+        if let Some((t, n)) = self.bound.get()
+            && t == topic
+        {
+            return Ok(Some(*n));
+        }
         let v = self.db.get_cf(self.cf(CF_META), keys::partitions(topic))?;
-        Ok(v.and_then(|v| keys::decode_i64(&v)).map(|n| n as u32))
+        let count = v.and_then(|v| keys::decode_i64(&v)).map(|n| n as u32);
+        if let Some(n) = count {
+            let _ = self.bound.set((topic.to_owned(), n));
+        }
+        Ok(count)
     }
 
     /// The events topics the store holds state for (normally one).
