@@ -59,6 +59,28 @@ fn bench(c: &mut Criterion) {
             )
         });
     }
+    // The baseline: the same events' bytes, written blind (one history
+    // entry per event, no decode, no fold) in one RocksDB batch per batch.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&StoreConfig { path: dir.path().into(), ..StoreConfig::default() }).unwrap();
+    let mut next = 0u64;
+    g.bench_function("blind_write_batch_json", |b| {
+        b.iter_batched(
+            || {
+                let start = next;
+                next += batch;
+                (start..start + batch).map(|i| (i, event(i, MEMBERS))).collect::<Vec<_>>()
+            },
+            |events| {
+                let mut wb = store.batch("bench", 0);
+                for (i, (key, value)) in &events {
+                    wb.put_history(&store, key, *i, 0, value);
+                }
+                store.commit(wb).unwrap();
+            },
+            BatchSize::LargeInput,
+        )
+    });
     g.finish();
 }
 

@@ -117,8 +117,12 @@ async fn worker(
     let mut hist = Histogram::<u64>::new(3)?;
     let mut client = Client::new(channel);
     let n = args.concurrency as u64;
+    // Each worker's ticks are offset by its share of the period, so the
+    // requests arrive evenly, not in bursts of `concurrency`.
     let mut tick = args.rate.map(|r| {
-        let mut i = tokio::time::interval(Duration::from_secs_f64(n as f64 / r));
+        let period = Duration::from_secs_f64(n as f64 / r);
+        let start = tokio::time::Instant::now() + period.mul_f64(t as f64 / n as f64);
+        let mut i = tokio::time::interval_at(start, period);
         i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         i
     });
