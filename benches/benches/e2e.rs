@@ -35,7 +35,7 @@ use omnifold_benches::report::Results;
 use omnifold_core::FoldConfig;
 use omnifold_ingest::{CommandProducer, IngestConfig, LocalLog, Processor, ReplayEnd, Shutdown};
 use omnifold_proto::v1 as proto;
-use omnifold_server::{CommandLog, Commands};
+use omnifold_server::{CommandLog, Commands, Commits};
 use omnifold_store::{Store, StoreConfig};
 use serde_json::json;
 
@@ -494,12 +494,13 @@ fn redemptions(
 ) -> Result<()> {
     let cfg = ingest_config(brokers, topic);
     let timeout = Duration::from_secs(30);
-    let (commits_tx, commits) = tokio::sync::watch::channel(0u64);
+    let commits = Commits::default();
+    let committed = commits.clone();
     let fold = Arc::new(FoldConfig::default().validate()?);
     let processor =
         Processor::new(store.clone(), fold.clone(), topic, cfg.max_event_bytes, omnifold_ingest::Signer::ephemeral())
             .with_member_cache(cfg.member_cache_entries)
-            .with_on_commit(Arc::new(move |_| commits_tx.send_modify(|n| *n += 1)));
+            .with_on_commit(Arc::new(move |p| committed.committed(p)));
     let shutdown = Shutdown::default();
     let stop = shutdown.clone();
     let ingest_cfg = cfg.clone();

@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use omnifold_ingest::{CommandProducer, IngestStatus, Processor, RunOptions, Shutdown};
-use omnifold_server::{AppState, CommandLog, Commands, IngestHealth, IngestReport, PartitionReport, Switcher};
+use omnifold_server::{AppState, CommandLog, Commands, Commits, IngestHealth, IngestReport, PartitionReport, Switcher};
 use omnifold_store::{Store, StoreHandle};
 
 use crate::config::Config;
@@ -86,14 +86,16 @@ pub async fn serve(config: Config) -> Result<()> {
     let signer = config.kafka.signer()?;
     let store = Store::open(&config.store).with_context(|| format!("opening store {}", config.store.path.display()))?;
     let fold = Arc::new(config.fold.clone());
-    // Every commit bumps this counter; requests waiting for a verdict wake up.
-    let (commits_tx, commits) = tokio::sync::watch::channel(0u64);
+    // Every commit bumps its partition's counter; requests waiting for a
+    // verdict on that partition wake up.
+    let commits = Commits::default();
+    let committed = commits.clone();
     // The store served and folded into; a switch or a reopen replaces it.
     let stores = StoreHandle::new(store);
     let processor =
         Processor::on_handle(stores.clone(), fold.clone(), &config.kafka.topic, config.kafka.max_event_bytes, signer)
             .with_member_cache(config.kafka.member_cache_entries)
-            .with_on_commit(Arc::new(move |_partition| commits_tx.send_modify(|n| *n += 1)));
+            .with_on_commit(Arc::new(move |partition| committed.committed(partition)));
     let status = IngestStatus::default();
     let timeout = std::time::Duration::from_millis(config.server.command_timeout_ms);
     let producer = CommandProducer::new(&config.kafka, timeout).context("creating the command producer")?;

@@ -3,7 +3,8 @@
 //! threaded per partition, decides it; the answer is that verdict, read from
 //! the store once the partition's commit lands.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use prost::Message;
@@ -26,12 +27,39 @@ pub trait CommandLog: Send + Sync + 'static {
     async fn append(&self, key: &str, value: Vec<u8>) -> Result<(), String>;
 }
 
+/// Commit counters per partition: a request waiting for a verdict is woken
+/// by the commits of its member's partition, not by every commit of the
+/// instance.
+#[derive(Clone, Default)]
+pub struct Commits(Arc<Mutex<HashMap<u32, watch::Sender<u64>>>>);
+
+impl Commits {
+    /// Called after each commit of `partition` (the fold's commit hook).
+    pub fn committed(&self, partition: u32) {
+        self.sender(partition).send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Changes with every later commit of `partition`.
+    pub fn subscribe(&self, partition: u32) -> watch::Receiver<u64> {
+        self.sender(partition).subscribe()
+    }
+
+    fn sender(&self, partition: u32) -> watch::Sender<u64> {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.entry(partition).or_insert_with(|| watch::channel(0).0).clone()
+    }
+}
+
+/// A waiting request also looks at the store this often: a member that
+/// joined another just now has its command decided on that one's partition.
+const RECHECK: Duration = Duration::from_millis(100);
+
 /// What an instance needs to accept commands.
 #[derive(Clone)]
 pub struct Commands {
     pub log: Arc<dyn CommandLog>,
-    /// Bumped after every commit of the fold on this instance.
-    pub commits: watch::Receiver<u64>,
+    /// Commits of the fold on this instance, per partition.
+    pub commits: Commits,
     /// How long a request waits for its verdict before answering IN_PROGRESS.
     pub timeout: Duration,
 }
@@ -133,8 +161,7 @@ pub(crate) async fn append_and_wait<T>(
     }
     // One deadline covers the append and the wait.
     let deadline = Instant::now() + commands.timeout;
-    let mut commits = commands.commits.clone();
-    commits.borrow_and_update();
+    let mut commits = commands.commits.subscribe(state.partition(key)?);
     match tokio::time::timeout_at(deadline, commands.log.append(key, event.encode_to_vec())).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
@@ -149,12 +176,12 @@ pub(crate) async fn append_and_wait<T>(
         if let Some(v) = outcome()? {
             return Ok(Outcome::Decided(v));
         }
-        match tokio::time::timeout_at(deadline, commits.changed()).await {
-            Ok(Ok(())) => {
-                commits.borrow_and_update();
-            }
-            // Deadline, or the fold stopped on this instance.
-            Ok(Err(_)) | Err(_) => return Ok(Outcome::InProgress),
+        if Instant::now() >= deadline {
+            return Ok(Outcome::InProgress);
+        }
+        let recheck = deadline.min(Instant::now() + RECHECK);
+        if let Ok(Ok(())) = tokio::time::timeout_at(recheck, commits.changed()).await {
+            commits.borrow_and_update();
         }
     }
 }
@@ -194,10 +221,10 @@ mod tests {
                 .unwrap();
         store.bind_partitions("events", 1).unwrap();
         let log = Arc::new(CountingLog::default());
-        let (commits_tx, commits) = watch::channel(0u64);
+        let commits = Commits::default();
         let fold = Arc::new(omnifold_core::FoldConfig::default().validate().unwrap());
         let state = AppState::new(omnifold_store::StoreHandle::new(store.clone()), "events", fold)
-            .with_commands(Commands { log: log.clone(), commits, timeout: Duration::from_millis(50) });
+            .with_commands(Commands { log: log.clone(), commits: commits.clone(), timeout: Duration::from_millis(50) });
         let c = cmd("m-1", "r-1");
         assert!(matches!(submit(&state, &c).await.unwrap(), Outcome::InProgress));
         assert_eq!(log.0.lock().unwrap().len(), 1);
@@ -216,7 +243,7 @@ mod tests {
         let mut batch = store.batch("events", 0);
         batch.put_verdict(&store, "m-1", &verdict);
         store.commit(batch).unwrap();
-        commits_tx.send_modify(|n| *n += 1);
+        commits.committed(0);
         match submit(&state, &c).await.unwrap() {
             Outcome::Decided(v) => assert_eq!(v, verdict),
             Outcome::InProgress => panic!("the verdict is in the store"),
@@ -226,6 +253,21 @@ mod tests {
         let other = Command { points: 11, ..cmd("m-1", "r-1") };
         let err = submit(&state, &other).await.err().unwrap().to_string();
         assert!(err.contains("already used for a redemption of 10 points"), "{err}");
+    }
+
+    #[test]
+    fn a_waiter_is_woken_by_its_own_partitions_commits_only() {
+        let commits = Commits::default();
+        let mut one = commits.subscribe(1);
+        commits.committed(0);
+        commits.committed(2);
+        assert!(!one.has_changed().unwrap(), "commits of other partitions leave it asleep");
+        commits.committed(1);
+        assert!(one.has_changed().unwrap());
+        one.borrow_and_update();
+        // A subscription taken after a commit starts from it.
+        let late = commits.subscribe(1);
+        assert!(!late.has_changed().unwrap());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
 use tonic::Status;
 
-pub use commands::{CommandLog, Commands};
+pub use commands::{CommandLog, Commands, Commits};
 pub use health::{IngestHealth, IngestReport, PartitionReport};
 use omnifold_core::{FoldConfig, Member, Millis, partition::partition_for};
 use omnifold_proto::v1::{
