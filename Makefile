@@ -35,8 +35,8 @@ soak: deps
 fuzz: deps
 	FUZZ_CASES=$${FUZZ_CASES:-20000} cargo test --workspace --test fuzz -- --nocapture
 
-bench: deps
-	cargo bench --workspace
+bench: build
+	OMNIFOLD_BIN=$(abspath $(BIN)) cargo bench --workspace
 
 fmt:
 	cargo fmt --all

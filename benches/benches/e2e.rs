@@ -16,12 +16,10 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use rdkafka::Message;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -29,9 +27,9 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
-use omnifold_benches::event;
 use omnifold_benches::load::{LoadRun, Report, Target};
 use omnifold_benches::report::Results;
+use omnifold_benches::{event, start_tansu};
 use omnifold_core::FoldConfig;
 use omnifold_ingest::{CommandProducer, IngestConfig, LocalLog, Processor, ReplayEnd, Shutdown};
 use omnifold_proto::v1 as proto;
@@ -68,43 +66,6 @@ impl Args {
             seconds: env_or("BENCH_SECONDS", 5),
         }
     }
-}
-
-struct Tansu(Child);
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_tansu() -> Result<(Tansu, String)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let addr = format!("127.0.0.1:{port}");
-    let url = format!("tcp://{addr}");
-    let child = Command::new("tansu")
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-            "--storage-engine",
-            "memory://tansu/",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting tansu (make deps installs it)")?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(&addr).is_err() {
-        if Instant::now() > deadline {
-            bail!("tansu did not start");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok((Tansu(child), addr))
 }
 
 fn produce(brokers: &str, topic: &str, n: u64, members: u64) -> Result<f64> {

@@ -1,6 +1,11 @@
 //! Shared pieces of the benchmarks: a deterministic stream of small JSON
 //! events, like the ones channels send.
 
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
 use prost::Message;
 
 use omnifold_core::time::{DAY, to_timestamp};
@@ -51,6 +56,45 @@ pub fn event_protobuf(i: u64, members: u64) -> (String, Vec<u8>) {
     let (k, json) = event(i, members);
     let e: proto::Event = serde_json::from_slice(&json).expect("valid");
     (k, e.encode_to_vec())
+}
+
+/// A tansu broker with memory storage, stopped when dropped.
+pub struct Tansu(Child);
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts tansu on a free port; returns it and its address.
+pub fn start_tansu() -> Result<(Tansu, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let addr = format!("127.0.0.1:{port}");
+    let url = format!("tcp://{addr}");
+    let child = Command::new("tansu")
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            "memory://tansu/",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting tansu (make deps installs it)")?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(&addr).is_err() {
+        if Instant::now() > deadline {
+            bail!("tansu did not start");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok((Tansu(child), addr))
 }
 
 pub mod load;
