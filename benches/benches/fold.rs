@@ -30,6 +30,8 @@ fn bench(c: &mut Criterion) {
     for (name, make) in [("json", event as fn(u64, u64) -> (String, Vec<u8>)), ("protobuf", event_protobuf)] {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&StoreConfig { path: dir.path().into(), ..StoreConfig::default() }).unwrap();
+        // As ingest does: one partition owns every key.
+        store.bind_partitions("bench", 1).unwrap();
         let processor = Processor::new(
             store.clone(),
             Arc::new(FoldConfig::default().validate().unwrap()),

@@ -24,23 +24,28 @@ impl CommandLog for Log {
     }
 }
 
-async fn signal() {
+/// SIGTERM or SIGINT. The handlers are installed when this is called, not
+/// when it is first awaited: a SIGTERM that comes while the instance starts
+/// must stop it cleanly too, not kill it.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    let interrupt = tokio::signal::ctrl_c();
+    async move {
+        #[cfg(unix)]
+        match term {
             Ok(mut term) => tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
+                _ = interrupt => {}
                 _ = term.recv() => {}
             },
             Err(e) => {
                 tracing::warn!(error = %e, "no SIGTERM handler; stop with SIGINT");
-                let _ = tokio::signal::ctrl_c().await;
+                let _ = interrupt.await;
             }
         }
+        #[cfg(not(unix))]
+        let _ = interrupt.await;
     }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// The server's view of ingest's health is the ingest crate's status.
@@ -82,6 +87,7 @@ fn start_metrics(config: &Config) -> Result<()> {
 }
 
 pub async fn serve(config: Config) -> Result<()> {
+    let stop = stop_signal();
     start_metrics(&config)?;
     let signer = config.kafka.signer()?;
     let store = Store::open(&config.store).with_context(|| format!("opening store {}", config.store.path.display()))?;
@@ -135,7 +141,7 @@ pub async fn serve(config: Config) -> Result<()> {
     ));
 
     let ingest = tokio::select! {
-        _ = signal() => {
+        _ = stop => {
             info!("stopping: finishing the current batch");
             shutdown.trigger();
             (&mut done_rx).await

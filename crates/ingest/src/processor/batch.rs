@@ -79,16 +79,22 @@ impl<'a> Run<'a> {
             .zip(records)
             .map(|(d, r)| d.as_ref().ok().map(|e| r.route.map_or_else(|| e.subject.key(), str::to_owned)))
             .collect();
-        // Each event id, and the marker of its having been forwarded from here.
+        let members = load_members(p, store, partition, &keys)?;
+        let partitions = store.partition_count(&p.topic)?;
+        // Each event id, and where it may have been forwarded from here, the
+        // marker of that.
         let ids: Vec<String> = decoded
             .iter()
-            .filter_map(|d| d.as_ref().ok())
-            .flat_map(|e| [e.event_id.clone(), forwarded_marker(&e.event_id)])
+            .zip(&keys)
+            .filter_map(|(d, k)| Some((d.as_ref().ok()?, k.as_deref()?)))
+            .flat_map(|(e, k)| {
+                let forwardable = may_have_forwarded(partition, partitions, k, members.get(k));
+                std::iter::once(e.event_id.clone()).chain(forwardable.then(|| forwarded_marker(&e.event_id)))
+            })
             .collect();
         let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
         let markers: HashMap<String, i64> =
             ids.iter().zip(store.markers(partition, &id_refs)?).filter_map(|(id, m)| Some((id.clone(), m?))).collect();
-        let members = load_members(p, store, partition, &keys)?;
         let requests: Vec<(&str, &str)> = decoded
             .iter()
             .zip(&keys)
@@ -108,7 +114,7 @@ impl<'a> Run<'a> {
             batch: store.batch(&p.topic, partition),
             decoded,
             keys,
-            partitions: store.partition_count(&p.topic)?,
+            partitions,
             members,
             markers,
             decided,
@@ -516,6 +522,19 @@ fn internal_name(p: &Payload) -> &'static str {
         Payload::ProfileJoinPart { .. } => "profileJoinPart",
         _ => "internal",
     }
+}
+
+/// Whether this partition may ever have forwarded an event of `key`, so
+/// that a producer's retry of it must be looked for among the forward
+/// markers: only when the key belongs to another partition (misrouted), or
+/// its profile routes to a member or was a route and is now shared. Any
+/// other key's events were always folded here. Unknown partition count:
+/// assume it may.
+fn may_have_forwarded(partition: u32, partitions: Option<u32>, key: &str, member: Option<&Member>) -> bool {
+    let Some(n) = partitions else {
+        return true;
+    };
+    partition_for(key.as_bytes(), n) != partition || member.is_some_and(|m| m.routes_to.is_some() || m.shared)
 }
 
 /// The dedupe key under which an event forwarded from a partition is

@@ -325,7 +325,11 @@ impl Service {
     pub fn stop(mut self) -> std::process::ExitStatus {
         let ok = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
         assert!(ok.success());
-        self.child.wait().unwrap()
+        let status = self.child.wait().unwrap();
+        if !status.success() {
+            eprintln!("omnifold serve ended with {status} after SIGTERM");
+        }
+        status
     }
 
     /// Waits for the process to end on its own (a failpoint's abort).
