@@ -544,3 +544,23 @@ fn may_have_forwarded(partition: u32, partitions: Option<u32>, key: &str, member
 fn forwarded_marker(event_id: &str) -> String {
     format!("\u{1}fwd\u{1}{event_id}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_forward_marker_is_looked_for_only_where_a_forward_can_have_left() {
+        let here = (0..100).map(|i| format!("m-{i}")).find(|k| partition_for(k.as_bytes(), 4) == 1).unwrap();
+        let elsewhere = (0..100).map(|i| format!("m-{i}")).find(|k| partition_for(k.as_bytes(), 4) != 1).unwrap();
+        let plain = Member::new(here.clone(), ProfileKind::KnownMember);
+        assert!(!may_have_forwarded(1, Some(4), &here, None), "a new key of this partition");
+        assert!(!may_have_forwarded(1, Some(4), &here, Some(&plain)), "a member folded here all along");
+        assert!(may_have_forwarded(1, Some(4), &elsewhere, None), "a misrouted key");
+        let routed = Member { routes_to: Some("m-other".into()), ..plain.clone() };
+        assert!(may_have_forwarded(1, Some(4), &here, Some(&routed)), "a key that joined a member");
+        let shared = Member { shared: true, ..plain.clone() };
+        assert!(may_have_forwarded(1, Some(4), &here, Some(&shared)), "a route that became shared");
+        assert!(may_have_forwarded(1, None, &here, Some(&plain)), "unknown partition count");
+    }
+}
