@@ -29,9 +29,9 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 use omnifold_benches::load::{LoadRun, Report, Target};
 use omnifold_benches::report::Results;
-use omnifold_benches::{event, start_tansu};
+use omnifold_benches::{env_list, env_or, event, member_ref, processor, start_tansu};
 use omnifold_core::FoldConfig;
-use omnifold_ingest::{CommandProducer, IngestConfig, LocalLog, Processor, ReplayEnd, Shutdown};
+use omnifold_ingest::{CommandProducer, IngestConfig, LocalLog, ReplayEnd, Shutdown};
 use omnifold_proto::v1 as proto;
 use omnifold_server::{CommandLog, Commands, Commits};
 use omnifold_store::{Store, StoreConfig};
@@ -47,10 +47,6 @@ struct Args {
     seconds: u64,
 }
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
 impl Args {
     fn from_env() -> Args {
         Args {
@@ -58,11 +54,7 @@ impl Args {
             events: env_or("BENCH_EVENTS", 500_000),
             members: env_or("BENCH_MEMBERS", 50_000),
             partitions: env_or("BENCH_PARTITIONS", 4),
-            concurrency: std::env::var("BENCH_CONCURRENCY")
-                .ok()
-                .map(|v| v.split(',').filter_map(|c| c.trim().parse().ok()).collect::<Vec<usize>>())
-                .filter(|v| !v.is_empty())
-                .unwrap_or_else(|| vec![8, 32, 64]),
+            concurrency: env_list("BENCH_CONCURRENCY", &[8, 32, 64]),
             seconds: env_or("BENCH_SECONDS", 5),
         }
     }
@@ -159,14 +151,7 @@ fn ingest(
         group_id: format!("omnifold-bench-{}-{threads}", std::process::id()),
         ..ingest_config(brokers, topic)
     };
-    let processor = Processor::new(
-        store.clone(),
-        Arc::new(FoldConfig::default().validate()?),
-        topic,
-        cfg.max_event_bytes,
-        omnifold_ingest::Signer::ephemeral(),
-    )
-    .with_member_cache(cfg.member_cache_entries);
+    let processor = processor(store.clone(), topic)?;
     let shutdown = Shutdown::default();
     let stop = shutdown.clone();
     let started = Instant::now();
@@ -190,10 +175,6 @@ fn ingest(
     shutdown.trigger();
     handle.join().expect("ingest thread")?;
     Ok((n as f64 / total, n as f64 / steady))
-}
-
-fn member_ref(id: String) -> Option<proto::MemberRef> {
-    Some(proto::MemberRef { r#ref: Some(proto::member_ref::Ref::MemberId(id)) })
 }
 
 /// A load run against `addr` by the load generator, in its own process.
@@ -384,14 +365,7 @@ fn replay_topic(brokers: &str, topic: &str, partitions: i32, live: &Store) -> Re
     let n: i64 = until.values().sum();
     let dir = tempfile::tempdir()?;
     let store = Store::open(&StoreConfig { path: dir.path().into(), bulk_load: true, ..store_config() })?;
-    let processor = Processor::new(
-        store.clone(),
-        Arc::new(FoldConfig::default().validate()?),
-        topic,
-        cfg.max_event_bytes,
-        omnifold_ingest::Signer::ephemeral(),
-    )
-    .with_member_cache(cfg.member_cache_entries);
+    let processor = processor(store.clone(), topic)?;
     let started = Instant::now();
     omnifold_ingest::replay(&cfg, &processor, &ReplayEnd::At(until), None, &Shutdown::default(), |_| {})?;
     Ok(n as f64 / started.elapsed().as_secs_f64())
@@ -412,14 +386,7 @@ fn replay_file(topic: &str, n: u64, members: u64, partitions: i32) -> Result<f64
     drop(w);
     let store = Store::open(&StoreConfig { path: dir.path().join("store"), bulk_load: true, ..store_config() })?;
     let cfg = IngestConfig::default();
-    let processor = Processor::new(
-        store.clone(),
-        Arc::new(FoldConfig::default().validate()?),
-        topic,
-        cfg.max_event_bytes,
-        omnifold_ingest::Signer::ephemeral(),
-    )
-    .with_member_cache(cfg.member_cache_entries);
+    let processor = processor(store.clone(), topic)?;
     let started = Instant::now();
     let mut log = LocalLog::new(&processor, topic, partitions as u32, cfg.batch_max_records)?;
     for (i, line) in std::io::BufReader::new(std::fs::File::open(&path)?).lines().enumerate() {
@@ -457,11 +424,8 @@ fn redemptions(
     let timeout = Duration::from_secs(30);
     let commits = Commits::default();
     let committed = commits.clone();
-    let fold = Arc::new(FoldConfig::default().validate()?);
-    let processor =
-        Processor::new(store.clone(), fold.clone(), topic, cfg.max_event_bytes, omnifold_ingest::Signer::ephemeral())
-            .with_member_cache(cfg.member_cache_entries)
-            .with_on_commit(Arc::new(move |p| committed.committed(p)));
+    let processor = processor(store.clone(), topic)?.with_on_commit(Arc::new(move |p| committed.committed(p)));
+    let fold = Arc::new(processor.fold().clone());
     let shutdown = Shutdown::default();
     let stop = shutdown.clone();
     let ingest_cfg = cfg.clone();
@@ -480,7 +444,7 @@ fn redemptions(
         let mut client = proto::loyalty_service_client::LoyaltyServiceClient::connect(format!("http://{addr}")).await?;
         client
             .redeem_points(proto::RedeemPointsRequest {
-                member: member_ref("m-0000001".into()),
+                member: member_ref("m-0000001"),
                 request_id: "warm-up".into(),
                 points: 1,
                 channel: proto::Channel::MobileApp as i32,

@@ -6,13 +6,10 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::sync::Arc;
-
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 
-use omnifold_benches::{event, event_protobuf};
-use omnifold_core::FoldConfig;
-use omnifold_ingest::{Processor, Record};
+use omnifold_benches::{event, event_protobuf, processor};
+use omnifold_ingest::Record;
 use omnifold_store::{Store, StoreConfig};
 
 const MEMBERS: u64 = 20_000;
@@ -32,14 +29,8 @@ fn bench(c: &mut Criterion) {
         let store = Store::open(&StoreConfig { path: dir.path().into(), ..StoreConfig::default() }).unwrap();
         // As ingest does: one partition owns every key.
         store.bind_partitions("bench", 1).unwrap();
-        let processor = Processor::new(
-            store.clone(),
-            Arc::new(FoldConfig::default().validate().unwrap()),
-            "bench",
-            65536,
-            omnifold_ingest::Signer::ephemeral(),
-        )
-        .with_member_cache(MEMBERS as usize);
+        // The default member cache holds all MEMBERS.
+        let processor = processor(store.clone(), "bench").unwrap();
         let mut next = 0u64;
         g.bench_function(format!("decode_fold_commit_{name}"), |b| {
             b.iter_batched(

@@ -17,7 +17,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -25,38 +24,21 @@ use serde_json::json;
 
 use omnifold_benches::load::{LoadRun, Target};
 use omnifold_benches::report::Results;
-use omnifold_benches::{event, start_tansu};
-use omnifold_core::FoldConfig;
-use omnifold_ingest::{IngestConfig, LocalLog, Processor, Signer};
+use omnifold_benches::{env_list, env_or, event, member_ref, processor, start_tansu};
+use omnifold_ingest::{IngestConfig, LocalLog};
 use omnifold_proto::v1 as proto;
 use omnifold_store::{Store, StoreConfig};
 
 const PARTITIONS: u32 = 4;
 const SECRET: &str = "bench-secret-bench-secret-bench-secret-0123";
 
-fn env_list(name: &str, default: &[u64]) -> Vec<u64> {
-    std::env::var(name)
-        .ok()
-        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect::<Vec<u64>>())
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| default.to_vec())
-}
-
 /// Folds `members * per_member` events into a fresh store at `dir`; events/s.
 fn build(dir: &Path, topic: &str, members: u64, per_member: u64) -> Result<f64> {
     let store = Store::open(&StoreConfig { path: dir.into(), bulk_load: true, ..StoreConfig::default() })?;
-    let cfg = IngestConfig::default();
-    let processor = Processor::new(
-        store.clone(),
-        Arc::new(FoldConfig::default().validate()?),
-        topic,
-        cfg.max_event_bytes,
-        Signer::ephemeral(),
-    )
-    .with_member_cache(cfg.member_cache_entries);
+    let processor = processor(store.clone(), topic)?;
     let n = members * per_member;
     let started = Instant::now();
-    let mut log = LocalLog::new(&processor, topic, PARTITIONS, cfg.batch_max_records)?;
+    let mut log = LocalLog::new(&processor, topic, PARTITIONS, IngestConfig::default().batch_max_records)?;
     for i in 0..n {
         log.append(event(i, members).1);
         if i % 100_000 == 99_999 {
@@ -131,9 +113,8 @@ fn serve(bin: &str, brokers: &str, topic: &str, dir: &Path) -> Result<(Serve, St
             if let Ok(mut c) =
                 proto::profile_service_client::ProfileServiceClient::connect(format!("http://{addr}")).await
             {
-                let member =
-                    Some(proto::MemberRef { r#ref: Some(proto::member_ref::Ref::MemberId("m-0000001".into())) });
-                if c.get_profile(proto::GetProfileRequest { member, read_mask: None, as_of: None }).await.is_ok() {
+                let req = proto::GetProfileRequest { member: member_ref("m-0000001"), read_mask: None, as_of: None };
+                if c.get_profile(req).await.is_ok() {
                     return Ok(());
                 }
             }
@@ -148,7 +129,7 @@ fn serve(bin: &str, brokers: &str, topic: &str, dir: &Path) -> Result<(Serve, St
 
 fn main() -> Result<()> {
     let counts = env_list("BENCH_SCALE_MEMBERS", &[100_000, 1_000_000]);
-    let per_member = env_list("BENCH_SCALE_EVENTS", &[3])[0];
+    let per_member = env_or("BENCH_SCALE_EVENTS", 3u64);
     let bin = std::env::var("OMNIFOLD_BIN").ok().filter(|b| Path::new(b).exists());
     let broker = match &bin {
         Some(_) => Some(start_tansu()?),
@@ -177,11 +158,12 @@ fn main() -> Result<()> {
         let (Some(bin), Some((_tansu, brokers))) = (&bin, &broker) else {
             continue;
         };
-        let cfg = IngestConfig { brokers: brokers.clone(), topic: topic.clone(), ..IngestConfig::default() };
         let cfg = IngestConfig {
+            brokers: brokers.clone(),
+            topic: topic.clone(),
             dead_letter_topic: format!("{topic}.dlq"),
             identity_topic: format!("{topic}.identity"),
-            ..cfg
+            ..IngestConfig::default()
         };
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         rt.block_on(omnifold_ingest::create_topics(&cfg, PARTITIONS as i32, 1))?;

@@ -1,15 +1,20 @@
 //! Shared pieces of the benchmarks: a deterministic stream of small JSON
-//! events, like the ones channels send.
+//! events, like the ones channels send, the processor they are folded by,
+//! settings from the environment, and a tansu broker.
 
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use prost::Message;
 
+use omnifold_core::FoldConfig;
 use omnifold_core::time::{DAY, to_timestamp};
+use omnifold_ingest::{IngestConfig, Processor, Signer};
 use omnifold_proto::v1 as proto;
+use omnifold_store::Store;
 
 /// 2026-01-01T00:00:00Z.
 pub const BASE: i64 = 1_767_225_600_000;
@@ -56,6 +61,39 @@ pub fn event_protobuf(i: u64, members: u64) -> (String, Vec<u8>) {
     let (k, json) = event(i, members);
     let e: proto::Event = serde_json::from_slice(&json).expect("valid");
     (k, e.encode_to_vec())
+}
+
+/// A processor of `topic` into `store` as ingest builds it by default:
+/// the default fold rules, event size limit and member cache.
+pub fn processor(store: Arc<Store>, topic: &str) -> Result<Processor> {
+    let cfg = IngestConfig::default();
+    Ok(Processor::new(
+        store,
+        Arc::new(FoldConfig::default().validate()?),
+        topic,
+        cfg.max_event_bytes,
+        Signer::ephemeral(),
+    )
+    .with_member_cache(cfg.member_cache_entries))
+}
+
+/// The member id a request names.
+pub fn member_ref(id: impl Into<String>) -> Option<proto::MemberRef> {
+    Some(proto::MemberRef { r#ref: Some(proto::member_ref::Ref::MemberId(id.into())) })
+}
+
+/// A setting from the environment, else `default`.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// A comma-separated list from the environment, else `default`.
+pub fn env_list<T: std::str::FromStr + Clone>(name: &str, default: &[T]) -> Vec<T> {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect::<Vec<T>>())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_vec())
 }
 
 /// A tansu broker with memory storage, stopped when dropped.

@@ -18,6 +18,7 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 
 use omnifold_benches::load::{Report, Target, cpu_seconds};
+use omnifold_benches::member_ref;
 use omnifold_proto::v1 as proto;
 
 #[derive(Parser, Debug)]
@@ -49,9 +50,9 @@ struct Args {
     read_mask: Vec<String>,
 }
 
-fn member_ref(i: u64, members: u64) -> Option<proto::MemberRef> {
-    let id = format!("m-{:07}", (i.wrapping_mul(7919)) % members);
-    Some(proto::MemberRef { r#ref: Some(proto::member_ref::Ref::MemberId(id)) })
+/// The `i`-th member asked for, spread over `members`.
+fn nth_member(i: u64, members: u64) -> Option<proto::MemberRef> {
+    member_ref(format!("m-{:07}", (i.wrapping_mul(7919)) % members))
 }
 
 struct Client {
@@ -78,21 +79,21 @@ impl Client {
             }
             Target::Profile => {
                 let req =
-                    proto::GetProfileRequest { member: member_ref(i, args.members), read_mask: mask, as_of: None };
+                    proto::GetProfileRequest { member: nth_member(i, args.members), read_mask: mask, as_of: None };
                 self.profiles.get_profile(req).await.map(|_| ())
             }
             Target::Batch => {
-                let members = (0..args.batch).filter_map(|j| member_ref(i * args.batch + j, args.members)).collect();
+                let members = (0..args.batch).filter_map(|j| nth_member(i * args.batch + j, args.members)).collect();
                 let req = proto::BatchGetProfilesRequest { members, read_mask: mask, as_of: None };
                 self.profiles.batch_get_profiles(req).await.map(|_| ())
             }
             Target::Balance => {
-                let req = proto::GetBalanceRequest { member: member_ref(i, args.members), as_of: None };
+                let req = proto::GetBalanceRequest { member: nth_member(i, args.members), as_of: None };
                 self.loyalty.get_balance(req).await.map(|_| ())
             }
             Target::Redeem => {
                 let req = proto::RedeemPointsRequest {
-                    member: member_ref(i, args.members),
+                    member: nth_member(i, args.members),
                     request_id: format!("load-{}-{i}", std::process::id()),
                     points: 1,
                     channel: proto::Channel::MobileApp as i32,

@@ -402,8 +402,7 @@ impl Ingest<'_> {
         let by_partition = self.group(c, messages);
         let started = Instant::now();
         let threads = self.cfg.fold_threads();
-        let processor = self.processor.clone();
-        let processor = &processor;
+        let processor = &self.processor;
         let processed = parallel(threads, by_partition.into_iter().collect(), |(partition, records)| {
             (partition, processor.process(partition, &records))
         });
@@ -425,7 +424,7 @@ impl Ingest<'_> {
                 o => faults.push((partition, o)),
             }
         }
-        let status = &self.opts.status.clone();
+        let (processor, status) = (&self.processor, &self.opts.status);
         let committed = parallel(threads, ready, |(partition, p)| (partition, commit(processor, status, partition, p)));
         let mut offsets = TopicPartitionList::new();
         for (partition, outcome) in committed.into_iter().chain(faults) {
