@@ -256,7 +256,7 @@ fn place_order(
     fx: &mut Effects,
 ) -> Result<(), Rejection> {
     let NewOrder { order_id, currency, lines, total_minor } = *order;
-    if member.purchases.history.iter().any(|o| o.order_id == order_id) {
+    if member.purchases.history.contains(order_id) {
         return Err(Rejection(format!("order {order_id} was already placed by another event")));
     }
     let total = if total_minor > 0 { total_minor } else { list_value(lines)? };
@@ -319,8 +319,7 @@ fn place_order(
         points,
         points_revoked: 0,
     };
-    let idx = p.history.partition_point(|o| (o.at, o.order_id.as_str()) < (at, order_id));
-    p.history.insert(idx, record);
+    p.history.insert(record);
     prune_history(member, cfg);
     let stats = member.channels.entry(event.channel).or_default();
     stats.orders = stats.orders.saturating_add(1);
@@ -359,7 +358,7 @@ pub(crate) fn prune_history(member: &mut Member, cfg: &FoldConfig) {
     let horizon = latest - i64::from(cfg.order_history_days) * DAY;
     let old = h.partition_point(|o| o.at < horizon);
     let over = h.len().saturating_sub(cfg.max_orders_kept);
-    h.drain(..old.max(over));
+    h.drain_first(old.max(over));
 }
 
 /// An order's list value (its lines were validated, so it fits).
@@ -372,8 +371,7 @@ fn find_order<'a>(member: &'a mut Member, order_id: &str) -> Result<&'a mut Orde
     member
         .purchases
         .history
-        .iter_mut()
-        .find(|o| o.order_id == order_id)
+        .get_mut(order_id)
         .ok_or_else(|| Rejection(format!("order {order_id} is not known for this subject")))
 }
 

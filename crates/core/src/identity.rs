@@ -434,12 +434,11 @@ fn combine(
         let mine = p.stores.entry(s.clone()).or_default();
         *mine = mine.saturating_add(*n);
     }
-    let known: BTreeSet<String> = p.history.iter().map(|o| o.order_id.clone()).collect();
     let mut joined_orders = Vec::new();
-    for o in q.history.iter().filter(|o| !known.contains(&o.order_id)) {
-        let idx = p.history.partition_point(|h| (h.at, h.order_id.as_str()) < (o.at, o.order_id.as_str()));
-        p.history.insert(idx, o.clone());
-        joined_orders.push(o.order_id.clone());
+    for o in q.history.iter() {
+        if p.history.insert(o.clone()) {
+            joined_orders.push(o.order_id.clone());
+        }
     }
     prune_history(member, cfg);
     member.first_seen_at = min_opt(member.first_seen_at, other.first_seen_at);
@@ -563,7 +562,7 @@ fn earn_joined_order(
     cfg: &FoldConfig,
     fx: &mut loyalty::Effects,
 ) -> Result<(), Rejection> {
-    let Some(order) = member.purchases.history.iter().find(|o| o.order_id == order_id) else {
+    let Some(order) = member.purchases.history.get(order_id) else {
         return Ok(());
     };
     if order.cancelled || order.points > 0 {
@@ -590,7 +589,7 @@ fn earn_joined_order(
     } else {
         0
     };
-    if let Some(o) = member.purchases.history.iter_mut().find(|o| o.order_id == order_id) {
+    if let Some(o) = member.purchases.history.get_mut(order_id) {
         o.points = points;
         o.points_revoked = revoked;
     }

@@ -408,7 +408,7 @@ fn purchases_from_wire(p: proto::JoinedPurchases) -> Result<Purchases, Error> {
         first_order_at: p.first_order_at_ms,
         last_order_at: p.last_order_at_ms,
         stores: p.stores,
-        history,
+        history: history.into(),
     })
 }
 

@@ -5,13 +5,22 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
+use crate::book::Book;
 use crate::event::Channel;
 use crate::ident::Identifier;
 use crate::loyalty::Loyalty;
 use crate::time::Millis;
 
-/// Leading byte of every stored aggregate; bumped on incompatible changes.
+/// Leading byte of the full encoding (`Member::encode`, orders inline);
+/// bumped on incompatible changes.
 pub const FORMAT_VERSION: u8 = 2;
+
+/// Leading byte of the split encoding (`Member::encode_hot`): the member
+/// without its books (orders, lots), which the store keeps under their own keys.
+pub const HOT_FORMAT_VERSION: u8 = 3;
+
+/// Leading byte of a stored book entry (`encode_entry`).
+pub const ENTRY_FORMAT_VERSION: u8 = 1;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ProfileKind {
@@ -147,7 +156,7 @@ pub struct Purchases {
     /// Orders per store id.
     pub stores: BTreeMap<String, u64>,
     /// Recent orders, oldest first, bounded by the config.
-    pub history: Vec<OrderRecord>,
+    pub history: OrderBook,
 }
 
 impl Purchases {
@@ -159,6 +168,40 @@ impl Purchases {
     pub fn favourite_store(&self) -> Option<&str> {
         self.stores.iter().max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0))).map(|(s, _)| s.as_str())
     }
+}
+
+/// The member's kept orders, oldest first (by time, then order id).
+pub type OrderBook = Book<OrderRecord>;
+
+impl Book<OrderRecord> {
+    pub fn get(&self, order_id: &str) -> Option<&OrderRecord> {
+        self.find(|o| o.order_id == order_id)
+    }
+
+    /// The order to change; it is written back with the member.
+    pub fn get_mut(&mut self, order_id: &str) -> Option<&mut OrderRecord> {
+        self.find_mut(|o| o.order_id == order_id)
+    }
+
+    pub fn contains(&self, order_id: &str) -> bool {
+        self.get(order_id).is_some()
+    }
+}
+
+/// How many entries of each book a stored member record says are kept
+/// beside it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub orders: u32,
+    pub lots: u32,
+}
+
+/// Which stored copies of a member's books it continues (`Book::lineage`):
+/// what the store needs to write only what changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lineage {
+    pub orders: u64,
+    pub lots: u64,
 }
 
 /// Bookkeeping of the member's kept event history (the store keeps the
@@ -218,12 +261,8 @@ impl Member {
 
     /// Deterministic bytes: a format byte, then postcard. All collections are
     /// ordered, so equal aggregates encode to equal bytes.
-    #[allow(clippy::expect_used, reason = "serialising plain data into a Vec cannot fail")]
     pub fn encode(&self) -> Vec<u8> {
-        // to_extend, not to_io: io::Write costs a memmove call per byte written.
-        let mut out = Vec::with_capacity(256);
-        out.push(FORMAT_VERSION);
-        postcard::to_extend(self, out).expect("member aggregate serialises")
+        append(self, vec![FORMAT_VERSION])
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
@@ -234,8 +273,71 @@ impl Member {
         }
     }
 
+    /// The member without its books, for the store's member record:
+    /// `HOT_FORMAT_VERSION`, the number of orders and of lots kept (u32
+    /// each, big-endian), then postcard. The books' entries are taken out
+    /// for the encoding and put back.
+    pub fn encode_hot(&mut self) -> Vec<u8> {
+        let orders = self.purchases.history.take_entries();
+        let lots = self.loyalty.lots.take_entries();
+        let mut out = Vec::with_capacity(256);
+        out.push(HOT_FORMAT_VERSION);
+        for n in [orders.len(), lots.len()] {
+            out.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_be_bytes());
+        }
+        let out = append(&*self, out);
+        self.purchases.history.restore_entries(orders);
+        self.loyalty.lots.restore_entries(lots);
+        out
+    }
+
+    /// A stored member record (`encode_hot`, or the full encoding an older
+    /// store kept), and how many entries of each book (orders, lots) the
+    /// store holds for it beside it.
+    pub fn decode_stored(bytes: &[u8]) -> Result<(Self, Counts), Error> {
+        let corrupt = |what: &str| Error::Corrupt(what.to_owned());
+        match bytes.split_first() {
+            Some((&HOT_FORMAT_VERSION, rest)) => {
+                let (orders, rest) = rest.split_first_chunk::<4>().ok_or_else(|| corrupt("truncated member record"))?;
+                let (lots, rest) = rest.split_first_chunk::<4>().ok_or_else(|| corrupt("truncated member record"))?;
+                let m: Member = postcard::from_bytes(rest).map_err(|e| Error::Corrupt(e.to_string()))?;
+                if !m.purchases.history.is_empty() || !m.loyalty.lots.is_empty() {
+                    return Err(corrupt("a member record holds its orders or lots inline"));
+                }
+                Ok((m, Counts { orders: u32::from_be_bytes(*orders), lots: u32::from_be_bytes(*lots) }))
+            }
+            _ => Ok((Member::decode(bytes)?, Counts::default())),
+        }
+    }
+
+    /// The stored copies this member's books continue.
+    pub fn lineage(&self) -> Lineage {
+        Lineage { orders: self.purchases.history.lineage(), lots: self.loyalty.lots.lineage() }
+    }
+
     /// Traits with a value (removals are kept only to order later writes).
     pub fn live_traits(&self) -> impl Iterator<Item = (&str, &str)> {
         self.traits.iter().filter(|(_, v)| !v.value.is_empty()).map(|(k, v)| (k.as_str(), v.value.as_str()))
     }
+}
+
+/// One stored book entry (an order, a lot): `ENTRY_FORMAT_VERSION`, then postcard.
+pub fn encode_entry<T: Serialize>(entry: &T) -> Vec<u8> {
+    append(entry, vec![ENTRY_FORMAT_VERSION])
+}
+
+pub fn decode_entry<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    match bytes.split_first() {
+        Some((&ENTRY_FORMAT_VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| Error::Corrupt(e.to_string())),
+        Some((v, _)) => Err(Error::Corrupt(format!("unknown entry format version {v}"))),
+        None => Err(Error::Corrupt("empty entry value".into())),
+    }
+}
+
+/// `value` in postcard after the bytes in `out`. `to_extend`, not `to_io`:
+/// `io::Write` costs a memmove call per byte written.
+#[allow(clippy::expect_used, reason = "serialising plain data into a Vec cannot fail")]
+fn append<T: Serialize + ?Sized>(value: &T, mut out: Vec<u8>) -> Vec<u8> {
+    out.reserve(256);
+    postcard::to_extend(value, out).expect("plain data serialises")
 }

@@ -123,7 +123,7 @@ fn a_crafted_join_that_would_mint_points_is_refused_and_the_balance_does_not_mov
         profile: {
             let mut m = omnifold_core::Member::new("m-ghost", omnifold_core::ProfileKind::KnownMember);
             m.loyalty.earned = 1_000_000;
-            m.loyalty.lots.push(omnifold_core::loyalty::Lot {
+            m.loyalty.lots.insert(omnifold_core::loyalty::Lot {
                 seq: 0,
                 order_id: None,
                 channel: omnifold_core::Channel::CallCenter,

@@ -331,7 +331,7 @@ fn a_retried_request_id_is_decided_once_even_with_a_new_event_id() {
     assert_eq!((p.applied, p.duplicates), (0, 1));
     processor.commit(p).unwrap();
     let m = store.member(0, "m").unwrap().unwrap();
-    assert_eq!((m.loyalty.redeemed, m.loyalty.lots[0].remaining), (100, 50));
+    assert_eq!((m.loyalty.redeemed, m.loyalty.lots.first().unwrap().remaining), (100, 50));
     let v = store.verdicts(0, &[("m", "r1")]).unwrap().remove(0).unwrap();
     assert_eq!((v.event_id.as_str(), v.points, v.seq), ("x1", 100, Some(1)));
     let points: Vec<i64> = store.ledger(0, "m", None).map(|e| e.unwrap().points).collect();

@@ -71,7 +71,7 @@ async fn six_hundred_anonymous_views_join_the_member_at_login() {
 fn crafted_join(into: &str) -> Vec<(String, Vec<u8>)> {
     let mut ghost = omnifold_core::Member::new("m-ghost", omnifold_core::ProfileKind::KnownMember);
     ghost.loyalty.earned = 1_000_000;
-    ghost.loyalty.lots.push(omnifold_core::loyalty::Lot {
+    ghost.loyalty.lots.insert(omnifold_core::loyalty::Lot {
         seq: 0,
         order_id: None,
         channel: omnifold_core::Channel::CallCenter,

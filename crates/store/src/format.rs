@@ -8,13 +8,20 @@
 //!   partition's watermark to its members' latest event time; old markers
 //!   stay, their wall-clock times count as event times (they are later,
 //!   so they are kept a little longer, never shorter).
+//! - 3: a member's books (kept orders, open lots) are kept one entry per
+//!   key (`books`) beside its record, which holds only their numbers
+//!   (`Member::encode_hot`). The upgrade splits every member, each in one
+//!   write with its entries, so an interrupted upgrade resumes where it
+//!   stopped.
 
 use std::path::Path;
 
-use crate::{CF_MEMBERS, CF_META, Error, Result, Store, keys};
+use omnifold_core::Member;
+
+use crate::{CF_BOOKS, CF_MEMBERS, CF_META, Error, Result, Store, keys};
 
 /// The format this omnifold writes.
-pub const CURRENT: u32 = 2;
+pub const CURRENT: u32 = 3;
 
 pub(crate) fn read(store: &Store) -> Result<Option<u32>> {
     let v = store.db.get_cf(store.cf(CF_META), keys::FORMAT_VERSION)?;
@@ -60,7 +67,10 @@ pub(crate) fn check_and_upgrade(store: &Store, path: &Path, read_only: bool) -> 
                 path.display()
             )));
         }
-        upgrade_from_1(store)?;
+        if found < 2 {
+            upgrade_from_1(store)?;
+        }
+        upgrade_from_2(store)?;
         tracing::info!(path = %path.display(), from = found, to = CURRENT, "store format upgraded");
     }
     Ok(())
@@ -95,6 +105,37 @@ fn upgrade_from_1(store: &Store) -> Result<()> {
     for topic in &topics {
         for (p, t) in &latest {
             batch.put_cf(store.cf(CF_META), keys::watermark(topic, *p), t.to_be_bytes());
+        }
+    }
+    batch.put_cf(store.cf(CF_META), keys::FORMAT_VERSION, 2i64.to_be_bytes());
+    store.db.write_opt(batch, &store.write_opts)?;
+    Ok(())
+}
+
+/// Members split per write batch of the 2 → 3 upgrade.
+const SPLIT_CHUNK: usize = 10_000;
+
+/// 2 → 3: every member record with its books inline becomes a record and
+/// one key per order and lot. Records already split are left as they are.
+fn upgrade_from_2(store: &Store) -> Result<()> {
+    let (members, books) = (store.cf(CF_MEMBERS), store.cf(CF_BOOKS));
+    let mut batch = rocksdb::WriteBatch::default();
+    let mut split = 0usize;
+    for kv in store.db.iterator_cf(members, rocksdb::IteratorMode::Start) {
+        let (k, v) = kv?;
+        if v.first() != Some(&omnifold_core::member::FORMAT_VERSION) {
+            continue;
+        }
+        let mut m = Member::decode(&v)?;
+        let Some(p) = keys::partition_of(&k).filter(|p| keys::scoped(*p, &m.key) == *k) else {
+            return Err(Error::Format(format!("a member record's key does not name its member {}", m.key)));
+        };
+        crate::books::stage(&mut batch, books, p, &m, None);
+        batch.put_cf(members, &k, m.encode_hot());
+        split += 1;
+        if split % SPLIT_CHUNK == 0 {
+            store.db.write_opt(std::mem::take(&mut batch), &store.write_opts)?;
+            tracing::info!(members = split, "splitting member records from their orders and lots");
         }
     }
     batch.put_cf(store.cf(CF_META), keys::FORMAT_VERSION, i64::from(CURRENT).to_be_bytes());

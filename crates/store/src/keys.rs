@@ -42,6 +42,20 @@ pub(crate) fn sequenced(partition: u32, member: &str, seq: u64) -> Vec<u8> {
     k
 }
 
+/// The first key after every key that starts with `prefix` (empty when there
+/// is none, which RocksDB reads as "no bound" only where we never pass it:
+/// every prefix here starts with a partition below u32::MAX or a length).
+pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            break;
+        }
+    }
+    end
+}
+
 /// A verdict: the member prefix, then the request id.
 pub(crate) fn verdict(partition: u32, member: &str, request_id: &str) -> Vec<u8> {
     let mut k = member_prefix(partition, member);

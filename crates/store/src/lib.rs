@@ -6,6 +6,7 @@
 //! and this crate knows nothing about Kafka or gRPC. Offsets are plain
 //! `(topic, partition, next offset)` numbers to it.
 
+mod books;
 mod config;
 mod dedupe;
 mod format;
@@ -21,6 +22,7 @@ use rocksdb::{
 
 pub use config::StoreConfig;
 pub use format::CURRENT as FORMAT_VERSION;
+use omnifold_core::member::Lineage;
 use omnifold_core::{LedgerEntry, Member, Verdict};
 
 const CF_MEMBERS: &str = "members";
@@ -31,7 +33,9 @@ const CF_VERDICTS: &str = "verdicts";
 const CF_INDEX: &str = "index";
 const CF_HISTORY: &str = "history";
 const CF_JOINS: &str = "joins";
-const ALL_CFS: [&str; 8] = [CF_MEMBERS, CF_DEDUPE, CF_META, CF_LEDGER, CF_VERDICTS, CF_INDEX, CF_HISTORY, CF_JOINS];
+const CF_BOOKS: &str = "books";
+const ALL_CFS: [&str; 9] =
+    [CF_MEMBERS, CF_DEDUPE, CF_META, CF_LEDGER, CF_VERDICTS, CF_INDEX, CF_HISTORY, CF_JOINS, CF_BOOKS];
 
 /// The crate's one error type.
 #[derive(Debug, thiserror::Error)]
@@ -238,12 +242,28 @@ impl Store {
         Ok(())
     }
 
-    /// One member's aggregate.
+    /// One member's aggregate, with its books.
     pub fn member(&self, partition: u32, key: &str) -> Result<Option<Member>> {
         match self.db.get_pinned_cf(self.cf(CF_MEMBERS), keys::scoped(partition, key))? {
-            Some(bytes) => Ok(Some(Member::decode(&bytes)?)),
+            Some(bytes) => Ok(Some(self.with_books(partition, &bytes)?)),
             None => Ok(None),
         }
+    }
+
+    /// One member's record without its books (kept orders, open lots): for
+    /// reads that return neither, so they read one key. The books are empty.
+    pub fn member_without_books(&self, partition: u32, key: &str) -> Result<Option<Member>> {
+        match self.db.get_pinned_cf(self.cf(CF_MEMBERS), keys::scoped(partition, key))? {
+            Some(bytes) => Ok(Some(Member::decode_stored(&bytes)?.0)),
+            None => Ok(None),
+        }
+    }
+
+    /// A stored member record, with the books kept beside it.
+    fn with_books(&self, partition: u32, record: &[u8]) -> Result<Member> {
+        let (mut member, counts) = Member::decode_stored(record)?;
+        books::load(self, partition, &mut member, counts)?;
+        Ok(member)
     }
 
     /// Several members of one partition in one round of reads.
@@ -259,7 +279,7 @@ impl Store {
         let mut out: Vec<Option<Member>> = vec![None; keys.len()];
         for (slot, r) in order.into_iter().zip(got) {
             if let Some(bytes) = r? {
-                out[slot] = Some(Member::decode(&bytes)?);
+                out[slot] = Some(self.with_books(partition, &bytes)?);
             }
         }
         Ok(out)
@@ -458,9 +478,9 @@ impl Store {
         self.db
             .prefix_iterator_cf(self.cf(CF_MEMBERS), prefix)
             .take_while(move |r| r.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix)))
-            .map(|r| {
+            .map(move |r| {
                 let (_, v) = r?;
-                Ok(Member::decode(&v)?)
+                self.with_books(partition, &v)
             })
     }
 
@@ -551,8 +571,16 @@ pub struct Batch {
 }
 
 impl Batch {
-    pub fn put_member(&mut self, store: &Store, member: &Member) {
-        self.inner.put_cf(store.cf(CF_MEMBERS), keys::scoped(self.partition, &member.key), member.encode());
+    /// Writes a member's record and, beside it, the book entries (orders,
+    /// lots) that changed. `loaded` is `Member::lineage` of the member as the
+    /// caller read it from this store, `None` when it found none: a book that
+    /// continues what was loaded writes only its changes; a book that
+    /// replaced it is written whole, after the stored one is deleted.
+    pub fn put_member(&mut self, store: &Store, member: &mut Member, loaded: Option<Lineage>) {
+        books::stage(&mut self.inner, store.cf(CF_BOOKS), self.partition, member, loaded);
+        self.inner.put_cf(store.cf(CF_MEMBERS), keys::scoped(self.partition, &member.key), member.encode_hot());
+        member.purchases.history.mark_stored();
+        member.loyalty.lots.mark_stored();
     }
 
     pub fn put_ledger(&mut self, store: &Store, member: &str, entry: &LedgerEntry) {
@@ -646,7 +674,7 @@ mod tests {
         let mut m = Member::new("m-1", ProfileKind::KnownMember);
         m.browse.product_views = 7;
         let mut b = store.batch("events", 3);
-        b.put_member(&store, &m);
+        b.put_member(&store, &mut m, None);
         b.mark_seen(&store, "e-1", 5);
         b.set_next_offset(&store, 42);
         // Nothing is visible before the commit.
@@ -666,7 +694,7 @@ mod tests {
         {
             let store = open(dir.path());
             let mut b = store.batch("events", 0);
-            b.put_member(&store, &Member::new("a", ProfileKind::Anonymous));
+            b.put_member(&store, &mut Member::new("a", ProfileKind::Anonymous), None);
             b.set_next_offset(&store, 9);
             store.commit(b).unwrap();
             store.bind_partitions("events", 4).unwrap();
@@ -676,5 +704,109 @@ mod tests {
         assert_eq!(store.partition_count("events").unwrap(), Some(4));
         assert_eq!(store.scan_members(0).map(|m| m.unwrap().key).collect::<Vec<_>>(), vec!["a"]);
         assert_eq!(store.scan_members(1).count(), 0);
+    }
+
+    fn order(id: &str, at: i64) -> omnifold_core::member::OrderRecord {
+        omnifold_core::member::OrderRecord {
+            order_id: id.into(),
+            at,
+            channel: omnifold_core::Channel::StorePos,
+            store_id: None,
+            currency: "CNY".into(),
+            total_minor: 100,
+            total_program_minor: 100,
+            units: 1,
+            lines: Vec::new(),
+            returned_list_minor: 0,
+            returned_minor: 0,
+            returned_program_minor: 0,
+            returned_units: Default::default(),
+            return_ids: Default::default(),
+            cancelled: false,
+            points: 1,
+            points_revoked: 0,
+        }
+    }
+
+    /// Book entries stored for a member.
+    fn stored_entries(store: &Store, partition: u32, member: &str) -> usize {
+        let prefix = keys::member_prefix(partition, member);
+        store
+            .db
+            .prefix_iterator_cf(store.cf(CF_BOOKS), &prefix)
+            .take_while(|kv| kv.as_ref().unwrap().0.starts_with(&prefix))
+            .count()
+    }
+
+    fn commit_member(store: &Store, m: &mut Member, loaded: Option<Lineage>) -> usize {
+        let mut b = store.batch("events", 0);
+        b.put_member(store, m, loaded);
+        let writes = b.inner.len();
+        store.commit(b).unwrap();
+        writes
+    }
+
+    #[test]
+    fn a_member_writes_only_the_orders_that_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let mut m = Member::new("m-1", ProfileKind::KnownMember);
+        for (i, at) in [30, 10, 20].into_iter().enumerate() {
+            assert!(m.purchases.history.insert(order(&format!("o-{i}"), at)));
+        }
+        assert_eq!(commit_member(&store, &mut m, None), 4, "three orders and the record");
+        let mut got = store.member(0, "m-1").unwrap().unwrap();
+        assert_eq!(got, m);
+        let ids: Vec<&str> = got.purchases.history.iter().map(|o| o.order_id.as_str()).collect();
+        assert_eq!(ids, ["o-1", "o-2", "o-0"], "oldest first");
+
+        // An event that changes no order writes only the record.
+        let loaded = got.lineage();
+        got.browse.product_views += 1;
+        assert_eq!(commit_member(&store, &mut got, Some(loaded)), 1);
+        // One order changed, one added, the oldest dropped: three order writes.
+        got.purchases.history.get_mut("o-2").unwrap().cancelled = true;
+        got.purchases.history.insert(order("o-3", 40));
+        got.purchases.history.drain_first(1);
+        assert_eq!(commit_member(&store, &mut got, Some(loaded)), 4);
+        assert_eq!(store.member(0, "m-1").unwrap().unwrap(), got);
+        assert_eq!(stored_entries(&store, 0, "m-1"), 3);
+    }
+
+    #[test]
+    fn a_replaced_order_book_leaves_no_order_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let mut m = Member::new("m-1", ProfileKind::KnownMember);
+        m.purchases.history.insert(order("o-1", 10));
+        m.purchases.history.insert(order("o-2", 20));
+        commit_member(&store, &mut m, None);
+        // A neighbour whose key extends this one is not touched.
+        let mut n = Member::new("m-10", ProfileKind::KnownMember);
+        n.purchases.history.insert(order("o-9", 10));
+        commit_member(&store, &mut n, None);
+
+        let mut got = store.member(0, "m-1").unwrap().unwrap();
+        let loaded = got.lineage();
+        got.purchases = Default::default();
+        got.purchases.history.insert(order("o-3", 30));
+        commit_member(&store, &mut got, Some(loaded));
+        assert_eq!(store.member(0, "m-1").unwrap().unwrap(), got);
+        assert_eq!(stored_entries(&store, 0, "m-1"), 1);
+        assert_eq!(store.member(0, "m-10").unwrap().unwrap(), n);
+    }
+
+    #[test]
+    fn a_member_record_whose_orders_are_missing_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let mut m = Member::new("m-1", ProfileKind::KnownMember);
+        m.purchases.history.insert(order("o-1", 10));
+        m.purchases.history.insert(order("o-2", 20));
+        commit_member(&store, &mut m, None);
+        let key = [keys::member_prefix(0, "m-1").as_slice(), b"o", b"o-2"].concat();
+        store.db.delete_cf(store.cf(CF_BOOKS), key).unwrap();
+        let err = store.member(0, "m-1").unwrap_err().to_string();
+        assert!(err.contains("member m-1: its record counts 2 orders, the store holds 1"), "{err}");
     }
 }

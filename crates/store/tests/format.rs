@@ -45,6 +45,29 @@ fn a_store_written_by_omnifold_0_1_is_upgraded_and_reads_the_same() {
     assert!(open(dir.path(), true).is_ok());
 }
 
+/// `fixtures/store-v2` was written by omnifold 0.2 (`omnifold replay --file
+/// fixtures/store-v2.events.jsonl --partitions 2`): two members with twelve
+/// orders each, one partly returned, kept inline in the member records.
+#[test]
+fn a_store_written_by_omnifold_0_2_gets_its_orders_split_out_and_reads_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-v2"), dir.path());
+    let err = open(dir.path(), true).unwrap_err().to_string();
+    assert!(err.contains("has format 2, from an older omnifold"), "{err}");
+
+    let store = open(dir.path(), false).unwrap();
+    assert_eq!(store.format_version().unwrap(), Some(omnifold_store::FORMAT_VERSION));
+    for (p, key) in [(0, "m-0"), (1, "m-1")] {
+        let m = store.member(p, key).unwrap().unwrap();
+        assert_eq!((m.version.events_applied, m.purchases.orders, m.purchases.history.len()), (14, 12, 12));
+        let returned = m.purchases.history.get(&format!("o-{key}-3")).unwrap();
+        assert_eq!(returned.returned_units.values().sum::<u32>(), 1);
+    }
+    drop(store);
+    let store = open(dir.path(), true).unwrap();
+    assert_eq!(store.member(0, "m-0").unwrap().unwrap().purchases.history.len(), 12);
+}
+
 #[test]
 fn a_store_of_a_newer_format_is_refused_with_what_to_do() {
     let dir = tempfile::tempdir().unwrap();

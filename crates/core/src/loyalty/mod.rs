@@ -18,6 +18,7 @@ pub use config::{Benefit, LoyaltyConfig, NegativeBalance, TierConfig};
 pub use tier::TierChange;
 
 use crate::Error;
+use crate::book::Book;
 use crate::event::{Channel, Event, Line};
 use crate::member::Member;
 use crate::time::Millis;
@@ -71,7 +72,7 @@ pub struct Lot {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Loyalty {
     /// Lots not yet closed, ordered by `(expires_at, seq)`: spending order.
-    pub lots: Vec<Lot>,
+    pub lots: Book<Lot>,
     /// Points owed after a shortfall; paid off by the next earnings.
     pub negative: i64,
     /// Lifetime totals. `expired` counts closed lots only; a read adds the
@@ -450,9 +451,7 @@ pub(crate) fn order_points(
 impl Loyalty {
     /// Inserts a lot in spending order as it is.
     pub(crate) fn insert_lot(&mut self, lot: Lot) {
-        let key = (lot.expires_at, lot.seq);
-        let idx = self.lots.partition_point(|l| (l.expires_at, l.seq) < key);
-        self.lots.insert(idx, lot);
+        self.lots.insert(lot);
     }
 
     /// Inserts a lot in spending order, paying off a negative balance first.
@@ -469,7 +468,7 @@ impl Loyalty {
     /// returns what was taken.
     fn take_active(&mut self, points: i64, at: Millis) -> i64 {
         let mut left = points;
-        for lot in self.lots.iter_mut().filter(|l| l.activates_at <= at && at < l.expires_at) {
+        for lot in self.lots.iter_mut_where(move |l| l.activates_at <= at && at < l.expires_at) {
             if left == 0 {
                 break;
             }
@@ -556,7 +555,7 @@ pub(crate) fn revoke(
     let at = event.occurred_at;
     let l = &mut member.loyalty;
     let mut left = points;
-    if let Some(own) = l.lots.iter_mut().find(|lot| lot.order_id.as_deref() == Some(order_id) && at < lot.expires_at) {
+    if let Some(own) = l.lots.find_mut(|lot| lot.order_id.as_deref() == Some(order_id) && at < lot.expires_at) {
         let n = own.remaining.min(left);
         own.remaining -= n;
         left -= n;
@@ -682,7 +681,7 @@ pub(crate) fn advance(member: &mut Member, at: Millis, fx: &mut Effects) {
     if closed == 0 {
         return;
     }
-    for lot in l.lots.drain(..closed).collect::<Vec<_>>() {
+    for lot in l.lots.drain_first(closed) {
         if lot.remaining > 0 {
             l.expired += lot.remaining;
             fx.ledger.push(expiry_entry(l.next_seq, &lot));

@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, PoisonError};
 
 use omnifold_core::fold::{self, Position, kind_of};
-use omnifold_core::member::ProfileKind;
+use omnifold_core::member::{Lineage, ProfileKind};
 use omnifold_core::partition::partition_for;
 use omnifold_core::time::DAY;
 use omnifold_core::{Effects, Event, LedgerEntry, Member, Payload, Verdict, decode_event};
@@ -36,6 +36,9 @@ pub(super) struct Run<'a> {
     keys: Vec<Option<String>>,
     partitions: Option<u32>,
     pub(super) members: HashMap<String, Member>,
+    /// Each member's books as read (`Member::lineage`), so the commit
+    /// writes only the book entries that changed.
+    loaded: HashMap<String, Lineage>,
     /// Dedupe markers: from the store, and written by this batch.
     markers: HashMap<String, i64>,
     /// `(member, request id)` of the commands already decided.
@@ -80,6 +83,7 @@ impl<'a> Run<'a> {
             .map(|(d, r)| d.as_ref().ok().map(|e| r.route.map_or_else(|| e.subject.key(), str::to_owned)))
             .collect();
         let members = load_members(p, store, partition, &keys)?;
+        let loaded = members.iter().map(|(k, m)| (k.clone(), m.lineage())).collect();
         let partitions = store.partition_count(&p.topic)?;
         // Each event id, and where it may have been forwarded from here, the
         // marker of that.
@@ -116,6 +120,7 @@ impl<'a> Run<'a> {
             keys,
             partitions,
             members,
+            loaded,
             markers,
             decided,
             watermark: store.watermark(&p.topic, partition)?,
@@ -434,8 +439,8 @@ impl<'a> Run<'a> {
         dirty.sort_unstable();
         self.prune_histories(&dirty)?;
         for key in &dirty {
-            if let Some(m) = self.members.get(key) {
-                self.batch.put_member(store, m);
+            if let Some(m) = self.members.get_mut(key) {
+                self.batch.put_member(store, m, self.loaded.get(key).copied());
             }
         }
         let next_offset = self.records.last().map_or(0, |r| r.offset + 1);

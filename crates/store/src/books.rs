@@ -1,0 +1,100 @@
+//! A member's books (kept orders, open lots) under their own keys in the
+//! `books` column family, beside the member record: `member prefix | tag |
+//! entry id`, so an event writes only the entries it changed and one
+//! member's books are one key range.
+
+use omnifold_core::Member;
+use omnifold_core::book::{Book, Entry};
+use omnifold_core::member::{Counts, Lineage, decode_entry, encode_entry};
+use rocksdb::{ColumnFamily, Direction, IteratorMode, ReadOptions, WriteBatch};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::{Error, Result, Store, keys};
+
+const ORDERS: u8 = b'o';
+const LOTS: u8 = b'l';
+
+fn corrupt(member: &str, what: impl std::fmt::Display) -> Error {
+    Error::Corrupt(omnifold_core::Error::Corrupt(format!("member {member}: {what}")))
+}
+
+/// Reads the books of a member whose record says it keeps `counts` entries.
+pub(crate) fn load(store: &Store, partition: u32, member: &mut Member, counts: Counts) -> Result<()> {
+    let (mut orders, mut lots) = (Vec::new(), Vec::new());
+    if counts != Counts::default() {
+        let prefix = keys::member_prefix(partition, &member.key);
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(keys::prefix_end(&prefix));
+        let iter =
+            store.db.iterator_cf_opt(store.cf(crate::CF_BOOKS), opts, IteratorMode::From(&prefix, Direction::Forward));
+        for kv in iter {
+            let (k, v) = kv?;
+            let tail = k.get(prefix.len()..).unwrap_or_default();
+            match tail.split_first() {
+                Some((&ORDERS, id)) => orders.push(entry(&member.key, id, &v)?),
+                Some((&LOTS, id)) => lots.push(entry(&member.key, id, &v)?),
+                _ => return Err(corrupt(&member.key, "a book entry of an unknown kind")),
+            }
+        }
+    }
+    for (what, counted, found) in [("orders", counts.orders, orders.len()), ("lots", counts.lots, lots.len())] {
+        if counted as usize != found {
+            return Err(corrupt(&member.key, format!("its record counts {counted} {what}, the store holds {found}")));
+        }
+    }
+    member.purchases.history = Book::stored(orders);
+    member.loyalty.lots = Book::stored(lots);
+    Ok(())
+}
+
+/// One entry, which must be the one its key names.
+fn entry<T: Entry + DeserializeOwned>(member: &str, id: &[u8], value: &[u8]) -> Result<T> {
+    let e: T = decode_entry(value)?;
+    if T::key(e.id()) != id {
+        return Err(corrupt(member, format!("a book entry is stored under another id than its own {:?}", e.id())));
+    }
+    Ok(e)
+}
+
+/// Stages the member's books: only what changed when each continues the
+/// copy the caller loaded (`loaded`, `None` when the store had no member),
+/// else the whole book after deleting the stored one.
+pub(crate) fn stage(
+    batch: &mut WriteBatch,
+    cf: &ColumnFamily,
+    partition: u32,
+    member: &Member,
+    loaded: Option<Lineage>,
+) {
+    let prefix = keys::member_prefix(partition, &member.key);
+    stage_book(batch, cf, &prefix, ORDERS, &member.purchases.history, loaded.map(|l| l.orders));
+    stage_book(batch, cf, &prefix, LOTS, &member.loyalty.lots, loaded.map(|l| l.lots));
+}
+
+fn stage_book<T: Entry + Serialize>(
+    batch: &mut WriteBatch,
+    cf: &ColumnFamily,
+    prefix: &[u8],
+    tag: u8,
+    book: &Book<T>,
+    loaded: Option<u64>,
+) {
+    let mut book_prefix = prefix.to_vec();
+    book_prefix.push(tag);
+    let key = |id: &T::Id| [book_prefix.as_slice(), &T::key(id)].concat();
+    let entries: Box<dyn Iterator<Item = &T>> = if loaded.is_some_and(|l| l != 0 && l == book.lineage()) {
+        for id in book.removed() {
+            batch.delete_cf(cf, key(id));
+        }
+        Box::new(book.changed())
+    } else {
+        if loaded.is_some() {
+            batch.delete_range_cf(cf, &book_prefix, &keys::prefix_end(&book_prefix));
+        }
+        Box::new(book.iter())
+    };
+    for e in entries {
+        batch.put_cf(cf, key(e.id()), encode_entry(e));
+    }
+}
