@@ -124,10 +124,22 @@ impl AppState {
         Ok(partition_for(key.as_bytes(), partitions))
     }
 
-    /// Loads the aggregate stored under a subject key.
-    pub(crate) fn load(&self, key: &str) -> Result<Option<Member>, Error> {
-        Ok(self.store().member(self.partition(key)?, key)?)
+    /// Loads the aggregate stored under a subject key; without its books
+    /// (kept orders, open lots) when the caller returns nothing drawn from them.
+    pub(crate) fn load(&self, key: &str, books: Books) -> Result<Option<Member>, Error> {
+        let partition = self.partition(key)?;
+        Ok(match books {
+            Books::Load => self.store().member(partition, key)?,
+            Books::Skip => self.store().member_without_books(partition, key)?,
+        })
     }
+}
+
+/// Whether a read loads a member's books (kept orders, open lots).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Books {
+    Load,
+    Skip,
 }
 
 pub(crate) fn now_millis() -> Millis {

@@ -80,6 +80,13 @@ impl ReadMask {
     pub fn includes(&self, field: &str) -> bool {
         self.0.as_ref().is_none_or(|f| f.contains(&field))
     }
+
+    /// Whether the fields asked for are drawn from the member's books:
+    /// `purchases` (windows over kept orders) and `loyalty` (lots, and the
+    /// orders a tier review sums).
+    pub(crate) fn books(&self) -> crate::Books {
+        if self.includes("purchases") || self.includes("loyalty") { crate::Books::Load } else { crate::Books::Skip }
+    }
 }
 
 impl TryFrom<Option<FieldMask>> for ReadMask {

@@ -19,7 +19,7 @@ use crate::commands::{self, Command, Outcome};
 use crate::request::{
     Adjust, LedgerQuery, MemberAddress, Merge, ReadMask, Redeem, identifier_address, instant, page_token,
 };
-use crate::{AppState, Error, convert, now_millis};
+use crate::{AppState, Books, Error, convert, now_millis};
 
 /// Most members one `BatchGetProfiles` may ask for.
 pub const MAX_BATCH: usize = 100;
@@ -38,6 +38,11 @@ pub(crate) struct Resolved {
 const MAX_HOPS: usize = 16;
 
 pub(crate) fn resolve(state: &AppState, addr: &MemberAddress) -> Result<Resolved, Error> {
+    resolve_with(state, addr, Books::Load)
+}
+
+/// `resolve`, loading the member's books only when asked to.
+fn resolve_with(state: &AppState, addr: &MemberAddress, books: Books) -> Result<Resolved, Error> {
     let (mut key, asked) = match addr {
         MemberAddress::Key(k) => (k.clone(), "member"),
         MemberAddress::Identifier(i) => (i.key(), "identifier"),
@@ -45,7 +50,7 @@ pub(crate) fn resolve(state: &AppState, addr: &MemberAddress) -> Result<Resolved
     let mut path: Vec<String> = Vec::new();
     let mut via = "member_id";
     for _ in 0..MAX_HOPS {
-        let m = state.load(&key)?.ok_or_else(|| match path.first() {
+        let m = state.load(&key, books)?.ok_or_else(|| match path.first() {
             None => Error::NotFound(format!("no profile for {asked} `{key}`")),
             Some(first) => {
                 Error::NotFound(format!("`{first}` routes to `{key}`, which has no profile yet; retry shortly"))
@@ -143,6 +148,11 @@ fn find(state: &AppState, addr: &MemberAddress) -> Result<Member, Error> {
     Ok(resolve(state, addr)?.member)
 }
 
+/// The member a profile read returns, with only what `mask` needs loaded.
+fn find_for(state: &AppState, addr: &MemberAddress, mask: &ReadMask) -> Result<Member, Error> {
+    Ok(resolve_with(state, addr, mask.books())?.member)
+}
+
 pub struct Profiles(pub AppState);
 
 #[tonic::async_trait]
@@ -152,7 +162,7 @@ impl proto::profile_service_server::ProfileService for Profiles {
         let addr = MemberAddress::try_from(r.member)?;
         let mask = ReadMask::try_from(r.read_mask)?;
         let now = instant("as_of", r.as_of, now_millis())?;
-        let member = as_of(&self.0, find(&self.0, &addr)?, now)?;
+        let member = as_of(&self.0, find_for(&self.0, &addr, &mask)?, now)?;
         Ok(Response::new(convert::profile(&member, now, &mask, &self.0.fold)))
     }
 
@@ -182,7 +192,7 @@ impl proto::profile_service_server::ProfileService for Profiles {
         let mut results = Vec::with_capacity(addrs.len());
         for (addr, wire) in addrs.iter().zip(r.members) {
             let mut result = proto::ProfileResult { member: Some(wire), ..Default::default() };
-            match find(&self.0, addr) {
+            match find_for(&self.0, addr, &mask) {
                 Ok(m) => result.profile = Some(convert::profile(&as_of(&self.0, m, now)?, now, &mask, &self.0.fold)),
                 Err(Error::NotFound(msg)) => {
                     result.code = tonic::Code::NotFound as i32;
@@ -264,7 +274,7 @@ impl Loyalty {
         let state = &self.0;
         match commands::submit(state, &cmd).await? {
             Outcome::Decided(v) => {
-                let after = state.load(&member.key)?.unwrap_or_else(|| member.clone());
+                let after = state.load(&member.key, Books::Load)?.unwrap_or_else(|| member.clone());
                 let status = match v.status {
                     VerdictStatus::Accepted => proto::RedemptionStatus::Accepted,
                     VerdictStatus::Rejected => proto::RedemptionStatus::Rejected,
@@ -418,8 +428,9 @@ impl proto::admin_service_server::AdminService for Admin {
         let r = Merge::try_from(req.into_inner())?;
         let state = &self.0;
         let into = resolve(state, &MemberAddress::Key(r.into.clone()))?.member;
-        let from =
-            state.load(&r.from)?.ok_or_else(|| Error::NotFound(format!("no profile for member `{}`", r.from)))?;
+        let from = state
+            .load(&r.from, Books::Load)?
+            .ok_or_else(|| Error::NotFound(format!("no profile for member `{}`", r.from)))?;
         if into.kind != ProfileKind::KnownMember || from.kind != ProfileKind::KnownMember {
             return Err(Error::FailedPrecondition(
                 "only members are merged; link anonymous ids and identifiers with identityLinked".into(),
@@ -446,7 +457,7 @@ impl proto::admin_service_server::AdminService for Admin {
             })),
         };
         let done = || -> Result<Option<Member>, Error> {
-            Ok(state.load(&into.key)?.filter(|m| m.merged_members.contains(&r.from)))
+            Ok(state.load(&into.key, Books::Load)?.filter(|m| m.merged_members.contains(&r.from)))
         };
         let (version, completed) = match commands::append_and_wait(state, &into.key, event, done).await? {
             Outcome::Decided(m) => (convert::version(&m), true),
