@@ -133,7 +133,7 @@ fn upgrade_from_2(store: &Store) -> Result<()> {
         crate::books::stage(&mut batch, books, p, &m, None);
         batch.put_cf(members, &k, m.encode_hot());
         split += 1;
-        if split % SPLIT_CHUNK == 0 {
+        if split.is_multiple_of(SPLIT_CHUNK) {
             store.db.write_opt(std::mem::take(&mut batch), &store.write_opts)?;
             tracing::info!(members = split, "splitting member records from their orders and lots");
         }
