@@ -1,6 +1,7 @@
 //! Books: the parts of a member aggregate that grow with its history (kept
 //! orders, open points lots), stored one entry per key beside the member's
-//! record, so an event writes only the entries it changes.
+//! record, so an event writes only the entries it changes. A leaf: the
+//! entry types implement `Entry` where they are defined.
 //!
 //! A `Book` keeps its entries in order and records which ones changed
 //! since it was last stored. Every change goes through its methods, so none
@@ -11,9 +12,6 @@ use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
-
-use crate::loyalty::Lot;
-use crate::member::OrderRecord;
 
 /// An entry of a book: one id per book, and an order the book keeps.
 pub trait Entry {
@@ -27,40 +25,6 @@ pub trait Entry {
     /// The id as the tail of a store key: ids order as their bytes do not
     /// need to, the store never relies on key order within a book.
     fn key(id: &Self::Id) -> Vec<u8>;
-}
-
-impl Entry for OrderRecord {
-    type Id = String;
-
-    fn id(&self) -> &String {
-        &self.order_id
-    }
-
-    /// Oldest first, by time, then order id.
-    fn precedes(&self, other: &Self) -> bool {
-        (self.at, &self.order_id) < (other.at, &other.order_id)
-    }
-
-    fn key(id: &String) -> Vec<u8> {
-        id.as_bytes().to_vec()
-    }
-}
-
-impl Entry for Lot {
-    type Id = u64;
-
-    fn id(&self) -> &u64 {
-        &self.seq
-    }
-
-    /// Spending order: expiring first, then the ledger entry that earned it.
-    fn precedes(&self, other: &Self) -> bool {
-        (self.expires_at, self.seq) < (other.expires_at, other.seq)
-    }
-
-    fn key(id: &u64) -> Vec<u8> {
-        id.to_be_bytes().to_vec()
-    }
 }
 
 /// The entries of one part, in order, with a record of what changed since
@@ -245,6 +209,7 @@ impl<T: Entry> Book<T> {
 mod tests {
     use super::*;
     use crate::event::Channel;
+    use crate::loyalty::Lot;
 
     fn lot(seq: u64, expires_at: i64) -> Lot {
         Lot { seq, order_id: None, channel: Channel::StorePos, points: 10, remaining: 10, activates_at: 0, expires_at }

@@ -6,11 +6,12 @@
 
 use crate::Rejection;
 use crate::config::FoldConfig;
+use crate::effects::Effects;
 use crate::event::{Event, Line, Payload, ReturnLine, Returned};
 use crate::identity::{self, Claimed};
-use crate::loyalty::{self, Effects, collects_points};
-use crate::member::{Consent, Member, OrderLine, OrderRecord, ProfileKind, RecentProduct, RecentSearch, Stamped};
-use crate::time::{DAY, Millis};
+use crate::loyalty::{self, collects_points};
+use crate::member::{Consent, Member, OrderLine, OrderRecord, ProfileKind, Stamped};
+use crate::profile;
 
 /// Where in the log an event was read: the fold records it as the member's version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,8 +76,8 @@ pub fn apply(member: &mut Member, event: &Event, pos: Position, cfg: &FoldConfig
             loyalty::advance(member, at, &mut fx);
             return Ok(fx);
         }
-        Payload::ProductViewed { sku, category, .. } => view_product(member, sku, category, at, cfg),
-        Payload::SearchPerformed { query } => search(member, query, at, cfg),
+        Payload::ProductViewed { sku, category, .. } => profile::view_product(member, sku, category, at, cfg),
+        Payload::SearchPerformed { query } => profile::search(member, query, at, cfg),
         Payload::CartUpdated { .. } => member.browse.cart_updates = member.browse.cart_updates.saturating_add(1),
         Payload::OrderPlaced { order_id, currency, lines, total_minor } => {
             let order = NewOrder { order_id, currency, lines, total_minor: *total_minor };
@@ -177,69 +178,6 @@ fn points_holder(member: &Member) -> Result<(), Rejection> {
     }
 }
 
-fn view_product(member: &mut Member, sku: &str, category: &str, at: Millis, cfg: &FoldConfig) {
-    let b = &mut member.browse;
-    b.product_views = b.product_views.saturating_add(1);
-    let mut views: u32 = 1;
-    let mut last = at;
-    let mut category = category.to_owned();
-    if let Some(i) = b.recent.iter().position(|p| p.sku == sku) {
-        let old = b.recent.remove(i);
-        views = views.saturating_add(old.views);
-        last = last.max(old.last_viewed_at);
-        if category.is_empty() {
-            category = old.category;
-        }
-    }
-    // Most recent first; equal times keep SKU order so the result is deterministic.
-    let idx = b
-        .recent
-        .partition_point(|p| (p.last_viewed_at, std::cmp::Reverse(p.sku.as_str())) > (last, std::cmp::Reverse(sku)));
-    if idx < cfg.recent_products {
-        b.recent.insert(
-            idx,
-            RecentProduct { sku: sku.to_owned(), category: category.clone(), last_viewed_at: last, views },
-        );
-        b.recent.truncate(cfg.recent_products);
-    }
-    if !category.is_empty() {
-        bump_category(member, &category, 1, 0, cfg);
-    }
-}
-
-pub(crate) fn bump_category(member: &mut Member, category: &str, views: u64, units: u64, cfg: &FoldConfig) {
-    let cats = &mut member.browse.categories;
-    let c = cats.entry(category.to_owned()).or_default();
-    c.views = c.views.saturating_add(views);
-    c.units = c.units.saturating_add(units);
-    if cats.len() > cfg.max_categories {
-        // Drop the weakest, the greatest name among equals.
-        let weakest = cats
-            .iter()
-            .min_by(|a, b| a.1.weight().cmp(&b.1.weight()).then_with(|| b.0.cmp(a.0)))
-            .map(|(k, _)| k.clone());
-        if let Some(k) = weakest {
-            cats.remove(&k);
-        }
-    }
-}
-
-fn search(member: &mut Member, query: &str, at: Millis, cfg: &FoldConfig) {
-    let b = &mut member.browse;
-    b.searches = b.searches.saturating_add(1);
-    let mut at = at;
-    if let Some(i) = b.recent_searches.iter().position(|s| s.query == query) {
-        at = at.max(b.recent_searches.remove(i).at);
-    }
-    let idx = b
-        .recent_searches
-        .partition_point(|s| (s.at, std::cmp::Reverse(s.query.as_str())) > (at, std::cmp::Reverse(query)));
-    if idx < cfg.recent_searches {
-        b.recent_searches.insert(idx, RecentSearch { query: query.to_owned(), at });
-        b.recent_searches.truncate(cfg.recent_searches);
-    }
-}
-
 /// The parts of an `orderPlaced` payload.
 struct NewOrder<'a> {
     order_id: &'a str,
@@ -274,9 +212,9 @@ fn place_order(
         0
     };
     // Every sum the order changes must fit before anything changes.
-    let gross = sum(member, "gross spend", member.purchases.gross_minor, total_program)?;
+    let gross = profile::sum(member, "gross spend", member.purchases.gross_minor, total_program)?;
     let channel_spend = member.channels.get(&event.channel).map_or(0, |s| s.spend_minor);
-    let channel_spend = sum(member, "channel spend", channel_spend, total_program)?;
+    let channel_spend = profile::sum(member, "channel spend", channel_spend, total_program)?;
     loyalty::room(member, points.unsigned_abs())?;
     if collects_points(member) {
         // Records the tier reviews due by the order (the tier itself was read above).
@@ -320,13 +258,13 @@ fn place_order(
         points_revoked: 0,
     };
     p.history.insert(record);
-    prune_history(member, cfg);
+    profile::prune_history(member, cfg);
     let stats = member.channels.entry(event.channel).or_default();
     stats.orders = stats.orders.saturating_add(1);
     stats.spend_minor = channel_spend;
     for l in lines {
         if !l.category.is_empty() {
-            bump_category(member, &l.category, 0, u64::from(l.quantity), cfg);
+            profile::bump_category(member, &l.category, 0, u64::from(l.quantity), cfg);
         }
     }
     if collects_points(member) {
@@ -335,30 +273,10 @@ fn place_order(
     Ok(())
 }
 
-/// `a + b`, or a refusal naming the member's total that would overflow.
-pub(crate) fn sum(member: &Member, what: &str, a: i64, b: i64) -> Result<i64, Rejection> {
-    a.checked_add(b).ok_or_else(|| {
-        Rejection(format!("the {what} of `{}` would exceed what can be counted; the event was refused", member.key))
-    })
-}
-
 /// Σ unit price × quantity of order lines, exactly (validated lines fit).
 fn list_value(lines: &[Line]) -> Result<i64, Rejection> {
     let v: i128 = lines.iter().map(|l| i128::from(l.unit_price_minor) * i128::from(l.quantity)).sum();
     i64::try_from(v).map_err(|_| Rejection(format!("the order's list value {v} is out of range")))
-}
-
-/// Keeps orders within `order_history_days` of the latest one, at most
-/// `max_orders_kept`.
-pub(crate) fn prune_history(member: &mut Member, cfg: &FoldConfig) {
-    let h = &mut member.purchases.history;
-    let Some(latest) = h.last().map(|o| o.at) else {
-        return;
-    };
-    let horizon = latest - i64::from(cfg.order_history_days) * DAY;
-    let old = h.partition_point(|o| o.at < horizon);
-    let over = h.len().saturating_sub(cfg.max_orders_kept);
-    h.drain_first(old.max(over));
 }
 
 /// An order's list value (its lines were validated, so it fits).

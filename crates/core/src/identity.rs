@@ -14,11 +14,12 @@ use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::config::FoldConfig;
+use crate::effects::{Effects, Outgoing};
 use crate::event::{Event, KeyKind, Line};
-use crate::fold::{bump_category, prune_history, sum};
 use crate::ident::{IdType, Identifier};
 use crate::loyalty::{self, LedgerEntry, collects_points};
 use crate::member::{Member, ProfileKind, RecentProduct};
+use crate::profile::{bump_category, prune_history, sum};
 use crate::time::to_timestamp;
 use crate::{Error, Rejection};
 use omnifold_proto::v1 as proto;
@@ -88,18 +89,6 @@ impl IdentityConfig {
     pub fn is_unique(&self, t: IdType) -> bool {
         self.unique.contains(&t)
     }
-}
-
-/// An event omnifold writes to the events topic as a consequence of one it
-/// folded, keyed like any other event.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Outgoing {
-    pub key: String,
-    pub event: proto::Event,
-    /// For a `profileJoined`: the joined profile, whose state the ingest
-    /// sends ahead in parts, with its stored ledger, history and verdicts
-    /// (the fold cannot read the store).
-    pub join: Option<Box<Member>>,
 }
 
 /// A key a member can claim.
@@ -226,7 +215,7 @@ pub(crate) fn on_claim(
     member_id: &str,
     merge: bool,
     cfg: &FoldConfig,
-    fx: &mut loyalty::Effects,
+    fx: &mut Effects,
 ) -> Result<(), Rejection> {
     let out = &mut fx.outbox;
     let kind = key_kind(event);
@@ -344,7 +333,7 @@ pub(crate) fn on_joined(
     event: &Event,
     j: &Joined<'_>,
     cfg: &FoldConfig,
-    fx: &mut loyalty::Effects,
+    fx: &mut Effects,
 ) -> Result<(), Rejection> {
     let Joined { from_key, from_kind, identifier, snapshot, ledger } = *j;
     // A key the member already holds brings nothing twice: a copy of a
@@ -396,7 +385,7 @@ fn combine(
     event: &Event,
     ledger: &[LedgerEntry],
     cfg: &FoldConfig,
-    fx: &mut loyalty::Effects,
+    fx: &mut Effects,
 ) -> Result<(), Rejection> {
     for (k, v) in &other.traits {
         if member.traits.get(k).is_none_or(|old| old.older_than(v.at, &v.event_id)) {
@@ -511,7 +500,7 @@ fn combine_points(
     member: &mut Member,
     other: &Member,
     ledger: &[LedgerEntry],
-    fx: &mut loyalty::Effects,
+    fx: &mut Effects,
 ) -> Result<(), Rejection> {
     let o = &other.loyalty;
     let totals = [
@@ -560,7 +549,7 @@ fn earn_joined_order(
     from: &str,
     event: &Event,
     cfg: &FoldConfig,
-    fx: &mut loyalty::Effects,
+    fx: &mut Effects,
 ) -> Result<(), Rejection> {
     let Some(order) = member.purchases.history.get(order_id) else {
         return Ok(());

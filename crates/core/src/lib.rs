@@ -8,6 +8,7 @@
 pub mod book;
 pub mod config;
 pub mod decode;
+pub mod effects;
 pub mod error;
 pub mod event;
 pub mod fold;
@@ -18,6 +19,7 @@ pub mod limits;
 pub mod loyalty;
 pub mod member;
 pub mod partition;
+pub mod profile;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod time;
@@ -25,12 +27,13 @@ pub mod windows;
 
 pub use config::FoldConfig;
 pub use decode::{Encoding, decode_event};
+pub use effects::{Effects, Outgoing};
 pub use error::{Error, Rejection};
 pub use event::{Channel, Event, Payload, Subject};
 pub use fold::{Position, apply};
 pub use ident::{IdType, Identifier};
 pub use limits::Limits;
-pub use loyalty::{Effects, LedgerEntry, Tier, Verdict};
+pub use loyalty::{LedgerEntry, Tier, Verdict};
 pub use member::{Member, ProfileKind};
 pub use time::Millis;
 pub use windows::Windows;

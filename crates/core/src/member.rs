@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
-use crate::book::Book;
+use crate::book::{Book, Entry};
 use crate::event::Channel;
 use crate::ident::Identifier;
 use crate::loyalty::Loyalty;
@@ -172,6 +172,23 @@ impl Purchases {
 
 /// The member's kept orders, oldest first (by time, then order id).
 pub type OrderBook = Book<OrderRecord>;
+
+impl Entry for OrderRecord {
+    type Id = String;
+
+    fn id(&self) -> &String {
+        &self.order_id
+    }
+
+    /// Oldest first, by time, then order id.
+    fn precedes(&self, other: &Self) -> bool {
+        (self.at, &self.order_id) < (other.at, &other.order_id)
+    }
+
+    fn key(id: &String) -> Vec<u8> {
+        id.as_bytes().to_vec()
+    }
+}
 
 impl Book<OrderRecord> {
     pub fn get(&self, order_id: &str) -> Option<&OrderRecord> {

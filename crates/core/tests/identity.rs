@@ -116,7 +116,7 @@ impl Net {
     }
 
     /// Sends what the fold wrote; a join's state goes ahead in parts.
-    fn send_out(&mut self, mut out: omnifold_core::identity::Outgoing) {
+    fn send_out(&mut self, mut out: omnifold_core::Outgoing) {
         if let (Some(profile), Some(Payload::ProfileJoined(j))) = (out.join.take(), &mut out.event.payload) {
             let ledger = self.ledgers.get(&profile.key).cloned().unwrap_or_default();
             let state = JoinedState { profile: *profile, ledger, ..JoinedState::default() };

@@ -8,6 +8,8 @@
 //! clippy. It reads each `crates/*/src` file up to its test module (by
 //! convention `#[cfg(test)] mod tests` closes a file), skipping comments and
 //! the `testing` module (strategies for property tests).
+//!
+//! It also holds the core to its layering: no module names one above it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test fails loudly on what it did not expect")]
 
@@ -71,4 +73,68 @@ fn the_check_sees_an_unwrap() {
     let found = findings(&file);
     assert_eq!(found.len(), 1, "{found:?}");
     assert!(found[0].ends_with(":2: *b.first().unwrap()"), "{found:?}");
+}
+
+/// The code of a source file before its test module.
+fn code_of(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap();
+    let end = text.find("#[cfg(test)]\nmod ").unwrap_or(text.len());
+    text[..end].lines().filter(|l| !l.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n")
+}
+
+/// Modules of the core that a module must not name, by docs/ARCHITECTURE.md
+/// ("calls in the core go down this graph only").
+const CORE_LAYERS: [(&str, &[&str]); 5] = [
+    ("identity.rs", &["crate::fold"]),
+    ("profile.rs", &["crate::fold", "crate::identity", "crate::loyalty"]),
+    ("loyalty", &["crate::fold", "crate::identity", "crate::profile"]),
+    ("book.rs", &["crate::"]),
+    ("effects.rs", &["crate::fold", "crate::identity", "crate::profile"]),
+];
+
+/// `file: module` for each module a core file names against the layering.
+fn upward_calls(core: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for (module, forbidden) in CORE_LAYERS {
+        let mut files = Vec::new();
+        let path = core.join(module);
+        if path.is_dir() {
+            sources(&path, &mut files)
+        } else {
+            files.push(path)
+        }
+        for f in files {
+            let code = code_of(&f);
+            out.extend(forbidden.iter().filter(|m| code.contains(*m)).map(|m| format!("{}: {m}", f.display())));
+        }
+    }
+    out
+}
+
+#[test]
+fn core_modules_call_down_only() {
+    let core = Path::new(env!("CARGO_MANIFEST_DIR")).join("../core/src");
+    let found = upward_calls(&core);
+    assert!(found.is_empty(), "the core's modules call up or across (docs/ARCHITECTURE.md):\n{}", found.join("\n"));
+}
+
+#[test]
+fn the_layering_check_sees_a_call_up() {
+    let dir = tempfile::tempdir().unwrap();
+    for (module, _) in CORE_LAYERS {
+        let path = dir.path().join(module);
+        if module.ends_with(".rs") {
+            std::fs::write(&path, "").unwrap();
+        } else {
+            std::fs::create_dir(&path).unwrap();
+        }
+    }
+    std::fs::write(
+        dir.path().join("loyalty/tier.rs"),
+        "use crate::fold::apply;\n#[cfg(test)]\nmod tests {\n    use crate::identity;\n}\n",
+    )
+    .unwrap();
+    let found = upward_calls(dir.path());
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].ends_with("tier.rs: crate::fold"), "{found:?}");
 }

@@ -18,7 +18,8 @@ pub use config::{Benefit, LoyaltyConfig, NegativeBalance, TierConfig};
 pub use tier::TierChange;
 
 use crate::Error;
-use crate::book::Book;
+use crate::book::{Book, Entry};
+use crate::effects::Effects;
 use crate::event::{Channel, Event, Line};
 use crate::member::Member;
 use crate::time::Millis;
@@ -66,6 +67,23 @@ pub struct Lot {
     pub remaining: i64,
     pub activates_at: Millis,
     pub expires_at: Millis,
+}
+
+impl Entry for Lot {
+    type Id = u64;
+
+    fn id(&self) -> &u64 {
+        &self.seq
+    }
+
+    /// Spending order: expiring first, then the ledger entry that earned it.
+    fn precedes(&self, other: &Self) -> bool {
+        (self.expires_at, self.seq) < (other.expires_at, other.seq)
+    }
+
+    fn key(id: &u64) -> Vec<u8> {
+        id.to_be_bytes().to_vec()
+    }
 }
 
 /// The loyalty part of a member aggregate.
@@ -186,21 +204,6 @@ fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, Error> {
         Some((v, _)) => Err(Error::Corrupt(format!("unknown record version {v}"))),
         None => Err(Error::Corrupt("empty value".into())),
     }
-}
-
-/// What applying one event produced besides the new aggregate: ledger
-/// entries and a verdict, stored next to the member in the same batch.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Effects {
-    pub ledger: Vec<LedgerEntry>,
-    pub verdict: Option<Verdict>,
-    /// Events to write to the events topic before the batch commits (identity
-    /// claims and joins).
-    pub outbox: Vec<crate::identity::Outgoing>,
-    /// Keys whose route changed, for the identity index every instance
-    /// keeps: `(key, Some(member))` now routes to the member, `(key, None)`
-    /// routes nowhere (a shared device).
-    pub routes: Vec<(String, Option<String>)>,
 }
 
 /// Points that become active later.

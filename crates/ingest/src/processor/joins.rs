@@ -12,7 +12,7 @@
 
 use prost::Message;
 
-use omnifold_core::identity::Outgoing;
+use omnifold_core::Outgoing;
 use omnifold_core::join::JoinedState;
 use omnifold_core::time::to_timestamp;
 use omnifold_core::{LedgerEntry, Payload};
