@@ -312,10 +312,14 @@ fn main() -> Result<()> {
         }));
         anyhow::Ok((addr, stop_tx, server))
     })?;
-    reads(&addr, &args, &mut out)?;
+    let idle_half = reads(&addr, &args, &mut out)?;
     let _ = stop_tx.send(());
     rt.block_on(server)??;
-    redemptions(&rt, &brokers, &topic, &args, store, &mut out)?;
+    let under_ingest = |addr: &str, out: &mut Results| match &idle_half {
+        Some(idle) => reads_under_ingest(addr, &brokers, &topic, &args, &store, ing_steady, idle, out),
+        None => Ok(()),
+    };
+    with_ingest_running(&rt, &brokers, &topic, &args, store.clone(), &mut out, under_ingest)?;
     let path = out.write(
         "e2e",
         json!({"BENCH_EVENTS": args.events, "BENCH_MEMBERS": args.members, "BENCH_PARTITIONS": args.partitions,
@@ -328,7 +332,8 @@ fn main() -> Result<()> {
 
 /// The read methods against the health check on the same server, at each
 /// concurrency, from the load generator in its own process.
-fn reads(addr: &str, args: &Args, out: &mut Results) -> Result<()> {
+fn reads(addr: &str, args: &Args, out: &mut Results) -> Result<Option<Report>> {
+    let mut idle_half = None;
     for &c in &args.concurrency {
         let check = load(addr, args, Target::Check, c, None, &[])?;
         out.row(format!("`grpc.health.v1/Check`, {c} in flight"), latency(&check), figures(&check));
@@ -352,8 +357,54 @@ fn reads(addr: &str, args: &Args, out: &mut Results) -> Result<()> {
                 format!("{} (goal p99 < 2 ms)", latency(&half)),
                 figures(&half),
             );
+            idle_half = Some(half);
         }
     }
+    Ok(idle_half)
+}
+
+/// `GetProfile` at the rate of `idle` (half its max) while the producer,
+/// in its own process, writes new events at half the measured ingest rate
+/// and ingest folds them; then how long ingest took to catch up.
+#[allow(clippy::too_many_arguments, reason = "one bench step, its figures passed in")]
+fn reads_under_ingest(
+    addr: &str,
+    brokers: &str,
+    topic: &str,
+    args: &Args,
+    store: &Store,
+    ingest_rate: f64,
+    idle: &Report,
+    out: &mut Results,
+) -> Result<()> {
+    let rate = ingest_rate / 2.0;
+    let before = consumed(store, topic, args.partitions);
+    let producer = std::process::Command::new(env!("CARGO_BIN_EXE_omnifold-produce"))
+        .args(["--brokers", brokers, "--topic", topic, "--rate", &format!("{rate:.0}")])
+        .args(["--seconds", &(args.seconds + 1).to_string(), "--from", &args.events.to_string()])
+        .args(["--members", &args.members.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let started = Instant::now();
+    let c = args.concurrency[args.concurrency.len() / 2];
+    let reads = load(addr, args, Target::Profile, c, Some(idle.rps), &[])?;
+    let sent: serde_json::Value = serde_json::from_slice(&producer.wait_with_output()?.stdout)?;
+    let sent_n = sent["sent"].as_i64().unwrap_or(0);
+    while consumed(store, topic, args.partitions) < before + sent_n {
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(300), "ingest did not catch up with the producer");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let caught_up = started.elapsed().as_secs_f64();
+    out.row(
+        format!("`GetProfile` at {:.0} req/s while ingest folds {rate:.0} events/s (half its max)", idle.rps),
+        format!(
+            "{} — **p99 {:.2}× idle** (goal ≤ 2×); {sent_n} events produced, all folded {caught_up:.1} s after the start",
+            latency(&reads),
+            reads.p99_us as f64 / idle.p99_us.max(1) as f64
+        ),
+        json!({"load": figures(&reads), "idle_p99_us": idle.p99_us, "p99_vs_idle": reads.p99_us as f64 / idle.p99_us.max(1) as f64,
+               "produced": sent, "caught_up_s": caught_up}),
+    );
     Ok(())
 }
 
@@ -410,15 +461,17 @@ impl CommandLog for Log {
     }
 }
 
-/// RedeemPoints round trips with ingest running, as in `serve`: append to
-/// the topic, fold, commit, verdict.
-fn redemptions(
+/// With ingest running, as in `serve`: first `first` (reads while new
+/// events are folded), then RedeemPoints round trips (append to the topic,
+/// fold, commit, verdict).
+fn with_ingest_running(
     rt: &tokio::runtime::Runtime,
     brokers: &str,
     topic: &str,
     args: &Args,
     store: Arc<Store>,
     out: &mut Results,
+    first: impl FnOnce(&str, &mut Results) -> Result<()>,
 ) -> Result<()> {
     let cfg = ingest_config(brokers, topic);
     let timeout = Duration::from_secs(30);
@@ -451,6 +504,7 @@ fn redemptions(
                 reward: String::new(),
             })
             .await?;
+        tokio::task::block_in_place(|| first(&addr, out))?;
         let c = args.concurrency[args.concurrency.len() / 2];
         let r = tokio::task::block_in_place(|| load(&addr, args, Target::Redeem, c, None, &[]))?;
         out.row(
