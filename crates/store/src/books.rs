@@ -6,7 +6,7 @@
 use omnifold_core::Member;
 use omnifold_core::book::{Book, Entry};
 use omnifold_core::member::{Counts, Lineage, decode_entry, encode_entry};
-use rocksdb::{ColumnFamily, Direction, IteratorMode, ReadOptions, WriteBatch};
+use rocksdb::{ColumnFamily, WriteBatch};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -19,24 +19,37 @@ fn corrupt(member: &str, what: impl std::fmt::Display) -> Error {
     Error::Corrupt(omnifold_core::Error::Corrupt(format!("member {member}: {what}")))
 }
 
+/// An iterator over the `books` column family, to read the books of
+/// several members with one iterator (creating one costs more than a seek).
+/// It reads the snapshot the member records were read from: a commit
+/// between the two reads would otherwise pair a record with books of
+/// another version.
+pub(crate) type Cursor<'a> = rocksdb::DBRawIteratorWithThreadMode<'a, rocksdb::DB>;
+
+pub(crate) fn cursor<'a>(store: &'a Store, snapshot: &'a Snapshot<'a>) -> Cursor<'a> {
+    snapshot.raw_iterator_cf(store.cf(crate::CF_BOOKS))
+}
+
+pub(crate) type Snapshot<'a> = rocksdb::SnapshotWithThreadMode<'a, rocksdb::DB>;
+
 /// Reads the books of a member whose record says it keeps `counts` entries.
-pub(crate) fn load(store: &Store, partition: u32, member: &mut Member, counts: Counts) -> Result<()> {
+pub(crate) fn load(cursor: &mut Cursor<'_>, partition: u32, member: &mut Member, counts: Counts) -> Result<()> {
     let (mut orders, mut lots) = (Vec::new(), Vec::new());
     if counts != Counts::default() {
         let prefix = keys::member_prefix(partition, &member.key);
-        let mut opts = ReadOptions::default();
-        opts.set_iterate_upper_bound(keys::prefix_end(&prefix));
-        let iter =
-            store.db.iterator_cf_opt(store.cf(crate::CF_BOOKS), opts, IteratorMode::From(&prefix, Direction::Forward));
-        for kv in iter {
-            let (k, v) = kv?;
-            let tail = k.get(prefix.len()..).unwrap_or_default();
+        cursor.seek(&prefix);
+        while let (Some(k), Some(v)) = (cursor.key(), cursor.value()) {
+            let Some(tail) = k.strip_prefix(prefix.as_slice()) else {
+                break;
+            };
             match tail.split_first() {
-                Some((&ORDERS, id)) => orders.push(entry(&member.key, id, &v)?),
-                Some((&LOTS, id)) => lots.push(entry(&member.key, id, &v)?),
+                Some((&ORDERS, id)) => orders.push(entry(&member.key, id, v)?),
+                Some((&LOTS, id)) => lots.push(entry(&member.key, id, v)?),
                 _ => return Err(corrupt(&member.key, "a book entry of an unknown kind")),
             }
+            cursor.next();
         }
+        cursor.status()?;
     }
     for (what, counted, found) in [("orders", counts.orders, orders.len()), ("lots", counts.lots, lots.len())] {
         if counted as usize != found {

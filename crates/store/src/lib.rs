@@ -16,13 +16,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBufferManager,
-    WriteOptions,
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, ReadOptions,
+    WriteBufferManager, WriteOptions,
 };
 
 pub use config::StoreConfig;
 pub use format::CURRENT as FORMAT_VERSION;
-use omnifold_core::member::Lineage;
+use omnifold_core::member::{Counts, Lineage};
 use omnifold_core::{LedgerEntry, Member, Verdict};
 
 const CF_MEMBERS: &str = "members";
@@ -36,6 +36,9 @@ const CF_JOINS: &str = "joins";
 const CF_BOOKS: &str = "books";
 const ALL_CFS: [&str; 9] =
     [CF_MEMBERS, CF_DEDUPE, CF_META, CF_LEDGER, CF_VERDICTS, CF_INDEX, CF_HISTORY, CF_JOINS, CF_BOOKS];
+
+/// Members read per snapshot by `scan_members`.
+const SCAN_CHUNK: usize = 1_000;
 
 /// The crate's one error type.
 #[derive(Debug, thiserror::Error)]
@@ -242,12 +245,15 @@ impl Store {
         Ok(())
     }
 
-    /// One member's aggregate, with its books.
+    /// One member's aggregate, with its books, as of one instant.
     pub fn member(&self, partition: u32, key: &str) -> Result<Option<Member>> {
-        match self.db.get_pinned_cf(self.cf(CF_MEMBERS), keys::scoped(partition, key))? {
-            Some(bytes) => Ok(Some(self.with_books(partition, &bytes)?)),
-            None => Ok(None),
-        }
+        let snapshot = self.db.snapshot();
+        let Some(bytes) = snapshot.get_pinned_cf(self.cf(CF_MEMBERS), keys::scoped(partition, key))? else {
+            return Ok(None);
+        };
+        let (mut member, counts) = Member::decode_stored(&bytes)?;
+        books::load(&mut books::cursor(self, &snapshot), partition, &mut member, counts)?;
+        Ok(Some(member))
     }
 
     /// One member's record without its books (kept orders, open lots): for
@@ -259,13 +265,6 @@ impl Store {
         }
     }
 
-    /// A stored member record, with the books kept beside it.
-    fn with_books(&self, partition: u32, record: &[u8]) -> Result<Member> {
-        let (mut member, counts) = Member::decode_stored(record)?;
-        books::load(self, partition, &mut member, counts)?;
-        Ok(member)
-    }
-
     /// Several members of one partition in one round of reads.
     pub fn members(&self, partition: u32, keys: &[&str]) -> Result<Vec<Option<Member>>> {
         let mut ks: Vec<Vec<u8>> = keys.iter().map(|k| keys::scoped(partition, k)).collect();
@@ -275,12 +274,24 @@ impl Store {
             idx
         };
         let sorted: Vec<Vec<u8>> = order.iter().map(|i| std::mem::take(&mut ks[*i])).collect();
-        let got = self.db.batched_multi_get_cf(self.cf(CF_MEMBERS), &sorted, true);
-        let mut out: Vec<Option<Member>> = vec![None; keys.len()];
+        let snapshot = self.db.snapshot();
+        let mut opts = ReadOptions::default();
+        opts.set_snapshot(&snapshot);
+        let got = self.db.batched_multi_get_cf_opt(self.cf(CF_MEMBERS), &sorted, true, &opts);
+        let mut found: Vec<(usize, Member, Counts)> = Vec::with_capacity(keys.len());
         for (slot, r) in order.into_iter().zip(got) {
             if let Some(bytes) = r? {
-                out[slot] = Some(self.with_books(partition, &bytes)?);
+                let (member, counts) = Member::decode_stored(&bytes)?;
+                found.push((slot, member, counts));
             }
+        }
+        // The books in key order, through one cursor.
+        found.sort_by(|a, b| (a.1.key.len(), &a.1.key).cmp(&(b.1.key.len(), &b.1.key)));
+        let mut cursor = books::cursor(self, &snapshot);
+        let mut out: Vec<Option<Member>> = vec![None; keys.len()];
+        for (slot, mut member, counts) in found {
+            books::load(&mut cursor, partition, &mut member, counts)?;
+            out[slot] = Some(member);
         }
         Ok(out)
     }
@@ -472,16 +483,57 @@ impl Store {
         Ok(())
     }
 
-    /// All members of a partition, in key order.
+    /// All members of a partition, in key order. Each chunk of members is
+    /// read from one snapshot, so every member is whole and of one version.
     pub fn scan_members(&self, partition: u32) -> impl Iterator<Item = Result<Member>> + '_ {
-        let prefix = partition.to_be_bytes();
-        self.db
-            .prefix_iterator_cf(self.cf(CF_MEMBERS), prefix)
-            .take_while(move |r| r.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix)))
-            .map(move |r| {
-                let (_, v) = r?;
-                self.with_books(partition, &v)
-            })
+        let mut after: Option<Vec<u8>> = None;
+        let mut chunk = std::collections::VecDeque::new();
+        let mut done = false;
+        std::iter::from_fn(move || {
+            if chunk.is_empty() && !done {
+                match self.scan_chunk(partition, after.as_deref()) {
+                    Ok((members, last)) => {
+                        done = last.is_none();
+                        after = last;
+                        chunk.extend(members.into_iter().map(Ok));
+                    }
+                    Err(e) => {
+                        done = true;
+                        chunk.push_back(Err(e));
+                    }
+                }
+            }
+            chunk.pop_front()
+        })
+    }
+
+    /// Up to `SCAN_CHUNK` members of a partition after the key `after`, and
+    /// the last key read (`None` at the partition's end).
+    fn scan_chunk(&self, partition: u32, after: Option<&[u8]>) -> Result<(Vec<Member>, Option<Vec<u8>>)> {
+        let snapshot = self.db.snapshot();
+        let start = partition.to_be_bytes();
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(keys::prefix_end(&start));
+        let mut records = snapshot.raw_iterator_cf_opt(self.cf(CF_MEMBERS), opts);
+        records.seek(after.unwrap_or(&start));
+        if after.is_some() && records.key() == after {
+            records.next();
+        }
+        let mut cursor = books::cursor(self, &snapshot);
+        let (mut members, mut last) = (Vec::new(), None);
+        while let (Some(k), Some(v)) = (records.key(), records.value()) {
+            if members.len() == SCAN_CHUNK {
+                break;
+            }
+            let (mut member, counts) = Member::decode_stored(v)?;
+            books::load(&mut cursor, partition, &mut member, counts)?;
+            members.push(member);
+            last = Some(k.to_vec());
+            records.next();
+        }
+        records.status()?;
+        let more = records.valid();
+        Ok((members, if more { last } else { None }))
     }
 
     /// Flushes memtables to disk (used at shutdown so restarts replay less WAL).
@@ -808,5 +860,50 @@ mod tests {
         store.db.delete_cf(store.cf(CF_BOOKS), key).unwrap();
         let err = store.member(0, "m-1").unwrap_err().to_string();
         assert!(err.contains("member m-1: its record counts 2 orders, the store holds 1"), "{err}");
+    }
+
+    #[test]
+    fn a_read_never_pairs_a_record_with_books_of_another_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        commit_member(&store, &mut Member::new("m-1", ProfileKind::KnownMember), None);
+        let writes = 300;
+        std::thread::scope(|s| {
+            let writer = s.spawn(|| {
+                for i in 0..writes {
+                    let mut m = store.member(0, "m-1").unwrap().unwrap();
+                    let loaded = m.lineage();
+                    m.purchases.history.insert(order(&format!("o-{i}"), i));
+                    m.purchases.orders = m.purchases.history.len() as u64;
+                    commit_member(&store, &mut m, Some(loaded));
+                }
+            });
+            let mut reads = 0;
+            while !writer.is_finished() || reads == 0 {
+                let m = store.member(0, "m-1").unwrap().unwrap();
+                assert_eq!(m.purchases.history.len() as u64, m.purchases.orders);
+                let scanned = store.scan_members(0).next().unwrap().unwrap();
+                assert_eq!(scanned.purchases.history.len() as u64, scanned.purchases.orders);
+                reads += 1;
+            }
+        });
+        assert_eq!(store.member(0, "m-1").unwrap().unwrap().purchases.orders, writes as u64);
+    }
+
+    #[test]
+    fn a_scan_reads_every_member_across_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let mut b = store.batch("events", 0);
+        for i in 0..(2 * SCAN_CHUNK + 1) {
+            let mut m = Member::new(format!("m-{i:05}"), ProfileKind::KnownMember);
+            m.purchases.history.insert(order("o-1", 10));
+            b.put_member(&store, &mut m, None);
+        }
+        store.commit(b).unwrap();
+        let keys: Vec<String> = store.scan_members(0).map(|m| m.unwrap().key).collect();
+        assert_eq!(keys.len(), 2 * SCAN_CHUNK + 1);
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "in key order, each once");
+        assert_eq!(store.scan_members(1).count(), 0);
     }
 }
