@@ -126,7 +126,13 @@ fn upgrade_from_2(store: &Store) -> Result<()> {
         if v.first() != Some(&omnifold_core::member::FORMAT_VERSION) {
             continue;
         }
-        let mut m = Member::decode(&v)?;
+        let mut m = Member::decode(&v).map_err(|e| {
+            Error::Format(format!(
+                "the member record {} cannot be read for the upgrade to format {CURRENT} ({e}); rebuild the store \
+                 with `omnifold replay`",
+                String::from_utf8_lossy(k.get(4..).unwrap_or_default())
+            ))
+        })?;
         let Some(p) = keys::partition_of(&k).filter(|p| keys::scoped(*p, &m.key) == *k) else {
             return Err(Error::Format(format!("a member record's key does not name its member {}", m.key)));
         };
