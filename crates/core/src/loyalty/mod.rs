@@ -452,9 +452,13 @@ pub(crate) fn order_points(
 }
 
 impl Loyalty {
-    /// Inserts a lot in spending order as it is.
+    /// Inserts a lot in spending order as it is. A lot is kept under the
+    /// ledger entry that earned it; a second lot under the same number
+    /// would be dropped with its points, so it is a bug, which the processor
+    /// turns into a `bug` dead letter with the member unchanged.
     pub(crate) fn insert_lot(&mut self, lot: Lot) {
-        self.lots.insert(lot);
+        let seq = lot.seq;
+        assert!(self.lots.insert(lot), "a lot for ledger entry {seq} is already held");
     }
 
     /// Inserts a lot in spending order, paying off a negative balance first.
@@ -754,4 +758,26 @@ pub(crate) fn earn_joined(
         activates_at,
         expires_at,
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[should_panic(expected = "a lot for ledger entry 7 is already held")]
+    fn a_second_lot_under_one_ledger_entry_is_a_bug_not_a_loss() {
+        let lot = Lot {
+            seq: 7,
+            order_id: None,
+            channel: Channel::StorePos,
+            points: 10,
+            remaining: 10,
+            activates_at: 0,
+            expires_at: 100,
+        };
+        let mut l = Loyalty::default();
+        l.insert_lot(lot.clone());
+        l.insert_lot(Lot { points: 20, remaining: 20, ..lot });
+    }
 }
