@@ -25,11 +25,11 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::Producer;
 
 use omnifold_benches::load::{LoadRun, Report, Target};
 use omnifold_benches::report::Results;
-use omnifold_benches::{env_list, env_or, event, member_ref, processor, start_tansu};
+use omnifold_benches::{env_list, env_or, event, member_ref, processor, producer, send, start_tansu};
 use omnifold_core::FoldConfig;
 use omnifold_ingest::{CommandProducer, IngestConfig, LocalLog, ReplayEnd, Shutdown};
 use omnifold_proto::v1 as proto;
@@ -61,26 +61,11 @@ impl Args {
 }
 
 fn produce(brokers: &str, topic: &str, n: u64, members: u64) -> Result<f64> {
-    let p: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("partitioner", "murmur2_random")
-        .set("linger.ms", "20")
-        .set("batch.num.messages", "10000")
-        .set("queue.buffering.max.messages", "500000")
-        .create()?;
+    let p = producer(brokers, 20)?;
     let started = Instant::now();
     for i in 0..n {
         let (k, v) = event(i, members);
-        let mut rec = BaseRecord::to(topic).key(&k).payload(&v);
-        loop {
-            match p.send(rec) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    rec = r;
-                    p.poll(Duration::from_millis(5));
-                }
-            }
-        }
+        send(&p, topic, &k, &v);
         if i % 10_000 == 0 {
             p.poll(Duration::ZERO);
             eprint!("\rproducing {i}/{n}");

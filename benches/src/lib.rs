@@ -63,6 +63,27 @@ pub fn event_protobuf(i: u64, members: u64) -> (String, Vec<u8>) {
     (k, e.encode_to_vec())
 }
 
+/// A producer for the bench stream: murmur2 partitioning, as the
+/// channels' producers use, and a deep queue.
+pub fn producer(brokers: &str, linger_ms: u32) -> Result<rdkafka::producer::BaseProducer> {
+    Ok(rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", linger_ms.to_string())
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "500000")
+        .create()?)
+}
+
+/// Sends one record, waiting for room in the producer's queue when it is full.
+pub fn send(p: &rdkafka::producer::BaseProducer, topic: &str, key: &str, value: &[u8]) {
+    let mut rec = rdkafka::producer::BaseRecord::to(topic).key(key).payload(value);
+    while let Err((_, r)) = p.send(rec) {
+        rec = r;
+        p.poll(Duration::from_millis(1));
+    }
+}
+
 /// A processor of `topic` into `store` as ingest builds it by default:
 /// the default fold rules, event size limit and member cache.
 pub fn processor(store: Arc<Store>, topic: &str) -> Result<Processor> {

@@ -15,10 +15,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::Parser;
-use rdkafka::ClientConfig;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::Producer;
 
-use omnifold_benches::event;
+use omnifold_benches::{event, producer, send};
 
 #[derive(Parser, Debug)]
 #[command(about = "paced producer of the bench's event stream (prints one JSON line)")]
@@ -55,12 +54,7 @@ fn main() -> Result<()> {
     let (Some(brokers), Some(topic), Some(rate)) = (&args.brokers, &args.topic, args.rate) else {
         anyhow::bail!("--brokers, --topic and --rate are needed without --file");
     };
-    let p: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("partitioner", "murmur2_random")
-        .set("linger.ms", "5")
-        .set("queue.buffering.max.messages", "500000")
-        .create()?;
+    let p = producer(brokers, 5)?;
     let started = Instant::now();
     let until = Duration::from_secs(args.seconds);
     let mut next = args.from;
@@ -68,11 +62,7 @@ fn main() -> Result<()> {
         let due = args.from + (started.elapsed().as_secs_f64() * rate) as u64;
         while next < due {
             let (k, v) = event(next, args.members);
-            let mut rec = BaseRecord::to(topic).key(&k).payload(&v);
-            while let Err((_, r)) = p.send(rec) {
-                rec = r;
-                p.poll(Duration::from_millis(1));
-            }
+            send(&p, topic, &k, &v);
             next += 1;
         }
         p.poll(Duration::ZERO);

@@ -32,6 +32,14 @@ pub(crate) fn cursor<'a>(store: &'a Store, snapshot: &'a Snapshot<'a>) -> Cursor
 
 pub(crate) type Snapshot<'a> = rocksdb::SnapshotWithThreadMode<'a, rocksdb::DB>;
 
+/// A stored member record, with its books read through `cursor` (of the
+/// snapshot the record was read from).
+pub(crate) fn member(cursor: &mut Cursor<'_>, partition: u32, record: &[u8]) -> Result<Member> {
+    let (mut member, counts) = Member::decode_stored(record)?;
+    load(cursor, partition, &mut member, counts)?;
+    Ok(member)
+}
+
 /// Reads the books of a member whose record says it keeps `counts` entries.
 pub(crate) fn load(cursor: &mut Cursor<'_>, partition: u32, member: &mut Member, counts: Counts) -> Result<()> {
     let (mut orders, mut lots) = (Vec::new(), Vec::new());

@@ -251,9 +251,7 @@ impl Store {
         let Some(bytes) = snapshot.get_pinned_cf(self.cf(CF_MEMBERS), keys::scoped(partition, key))? else {
             return Ok(None);
         };
-        let (mut member, counts) = Member::decode_stored(&bytes)?;
-        books::load(&mut books::cursor(self, &snapshot), partition, &mut member, counts)?;
-        Ok(Some(member))
+        Ok(Some(books::member(&mut books::cursor(self, &snapshot), partition, &bytes)?))
     }
 
     /// One member's record without its books (kept orders, open lots): for
@@ -525,9 +523,7 @@ impl Store {
             if members.len() == SCAN_CHUNK {
                 break;
             }
-            let (mut member, counts) = Member::decode_stored(v)?;
-            books::load(&mut cursor, partition, &mut member, counts)?;
-            members.push(member);
+            members.push(books::member(&mut cursor, partition, v)?);
             last = Some(k.to_vec());
             records.next();
         }
@@ -790,6 +786,14 @@ mod tests {
             .count()
     }
 
+    /// Stores a new member `key` with orders o-1 and o-2.
+    fn with_two_orders(store: &Store, key: &str) {
+        let mut m = Member::new(key, ProfileKind::KnownMember);
+        m.purchases.history.insert(order("o-1", 10));
+        m.purchases.history.insert(order("o-2", 20));
+        commit_member(store, &mut m, None);
+    }
+
     fn commit_member(store: &Store, m: &mut Member, loaded: Option<Lineage>) -> usize {
         let mut b = store.batch("events", 0);
         b.put_member(store, m, loaded);
@@ -829,10 +833,7 @@ mod tests {
     fn a_replaced_order_book_leaves_no_order_behind() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
-        let mut m = Member::new("m-1", ProfileKind::KnownMember);
-        m.purchases.history.insert(order("o-1", 10));
-        m.purchases.history.insert(order("o-2", 20));
-        commit_member(&store, &mut m, None);
+        with_two_orders(&store, "m-1");
         // A neighbour whose key extends this one is not touched.
         let mut n = Member::new("m-10", ProfileKind::KnownMember);
         n.purchases.history.insert(order("o-9", 10));
@@ -852,10 +853,7 @@ mod tests {
     fn a_member_record_whose_orders_are_missing_is_corrupt() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
-        let mut m = Member::new("m-1", ProfileKind::KnownMember);
-        m.purchases.history.insert(order("o-1", 10));
-        m.purchases.history.insert(order("o-2", 20));
-        commit_member(&store, &mut m, None);
+        with_two_orders(&store, "m-1");
         let key = [keys::member_prefix(0, "m-1").as_slice(), b"o", b"o-2"].concat();
         store.db.delete_cf(store.cf(CF_BOOKS), key).unwrap();
         let err = store.member(0, "m-1").unwrap_err().to_string();
