@@ -86,6 +86,9 @@ fn start_metrics(config: &Config) -> Result<()> {
     Ok(())
 }
 
+/// How long shutdown waits for the last reads to let go of the store.
+const STORE_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub async fn serve(config: Config) -> Result<()> {
     let stop = stop_signal();
     start_metrics(&config)?;
@@ -113,14 +116,14 @@ pub async fn serve(config: Config) -> Result<()> {
     let (kafka, stop_ingest) = (config.kafka.clone(), shutdown.clone());
     let opts =
         RunOptions { switches: Some(switch_rx), status: status.clone(), store_config: Some(config.store.clone()) };
-    std::thread::Builder::new().name("ingest".into()).spawn(move || {
+    let ingest_thread = std::thread::Builder::new().name("ingest".into()).spawn(move || {
         let _ = done_tx.send(omnifold_ingest::run(&kafka, processor, stop_ingest, opts));
     })?;
 
     // The identity index every instance keeps, read from its compacted topic.
     let (index_tx, index_done) = tokio::sync::oneshot::channel();
     let (index_cfg, index_store, stop_index) = (config.kafka.clone(), stores.clone(), shutdown.clone());
-    std::thread::Builder::new().name("identity-index".into()).spawn(move || {
+    let index_thread = std::thread::Builder::new().name("identity-index".into()).spawn(move || {
         let _ = index_tx.send(omnifold_ingest::run_index(&index_cfg, &index_store, &stop_index));
     })?;
 
@@ -157,9 +160,16 @@ pub async fn serve(config: Config) -> Result<()> {
     if let Ok(Err(e)) = index_done.await {
         warn!(error = %e, "identity index reader failed");
     }
+    // Both threads have sent their result; wait until they have also let go
+    // of the store, so it is closed here and not by a thread racing exit.
+    tokio::task::block_in_place(|| {
+        let _ = ingest_thread.join();
+        let _ = index_thread.join();
+    });
     if let Err(e) = stores.get().flush() {
         warn!(error = %e, "flushing the store failed; the write-ahead log has every commit");
     }
+    stores.close(STORE_CLOSE_WAIT).context("closing the store")?;
     ingest.context("ingest thread ended without a result")?.context("ingest failed")?;
     info!("stopped cleanly");
     Ok(())

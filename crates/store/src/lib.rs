@@ -576,18 +576,46 @@ impl StoreHandle {
             let reader = Store::open(&StoreConfig { read_only: true, ..config.clone() })?;
             self.set(reader);
             let deadline = std::time::Instant::now() + wait;
-            // One holder left: this function.
-            while Arc::strong_count(&current) > 1 {
-                if std::time::Instant::now() > deadline {
-                    return Err(Error::Db("the store is still in use; cannot reopen it yet".into()));
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
+            drop(
+                sole(current, deadline)
+                    .map_err(|_| Error::Db("the store is still in use; cannot reopen it yet".into()))?,
+            );
+        } else {
+            drop(current);
         }
-        drop(current);
         let fresh = Store::open(config)?;
         self.set(fresh.clone());
         Ok(fresh)
+    }
+
+    /// Closes the store on the calling thread once every other holder of the
+    /// handle and of the store has let go (up to `wait`).
+    ///
+    /// Architecture invariant: the process closes its store on the thread that
+    /// then exits, never on one racing `main`'s return: RocksDB's background
+    /// work and its close use C++ statics that `exit` destroys, so a close under
+    /// way on another thread at exit is a crash (facebook/rocksdb#11374).
+    pub fn close(self: Arc<Self>, wait: Duration) -> Result<()> {
+        let deadline = std::time::Instant::now() + wait;
+        let in_use = || Error::Db("the store is still in use; it was not closed".into());
+        let handle = sole(self, deadline).map_err(|_| in_use())?;
+        let store = handle.0.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+        drop(sole(store, deadline).map_err(|_| in_use())?);
+        Ok(())
+    }
+}
+
+/// `arc`'s value once the caller holds its only reference, or `arc` back at
+/// `deadline`. Holders let go on their own (a read finishing, a thread
+/// ending), so this waits in short steps.
+fn sole<T>(mut arc: Arc<T>, deadline: std::time::Instant) -> std::result::Result<T, Arc<T>> {
+    loop {
+        match Arc::try_unwrap(arc) {
+            Ok(value) => return Ok(value),
+            Err(again) if std::time::Instant::now() > deadline => return Err(again),
+            Err(again) => arc = again,
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -752,6 +780,31 @@ mod tests {
         assert_eq!(store.partition_count("events").unwrap(), Some(4));
         assert_eq!(store.scan_members(0).map(|m| m.unwrap().key).collect::<Vec<_>>(), vec!["a"]);
         assert_eq!(store.scan_members(1).count(), 0);
+    }
+
+    #[test]
+    fn close_waits_for_the_last_reader_and_releases_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig { path: dir.path().into(), ..Default::default() };
+        let handle = StoreHandle::new(Store::open(&config).unwrap());
+        // A reader that does not let go: close gives up and the store stays open.
+        let reader = handle.get();
+        assert!(handle.close(Duration::from_millis(20)).is_err());
+        assert!(Store::open(&config).is_err(), "RocksDB's lock is still held");
+        drop(reader);
+
+        // A reader that lets go while close waits: close returns once it has.
+        let handle = StoreHandle::new(Store::open(&config).unwrap());
+        let reader = handle.get();
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            let _ = wait.recv();
+            drop(reader);
+        });
+        go.send(()).unwrap();
+        handle.close(Duration::from_secs(60)).unwrap();
+        Store::open(&config).expect("closed: the directory opens again");
+        t.join().unwrap();
     }
 
     fn order(id: &str, at: i64) -> omnifold_core::member::OrderRecord {
