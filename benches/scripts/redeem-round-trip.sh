@@ -15,6 +15,7 @@ trap cleanup EXIT
 export OMNIFOLD_BROKERS=127.0.0.1:$PORT OMNIFOLD_KAFKA__INTERNAL_SECRET=$("$B/omnifold" secret)
 [ -n "${FETCH_WAIT_MS:-}" ] && export OMNIFOLD_KAFKA__FETCH_WAIT_MAX_MS=$FETCH_WAIT_MS
 ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }   # user+system CPU, 1/100 s
+cents() { awk -v t="$1" 'BEGIN { printf "%.2f", t / 100 }'; }
 
 echo "starting tansu on :$PORT and producing 100,000 events" >&2
 tansu broker --listener-url "tcp://127.0.0.1:$PORT" --advertised-listener-url "tcp://127.0.0.1:$PORT" \
@@ -32,5 +33,5 @@ echo "serving on $addr; waiting for the first redemption (ingest caught up)" >&2
 for i in $(seq 1 "$RUNS"); do
   s0=$(ticks $serve) t0=$(ticks $tansu)
   r=$("$B/omnifold-load" --addr "$addr" --target redeem --concurrency "$CONCURRENCY" --seconds 5 --members 5000)
-  echo "run $i: $r serve_cpu_s=$(( $(ticks $serve) - s0 ))e-2 tansu_cpu_s=$(( $(ticks $tansu) - t0 ))e-2"
+  echo "run $i: $r serve_cpu_s=$(cents $(( $(ticks $serve) - s0 ))) tansu_cpu_s=$(cents $(( $(ticks $tansu) - t0 )))"
 done
