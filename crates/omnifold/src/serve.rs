@@ -94,6 +94,11 @@ pub async fn serve(config: Config) -> Result<()> {
     start_metrics(&config)?;
     let signer = config.kafka.signer()?;
     let store = Store::open(&config.store).with_context(|| format!("opening store {}", config.store.path.display()))?;
+    // Bound before any thread starts: an error from here on returns from
+    // `main` with nothing of RocksDB's still running.
+    let listener =
+        TcpListener::bind(&config.server.listen).await.with_context(|| format!("binding {}", config.server.listen))?;
+    let addr = listener.local_addr()?;
     let fold = Arc::new(config.fold.clone());
     // Every commit bumps its partition's counter; requests waiting for a
     // verdict on that partition wake up.
@@ -127,9 +132,6 @@ pub async fn serve(config: Config) -> Result<()> {
         let _ = index_tx.send(omnifold_ingest::run_index(&index_cfg, &index_store, &stop_index));
     })?;
 
-    let listener =
-        TcpListener::bind(&config.server.listen).await.with_context(|| format!("binding {}", config.server.listen))?;
-    let addr = listener.local_addr()?;
     println!("omnifold serving gRPC on {addr}");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(omnifold_server::run(
@@ -156,7 +158,8 @@ pub async fn serve(config: Config) -> Result<()> {
     };
     shutdown.trigger();
     let _ = stop_tx.send(());
-    server.await.context("gRPC server task")??;
+    // Its error is returned only once the threads are joined and the store closed.
+    let served = server.await.context("gRPC server task").and_then(|r| r.context("gRPC server"));
     if let Ok(Err(e)) = index_done.await {
         warn!(error = %e, "identity index reader failed");
     }
@@ -170,6 +173,7 @@ pub async fn serve(config: Config) -> Result<()> {
         warn!(error = %e, "flushing the store failed; the write-ahead log has every commit");
     }
     stores.close(STORE_CLOSE_WAIT).context("closing the store")?;
+    served?;
     ingest.context("ingest thread ended without a result")?.context("ingest failed")?;
     info!("stopped cleanly");
     Ok(())

@@ -410,3 +410,19 @@ async fn bad_input_goes_to_the_dead_letter_topic_and_ingest_goes_on() {
     assert_eq!(alice.browse.unwrap().searches, 2, "the valid events around the bad ones are applied");
     assert!(service.is_running());
 }
+
+/// A listen address already in use ends `serve` at once with an error exit
+/// that names the address (not a crash, and not after ingest has started).
+#[test]
+fn a_listen_address_in_use_ends_serve_with_an_error_that_names_it() {
+    let broker = Broker::start();
+    let setup = Setup::new(&broker, "in-use", 1);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let data = tempfile::tempdir().unwrap();
+    let out = setup.command().args(["serve", "--listen", &addr, "--data-dir"]).arg(data.path()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "an error exit, not a signal: {:?}\n{stderr}", out.status);
+    assert!(stderr.contains(&format!("binding {addr}")), "{stderr}");
+    assert!(out.stdout.is_empty(), "never said it was serving: {}", String::from_utf8_lossy(&out.stdout));
+}
