@@ -52,7 +52,7 @@ pub struct IngestConfig {
     /// Most records folded into one store batch (across the partitions of
     /// one poll). A larger batch writes a busy member once for more of its
     /// events; a command a caller waits on (`RedeemPoints`) ends the batch
-    /// early, so larger batches do not slow redemptions down.
+    /// within 64 more records, so larger batches do not slow redemptions down.
     pub batch_max_records: usize,
     /// A batch takes every record already fetched; when none is left it
     /// waits this long for more before committing (0: commit at once, the
