@@ -257,7 +257,6 @@ enum Outcome {
     },
 }
 
-/// The running ingest loop.
 /// Records a batch still takes after a command someone waits on: the other
 /// commands of the same fetch share its commit instead of one batch each
 /// (serve CPU per redemption −12% at 32 in flight), and the command waits
@@ -267,6 +266,7 @@ const COMMAND_BATCH_TAIL: usize = 64;
 /// How often the consumer group's offsets are committed (monitoring only).
 const GROUP_COMMIT_INTERVAL_MS: u32 = 1_000;
 
+/// The running ingest loop.
 struct Ingest<'a> {
     cfg: &'a IngestConfig,
     /// `cfg.fold_threads()`, resolved once: finding the core count reads
