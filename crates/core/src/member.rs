@@ -332,6 +332,52 @@ impl Member {
         Lineage { orders: self.purchases.history.lineage(), lots: self.loyalty.lots.lineage() }
     }
 
+    /// An estimate of the memory this member holds, for caches bounded by
+    /// bytes: every collection at its elements' size plus each string's
+    /// length. Allocator and tree-node overheads are left out, so the
+    /// process uses somewhat more (docs/operations.md). Walks the books once.
+    pub fn approx_heap_bytes(&self) -> usize {
+        use std::mem::size_of;
+        let text = |t: &String| size_of::<String>() + t.len();
+        let texts = |ts: &BTreeSet<String>| ts.iter().map(text).sum::<usize>();
+        let order = |o: &OrderRecord| {
+            size_of::<OrderRecord>()
+                + o.order_id.len()
+                + o.currency.len()
+                + o.store_id.as_ref().map_or(0, String::len)
+                + o.lines.iter().map(|l| size_of::<OrderLine>() + l.sku.len() + l.category.len()).sum::<usize>()
+                + o.returned_units.keys().map(|k| text(k) + size_of::<u32>()).sum::<usize>()
+                + texts(&o.return_ids)
+        };
+        let lot =
+            |l: &crate::loyalty::Lot| size_of::<crate::loyalty::Lot>() + l.order_id.as_ref().map_or(0, String::len);
+        let b = &self.browse;
+        size_of::<Member>()
+            + self.key.len()
+            + self.identifiers.iter().map(|i| size_of::<Identifier>() + i.value.len()).sum::<usize>()
+            + texts(&self.aliases)
+            + texts(&self.merged_members)
+            + self
+                .traits
+                .iter()
+                .map(|(k, v)| text(k) + size_of::<Stamped<String>>() + v.value.len() + v.event_id.len())
+                .sum::<usize>()
+            + self
+                .consents
+                .iter()
+                .map(|(k, v)| text(k) + size_of::<Stamped<Consent>>() + v.event_id.len())
+                .sum::<usize>()
+            + self.channels.len() * size_of::<(Channel, ChannelStats)>()
+            + b.recent.iter().map(|r| size_of::<RecentProduct>() + r.sku.len() + r.category.len()).sum::<usize>()
+            + b.categories.keys().map(|k| text(k) + size_of::<CategoryStats>()).sum::<usize>()
+            + b.recent_searches.iter().map(|r| size_of::<RecentSearch>() + r.query.len()).sum::<usize>()
+            + self.purchases.stores.keys().map(|k| text(k) + size_of::<u64>()).sum::<usize>()
+            + self.purchases.history.iter().map(order).sum::<usize>()
+            + self.loyalty.lots.iter().map(lot).sum::<usize>()
+            + self.loyalty.tier_changes.len() * size_of::<crate::loyalty::TierChange>()
+            + self.routes_to.as_ref().map_or(0, String::len)
+    }
+
     /// Traits with a value (removals are kept only to order later writes).
     pub fn live_traits(&self) -> impl Iterator<Item = (&str, &str)> {
         self.traits.iter().filter(|(_, v)| !v.value.is_empty()).map(|(k, v)| (k.as_str(), v.value.as_str()))

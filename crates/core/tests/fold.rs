@@ -251,3 +251,32 @@ fn encoding_round_trips() {
     assert_eq!(Member::decode(&bytes).unwrap(), m);
     assert!(Member::decode(&[9, 1, 2]).is_err());
 }
+
+/// The member cache is bounded by this estimate: it must grow with what a
+/// member holds, and never be below the member's own compact encoding.
+#[test]
+fn the_heap_estimate_grows_with_the_member_and_is_never_below_its_encoding() {
+    let view = |i: i64| {
+        let sku = format!("SKU-{i}");
+        let payload = Payload::ProductViewed(proto::ProductViewed {
+            sku,
+            category: format!("c{}", i % 7),
+            price_minor: 1,
+            currency: String::new(),
+        });
+        ev(&format!("v{i}"), T0 + i * 1_000, proto::Channel::OnlineWeb, payload)
+    };
+    let buy = |i: i64| {
+        let lines = vec![line(&format!("SKU-{i}"), "shoes", 1, 10_000), line("SOCK", "socks", 2, 500)];
+        ev(&format!("o{i}"), T0 + i * 86_400_000, proto::Channel::StorePos, order(&format!("o-{i}"), "CNY", lines, 0))
+    };
+    let (one_view, _) = fold(&[view(0)]);
+    let (views, _) = fold(&(0..40).map(view).collect::<Vec<_>>());
+    let (orders, _) = fold(&(0..300).map(buy).collect::<Vec<_>>());
+    let sizes: Vec<usize> = [&one_view, &views, &orders].iter().map(|m| m.approx_heap_bytes()).collect();
+    assert!(sizes[0] < sizes[1] && sizes[1] < sizes[2], "{sizes:?}");
+    assert!(sizes[2] > 300 * std::mem::size_of::<omnifold_core::member::OrderRecord>(), "{sizes:?}");
+    for m in [&one_view, &views, &orders] {
+        assert!(m.approx_heap_bytes() >= m.encode().len(), "{} < {}", m.approx_heap_bytes(), m.encode().len());
+    }
+}

@@ -70,6 +70,10 @@ pub struct IngestConfig {
     /// Decoded members kept in memory between batches (0 disables), so a
     /// busy member is not read and decoded from RocksDB on every batch.
     pub member_cache_entries: usize,
+    /// Bound on the estimated bytes of the cached members (0: no cache).
+    /// Members with long histories are large; this, not the entry count,
+    /// bounds the cache's memory.
+    pub member_cache_bytes: usize,
     /// A partition resumed at offset N is fetched from this many records
     /// earlier, and the records before N are dropped: some brokers (tansu
     /// 0.6) answer a fetch inside a producer's batch with the next batch,
@@ -103,6 +107,7 @@ impl Default for IngestConfig {
             fetch_wait_max_ms: 10,
             max_event_bytes: 64 * 1024,
             member_cache_entries: 20_000,
+            member_cache_bytes: crate::processor::DEFAULT_MEMBER_CACHE_BYTES,
             fold_threads: 0,
             resume_rewind_records: 10_000,
             internal_secret: Secret::default(),

@@ -8,6 +8,7 @@
 //! that keeps a bug in the fold from stopping a partition.
 
 mod batch;
+mod cache;
 mod history;
 mod joins;
 
@@ -16,7 +17,6 @@ use std::num::NonZeroUsize;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use lru::LruCache;
 use tracing::error;
 
 use omnifold_core::{FoldConfig, Member};
@@ -112,7 +112,10 @@ impl Processed {
     }
 }
 
-type Cache = Option<Arc<Mutex<LruCache<(u32, String), Member>>>>;
+type Cache = Option<Arc<Mutex<cache::MemberCache>>>;
+
+/// The member cache's default byte bound (`kafka.member_cache_bytes`).
+pub const DEFAULT_MEMBER_CACHE_BYTES: usize = 128 << 20;
 
 /// Called with the partition after each commit (for example to wake
 /// requests waiting for a verdict).
@@ -176,21 +179,40 @@ impl Processor {
         self
     }
 
-    /// Keeps up to `entries` decoded members between batches.
+    /// Keeps up to `entries` decoded members between batches, of at most
+    /// `DEFAULT_MEMBER_CACHE_BYTES` (see `with_member_cache_bytes`).
     pub fn with_member_cache(mut self, entries: usize) -> Self {
-        self.cache = NonZeroUsize::new(entries).map(|n| Arc::new(Mutex::new(LruCache::new(n))));
+        let bytes = self.cache_bytes();
+        self.cache = NonZeroUsize::new(entries).map(|n| Arc::new(Mutex::new(cache::MemberCache::new(n, bytes))));
         self
+    }
+
+    /// Bounds the member cache by the estimated bytes of its members too
+    /// (`Member::approx_heap_bytes`); 0 turns the cache off.
+    pub fn with_member_cache_bytes(mut self, bytes: usize) -> Self {
+        let entries = self.cache_entries();
+        self.cache = NonZeroUsize::new(entries)
+            .filter(|_| bytes > 0)
+            .map(|n| Arc::new(Mutex::new(cache::MemberCache::new(n, bytes))));
+        self
+    }
+
+    fn cache_entries(&self) -> usize {
+        self.cache.as_ref().map_or(0, |c| c.lock().unwrap_or_else(PoisonError::into_inner).entries_cap().get())
+    }
+
+    fn cache_bytes(&self) -> usize {
+        self.cache
+            .as_ref()
+            .map_or(DEFAULT_MEMBER_CACHE_BYTES, |c| c.lock().unwrap_or_else(PoisonError::into_inner).max_bytes())
     }
 
     /// The same processor folding into another store (a handle of its
     /// own), with an empty cache.
     pub fn with_store(&self, store: Arc<Store>) -> Processor {
-        let entries = self.cache.as_ref().map_or(0, |c| c.lock().unwrap_or_else(PoisonError::into_inner).cap().get());
-        let mut p = Processor { stores: StoreHandle::new(store), cache: None, ..self.clone() };
-        if entries > 0 {
-            p = p.with_member_cache(entries);
-        }
-        p
+        let (entries, bytes) = (self.cache_entries(), self.cache_bytes());
+        let p = Processor { stores: StoreHandle::new(store), cache: None, ..self.clone() };
+        if entries > 0 { p.with_member_cache(entries).with_member_cache_bytes(bytes) } else { p }
     }
 
     /// Calls `f` with the partition after every commit.
@@ -217,6 +239,7 @@ impl Processor {
             for m in processed.touched {
                 cache.put((processed.partition, m.key.clone()), m);
             }
+            metrics::gauge!("omnifold_member_cache_bytes").set(cache.bytes() as f64);
         }
         Ok(())
     }
