@@ -335,7 +335,9 @@ impl Member {
     /// An estimate of the memory this member holds, for caches bounded by
     /// bytes: every collection at its elements' size plus each string's
     /// length. Allocator and tree-node overheads are left out, so the
-    /// process uses somewhat more (docs/operations.md). Walks the books once.
+    /// process uses somewhat more (docs/operations.md). The books (orders,
+    /// lots) are weighed by their first `WEIGH_SAMPLE` entries scaled to
+    /// their length, so weighing does not cost more as the history grows.
     pub fn approx_heap_bytes(&self) -> usize {
         use std::mem::size_of;
         let text = |t: &String| size_of::<String>() + t.len();
@@ -372,8 +374,8 @@ impl Member {
             + b.categories.keys().map(|k| text(k) + size_of::<CategoryStats>()).sum::<usize>()
             + b.recent_searches.iter().map(|r| size_of::<RecentSearch>() + r.query.len()).sum::<usize>()
             + self.purchases.stores.keys().map(|k| text(k) + size_of::<u64>()).sum::<usize>()
-            + self.purchases.history.iter().map(order).sum::<usize>()
-            + self.loyalty.lots.iter().map(lot).sum::<usize>()
+            + sampled(self.purchases.history.iter(), order)
+            + sampled(self.loyalty.lots.iter(), lot)
             + self.loyalty.tier_changes.len() * size_of::<crate::loyalty::TierChange>()
             + self.routes_to.as_ref().map_or(0, String::len)
     }
@@ -382,6 +384,17 @@ impl Member {
     pub fn live_traits(&self) -> impl Iterator<Item = (&str, &str)> {
         self.traits.iter().filter(|(_, v)| !v.value.is_empty()).map(|(k, v)| (k.as_str(), v.value.as_str()))
     }
+}
+
+/// Entries of a book weighed by `Member::approx_heap_bytes`; the rest are
+/// taken to weigh as much on average.
+const WEIGH_SAMPLE: usize = 16;
+
+/// The summed weight of `items`, from the first `WEIGH_SAMPLE` of them.
+fn sampled<'a, T: 'a>(items: impl ExactSizeIterator<Item = &'a T>, weigh: impl Fn(&T) -> usize) -> usize {
+    let len = items.len();
+    let (n, sum) = items.take(WEIGH_SAMPLE).fold((0usize, 0usize), |(n, sum), t| (n + 1, sum + weigh(t)));
+    sum.checked_div(n).map_or(0, |average| average * len)
 }
 
 /// One stored book entry (an order, a lot): `ENTRY_FORMAT_VERSION`, then postcard.
