@@ -21,12 +21,17 @@ echo "starting tansu on :$PORT and producing 100,000 events" >&2
 tansu broker --listener-url "tcp://127.0.0.1:$PORT" --advertised-listener-url "tcp://127.0.0.1:$PORT" \
   --storage-engine memory://tansu/ >"$work/tansu.log" 2>&1 &
 tansu=$!
-until "$B/omnifold" topics create --partitions 4 >/dev/null 2>&1; do sleep 0.2; done
+# Waits up to 30 s for a command to succeed, else stops with the logs.
+wait_for() {
+  for _ in $(seq 150); do "$@" >/dev/null 2>&1 && return; sleep 0.2; done
+  echo "gave up waiting for: $*" >&2; cat "$work"/*.log >&2; exit 1
+}
+wait_for "$B/omnifold" topics create --partitions 4
 "$B/omnifold-produce" --file "$work/events.jsonl" --count 100000 --members 5000 >/dev/null
 "$B/omnifold" produce --file "$work/events.jsonl" >/dev/null
 "$B/omnifold" serve --data-dir "$work/data" --listen 127.0.0.1:0 >"$work/serve.out" 2>"$work/serve.log" &
 serve=$!
-until grep -q "serving gRPC on" "$work/serve.out"; do sleep 0.2; done
+wait_for grep -q "serving gRPC on" "$work/serve.out"
 addr=$(sed -n 's/.*serving gRPC on //p' "$work/serve.out")
 echo "serving on $addr; waiting for the first redemption (ingest caught up)" >&2
 "$B/omnifold-load" --addr "$addr" --target redeem --concurrency 1 --seconds 3 --members 5000 >/dev/null

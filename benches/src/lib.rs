@@ -95,8 +95,7 @@ pub fn processor(store: Arc<Store>, topic: &str) -> Result<Processor> {
         cfg.max_event_bytes,
         Signer::ephemeral(),
     )
-    .with_member_cache(cfg.member_cache_entries)
-    .with_member_cache_bytes(cfg.member_cache_bytes))
+    .with_member_cache(cfg.member_cache_entries, cfg.member_cache_bytes))
 }
 
 /// The member id a request names.

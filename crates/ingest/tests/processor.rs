@@ -11,7 +11,7 @@ use std::sync::Arc;
 use omnifold_core::fold::{Position, apply, kind_of};
 use omnifold_core::testing::events;
 use omnifold_core::{Event, FoldConfig, LedgerEntry, Member, Verdict};
-use omnifold_ingest::{Processor, Record, Signer};
+use omnifold_ingest::{IngestConfig, Processor, Record, Signer};
 use omnifold_proto::v1 as proto;
 use omnifold_store::{Store, StoreConfig};
 use proptest::prelude::*;
@@ -190,7 +190,7 @@ proptest! {
         let store = Store::open(&StoreConfig { path: dir.path().into(), ..StoreConfig::default() }).unwrap();
         // A cache smaller than the number of subjects, so eviction happens too.
         let processor = Processor::new(store.clone(), Arc::new(FoldConfig::default().validate().unwrap()), "t", 65536, signer())
-            .with_member_cache(cache);
+            .with_member_cache(cache, IngestConfig::default().member_cache_bytes);
         let counts = run_batches(&processor, &values, &cuts);
         let reference = reference(&stream);
         let want = &reference.members;
@@ -275,7 +275,7 @@ fn a_batch_that_is_not_committed_leaves_no_trace() {
     let store = Store::open(&StoreConfig { path: dir.path().into(), ..StoreConfig::default() }).unwrap();
     let processor =
         Processor::new(store.clone(), Arc::new(FoldConfig::default().validate().unwrap()), "t", 65536, signer())
-            .with_member_cache(10);
+            .with_member_cache(10, IngestConfig::default().member_cache_bytes);
     let search = |id: &str| {
         format!(
             r#"{{"eventId":"{id}","occurredAt":"2026-01-01T00:00:00Z","channel":"ONLINE_WEB","subject":{{"memberId":"m"}},"searchPerformed":{{"query":"q-{id}"}}}}"#

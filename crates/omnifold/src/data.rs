@@ -143,8 +143,7 @@ fn replay_files(config: &Config, args: &ReplayArgs) -> Result<()> {
         config.kafka.max_event_bytes,
         signer,
     )
-    .with_member_cache(config.kafka.member_cache_entries)
-    .with_member_cache_bytes(config.kafka.member_cache_bytes);
+    .with_member_cache(config.kafka.member_cache_entries, config.kafka.member_cache_bytes);
     let mut log = omnifold_ingest::LocalLog::new(
         &processor,
         &config.kafka.topic,
@@ -201,8 +200,7 @@ fn rebuild(
     let signer = config.kafka.signer().context("replaying checks omnifold's signatures on the topic")?;
     let processor =
         Processor::new(store, Arc::new(config.fold.clone()), &config.kafka.topic, config.kafka.max_event_bytes, signer)
-            .with_member_cache(config.kafka.member_cache_entries)
-            .with_member_cache_bytes(config.kafka.member_cache_bytes);
+            .with_member_cache(config.kafka.member_cache_entries, config.kafka.member_cache_bytes);
     let bar = progress(0, "replaying");
     let done = omnifold_ingest::replay(&config.kafka, &processor, end, from_time, &Shutdown::default(), |p| {
         bar.set_length(p.expected.max(p.records));

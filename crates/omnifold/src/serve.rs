@@ -108,8 +108,7 @@ pub async fn serve(config: Config) -> Result<()> {
     let stores = StoreHandle::new(store);
     let processor =
         Processor::on_handle(stores.clone(), fold.clone(), &config.kafka.topic, config.kafka.max_event_bytes, signer)
-            .with_member_cache(config.kafka.member_cache_entries)
-            .with_member_cache_bytes(config.kafka.member_cache_bytes)
+            .with_member_cache(config.kafka.member_cache_entries, config.kafka.member_cache_bytes)
             .with_on_commit(Arc::new(move |partition| committed.committed(partition)));
     let status = IngestStatus::default();
     let timeout = std::time::Duration::from_millis(config.server.command_timeout_ms);

@@ -52,12 +52,9 @@ impl MemberCache {
         self.bytes = 0;
     }
 
-    pub(crate) fn entries_cap(&self) -> NonZeroUsize {
-        self.lru.cap()
-    }
-
-    pub(crate) fn max_bytes(&self) -> usize {
-        self.max_bytes
+    /// The bounds it was made with: entries and bytes.
+    pub(crate) fn limits(&self) -> (usize, usize) {
+        (self.lru.cap().get(), self.max_bytes)
     }
 
     /// The estimated bytes held now.
@@ -93,7 +90,7 @@ mod tests {
         let mut c = MemberCache::new(entries, 3 * big);
         for i in 0..100 {
             c.put((0, format!("m-{i}")), member(&format!("m-{i}"), if i % 3 == 0 { 50 } else { 0 }));
-            assert!(c.bytes() <= c.max_bytes(), "after {i}: {} > {}", c.bytes(), c.max_bytes());
+            assert!(c.bytes() <= c.limits().1, "after {i}: {} > {}", c.bytes(), c.limits().1);
             assert_eq!(c.bytes(), sum(&c), "the running count is the members' own estimate");
         }
         // The most recent members are the ones kept; the oldest went first.

@@ -180,39 +180,21 @@ impl Processor {
     }
 
     /// Keeps up to `entries` decoded members between batches, of at most
-    /// `DEFAULT_MEMBER_CACHE_BYTES` (see `with_member_cache_bytes`).
-    pub fn with_member_cache(mut self, entries: usize) -> Self {
-        let bytes = self.cache_bytes();
-        self.cache = NonZeroUsize::new(entries).map(|n| Arc::new(Mutex::new(cache::MemberCache::new(n, bytes))));
-        self
-    }
-
-    /// Bounds the member cache by the estimated bytes of its members too
-    /// (`Member::approx_heap_bytes`); 0 turns the cache off.
-    pub fn with_member_cache_bytes(mut self, bytes: usize) -> Self {
-        let entries = self.cache_entries();
+    /// `bytes` estimated bytes (`Member::approx_heap_bytes`); either at 0
+    /// turns the cache off.
+    pub fn with_member_cache(mut self, entries: usize, bytes: usize) -> Self {
         self.cache = NonZeroUsize::new(entries)
             .filter(|_| bytes > 0)
             .map(|n| Arc::new(Mutex::new(cache::MemberCache::new(n, bytes))));
         self
     }
 
-    fn cache_entries(&self) -> usize {
-        self.cache.as_ref().map_or(0, |c| c.lock().unwrap_or_else(PoisonError::into_inner).entries_cap().get())
-    }
-
-    fn cache_bytes(&self) -> usize {
-        self.cache
-            .as_ref()
-            .map_or(DEFAULT_MEMBER_CACHE_BYTES, |c| c.lock().unwrap_or_else(PoisonError::into_inner).max_bytes())
-    }
-
     /// The same processor folding into another store (a handle of its
-    /// own), with an empty cache.
+    /// own), with an empty cache of the same bounds.
     pub fn with_store(&self, store: Arc<Store>) -> Processor {
-        let (entries, bytes) = (self.cache_entries(), self.cache_bytes());
-        let p = Processor { stores: StoreHandle::new(store), cache: None, ..self.clone() };
-        if entries > 0 { p.with_member_cache(entries).with_member_cache_bytes(bytes) } else { p }
+        let (entries, bytes) =
+            self.cache.as_ref().map_or((0, 0), |c| c.lock().unwrap_or_else(PoisonError::into_inner).limits());
+        Processor { stores: StoreHandle::new(store), cache: None, ..self.clone() }.with_member_cache(entries, bytes)
     }
 
     /// Calls `f` with the partition after every commit.
