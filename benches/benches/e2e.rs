@@ -29,7 +29,7 @@ use rdkafka::producer::Producer;
 
 use omnifold_benches::load::{LoadRun, Report, Target};
 use omnifold_benches::report::Results;
-use omnifold_benches::{env_list, env_or, event, member_ref, processor, producer, send, start_tansu};
+use omnifold_benches::{env_list, env_or, event, member_ref, processor, producer, send, start_tansu, store_config};
 use omnifold_core::FoldConfig;
 use omnifold_ingest::{CommandProducer, IngestConfig, LocalLog, ReplayEnd, Shutdown};
 use omnifold_proto::v1 as proto;
@@ -504,10 +504,4 @@ fn with_ingest_running(
     shutdown.trigger();
     handle.join().expect("ingest thread")?;
     result
-}
-
-/// The store's configuration: the default, with `BENCH_KEEP_HISTORY`.
-fn store_config() -> StoreConfig {
-    let default = StoreConfig::default();
-    StoreConfig { keep_history: env_or("BENCH_KEEP_HISTORY", default.keep_history), ..default }
 }

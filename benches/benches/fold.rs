@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 
-use omnifold_benches::{BASE, env_or, event, event_protobuf, processor};
+use omnifold_benches::{BASE, env_or, event, event_protobuf, processor, store_config};
 use omnifold_core::fold::Position;
 use omnifold_core::{Event, FoldConfig, Member, ProfileKind, apply, decode_event};
 use omnifold_ingest::{IngestConfig, Record};
@@ -60,7 +60,7 @@ fn bench_history(c: &mut Criterion) {
     g.sample_size(20);
     for orders in [0u64, 300] {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&StoreConfig { path: dir.path().into(), ..StoreConfig::default() }).unwrap();
+        let store = Store::open(&StoreConfig { path: dir.path().into(), ..store_config() }).unwrap();
         store.bind_partitions("bench", 1).unwrap();
         let processor = processor(store.clone(), "bench").unwrap();
         let mut offset = 0i64;
@@ -99,9 +99,16 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("fold");
     g.throughput(Throughput::Elements(batch));
     g.sample_size(20);
-    for (name, make) in [("json", event as fn(u64, u64) -> (String, Vec<u8>)), ("protobuf", event_protobuf)] {
+    // The store's default, and JSON again with every event kept per member
+    // (`keep_history`, off by default), to show what exact past reads cost.
+    let variants = [
+        ("json", event as fn(u64, u64) -> (String, Vec<u8>), store_config().keep_history),
+        ("protobuf", event_protobuf, store_config().keep_history),
+        ("json_kept_history", event, true),
+    ];
+    for (name, make, keep_history) in variants {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&StoreConfig { path: dir.path().into(), ..StoreConfig::default() }).unwrap();
+        let store = Store::open(&StoreConfig { path: dir.path().into(), keep_history, ..store_config() }).unwrap();
         // As ingest does: one partition owns every key.
         store.bind_partitions("bench", 1).unwrap();
         // The default member cache holds all MEMBERS.
@@ -130,7 +137,7 @@ fn bench(c: &mut Criterion) {
     // The baseline: the same events' bytes, written blind (one history
     // entry per event, no decode, no fold) in one RocksDB batch per batch.
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&StoreConfig { path: dir.path().into(), ..StoreConfig::default() }).unwrap();
+    let store = Store::open(&StoreConfig { path: dir.path().into(), ..store_config() }).unwrap();
     let mut next = 0u64;
     g.bench_function("blind_write_batch_json", |b| {
         b.iter_batched(

@@ -24,7 +24,7 @@ use serde_json::json;
 
 use omnifold_benches::load::{LoadRun, Target};
 use omnifold_benches::report::Results;
-use omnifold_benches::{env_list, env_or, event, member_ref, processor, start_tansu};
+use omnifold_benches::{env_list, env_or, event, member_ref, processor, start_tansu, store_config};
 use omnifold_ingest::{IngestConfig, LocalLog};
 use omnifold_proto::v1 as proto;
 use omnifold_store::{Store, StoreConfig};
@@ -34,7 +34,7 @@ const SECRET: &str = "bench-secret-bench-secret-bench-secret-0123";
 
 /// Folds `members * per_member` events into a fresh store at `dir`; events/s.
 fn build(dir: &Path, topic: &str, members: u64, per_member: u64) -> Result<f64> {
-    let store = Store::open(&StoreConfig { path: dir.into(), bulk_load: true, ..StoreConfig::default() })?;
+    let store = Store::open(&StoreConfig { path: dir.into(), bulk_load: true, ..store_config() })?;
     let processor = processor(store.clone(), topic)?;
     let n = members * per_member;
     let started = Instant::now();
@@ -205,7 +205,8 @@ fn main() -> Result<()> {
         "scale",
         json!({"BENCH_SCALE_MEMBERS": counts.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
                "BENCH_SCALE_EVENTS": per_member, "partitions": PARTITIONS,
-               "store": "defaults (256 MiB block cache, 64 MiB write buffers, keep_history)"}),
+               "store": format!("defaults (256 MiB block cache, 64 MiB write buffers), keep_history = {}",
+                                store_config().keep_history)}),
     )?;
     eprintln!("report written to {}", path.display());
     Ok(())

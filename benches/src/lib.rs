@@ -14,7 +14,7 @@ use omnifold_core::FoldConfig;
 use omnifold_core::time::{DAY, to_timestamp};
 use omnifold_ingest::{IngestConfig, Processor, Signer};
 use omnifold_proto::v1 as proto;
-use omnifold_store::Store;
+use omnifold_store::{Store, StoreConfig};
 
 /// 2026-01-01T00:00:00Z.
 pub const BASE: i64 = 1_767_225_600_000;
@@ -106,6 +106,13 @@ pub fn member_ref(id: impl Into<String>) -> Option<proto::MemberRef> {
 /// A setting from the environment, else `default`.
 pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// The store's configuration in the benchmarks: the default, with
+/// `BENCH_KEEP_HISTORY` from the environment.
+pub fn store_config() -> StoreConfig {
+    let default = StoreConfig::default();
+    StoreConfig { keep_history: env_or("BENCH_KEEP_HISTORY", default.keep_history), ..default }
 }
 
 /// A comma-separated list from the environment, else `default`.

@@ -19,8 +19,12 @@ const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
 const SECRET: &str = "a-test-secret-of-at-least-32-characters";
 
 fn store() -> (tempfile::TempDir, Arc<Store>) {
+    store_with(StoreConfig::default())
+}
+
+fn store_with(config: StoreConfig) -> (tempfile::TempDir, Arc<Store>) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&StoreConfig { path: dir.path().into(), ..StoreConfig::default() }).unwrap();
+    let store = Store::open(&StoreConfig { path: dir.path().into(), ..config }).unwrap();
     (dir, store)
 }
 
@@ -249,7 +253,8 @@ fn store_pair() -> (tempfile::TempDir, Arc<Store>) {
 
 #[test]
 fn an_anonymous_history_of_ten_thousand_events_joins_a_member_completely() {
-    let (_dir, store) = store();
+    // With kept history, so the joined events must come along too.
+    let (_dir, store) = store_with(StoreConfig { keep_history: true, ..StoreConfig::default() });
     // Small parts, so the join travels in many of them.
     let p = processor(&store).with_join_part_bytes(4096);
     let mut events: Vec<proto::Event> = (0..10_000)

@@ -187,7 +187,8 @@ proptest! {
         }
         let values: Vec<Vec<u8>> = order.iter().enumerate().map(|(i, src)| encode(i, &stream[*src])).collect();
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&StoreConfig { path: dir.path().into(), ..StoreConfig::default() }).unwrap();
+        // With kept history (off by default), so the test sees every event kept too.
+        let store = Store::open(&StoreConfig { path: dir.path().into(), keep_history: true, ..StoreConfig::default() }).unwrap();
         // A cache smaller than the number of subjects, so eviction happens too.
         let processor = Processor::new(store.clone(), Arc::new(FoldConfig::default().validate().unwrap()), "t", 65536, signer())
             .with_member_cache(cache, IngestConfig::default().member_cache_bytes);
@@ -224,7 +225,7 @@ proptest! {
         // Replaying the same log into a fresh store, with other batch
         // boundaries, gives the same members, ledgers and verdicts, byte for byte.
         let dir2 = tempfile::tempdir().unwrap();
-        let store2 = Store::open(&StoreConfig { path: dir2.path().into(), ..StoreConfig::default() }).unwrap();
+        let store2 = Store::open(&StoreConfig { path: dir2.path().into(), keep_history: true, ..StoreConfig::default() }).unwrap();
         let replay = Processor::new(store2.clone(), Arc::new(FoldConfig::default().validate().unwrap()), "t", 65536, signer());
         run_batches(&replay, &values, &[1, values.len() / 3]);
         let bytes = |s: &Store| {

@@ -179,6 +179,7 @@ async fn a_full_disk_stalls_folding_corrupts_nothing_and_folding_resumes_when_sp
     setup.extra_env.insert("OMNIFOLD_KAFKA__ASSIGNMENT".into(), "all".into());
     setup.extra_env.insert("OMNIFOLD_STORE__WRITE_BUFFER_BYTES".into(), (4u64 << 20).to_string());
     setup.extra_env.insert("OMNIFOLD_STORE__BLOCK_CACHE_BYTES".into(), (8u64 << 20).to_string());
+    setup.extra_env.insert("OMNIFOLD_STORE__KEEP_HISTORY".into(), "true".into());
     setup.create_topics();
     let disk = SmallDisk::mount(3 << 20);
     let data = disk.dir.path().join("store");

@@ -343,7 +343,7 @@ async fn balance_ledger_benefits_and_adjustments() {
 async fn as_of_answers_are_the_fold_of_the_events_up_to_then() {
     use omnifold_core::fold::{Position, apply};
     use omnifold_core::{Event, FoldConfig, Member, ProfileKind};
-    let Stack { broker: _broker, data: _data, setup, service } = Stack::start("asof", 3);
+    let Stack { broker: _broker, data: _data, setup, service } = Stack::start_with_history("asof", 3);
     let d0 = 380; // days ago
     let ret = |id: &str, amount: i64| {
         proto::event::Payload::OrderReturned(proto::OrderReturned {
@@ -428,6 +428,7 @@ async fn with_a_history_retention_as_of_stays_exact_after_the_horizon_and_says_s
     use omnifold_core::{Event, FoldConfig, Member, ProfileKind};
     let broker = Broker::start();
     let mut setup = Setup::new(&broker, "retention", 2);
+    setup.extra_env.insert("OMNIFOLD_STORE__KEEP_HISTORY".into(), "true".into());
     setup.extra_env.insert("OMNIFOLD_STORE__HISTORY_DAYS".into(), "5".into());
     setup.create_topics();
     let data = tempfile::tempdir().unwrap();
@@ -490,4 +491,48 @@ async fn with_a_history_retention_as_of_stays_exact_after_the_horizon_and_says_s
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(err.message().contains("no longer kept (store.history_days)"), "{}", err.message());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_kept_history_a_past_as_of_says_why_and_later_reads_still_answer() {
+    // The store's default: no history kept.
+    let Stack { broker: _broker, data: _data, setup, service } = Stack::start("nohistory", 2);
+    let records = vec![
+        event("n1", "m-n", 30, proto::Channel::OnlineWeb, order("o-1", 10_000)),
+        event("n2", "m-n", 10, proto::Channel::OnlineWeb, order("o-2", 20_000)),
+    ];
+    setup.produce(&records);
+    service.wait_consumed(&setup, 2).await;
+    let (mut profiles, mut loyalty) = (service.profiles().await, service.loyalty().await);
+    let ago = |days: i64| Some(to_timestamp(now() - days * DAY));
+    let read = |as_of| proto::GetProfileRequest { member: member("m-n"), read_mask: None, as_of };
+
+    // Between the two orders: not known without the events, and the answer says so.
+    let err = profiles.get_profile(read(ago(20))).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("store.keep_history = false"), "{}", err.message());
+    let err =
+        loyalty.get_balance(proto::GetBalanceRequest { member: member("m-n"), as_of: ago(20) }).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let batch = profiles
+        .batch_get_profiles(proto::BatchGetProfilesRequest {
+            members: vec![member("m-n").unwrap(), member("m-none").unwrap()],
+            read_mask: None,
+            as_of: ago(20),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let codes: Vec<i32> = batch.results.iter().map(|r| r.code).collect();
+    assert_eq!(codes, vec![Code::FailedPrecondition as i32, Code::NotFound as i32], "each member fails on its own");
+
+    // Now, and any instant after the latest event, answer from the stored state.
+    for as_of in [None, ago(5)] {
+        let p = profiles.get_profile(read(as_of)).await.unwrap().into_inner();
+        assert_eq!(p.purchases.unwrap().orders, 2, "as_of {as_of:?}");
+    }
+    // Five days ago the second order's points were still pending (7 days).
+    let b = loyalty.get_balance(proto::GetBalanceRequest { member: member("m-n"), as_of: ago(5) }).await.unwrap();
+    let b = b.into_inner();
+    assert_eq!((b.active_points, b.pending_points), (100, 200));
 }

@@ -11,7 +11,7 @@ use omnifold_core::identity::derived_event_id;
 use omnifold_core::loyalty::report::Liability;
 use omnifold_core::loyalty::{CommandKind, VerdictStatus};
 use omnifold_core::member::ProfileKind;
-use omnifold_core::time::to_timestamp;
+use omnifold_core::time::{rfc3339, to_timestamp};
 use omnifold_core::{Member, Millis, decode_event};
 use omnifold_proto::v1 as proto;
 
@@ -99,36 +99,59 @@ fn lookup_index(state: &AppState, addr: &MemberAddress) -> Result<Option<proto::
     }))
 }
 
-/// The member as of `at`: when events after `at` were folded and its whole
-/// history is kept, the fold of exactly the kept events that occurred up to
-/// `at`, in log order; otherwise the member as it stands (reads project it
-/// to `at`). Identifiers, aliases and the version stay as they are now.
-fn as_of(state: &AppState, member: Member, at: Millis) -> Result<Member, Error> {
+/// The member as of `at`: when events after `at` were folded, the fold of
+/// exactly the kept events that occurred up to `at`, in log order;
+/// otherwise the member as it stands (reads project it to `at`).
+/// Identifiers, aliases and the version stay as they are now.
+///
+/// `asked`: the caller named the instant. A named instant before the
+/// member's latest event is answered exactly or refused with
+/// FAILED_PRECONDITION saying why (no history kept, kept in part, pruned);
+/// an unnamed one (now) is answered from the member as it stands when its
+/// events dated ahead of the server's clock cannot be left out exactly.
+fn as_of(state: &AppState, member: Member, at: Millis, asked: bool) -> Result<Member, Error> {
     // The usual read (now, or after the latest event) touches nothing more.
-    if member.last_seen_at.is_none_or(|last| last <= at) {
+    let Some(last) = member.last_seen_at.filter(|last| *last > at) else {
         return Ok(member);
+    };
+    match past_of(state, &member, at, last) {
+        Ok(past) => Ok(past),
+        Err(Error::FailedPrecondition(_)) if !asked => Ok(member),
+        Err(e) => Err(e),
     }
+}
+
+/// The fold of `member`'s kept events up to `at` (before its latest event,
+/// `last`); FAILED_PRECONDITION when they are not all kept.
+fn past_of(state: &AppState, member: &Member, at: Millis, last: Millis) -> Result<Member, Error> {
     let store = state.store();
+    let (key, at_s, last_s) = (&member.key, rfc3339(at), rfc3339(last));
     if !store.keeps_history() {
-        return Ok(member);
+        return Err(Error::FailedPrecondition(format!(
+            "`{key}` changed after {at_s} (its latest event is of {last_s}) and this store keeps no history \
+             (store.keep_history = false), so its state then is not known; ask for an as_of from {last_s} on, \
+             or keep history"
+        )));
     }
     if at < member.history.pruned_before {
         return Err(Error::FailedPrecondition(format!(
-            "events of `{}` before {} are no longer kept (store.history_days); ask for a later as_of",
-            member.key,
-            omnifold_core::time::rfc3339(member.history.pruned_before)
+            "events of `{key}` before {} are no longer kept (store.history_days); ask for a later as_of",
+            rfc3339(member.history.pruned_before)
         )));
     }
-    let partition = state.partition(&member.key)?;
-    let history: Vec<(u64, i64, Vec<u8>)> = store.history(partition, &member.key).collect::<Result<_, _>>()?;
+    let partition = state.partition(key)?;
+    let history: Vec<(u64, i64, Vec<u8>)> = store.history(partition, key).collect::<Result<_, _>>()?;
     if member.history.pruned + history.len() as u64 != member.version.events_applied {
-        // Kept only in part (history was off for a while, or a joined
-        // profile's was pruned): project instead.
-        return Ok(member);
+        // Kept only in part: history was off for a while, or a joined
+        // profile's was pruned.
+        return Err(Error::FailedPrecondition(format!(
+            "only some of `{key}`'s events are kept (store.keep_history was off when the others were applied), \
+             so its state at {at_s} is not known; ask for an as_of from {last_s} on"
+        )));
     }
-    let mut past = match store.history_base(partition, &member.key)? {
+    let mut past = match store.history_base(partition, key)? {
         Some(base) => base,
-        None => Member::new(member.key.clone(), member.kind),
+        None => Member::new(key.clone(), member.kind),
     };
     for (_, _, record) in history.into_iter().filter(|(_, t, _)| *t <= at) {
         if let Ok(event) = decode_event(&record, usize::MAX, &state.fold.limits) {
@@ -136,11 +159,11 @@ fn as_of(state: &AppState, member: Member, at: Millis) -> Result<Member, Error> 
             let _ = apply(&mut past, &event, Position { partition, offset: 0 }, &state.fold);
         }
     }
-    past.identifiers = member.identifiers;
-    past.aliases = member.aliases;
-    past.merged_members = member.merged_members;
-    past.version = member.version;
-    past.history = member.history;
+    past.identifiers = member.identifiers.clone();
+    past.aliases = member.aliases.clone();
+    past.merged_members = member.merged_members.clone();
+    past.version = member.version.clone();
+    past.history = member.history.clone();
     Ok(past)
 }
 
@@ -161,8 +184,8 @@ impl proto::profile_service_server::ProfileService for Profiles {
         let r = req.into_inner();
         let addr = MemberAddress::try_from(r.member)?;
         let mask = ReadMask::try_from(r.read_mask)?;
-        let now = instant("as_of", r.as_of, now_millis())?;
-        let member = as_of(&self.0, find_for(&self.0, &addr, &mask)?, now)?;
+        let (now, asked) = (instant("as_of", r.as_of, now_millis())?, r.as_of.is_some());
+        let member = as_of(&self.0, find_for(&self.0, &addr, &mask)?, now, asked)?;
         Ok(Response::new(convert::profile(&member, now, &mask, &self.0.fold)))
     }
 
@@ -179,7 +202,7 @@ impl proto::profile_service_server::ProfileService for Profiles {
             .into());
         }
         let mask = ReadMask::try_from(r.read_mask)?;
-        let now = instant("as_of", r.as_of, now_millis())?;
+        let (now, asked) = (instant("as_of", r.as_of, now_millis())?, r.as_of.is_some());
         let addrs = r
             .members
             .iter()
@@ -192,10 +215,16 @@ impl proto::profile_service_server::ProfileService for Profiles {
         let mut results = Vec::with_capacity(addrs.len());
         for (addr, wire) in addrs.iter().zip(r.members) {
             let mut result = proto::ProfileResult { member: Some(wire), ..Default::default() };
-            match find_for(&self.0, addr, &mask) {
-                Ok(m) => result.profile = Some(convert::profile(&as_of(&self.0, m, now)?, now, &mask, &self.0.fold)),
+            // A member not found, or not known at that instant, fails
+            // its own result, not the batch.
+            match find_for(&self.0, addr, &mask).and_then(|m| as_of(&self.0, m, now, asked)) {
+                Ok(m) => result.profile = Some(convert::profile(&m, now, &mask, &self.0.fold)),
                 Err(Error::NotFound(msg)) => {
                     result.code = tonic::Code::NotFound as i32;
+                    result.message = msg;
+                }
+                Err(Error::FailedPrecondition(msg)) => {
+                    result.code = tonic::Code::FailedPrecondition as i32;
                     result.message = msg;
                 }
                 Err(e) => return Err(e.into()),
@@ -299,8 +328,8 @@ impl proto::loyalty_service_server::LoyaltyService for Loyalty {
     async fn get_balance(&self, req: Request<proto::GetBalanceRequest>) -> Result<Response<proto::Balance>, Status> {
         let r = req.into_inner();
         let addr = MemberAddress::try_from(r.member)?;
-        let now = instant("as_of", r.as_of, now_millis())?;
-        let m = as_of(&self.0, points_holder(&self.0, &addr)?, now)?;
+        let (now, asked) = (instant("as_of", r.as_of, now_millis())?, r.as_of.is_some());
+        let m = as_of(&self.0, points_holder(&self.0, &addr)?, now, asked)?;
         Ok(Response::new(convert::balance(&m, now, &self.0.fold.loyalty)))
     }
 
@@ -338,8 +367,8 @@ impl proto::loyalty_service_server::LoyaltyService for Loyalty {
     async fn get_benefits(&self, req: Request<proto::GetBenefitsRequest>) -> Result<Response<proto::Benefits>, Status> {
         let r = req.into_inner();
         let addr = MemberAddress::try_from(r.member)?;
-        let now = instant("as_of", r.as_of, now_millis())?;
-        let m = as_of(&self.0, points_holder(&self.0, &addr)?, now)?;
+        let (now, asked) = (instant("as_of", r.as_of, now_millis())?, r.as_of.is_some());
+        let m = as_of(&self.0, points_holder(&self.0, &addr)?, now, asked)?;
         Ok(Response::new(convert::benefits(&m, now, &self.0.fold.loyalty)))
     }
 

@@ -26,8 +26,11 @@ pub struct StoreConfig {
     pub sync_writes: bool,
     pub max_open_files: i32,
     /// Keep every event applied to a member (as consumed, with its event
-    /// time), so reads `as_of` a past instant are exact. Costs about the
-    /// record's size per event (docs/benchmarks.md).
+    /// time), so reads `as_of` a past instant are exact. Off by default: it
+    /// writes one more key per event, the record's bytes, and costs about a
+    /// fifth of fold throughput (docs/benchmarks.md, docs/decisions.md).
+    /// Without it a read `as_of` an instant before the member's latest
+    /// event answers FAILED_PRECONDITION.
     pub keep_history: bool,
     /// Keep each member's events of the last this many days (counted back
     /// from its latest event); older ones are folded into a base snapshot.
@@ -53,7 +56,7 @@ impl Default for StoreConfig {
             dedupe_retention_hours: 30 * 24,
             sync_writes: false,
             max_open_files: 512,
-            keep_history: true,
+            keep_history: false,
             history_days: 0,
             bulk_load: false,
             read_only: false,

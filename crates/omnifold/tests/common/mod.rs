@@ -261,8 +261,19 @@ pub struct Stack {
 
 impl Stack {
     pub fn start(name: &str, partitions: i32) -> Stack {
+        Stack::start_env(name, partitions, &[])
+    }
+
+    /// A stack whose store keeps every event (`store.keep_history`), for
+    /// exact reads as of a past instant.
+    pub fn start_with_history(name: &str, partitions: i32) -> Stack {
+        Stack::start_env(name, partitions, &[("OMNIFOLD_STORE__KEEP_HISTORY", "true")])
+    }
+
+    fn start_env(name: &str, partitions: i32, env: &[(&str, &str)]) -> Stack {
         let broker = Broker::start();
-        let setup = Setup::new(&broker, name, partitions);
+        let mut setup = Setup::new(&broker, name, partitions);
+        setup.extra_env.extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
         setup.create_topics();
         let data = tempfile::tempdir().unwrap();
         let service = Service::start(&setup, data.path());
