@@ -4,7 +4,11 @@
 //! command) and then the fold, with what it writes staged in the batch.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+
+// Keys come from the log, so the maps are seeded per process (foldhash's
+// RandomState); foldhash instead of SipHash because hashing member keys
+// and event ids is on every record's path.
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::sync::{Arc, PoisonError};
 
 use omnifold_core::fold::{self, Position, kind_of};
@@ -41,6 +45,9 @@ pub(super) struct Run<'a> {
     loaded: HashMap<String, Lineage>,
     /// Dedupe markers: from the store, and written by this batch.
     markers: HashMap<String, i64>,
+    /// Whether `markers` holds a forward marker: most batches have none,
+    /// and then no record needs its forward marker's key built.
+    forwards_marked: bool,
     /// `(member, request id)` of the commands already decided.
     decided: HashSet<(String, String)>,
     /// The partition's latest applied event time.
@@ -121,6 +128,7 @@ impl<'a> Run<'a> {
             partitions,
             members,
             loaded,
+            forwards_marked: markers.keys().any(|k| is_forwarded_marker(k)),
             markers,
             decided,
             watermark: store.watermark(&p.topic, partition)?,
@@ -168,6 +176,7 @@ impl<'a> Run<'a> {
     fn mark_seen(&mut self, id: &str, occurred_at: i64) {
         let marker = self.watermark.map_or(occurred_at, |w| w.max(occurred_at));
         self.batch.mark_seen(self.store(), id, marker);
+        self.forwards_marked |= is_forwarded_marker(id);
         self.markers.insert(id.to_owned(), marker);
     }
 
@@ -204,6 +213,7 @@ impl<'a> Run<'a> {
         // only when a forward marker is there.
         let alive = |m: Option<&i64>| m.is_some_and(|m| *m >= self.horizon());
         let forwarded_before = !internal
+            && self.forwards_marked
             && alive(self.markers.get(&forwarded_marker(&id)))
             && record.route.is_none()
             && !self.signed(&record);
@@ -547,7 +557,13 @@ fn may_have_forwarded(partition: u32, partitions: Option<u32>, key: &str, member
 /// the partition it went to may take forwards as they come. Event ids hold
 /// no control characters, so this never meets one.
 fn forwarded_marker(event_id: &str) -> String {
-    format!("\u{1}fwd\u{1}{event_id}")
+    format!("{FORWARDED}{event_id}")
+}
+
+const FORWARDED: &str = "\u{1}fwd\u{1}";
+
+fn is_forwarded_marker(id: &str) -> bool {
+    id.starts_with(FORWARDED)
 }
 
 #[cfg(test)]

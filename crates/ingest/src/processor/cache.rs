@@ -10,7 +10,8 @@ use omnifold_core::Member;
 type Key = (u32, String);
 
 pub(crate) struct MemberCache {
-    lru: LruCache<Key, (Member, usize)>,
+    /// Seeded per process, like the batch's maps.
+    lru: LruCache<Key, (Member, usize), foldhash::fast::RandomState>,
     /// The estimated bytes of the members held.
     bytes: usize,
     max_bytes: usize,
@@ -18,7 +19,7 @@ pub(crate) struct MemberCache {
 
 impl MemberCache {
     pub(crate) fn new(entries: NonZeroUsize, max_bytes: usize) -> MemberCache {
-        MemberCache { lru: LruCache::new(entries), bytes: 0, max_bytes }
+        MemberCache { lru: LruCache::with_hasher(entries, foldhash::fast::RandomState::default()), bytes: 0, max_bytes }
     }
 
     /// Takes the member out (a batch holds it until its commit).
