@@ -162,8 +162,8 @@ fn past_of(state: &AppState, member: &Member, at: Millis, last: Millis) -> Resul
     past.identifiers = member.identifiers.clone();
     past.aliases = member.aliases.clone();
     past.merged_members = member.merged_members.clone();
-    past.version = member.version.clone();
-    past.history = member.history.clone();
+    past.version = member.version;
+    past.history = member.history;
     Ok(past)
 }
 
