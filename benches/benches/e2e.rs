@@ -119,6 +119,7 @@ fn ingest_config(brokers: &str, topic: &str) -> IngestConfig {
         group_id: format!("omnifold-bench-{}", std::process::id()),
         batch_max_wait_ms: env_or("BENCH_BATCH_WAIT_MS", IngestConfig::default().batch_max_wait_ms),
         batch_max_records: env_or("BENCH_BATCH_RECORDS", IngestConfig::default().batch_max_records),
+        fold_nice: env_or("BENCH_FOLD_NICE", IngestConfig::default().fold_nice),
         ..IngestConfig::default()
     }
 }

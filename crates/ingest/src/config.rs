@@ -67,6 +67,12 @@ pub struct IngestConfig {
     /// at a time, so its order and its atomic commit are kept). 0: one per
     /// core.
     pub fold_threads: usize,
+    /// The nice value (0 to 19) ingest's threads run at: the fold threads
+    /// and the Kafka client's. Higher lets the gRPC workers take the CPU
+    /// first when both want it, so reads keep their latency while ingest
+    /// runs; ingest then takes what they leave. 0: the same priority.
+    /// Linux only; elsewhere it is ignored. Default 10 (docs/decisions.md).
+    pub fold_nice: i32,
     /// Decoded members kept in memory between batches (0 disables), so a
     /// busy member is not read and decoded from RocksDB on every batch.
     pub member_cache_entries: usize,
@@ -109,6 +115,7 @@ impl Default for IngestConfig {
             member_cache_entries: 20_000,
             member_cache_bytes: crate::processor::DEFAULT_MEMBER_CACHE_BYTES,
             fold_threads: 0,
+            fold_nice: 10,
             resume_rewind_records: 10_000,
             internal_secret: Secret::default(),
             previous_internal_secrets: Vec::new(),
@@ -170,6 +177,9 @@ impl IngestConfig {
         }
         if self.fold_threads > 256 {
             return Err(Error::Config("fold_threads must be 0 (one per core) to 256".into()));
+        }
+        if !(0..=19).contains(&self.fold_nice) {
+            return Err(Error::Config("fold_nice must be 0 (same priority as reads) to 19 (lowest)".into()));
         }
         if !(0..=100_000_000).contains(&self.resume_rewind_records) {
             return Err(Error::Config("resume_rewind_records must be 0 to 100000000".into()));

@@ -285,6 +285,8 @@ struct Ingest<'a> {
 /// cannot go on and tries it again. Blocking: run it on its own thread.
 pub fn run(cfg: &IngestConfig, processor: Processor, shutdown: Shutdown, opts: RunOptions) -> Result<()> {
     cfg.validate()?;
+    // Before the client starts its threads, so they inherit it.
+    crate::priority::lower_this_thread(cfg.fold_nice);
     let status = opts.status.clone();
     status.set_running(true);
     let result = run_inner(cfg, processor, shutdown, opts);

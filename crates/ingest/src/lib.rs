@@ -16,6 +16,7 @@ mod failpoint;
 mod index;
 mod local;
 mod outbox;
+mod priority;
 mod processor;
 mod replay;
 mod resume;

@@ -147,6 +147,8 @@ mod tests {
         assert!(format!("{err:#}").contains("listen"), "{err:#}");
         let err = Config::load(None, &env(&[("OMNIFOLD_FOLD__ORDER_HISTORY_DAYS", "10")])).unwrap_err();
         assert!(format!("{err:#}").contains("order_history_days"), "{err:#}");
+        let err = Config::load(None, &env(&[("OMNIFOLD_KAFKA__FOLD_NICE", "20")])).unwrap_err();
+        assert!(format!("{err:#}").contains("fold_nice must be 0"), "{err:#}");
     }
 
     #[test]
