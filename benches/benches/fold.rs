@@ -135,9 +135,10 @@ fn bench(c: &mut Criterion) {
         });
     }
     // The baseline: the same events' bytes, written blind (one history
-    // entry per event, no decode, no fold) in one RocksDB batch per batch.
+    // entry per event, no decode, no fold) in one RocksDB batch per batch;
+    // so in a store that keeps history, whatever the default.
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&StoreConfig { path: dir.path().into(), ..store_config() }).unwrap();
+    let store = Store::open(&StoreConfig { path: dir.path().into(), keep_history: true, ..store_config() }).unwrap();
     let mut next = 0u64;
     g.bench_function("blind_write_batch_json", |b| {
         b.iter_batched(
