@@ -35,11 +35,11 @@ fn set_nice(_nice: i32) -> std::io::Result<()> {
     Err(std::io::Error::other("per-thread priority is set on Linux only"))
 }
 
-#[cfg(all(test, target_os = "linux"))]
-#[allow(clippy::unwrap_used, reason = "a test fails loudly on what it did not expect")]
+#[cfg(test)]
 mod tests {
     use super::*;
 
+    #[cfg(target_os = "linux")]
     /// The calling thread's nice value, from /proc (the 19th field of its
     /// stat, counted after the command, which is in parentheses).
     fn nice_of_this_thread() -> i32 {
@@ -48,6 +48,7 @@ mod tests {
         after.split(' ').nth(16).unwrap().parse().unwrap()
     }
 
+    #[cfg(target_os = "linux")]
     #[test]
     fn lowers_only_the_calling_thread_and_the_threads_it_starts() {
         let this_before = nice_of_this_thread();
