@@ -101,9 +101,10 @@ fn bench(c: &mut Criterion) {
     g.sample_size(20);
     // The store's default, and JSON again with every event kept per member
     // (`keep_history`, off by default), to show what exact past reads cost.
+    let default = store_config().keep_history;
     let variants = [
-        ("json", event as fn(u64, u64) -> (String, Vec<u8>), store_config().keep_history),
-        ("protobuf", event_protobuf, store_config().keep_history),
+        ("json", event as fn(u64, u64) -> (String, Vec<u8>), default),
+        ("protobuf", event_protobuf, default),
         ("json_kept_history", event, true),
     ];
     for (name, make, keep_history) in variants {

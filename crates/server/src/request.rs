@@ -133,6 +133,22 @@ pub fn instant(field: &str, ts: Option<Timestamp>, default: Millis) -> Result<Mi
     }
 }
 
+/// The instant a read is for: the one the request names, else now.
+#[derive(Debug, Clone, Copy)]
+pub struct AsOf {
+    pub at: Millis,
+    /// The request named it. A read for now is answered from the stored
+    /// state; only a named instant can ask for the past.
+    pub asked: bool,
+}
+
+impl AsOf {
+    pub fn from_request(ts: Option<Timestamp>, now: Millis) -> Result<AsOf, Error> {
+        let asked = ts.is_some();
+        Ok(AsOf { at: instant("as_of", ts, now)?, asked })
+    }
+}
+
 /// Longest request id accepted.
 pub const MAX_REQUEST_ID: usize = 128;
 /// Longest reason, reward or actor accepted.

@@ -17,7 +17,7 @@ use omnifold_proto::v1 as proto;
 
 use crate::commands::{self, Command, Outcome};
 use crate::request::{
-    Adjust, LedgerQuery, MemberAddress, Merge, ReadMask, Redeem, identifier_address, instant, page_token,
+    Adjust, AsOf, LedgerQuery, MemberAddress, Merge, ReadMask, Redeem, identifier_address, instant, page_token,
 };
 use crate::{AppState, Books, Error, convert, now_millis};
 
@@ -99,24 +99,31 @@ fn lookup_index(state: &AppState, addr: &MemberAddress) -> Result<Option<proto::
     }))
 }
 
-/// The member as of `at`: when events after `at` were folded, the fold of
-/// exactly the kept events that occurred up to `at`, in log order;
-/// otherwise the member as it stands (reads project it to `at`).
-/// Identifiers, aliases and the version stay as they are now.
+/// The member as of `when`: when events after that instant were folded,
+/// the fold of exactly the kept events that occurred up to it, in log
+/// order; otherwise the member as it stands (reads project it to the
+/// instant). Identifiers, aliases and the version stay as they are now.
 ///
-/// `asked`: the caller named the instant. A named instant before the
-/// member's latest event is answered exactly or refused with
-/// FAILED_PRECONDITION saying why (no history kept, kept in part, pruned);
-/// an unnamed one (now) is answered from the member as it stands when its
-/// events dated ahead of the server's clock cannot be left out exactly.
-fn as_of(state: &AppState, member: Member, at: Millis, asked: bool) -> Result<Member, Error> {
+/// A named instant (`when.asked`) before the member's latest event is
+/// answered exactly or refused with FAILED_PRECONDITION saying why (no
+/// history kept, kept in part, pruned); an unnamed one (now) is answered
+/// from the member as it stands when its events dated ahead of the
+/// server's clock cannot be left out exactly.
+fn as_of(state: &AppState, member: Member, when: AsOf) -> Result<Member, Error> {
     // The usual read (now, or after the latest event) touches nothing more.
-    let Some(last) = member.last_seen_at.filter(|last| *last > at) else {
+    let Some(last) = member.last_seen_at.filter(|last| *last > when.at) else {
         return Ok(member);
     };
-    match past_of(state, &member, at, last) {
-        Ok(past) => Ok(past),
-        Err(Error::FailedPrecondition(_)) if !asked => Ok(member),
+    match past_of(state, &member, when.at, last) {
+        Ok(mut past) => {
+            past.identifiers = member.identifiers;
+            past.aliases = member.aliases;
+            past.merged_members = member.merged_members;
+            past.version = member.version;
+            past.history = member.history;
+            Ok(past)
+        }
+        Err(Error::FailedPrecondition(_)) if !when.asked => Ok(member),
         Err(e) => Err(e),
     }
 }
@@ -159,11 +166,6 @@ fn past_of(state: &AppState, member: &Member, at: Millis, last: Millis) -> Resul
             let _ = apply(&mut past, &event, Position { partition, offset: 0 }, &state.fold);
         }
     }
-    past.identifiers = member.identifiers.clone();
-    past.aliases = member.aliases.clone();
-    past.merged_members = member.merged_members.clone();
-    past.version = member.version;
-    past.history = member.history;
     Ok(past)
 }
 
@@ -184,9 +186,9 @@ impl proto::profile_service_server::ProfileService for Profiles {
         let r = req.into_inner();
         let addr = MemberAddress::try_from(r.member)?;
         let mask = ReadMask::try_from(r.read_mask)?;
-        let (now, asked) = (instant("as_of", r.as_of, now_millis())?, r.as_of.is_some());
-        let member = as_of(&self.0, find_for(&self.0, &addr, &mask)?, now, asked)?;
-        Ok(Response::new(convert::profile(&member, now, &mask, &self.0.fold)))
+        let when = AsOf::from_request(r.as_of, now_millis())?;
+        let member = as_of(&self.0, find_for(&self.0, &addr, &mask)?, when)?;
+        Ok(Response::new(convert::profile(&member, when.at, &mask, &self.0.fold)))
     }
 
     async fn batch_get_profiles(
@@ -202,7 +204,7 @@ impl proto::profile_service_server::ProfileService for Profiles {
             .into());
         }
         let mask = ReadMask::try_from(r.read_mask)?;
-        let (now, asked) = (instant("as_of", r.as_of, now_millis())?, r.as_of.is_some());
+        let when = AsOf::from_request(r.as_of, now_millis())?;
         let addrs = r
             .members
             .iter()
@@ -217,15 +219,12 @@ impl proto::profile_service_server::ProfileService for Profiles {
             let mut result = proto::ProfileResult { member: Some(wire), ..Default::default() };
             // A member not found, or not known at that instant, fails
             // its own result, not the batch.
-            match find_for(&self.0, addr, &mask).and_then(|m| as_of(&self.0, m, now, asked)) {
-                Ok(m) => result.profile = Some(convert::profile(&m, now, &mask, &self.0.fold)),
-                Err(Error::NotFound(msg)) => {
-                    result.code = tonic::Code::NotFound as i32;
-                    result.message = msg;
-                }
-                Err(Error::FailedPrecondition(msg)) => {
-                    result.code = tonic::Code::FailedPrecondition as i32;
-                    result.message = msg;
+            match find_for(&self.0, addr, &mask).and_then(|m| as_of(&self.0, m, when)) {
+                Ok(m) => result.profile = Some(convert::profile(&m, when.at, &mask, &self.0.fold)),
+                Err(e @ (Error::NotFound(_) | Error::FailedPrecondition(_))) => {
+                    let status = Status::from(e);
+                    result.code = status.code() as i32;
+                    result.message = status.message().to_owned();
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -328,9 +327,9 @@ impl proto::loyalty_service_server::LoyaltyService for Loyalty {
     async fn get_balance(&self, req: Request<proto::GetBalanceRequest>) -> Result<Response<proto::Balance>, Status> {
         let r = req.into_inner();
         let addr = MemberAddress::try_from(r.member)?;
-        let (now, asked) = (instant("as_of", r.as_of, now_millis())?, r.as_of.is_some());
-        let m = as_of(&self.0, points_holder(&self.0, &addr)?, now, asked)?;
-        Ok(Response::new(convert::balance(&m, now, &self.0.fold.loyalty)))
+        let when = AsOf::from_request(r.as_of, now_millis())?;
+        let m = as_of(&self.0, points_holder(&self.0, &addr)?, when)?;
+        Ok(Response::new(convert::balance(&m, when.at, &self.0.fold.loyalty)))
     }
 
     async fn list_ledger(
@@ -367,9 +366,9 @@ impl proto::loyalty_service_server::LoyaltyService for Loyalty {
     async fn get_benefits(&self, req: Request<proto::GetBenefitsRequest>) -> Result<Response<proto::Benefits>, Status> {
         let r = req.into_inner();
         let addr = MemberAddress::try_from(r.member)?;
-        let (now, asked) = (instant("as_of", r.as_of, now_millis())?, r.as_of.is_some());
-        let m = as_of(&self.0, points_holder(&self.0, &addr)?, now, asked)?;
-        Ok(Response::new(convert::benefits(&m, now, &self.0.fold.loyalty)))
+        let when = AsOf::from_request(r.as_of, now_millis())?;
+        let m = as_of(&self.0, points_holder(&self.0, &addr)?, when)?;
+        Ok(Response::new(convert::benefits(&m, when.at, &self.0.fold.loyalty)))
     }
 
     async fn redeem_points(

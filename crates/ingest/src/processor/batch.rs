@@ -4,12 +4,12 @@
 //! command) and then the fold, with what it writes staged in the batch.
 
 use std::borrow::Cow;
+use std::sync::{Arc, PoisonError};
 
 // Keys come from the log, so the maps are seeded per process (foldhash's
 // RandomState); foldhash instead of SipHash because hashing member keys
 // and event ids is on every record's path.
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
-use std::sync::{Arc, PoisonError};
 
 use omnifold_core::fold::{self, Position, kind_of};
 use omnifold_core::member::{Lineage, ProfileKind};
