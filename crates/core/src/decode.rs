@@ -62,6 +62,26 @@ mod tests {
         assert!(matches!(from_json.payload, Payload::ProductViewed { price_minor: 12900, .. }));
     }
 
+    /// Text fields lose surrounding whitespace (Unicode too, as a POS in
+    /// China may send an ideographic space); whitespace alone is missing.
+    #[test]
+    fn text_fields_are_trimmed() {
+        let json = r#"{"eventId":" e1 ","occurredAt":"2026-03-01T10:00:00Z","channel":"ONLINE_WEB",
+            "subject":{"memberId":"\u3000m-1\t"},"productViewed":{"sku":"SKU-1  ","category":"\u3000鞋"}}"#;
+        let e = decode_event(json.as_bytes(), 65536, &Limits::default()).unwrap();
+        assert_eq!(e.event_id, "e1");
+        assert_eq!(e.subject.member_id.as_deref(), Some("m-1"));
+        match e.payload {
+            Payload::ProductViewed { sku, category, .. } => {
+                assert_eq!((sku.as_str(), category.as_str()), ("SKU-1", "鞋"))
+            }
+            other => panic!("{other:?}"),
+        }
+        let blank = json.replace(r#""sku":"SKU-1  ""#, r#""sku":" \u3000 ""#);
+        let err = decode_event(blank.as_bytes(), 65536, &Limits::default()).unwrap_err().to_string();
+        assert!(err.contains("productViewed.sku"), "{err}");
+    }
+
     #[test]
     fn bad_input_has_a_reason() {
         let cases = [

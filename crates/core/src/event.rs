@@ -244,18 +244,31 @@ impl Event {
     }
 }
 
-fn text(field: &'static str, s: &str, required: bool) -> Result<String, Error> {
+/// `s` without surrounding whitespace, in the same allocation: the decoded
+/// wire type's strings move into the domain event instead of being copied.
+fn trimmed(mut s: String) -> String {
     let t = s.trim();
+    if t.len() == s.len() {
+        return s;
+    }
+    let (start, len) = (t.as_ptr() as usize - s.as_ptr() as usize, t.len());
+    s.truncate(start + len);
+    s.drain(..start);
+    s
+}
+
+fn text(field: &'static str, s: String, required: bool) -> Result<String, Error> {
+    let t = trimmed(s);
     if required && t.is_empty() {
         return Err(Error::Missing(field));
     }
     if t.len() > MAX_TEXT {
         return Err(Error::invalid(field, format!("longer than {MAX_TEXT} bytes")));
     }
-    Ok(t.to_owned())
+    Ok(t)
 }
 
-fn opt_text(field: &'static str, s: &str) -> Result<Option<String>, Error> {
+fn opt_text(field: &'static str, s: String) -> Result<Option<String>, Error> {
     let t = text(field, s, false)?;
     Ok(if t.is_empty() { None } else { Some(t) })
 }
@@ -272,10 +285,10 @@ fn currency(field: &'static str, c: &str) -> Result<String, Error> {
 }
 
 /// Order or cart lines, each within the limits, and their list value.
-fn lines<'a>(
+fn lines(
     field: &'static str,
     limits: &Limits,
-    raw: impl ExactSizeIterator<Item = (&'a str, &'a str, i32, i64)>,
+    raw: impl ExactSizeIterator<Item = (String, String, i32, i64)>,
 ) -> Result<(Vec<Line>, i64), Error> {
     limits.lines(field, raw.len())?;
     let mut list: i128 = 0;
@@ -306,7 +319,7 @@ impl TryFrom<proto::Event> for Event {
 impl Event {
     /// Builds a valid event from the wire type, or says which field is wrong.
     pub fn validate(e: proto::Event, limits: &Limits) -> Result<Self, Error> {
-        let event_id = e.event_id.trim().to_owned();
+        let event_id = trimmed(e.event_id);
         if event_id.is_empty() {
             return Err(Error::Missing("eventId"));
         }
@@ -327,12 +340,12 @@ impl Event {
                 Error::invalid("channel", format!("unknown channel {}", e.channel))
             }
         })?;
-        let store_id = opt_text("storeId", &e.store_id)?;
+        let store_id = opt_text("storeId", e.store_id)?;
         let s = e.subject.ok_or(Error::Missing("subject"))?;
         let identifiers = s.identifiers.iter().map(Identifier::try_from).collect::<Result<Vec<_>, _>>()?;
         let subject = Subject {
-            member_id: opt_text("subject.memberId", &s.member_id)?,
-            anonymous_id: opt_text("subject.anonymousId", &s.anonymous_id)?,
+            member_id: opt_text("subject.memberId", s.member_id)?,
+            anonymous_id: opt_text("subject.anonymousId", s.anonymous_id)?,
             identifiers,
         };
         if subject.member_id.is_none() && subject.anonymous_id.is_none() && subject.identifiers.is_empty() {
@@ -341,17 +354,17 @@ impl Event {
         use proto::event::Payload as P;
         let payload = match e.payload.ok_or(Error::Missing("payload"))? {
             P::ProductViewed(p) => Payload::ProductViewed {
-                sku: text("productViewed.sku", &p.sku, true)?,
-                category: text("productViewed.category", &p.category, false)?,
+                sku: text("productViewed.sku", p.sku, true)?,
+                category: text("productViewed.category", p.category, false)?,
                 price_minor: limits.amount("productViewed.priceMinor", p.price_minor)?,
             },
-            P::SearchPerformed(p) => Payload::SearchPerformed { query: text("searchPerformed.query", &p.query, true)? },
+            P::SearchPerformed(p) => Payload::SearchPerformed { query: text("searchPerformed.query", p.query, true)? },
             P::CartUpdated(p) => Payload::CartUpdated {
-                cart_id: text("cartUpdated.cartId", &p.cart_id, false)?,
+                cart_id: text("cartUpdated.cartId", p.cart_id, false)?,
                 lines: lines(
                     "cartUpdated.lines",
                     limits,
-                    p.lines.iter().map(|l| (l.sku.as_str(), l.category.as_str(), l.quantity, l.unit_price_minor)),
+                    p.lines.into_iter().map(|l| (l.sku, l.category, l.quantity, l.unit_price_minor)),
                 )?
                 .0,
             },
@@ -359,14 +372,14 @@ impl Event {
                 let (lines, _) = lines(
                     "orderPlaced.lines",
                     limits,
-                    p.lines.iter().map(|l| (l.sku.as_str(), l.category.as_str(), l.quantity, l.unit_price_minor)),
+                    p.lines.into_iter().map(|l| (l.sku, l.category, l.quantity, l.unit_price_minor)),
                 )?;
                 let total_minor = limits.amount("orderPlaced.totalMinor", p.total_minor)?;
                 if lines.is_empty() && total_minor == 0 {
                     return Err(Error::invalid("orderPlaced", "needs lines or a totalMinor"));
                 }
                 Payload::OrderPlaced {
-                    order_id: text("orderPlaced.orderId", &p.order_id, true)?,
+                    order_id: text("orderPlaced.orderId", p.order_id, true)?,
                     currency: currency("orderPlaced.currency", &p.currency)?,
                     lines,
                     total_minor,
@@ -380,10 +393,10 @@ impl Event {
                     limits.lines("orderReturned.lines", p.lines.len())?;
                     Returned::Lines(
                         p.lines
-                            .iter()
+                            .into_iter()
                             .map(|l| {
                                 Ok(ReturnLine {
-                                    sku: text("orderReturned.lines.sku", &l.sku, true)?,
+                                    sku: text("orderReturned.lines.sku", l.sku, true)?,
                                     quantity: limits.quantity("orderReturned.lines.quantity", l.quantity)?,
                                 })
                             })
@@ -395,31 +408,31 @@ impl Event {
                     return Err(Error::invalid("orderReturned", "needs lines or a positive amountMinor"));
                 };
                 Payload::OrderReturned {
-                    order_id: text("orderReturned.orderId", &p.order_id, true)?,
-                    return_id: text("orderReturned.returnId", &p.return_id, true)?,
+                    order_id: text("orderReturned.orderId", p.order_id, true)?,
+                    return_id: text("orderReturned.returnId", p.return_id, true)?,
                     returned,
                 }
             }
             P::OrderCancelled(p) => Payload::OrderCancelled {
-                order_id: text("orderCancelled.orderId", &p.order_id, true)?,
-                reason: text("orderCancelled.reason", &p.reason, false)?,
+                order_id: text("orderCancelled.orderId", p.order_id, true)?,
+                reason: text("orderCancelled.reason", p.reason, false)?,
             },
             P::MemberEnrolled(p) => {
-                Payload::MemberEnrolled { program: text("memberEnrolled.program", &p.program, false)? }
+                Payload::MemberEnrolled { program: text("memberEnrolled.program", p.program, false)? }
             }
             P::ProfileUpdated(p) => {
                 let mut traits = BTreeMap::new();
                 for (k, v) in p.traits {
-                    traits.insert(text("profileUpdated.traits", &k, true)?, text("profileUpdated.traits", &v, false)?);
+                    traits.insert(text("profileUpdated.traits", k, true)?, text("profileUpdated.traits", v, false)?);
                 }
                 Payload::ProfileUpdated { traits }
             }
             P::ConsentChanged(p) => Payload::ConsentChanged {
-                purpose: text("consentChanged.purpose", &p.purpose, true)?,
+                purpose: text("consentChanged.purpose", p.purpose, true)?,
                 granted: p.granted,
             },
             P::IdentityLinked(p) => {
-                let anonymous_id = opt_text("identityLinked.anonymousId", &p.anonymous_id)?;
+                let anonymous_id = opt_text("identityLinked.anonymousId", p.anonymous_id)?;
                 let identifiers = p.identifiers.iter().map(Identifier::try_from).collect::<Result<Vec<_>, _>>()?;
                 if subject.member_id.is_none() {
                     return Err(Error::invalid("subject.memberId", "identityLinked needs the member it links to"));
@@ -430,7 +443,7 @@ impl Event {
                 Payload::IdentityLinked { anonymous_id, identifiers }
             }
             P::MembersMerged(p) => {
-                let into_member_id = text("membersMerged.intoMemberId", &p.into_member_id, true)?;
+                let into_member_id = text("membersMerged.intoMemberId", p.into_member_id, true)?;
                 if subject.member_id.as_deref() != Some(into_member_id.as_str()) {
                     return Err(Error::invalid(
                         "subject.memberId",
@@ -438,33 +451,33 @@ impl Event {
                     ));
                 }
                 Payload::MembersMerged {
-                    from_member_id: text("membersMerged.fromMemberId", &p.from_member_id, true)?,
+                    from_member_id: text("membersMerged.fromMemberId", p.from_member_id, true)?,
                     into_member_id,
                 }
             }
             P::PointsAdjusted(p) => Payload::PointsAdjusted {
                 delta: limits.points("pointsAdjusted.delta", p.delta)?,
-                reason: text("pointsAdjusted.reason", &p.reason, true)?,
-                actor: text("pointsAdjusted.actor", &p.actor, true)?,
-                request_id: opt_text("pointsAdjusted.requestId", &p.request_id)?,
+                reason: text("pointsAdjusted.reason", p.reason, true)?,
+                actor: text("pointsAdjusted.actor", p.actor, true)?,
+                request_id: opt_text("pointsAdjusted.requestId", p.request_id)?,
             },
             P::PointsRedemptionRequested(p) => {
                 if p.points <= 0 {
                     return Err(Error::invalid("pointsRedemptionRequested.points", "must be positive"));
                 }
                 Payload::PointsRedemptionRequested {
-                    request_id: text("pointsRedemptionRequested.requestId", &p.request_id, true)?,
+                    request_id: text("pointsRedemptionRequested.requestId", p.request_id, true)?,
                     points: limits.points("pointsRedemptionRequested.points", p.points)?,
-                    reward: text("pointsRedemptionRequested.reward", &p.reward, false)?,
+                    reward: text("pointsRedemptionRequested.reward", p.reward, false)?,
                 }
             }
             P::ErasureRequested(p) => {
-                Payload::ErasureRequested { reason: text("erasureRequested.reason", &p.reason, false)? }
+                Payload::ErasureRequested { reason: text("erasureRequested.reason", p.reason, false)? }
             }
             P::IdentityClaimed(p) => Payload::IdentityClaimed {
-                member_id: text("identityClaimed.memberId", &p.member_id, true)?,
+                member_id: text("identityClaimed.memberId", p.member_id, true)?,
                 merge: p.merge,
-                cause_event_id: text("identityClaimed.causeEventId", &p.cause_event_id, false)?,
+                cause_event_id: text("identityClaimed.causeEventId", p.cause_event_id, false)?,
             },
             P::ProfileJoined(p) => {
                 if subject.member_id.is_none() {
@@ -477,7 +490,7 @@ impl Event {
                     return Err(Error::invalid("profileJoined.parts", format!("more than {MAX_PARTS}")));
                 }
                 Payload::ProfileJoined {
-                    from_key: text("profileJoined.fromKey", &p.from_key, true)?,
+                    from_key: text("profileJoined.fromKey", p.from_key, true)?,
                     from_kind,
                     identifier: p.identifier.as_ref().map(Identifier::try_from).transpose()?,
                     parts: p.parts,
@@ -493,7 +506,7 @@ impl Event {
                     return Err(Error::invalid("profileJoinPart.index", format!("at most {MAX_PARTS}")));
                 }
                 Payload::ProfileJoinPart {
-                    join_id: text("profileJoinPart.joinId", &p.join_id, true)?,
+                    join_id: text("profileJoinPart.joinId", p.join_id, true)?,
                     index: p.index,
                     data: p.data,
                 }

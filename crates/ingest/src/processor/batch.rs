@@ -36,7 +36,8 @@ pub(super) struct Run<'a> {
     /// Each record decoded and validated (a join's state is put in here
     /// once its parts are together).
     decoded: Vec<std::result::Result<Event, omnifold_core::Error>>,
-    /// Each record's profile key: where a forward routed it, else its subject's.
+    /// Each record's profile key: where a forward routed it, else its
+    /// subject's. Taken (not cloned) when the record is folded.
     keys: Vec<Option<String>>,
     partitions: Option<u32>,
     pub(super) members: HashMap<String, Member>,
@@ -229,7 +230,7 @@ impl<'a> Run<'a> {
             self.dead_letter(i, "too_late", reason);
             return Ok(());
         }
-        let Some(key) = self.keys[i].clone() else {
+        let Some(key) = self.keys[i].take() else {
             return Err(crate::Error::Bug("a valid event without a key".into()));
         };
         // Marked as forwarded from here (not as applied: it may go to this
@@ -324,7 +325,13 @@ impl<'a> Run<'a> {
             return Ok(());
         };
         let kind = if record.route.is_some() { ProfileKind::KnownMember } else { kind_of(event) };
-        let member = self.members.entry(key.clone()).or_insert_with(|| Member::new(key.clone(), kind));
+        // Looked up before inserting, so a member already here costs no key copy.
+        if !self.members.contains_key(&key) {
+            self.members.insert(key.clone(), Member::new(key.clone(), kind));
+        }
+        let Some(member) = self.members.get_mut(&key) else {
+            return Err(crate::Error::Bug("a member inserted into the batch is missing".into()));
+        };
         let was_route = member.routes_to.is_some();
         let pos = Position { partition: self.partition, offset: record.offset };
         let applied_before = member.version.events_applied;
