@@ -22,11 +22,26 @@ pub struct ServerConfig {
     /// before answering IN_PROGRESS (the client asks again with the same
     /// request id).
     pub command_timeout_ms: u64,
+    /// Long store reads (a past `as_of`, a ledger page, a batch, a scan) in
+    /// flight at most on the blocking pool; 0: twice the cores, at least 4.
+    pub read_threads: usize,
+}
+
+impl ServerConfig {
+    /// `read_threads` with 0 resolved.
+    pub fn read_threads(&self) -> usize {
+        if self.read_threads == 0 { omnifold_server::default_read_threads() } else { self.read_threads }
+    }
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { listen: "127.0.0.1:50051".into(), metrics_listen: String::new(), command_timeout_ms: 5_000 }
+        ServerConfig {
+            listen: "127.0.0.1:50051".into(),
+            metrics_listen: String::new(),
+            command_timeout_ms: 5_000,
+            read_threads: 0,
+        }
     }
 }
 
@@ -77,6 +92,9 @@ impl Config {
         })?;
         if !(1..=600_000).contains(&self.server.command_timeout_ms) {
             bail!("[server] command_timeout_ms must be 1 to 600000, got {}", self.server.command_timeout_ms);
+        }
+        if self.server.read_threads > 1024 {
+            bail!("[server] read_threads must be 0 (twice the cores) to 1024, got {}", self.server.read_threads);
         }
         Ok(self)
     }
@@ -149,6 +167,12 @@ mod tests {
         assert!(format!("{err:#}").contains("order_history_days"), "{err:#}");
         let err = Config::load(None, &env(&[("OMNIFOLD_KAFKA__FOLD_NICE", "20")])).unwrap_err();
         assert!(format!("{err:#}").contains("fold_nice must be 0"), "{err:#}");
+        let err = Config::load(None, &env(&[("OMNIFOLD_SERVER__READ_THREADS", "5000")])).unwrap_err();
+        assert!(format!("{err:#}").contains("read_threads must be 0"), "{err:#}");
+        // 0 is resolved from the cores, and a number is taken as it is.
+        assert!(Config::load(None, &BTreeMap::new()).unwrap().server.read_threads() >= 4);
+        let c = Config::load(None, &env(&[("OMNIFOLD_SERVER__READ_THREADS", "3")])).unwrap();
+        assert_eq!(c.server.read_threads(), 3);
     }
 
     #[test]

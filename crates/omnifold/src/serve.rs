@@ -137,6 +137,7 @@ pub async fn serve(config: Config) -> Result<()> {
     let server = tokio::spawn(omnifold_server::run(
         listener,
         AppState::new(stores.clone(), &config.kafka.topic, fold)
+            .with_read_threads(config.server.read_threads())
             .with_commands(commands)
             .with_ingest(Arc::new(Health(status)))
             .with_switcher(Switcher { requests: switch_tx, store_config: config.store.clone() }),

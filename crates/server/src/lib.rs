@@ -41,6 +41,8 @@ pub enum Error {
     Unavailable(String),
     #[error("{0}")]
     Unimplemented(&'static str),
+    #[error("{0}")]
+    Internal(String),
     #[error("store: {0}")]
     Store(#[from] omnifold_store::Error),
     #[error("server: {0}")]
@@ -80,6 +82,14 @@ pub struct AppState {
     pub switcher: Option<Switcher>,
     /// What ingest reports about its health (absent: no ingest here).
     pub ingest: Option<Arc<dyn IngestHealth>>,
+    /// Store reads in flight on the blocking pool at most (`read`).
+    reads: Arc<tokio::sync::Semaphore>,
+}
+
+/// Store reads in flight at most by default: twice the cores, so reads that
+/// wait for the disk do not leave a core idle.
+pub fn default_read_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get).saturating_mul(2).max(4)
 }
 
 /// Where `SwitchStore` requests go (the ingest loop), and how to open the
@@ -92,7 +102,47 @@ pub struct Switcher {
 
 impl AppState {
     pub fn new(stores: Arc<StoreHandle>, topic: impl Into<String>, fold: Arc<FoldConfig>) -> Self {
-        AppState { stores, topic: topic.into(), fold, commands: None, switcher: None, ingest: None }
+        AppState {
+            stores,
+            topic: topic.into(),
+            fold,
+            commands: None,
+            switcher: None,
+            ingest: None,
+            reads: Arc::new(tokio::sync::Semaphore::new(default_read_threads())),
+        }
+    }
+
+    /// At most `n` (at least 1) store reads in flight on the blocking pool.
+    pub fn with_read_threads(mut self, n: usize) -> Self {
+        self.reads = Arc::new(tokio::sync::Semaphore::new(n.max(1)));
+        self
+    }
+
+    /// Runs `f`, which reads the store. A [`ReadCost::Point`] read runs
+    /// here, on the async worker: it is a point read and a seek (tens of
+    /// microseconds from the block cache), and handing it to another thread
+    /// cost 11% of `GetProfile`'s throughput (docs/benchmarks.md). A
+    /// [`ReadCost::Long`] read (kept history replayed for a past instant, a
+    /// ledger page, a batch, a scan) runs on tokio's blocking pool, at most
+    /// `read_threads` at a time (the rest wait without holding a thread),
+    /// so it never holds up the workers that move every other request.
+    pub(crate) async fn read<T, F>(&self, cost: ReadCost, f: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&AppState) -> Result<T, Error> + Send + 'static,
+    {
+        if cost == ReadCost::Point {
+            return f(self);
+        }
+        let permit =
+            self.reads.clone().acquire_owned().await.map_err(|_| Error::Unavailable("shutting down".into()))?;
+        let state = self.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            f(&state)
+        });
+        read.await.map_err(|e| Error::Internal(format!("a store read failed: {e}")))?
     }
 
     pub fn with_ingest(mut self, ingest: Arc<dyn IngestHealth>) -> Self {
@@ -132,6 +182,22 @@ impl AppState {
             Books::Load => self.store().member(partition, key)?,
             Books::Skip => self.store().member_without_books(partition, key)?,
         })
+    }
+}
+
+/// How long a store read may take: where [`AppState::read`] runs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReadCost {
+    /// A member's record and books, or an index entry: on the async worker.
+    Point,
+    /// Kept history, a ledger page, several members, a scan: on the blocking pool.
+    Long,
+}
+
+impl ReadCost {
+    /// A read as of an instant the caller named may replay kept history.
+    pub(crate) fn of(when: request::AsOf) -> ReadCost {
+        if when.asked { ReadCost::Long } else { ReadCost::Point }
     }
 }
 
@@ -176,4 +242,65 @@ pub async fn run(listener: TcpListener, state: AppState, shutdown: impl Future<O
         w.abort();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(read_threads: usize) -> (tempfile::TempDir, AppState) {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Store::open(&omnifold_store::StoreConfig { path: dir.path().into(), ..Default::default() }).unwrap();
+        let fold = Arc::new(FoldConfig::default().validate().unwrap());
+        (dir, AppState::new(StoreHandle::new(store), "events", fold).with_read_threads(read_threads))
+    }
+
+    /// A point read stays on the caller's thread; a long one runs on the
+    /// blocking pool holding one of the `read_threads` permits, and its
+    /// error comes back as it was.
+    #[tokio::test(flavor = "current_thread")]
+    async fn long_reads_run_on_the_bounded_pool_and_point_reads_in_place() {
+        let (_dir, state) = state(3);
+        let here = std::thread::current().id();
+        let point =
+            state.read(ReadCost::Point, move |s| Ok((std::thread::current().id(), s.reads.available_permits())));
+        assert_eq!(point.await.unwrap(), (here, 3));
+        let long = state.read(ReadCost::Long, move |s| Ok((std::thread::current().id(), s.reads.available_permits())));
+        let (thread, permits) = long.await.unwrap();
+        assert_ne!(thread, here, "a long read runs off the async worker");
+        assert_eq!(permits, 2, "and holds one permit while it runs");
+        assert_eq!(state.reads.available_permits(), 3, "which it gives back");
+        let failed = state.read(ReadCost::Long, |_| Err::<(), _>(Error::NotFound("no profile".into()))).await;
+        assert!(matches!(failed, Err(Error::NotFound(m)) if m == "no profile"));
+    }
+
+    /// With one permit, a second long read starts only after the first has
+    /// finished: it cannot see the first one's mark unfinished.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn long_reads_beyond_the_bound_wait_their_turn() {
+        let (_dir, state) = state(1);
+        let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let reads: Vec<_> = (0..4)
+            .map(|_| {
+                let (state, running) = (state.clone(), running.clone());
+                tokio::spawn(async move {
+                    state
+                        .read(ReadCost::Long, move |_| {
+                            let before = running.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            // Long enough that an unbounded pool would overlap them.
+                            for _ in 0..100 {
+                                std::thread::yield_now();
+                            }
+                            running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                            Ok(before)
+                        })
+                        .await
+                })
+            })
+            .collect();
+        for r in reads {
+            assert_eq!(r.await.unwrap().unwrap(), 0, "another long read was running");
+        }
+    }
 }

@@ -19,7 +19,7 @@ use crate::commands::{self, Command, Outcome};
 use crate::request::{
     Adjust, AsOf, LedgerQuery, MemberAddress, Merge, ReadMask, Redeem, identifier_address, instant, page_token,
 };
-use crate::{AppState, Books, Error, convert, now_millis};
+use crate::{AppState, Books, Error, ReadCost, convert, now_millis};
 
 /// Most members one `BatchGetProfiles` may ask for.
 pub const MAX_BATCH: usize = 100;
@@ -178,6 +178,33 @@ fn find_for(state: &AppState, addr: &MemberAddress, mask: &ReadMask) -> Result<M
     Ok(resolve_with(state, addr, mask.books())?.member)
 }
 
+/// Each member's profile, or the status that member alone failed with: a
+/// member not found, or not known at that instant, fails its own result,
+/// not the batch.
+fn batch_profiles(
+    state: &AppState,
+    addrs: &[MemberAddress],
+    wires: Vec<proto::MemberRef>,
+    mask: &ReadMask,
+    when: AsOf,
+) -> Result<Vec<proto::ProfileResult>, Error> {
+    let mut results = Vec::with_capacity(addrs.len());
+    for (addr, wire) in addrs.iter().zip(wires) {
+        let mut result = proto::ProfileResult { member: Some(wire), ..Default::default() };
+        match find_for(state, addr, mask).and_then(|m| as_of(state, m, when)) {
+            Ok(m) => result.profile = Some(convert::profile(&m, when.at, mask, &state.fold)),
+            Err(e @ (Error::NotFound(_) | Error::FailedPrecondition(_))) => {
+                let status = Status::from(e);
+                result.code = status.code() as i32;
+                result.message = status.message().to_owned();
+            }
+            Err(e) => return Err(e),
+        }
+        results.push(result);
+    }
+    Ok(results)
+}
+
 pub struct Profiles(pub AppState);
 
 #[tonic::async_trait]
@@ -187,8 +214,14 @@ impl proto::profile_service_server::ProfileService for Profiles {
         let addr = MemberAddress::try_from(r.member)?;
         let mask = ReadMask::try_from(r.read_mask)?;
         let when = AsOf::from_request(r.as_of, now_millis())?;
-        let member = as_of(&self.0, find_for(&self.0, &addr, &mask)?, when)?;
-        Ok(Response::new(convert::profile(&member, when.at, &mask, &self.0.fold)))
+        let profile = self
+            .0
+            .read(ReadCost::of(when), move |state| {
+                let member = as_of(state, find_for(state, &addr, &mask)?, when)?;
+                Ok(convert::profile(&member, when.at, &mask, &state.fold))
+            })
+            .await?;
+        Ok(Response::new(profile))
     }
 
     async fn batch_get_profiles(
@@ -214,22 +247,9 @@ impl proto::profile_service_server::ProfileService for Profiles {
                     .map_err(|e| Error::InvalidArgument(format!("members[{i}]: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let mut results = Vec::with_capacity(addrs.len());
-        for (addr, wire) in addrs.iter().zip(r.members) {
-            let mut result = proto::ProfileResult { member: Some(wire), ..Default::default() };
-            // A member not found, or not known at that instant, fails
-            // its own result, not the batch.
-            match find_for(&self.0, addr, &mask).and_then(|m| as_of(&self.0, m, when)) {
-                Ok(m) => result.profile = Some(convert::profile(&m, when.at, &mask, &self.0.fold)),
-                Err(e @ (Error::NotFound(_) | Error::FailedPrecondition(_))) => {
-                    let status = Status::from(e);
-                    result.code = status.code() as i32;
-                    result.message = status.message().to_owned();
-                }
-                Err(e) => return Err(e.into()),
-            }
-            results.push(result);
-        }
+        let wires = r.members;
+        let results =
+            self.0.read(ReadCost::Long, move |state| batch_profiles(state, &addrs, wires, &mask, when)).await?;
         Ok(Response::new(proto::BatchGetProfilesResponse { results }))
     }
 
@@ -268,6 +288,34 @@ impl proto::profile_service_server::ProfileService for Profiles {
     ) -> Result<Response<Self::WatchProfileStream>, Status> {
         Err(Error::Unimplemented("WatchProfile is not available yet; poll GetProfile and compare version").into())
     }
+}
+
+/// One page of a member's ledger, newest first: at most `page_size`
+/// entries, and at most `MAX_SCAN` scanned.
+fn ledger_page(state: &AppState, q: &LedgerQuery) -> Result<proto::ListLedgerResponse, Error> {
+    let m = points_holder(state, &q.member)?;
+    let partition = state.partition(&m.key)?;
+    // Lots expired by now but not yet closed by a later event come first:
+    // they are numbered after everything stored.
+    let expiries = m.pending_expiries(now_millis());
+    let below = |seq: u64| q.before.is_none_or(|b| seq < b);
+    let virtual_entries = expiries.into_iter().rev().filter(|e| below(e.seq)).map(Ok);
+    let stored_before = q.before.map(|b| b.min(m.loyalty.next_seq));
+    let store = state.store();
+    let stored = store.ledger(partition, &m.key, stored_before).map(|r| r.map_err(Error::from));
+    let mut entries = Vec::new();
+    let mut next_page_token = String::new();
+    for (scanned, e) in virtual_entries.chain(stored).enumerate() {
+        let e = e?;
+        if entries.len() == q.page_size || scanned == MAX_SCAN {
+            next_page_token = page_token(e.seq + 1);
+            break;
+        }
+        if q.matches(&e) {
+            entries.push(convert::ledger_entry(&e));
+        }
+    }
+    Ok(proto::ListLedgerResponse { entries, next_page_token })
 }
 
 pub struct Loyalty(pub AppState);
@@ -328,8 +376,14 @@ impl proto::loyalty_service_server::LoyaltyService for Loyalty {
         let r = req.into_inner();
         let addr = MemberAddress::try_from(r.member)?;
         let when = AsOf::from_request(r.as_of, now_millis())?;
-        let m = as_of(&self.0, points_holder(&self.0, &addr)?, when)?;
-        Ok(Response::new(convert::balance(&m, when.at, &self.0.fold.loyalty)))
+        let balance = self
+            .0
+            .read(ReadCost::of(when), move |state| {
+                let m = as_of(state, points_holder(state, &addr)?, when)?;
+                Ok(convert::balance(&m, when.at, &state.fold.loyalty))
+            })
+            .await?;
+        Ok(Response::new(balance))
     }
 
     async fn list_ledger(
@@ -337,38 +391,21 @@ impl proto::loyalty_service_server::LoyaltyService for Loyalty {
         req: Request<proto::ListLedgerRequest>,
     ) -> Result<Response<proto::ListLedgerResponse>, Status> {
         let q = LedgerQuery::try_from(req.into_inner())?;
-        let state = &self.0;
-        let m = points_holder(state, &q.member)?;
-        let partition = state.partition(&m.key)?;
-        // Lots expired by now but not yet closed by a later event come first:
-        // they are numbered after everything stored.
-        let expiries = m.pending_expiries(now_millis());
-        let below = |seq: u64| q.before.is_none_or(|b| seq < b);
-        let virtual_entries = expiries.into_iter().rev().filter(|e| below(e.seq)).map(Ok);
-        let stored_before = q.before.map(|b| b.min(m.loyalty.next_seq));
-        let store = state.store();
-        let stored = store.ledger(partition, &m.key, stored_before).map(|r| r.map_err(Error::from));
-        let mut entries = Vec::new();
-        let mut next_page_token = String::new();
-        for (scanned, e) in virtual_entries.chain(stored).enumerate() {
-            let e = e?;
-            if entries.len() == q.page_size || scanned == MAX_SCAN {
-                next_page_token = page_token(e.seq + 1);
-                break;
-            }
-            if q.matches(&e) {
-                entries.push(convert::ledger_entry(&e));
-            }
-        }
-        Ok(Response::new(proto::ListLedgerResponse { entries, next_page_token }))
+        Ok(Response::new(self.0.read(ReadCost::Long, move |state| ledger_page(state, &q)).await?))
     }
 
     async fn get_benefits(&self, req: Request<proto::GetBenefitsRequest>) -> Result<Response<proto::Benefits>, Status> {
         let r = req.into_inner();
         let addr = MemberAddress::try_from(r.member)?;
         let when = AsOf::from_request(r.as_of, now_millis())?;
-        let m = as_of(&self.0, points_holder(&self.0, &addr)?, when)?;
-        Ok(Response::new(convert::benefits(&m, when.at, &self.0.fold.loyalty)))
+        let benefits = self
+            .0
+            .read(ReadCost::of(when), move |state| {
+                let m = as_of(state, points_holder(state, &addr)?, when)?;
+                Ok(convert::benefits(&m, when.at, &state.fold.loyalty))
+            })
+            .await?;
+        Ok(Response::new(benefits))
     }
 
     async fn redeem_points(
@@ -427,6 +464,25 @@ impl proto::loyalty_service_server::LoyaltyService for Loyalty {
             event_id: a.event_id,
         }))
     }
+}
+
+/// The points every member holds as of `as_of`: a scan of every member of
+/// every partition this store has applied.
+fn liability(state: &AppState, as_of: Millis) -> Result<proto::GetPointsLiabilityResponse, Error> {
+    let store = state.store();
+    let count = store.partition_count(&state.topic)?.unwrap_or(0);
+    let mut report = Liability::new(as_of);
+    let mut partitions = Vec::new();
+    for p in 0..count {
+        if store.next_offset(&state.topic, p)?.is_none() {
+            continue;
+        }
+        partitions.push(p);
+        for m in store.scan_members(p) {
+            report.add(&m?, &state.fold.loyalty);
+        }
+    }
+    Ok(convert::liability(&report, partitions))
 }
 
 pub struct Admin(pub AppState);
@@ -590,21 +646,8 @@ impl proto::admin_service_server::AdminService for Admin {
         &self,
         req: Request<proto::GetPointsLiabilityRequest>,
     ) -> Result<Response<proto::GetPointsLiabilityResponse>, Status> {
-        let state = &self.0;
         let as_of = instant("as_of", req.into_inner().as_of, now_millis())?;
-        let count = state.store().partition_count(&state.topic).map_err(Error::from)?.unwrap_or(0);
-        let mut report = Liability::new(as_of);
-        let mut partitions = Vec::new();
-        for p in 0..count {
-            if state.store().next_offset(&state.topic, p).map_err(Error::from)?.is_none() {
-                continue;
-            }
-            partitions.push(p);
-            for m in state.store().scan_members(p) {
-                report.add(&m.map_err(Error::from)?, &state.fold.loyalty);
-            }
-        }
-        Ok(Response::new(convert::liability(&report, partitions)))
+        Ok(Response::new(self.0.read(ReadCost::Long, move |state| liability(state, as_of)).await?))
     }
 
     async fn get_replay_status(
