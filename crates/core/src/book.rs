@@ -9,6 +9,7 @@
 //! member (`Member::encode`) holds its entries inline as before.
 
 use std::collections::BTreeSet;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
@@ -43,6 +44,11 @@ pub struct Book<T: Entry> {
     /// Ids dropped since the book was stored.
     #[serde(skip)]
     removed: BTreeSet<T::Id>,
+    /// The average weight of an entry, from a sample ([`Book::weight`]),
+    /// remembered until the book changes: weighing reads entries that are
+    /// rarely in the CPU's cache.
+    #[serde(skip)]
+    average_weight: OnceLock<usize>,
 }
 
 /// Lineages are unique in the process: a book compared against the lineage
@@ -51,7 +57,13 @@ static NEXT_LINEAGE: AtomicU64 = AtomicU64::new(1);
 
 impl<T: Entry> Default for Book<T> {
     fn default() -> Self {
-        Book { entries: Vec::new(), lineage: 0, changed: BTreeSet::new(), removed: BTreeSet::new() }
+        Book {
+            entries: Vec::new(),
+            lineage: 0,
+            changed: BTreeSet::new(),
+            removed: BTreeSet::new(),
+            average_weight: OnceLock::new(),
+        }
     }
 }
 
@@ -127,6 +139,7 @@ impl<T: Entry> Book<T> {
     /// The first entry that satisfies `pred`, to change; it is written back
     /// with the member.
     pub fn find_mut(&mut self, pred: impl Fn(&T) -> bool) -> Option<&mut T> {
+        self.average_weight.take();
         let e = self.entries.iter_mut().find(|e| pred(e))?;
         self.changed.insert(e.id().clone());
         Some(e)
@@ -135,6 +148,7 @@ impl<T: Entry> Book<T> {
     /// The entries that satisfy `pred`, in order, to change: each one the
     /// caller takes from the iterator is written back with the member.
     pub fn iter_mut_where<'a>(&'a mut self, pred: impl Fn(&T) -> bool + 'a) -> impl Iterator<Item = &'a mut T> + 'a {
+        self.average_weight.take();
         let changed = &mut self.changed;
         self.entries.iter_mut().filter(move |e| pred(e)).inspect(move |e| {
             changed.insert(e.id().clone());
@@ -148,6 +162,7 @@ impl<T: Entry> Book<T> {
             return false;
         }
         let idx = self.entries.partition_point(|e| e.precedes(&entry));
+        self.average_weight.take();
         self.removed.remove(&id);
         self.changed.insert(id);
         self.entries.insert(idx, entry);
@@ -162,12 +177,24 @@ impl<T: Entry> Book<T> {
 
     /// Takes the `n` first entries out of the book.
     pub fn drain_first(&mut self, n: usize) -> Vec<T> {
+        self.average_weight.take();
         let out: Vec<T> = self.entries.drain(..n.min(self.entries.len())).collect();
         for e in &out {
             self.changed.remove(e.id());
             self.removed.insert(e.id().clone());
         }
         out
+    }
+
+    /// Estimated heap bytes of the entries: the average `weigh` of the first
+    /// `sample` entries times their number. The average is remembered
+    /// until the book changes, so `weigh` must depend on the entries only.
+    pub fn weight(&self, sample: usize, weigh: impl Fn(&T) -> usize) -> usize {
+        let average = *self.average_weight.get_or_init(|| {
+            let n = self.entries.len().min(sample);
+            self.entries[..n].iter().map(weigh).sum::<usize>().checked_div(n).unwrap_or(0)
+        });
+        average * self.entries.len()
     }
 
     /// The stored copy this book continues, 0 for none.
@@ -195,7 +222,8 @@ impl<T: Entry> Book<T> {
         }
     }
 
-    /// Moves the entries out, for an encoding without them.
+    /// Moves the entries out, for an encoding without them; they come back
+    /// unchanged with `restore_entries`, so the weight is not forgotten.
     pub(crate) fn take_entries(&mut self) -> Vec<T> {
         std::mem::take(&mut self.entries)
     }
@@ -231,6 +259,28 @@ mod tests {
         let lineage = b.lineage();
         b.mark_stored();
         assert_eq!((b.lineage(), b.changed().count(), b.removed().count()), (lineage, 0, 0));
+    }
+
+    /// The weight is remembered, and every change forgets it.
+    #[test]
+    fn a_book_weighs_again_only_after_it_changed() {
+        let weighed = std::cell::Cell::new(0);
+        let weigh = |l: &Lot| {
+            weighed.set(weighed.get() + 1);
+            l.points as usize
+        };
+        let mut b: Book<Lot> = Book::stored(vec![lot(1, 10), lot(2, 20), lot(3, 30)]);
+        assert_eq!(b.weight(2, weigh), 30, "the average of the first two, times three");
+        assert_eq!((b.weight(2, weigh), weighed.get()), (30, 2), "remembered");
+        b.insert(Lot { points: 40, ..lot(0, 5) });
+        assert_eq!(b.weight(2, weigh), 100, "(40 + 10) / 2 per entry, four entries");
+        for l in b.iter_mut_where(|l| l.seq == 0) {
+            l.points = 10;
+        }
+        assert_eq!(b.weight(2, weigh), 40);
+        b.drain_first(4);
+        assert_eq!(b.weight(2, weigh), 0);
+        assert_eq!(weighed.get(), 6, "weighed again after each change, never in between");
     }
 
     #[test]

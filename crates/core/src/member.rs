@@ -374,8 +374,8 @@ impl Member {
             + b.categories.keys().map(|k| text(k) + size_of::<CategoryStats>()).sum::<usize>()
             + b.recent_searches.iter().map(|r| size_of::<RecentSearch>() + r.query.len()).sum::<usize>()
             + self.purchases.stores.keys().map(|k| text(k) + size_of::<u64>()).sum::<usize>()
-            + sampled(self.purchases.history.iter(), order)
-            + sampled(self.loyalty.lots.iter(), lot)
+            + self.purchases.history.weight(WEIGH_SAMPLE, order)
+            + self.loyalty.lots.weight(WEIGH_SAMPLE, lot)
             + self.loyalty.tier_changes.len() * size_of::<crate::loyalty::TierChange>()
             + self.routes_to.as_ref().map_or(0, String::len)
     }
@@ -389,13 +389,6 @@ impl Member {
 /// Entries of a book weighed by `Member::approx_heap_bytes`; the rest are
 /// taken to weigh as much on average.
 const WEIGH_SAMPLE: usize = 16;
-
-/// The summed weight of `items`, from the first `WEIGH_SAMPLE` of them.
-fn sampled<'a, T: 'a>(items: impl ExactSizeIterator<Item = &'a T>, weigh: impl Fn(&T) -> usize) -> usize {
-    let len = items.len();
-    let (n, sum) = items.take(WEIGH_SAMPLE).fold((0usize, 0usize), |(n, sum), t| (n + 1, sum + weigh(t)));
-    sum.checked_div(n).map_or(0, |average| average * len)
-}
 
 /// One stored book entry (an order, a lot): `ENTRY_FORMAT_VERSION`, then postcard.
 pub fn encode_entry<T: Serialize>(entry: &T) -> Vec<u8> {
