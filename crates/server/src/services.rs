@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use omnifold_core::fold::{Position, apply};
 use omnifold_core::identity::derived_event_id;
 use omnifold_core::loyalty::report::Liability;
-use omnifold_core::loyalty::{CommandKind, VerdictStatus};
+use omnifold_core::loyalty::{CommandKind, LoyaltyConfig, VerdictStatus};
 use omnifold_core::member::ProfileKind;
 use omnifold_core::time::{rfc3339, to_timestamp};
 use omnifold_core::{Member, Millis, decode_event};
@@ -345,6 +345,21 @@ struct CommandAnswer {
 }
 
 impl Loyalty {
+    /// What `answer` makes of a points holder as of `when`.
+    async fn holder_as_of<T: Send + 'static>(
+        &self,
+        addr: MemberAddress,
+        when: AsOf,
+        answer: fn(&Member, Millis, &LoyaltyConfig) -> T,
+    ) -> Result<T, Error> {
+        self.0
+            .read(ReadCost::of(when), move |state| {
+                let m = as_of(state, points_holder(state, &addr)?, when)?;
+                Ok(answer(&m, when.at, &state.fold.loyalty))
+            })
+            .await
+    }
+
     /// Appends a command, waits for its verdict, and reads the balance after it.
     async fn command(&self, member: &Member, cmd: Command) -> Result<CommandAnswer, Error> {
         let state = &self.0;
@@ -376,14 +391,7 @@ impl proto::loyalty_service_server::LoyaltyService for Loyalty {
         let r = req.into_inner();
         let addr = MemberAddress::try_from(r.member)?;
         let when = AsOf::from_request(r.as_of, now_millis())?;
-        let balance = self
-            .0
-            .read(ReadCost::of(when), move |state| {
-                let m = as_of(state, points_holder(state, &addr)?, when)?;
-                Ok(convert::balance(&m, when.at, &state.fold.loyalty))
-            })
-            .await?;
-        Ok(Response::new(balance))
+        Ok(Response::new(self.holder_as_of(addr, when, convert::balance).await?))
     }
 
     async fn list_ledger(
@@ -398,14 +406,7 @@ impl proto::loyalty_service_server::LoyaltyService for Loyalty {
         let r = req.into_inner();
         let addr = MemberAddress::try_from(r.member)?;
         let when = AsOf::from_request(r.as_of, now_millis())?;
-        let benefits = self
-            .0
-            .read(ReadCost::of(when), move |state| {
-                let m = as_of(state, points_holder(state, &addr)?, when)?;
-                Ok(convert::benefits(&m, when.at, &state.fold.loyalty))
-            })
-            .await?;
-        Ok(Response::new(benefits))
+        Ok(Response::new(self.holder_as_of(addr, when, convert::benefits).await?))
     }
 
     async fn redeem_points(
