@@ -247,12 +247,8 @@ impl Event {
 /// `s` without surrounding whitespace, in the same allocation: the decoded
 /// wire type's strings move into the domain event instead of being copied.
 fn trimmed(mut s: String) -> String {
-    let t = s.trim();
-    if t.len() == s.len() {
-        return s;
-    }
-    let (start, len) = (t.as_ptr() as usize - s.as_ptr() as usize, t.len());
-    s.truncate(start + len);
+    s.truncate(s.trim_end().len());
+    let start = s.len() - s.trim_start().len();
     s.drain(..start);
     s
 }

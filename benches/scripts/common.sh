@@ -1,0 +1,37 @@
+# Shared by the scripts beside it (sourced, not run): a fresh tansu on
+# $PORT with 100,000 events of 5,000 members on the events topic, and
+# `omnifold serve` started and stopped on one store. Expects $PORT set.
+B=${OMNIFOLD_RELEASE_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/target/release}
+work=$(mktemp -d)
+cleanup() { kill "${serve:-}" "${tansu:-}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+export OMNIFOLD_BROKERS=127.0.0.1:$PORT OMNIFOLD_KAFKA__INTERNAL_SECRET=$("$B/omnifold" secret)
+ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }   # user+system CPU, 1/100 s
+cents() { awk -v t="$1" 'BEGIN { printf "%.2f", t / 100 }'; }
+# Waits up to 30 s for a command to succeed, else stops with the logs.
+wait_for() {
+  for _ in $(seq 150); do "$@" >/dev/null 2>&1 && return; sleep 0.2; done
+  echo "gave up waiting for: $*" >&2; cat "$work"/*.log >&2; exit 1
+}
+# Starts tansu (memory storage) and produces the events; sets $tansu.
+start_tansu_with_events() {
+  echo "starting tansu on :$PORT and producing 100,000 events of 5,000 members" >&2
+  tansu broker --listener-url "tcp://127.0.0.1:$PORT" --advertised-listener-url "tcp://127.0.0.1:$PORT" \
+    --storage-engine memory://tansu/ >"$work/tansu.log" 2>&1 &
+  tansu=$!
+  wait_for "$B/omnifold" topics create --partitions 4
+  "$B/omnifold-produce" --file "$work/events.jsonl" --count 100000 --members 5000 >/dev/null
+  "$B/omnifold" produce --file "$work/events.jsonl" >/dev/null
+}
+# `$1 serve` on the one store; sets $serve and $addr.
+start_serve() {
+  "$1" serve --data-dir "$work/data" --listen 127.0.0.1:0 >"$work/serve.out" 2>"$work/serve.log" &
+  serve=$!
+  wait_for grep -q "serving gRPC on" "$work/serve.out"
+  addr=$(sed -n 's/.*serving gRPC on //p' "$work/serve.out")
+}
+stop_serve() { kill "$serve"; wait "$serve" 2>/dev/null || true; }
+# A redemption is decided once ingest has reached it: then every event is in.
+wait_caught_up() {
+  "$B/omnifold-load" --addr "$addr" --target redeem --concurrency 1 --seconds "$1" --members 5000 >/dev/null
+}
