@@ -114,13 +114,19 @@ enum Death {
     At(&'static str, u32),
 }
 
-fn pick(rng: &mut StdRng, i: usize) -> Death {
-    // The first rounds are sure to cover every point; then any.
+/// Until every point has been reached, the next death waits at the first
+/// one not reached yet (an armed instance with no work that reaches its
+/// point is killed after a while, and the point is armed again once more of
+/// the stream is in); then any death.
+fn pick(rng: &mut StdRng, reached: &BTreeMap<&str, u32>) -> Death {
     const POINTS: [&str; 4] = ["before_commit", "after_commit", "after_outbox", "mid_outbox"];
-    match i {
-        0..4 => Death::At(POINTS[i], rng.random_range(1..4)),
-        _ if rng.random_bool(0.5) => Death::Kill(rng.random_range(30..900)),
-        _ => Death::At(POINTS[rng.random_range(0..POINTS.len())], rng.random_range(1..6)),
+    if let Some(point) = POINTS.iter().find(|p| !reached.contains_key(*p)) {
+        return Death::At(point, rng.random_range(1..4));
+    }
+    if rng.random_bool(0.5) {
+        Death::Kill(rng.random_range(30..900))
+    } else {
+        Death::At(POINTS[rng.random_range(0..POINTS.len())], rng.random_range(1..6))
     }
 }
 
@@ -167,8 +173,8 @@ async fn killed_again_and_again_it_ends_exactly_as_a_clean_replay() {
 
     let (mut by_signal, mut by_failpoint) = (0, 0);
     let mut reached: BTreeMap<&str, u32> = BTreeMap::new();
-    for i in 0..kills {
-        let death = pick(&mut rng, i);
+    for _ in 0..kills {
+        let death = pick(&mut rng, &reached);
         match death {
             Death::Kill(ms) => {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
