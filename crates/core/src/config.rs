@@ -10,11 +10,16 @@ use crate::Error;
 use crate::identity::IdentityConfig;
 use crate::limits::Limits;
 use crate::loyalty::LoyaltyConfig;
+use crate::time::{DAY, Millis};
 
 /// The largest conversion rate: amounts within the limits still convert
 /// into an `i64` (a currency worth more than 1,000 program units per unit
 /// does not exist).
 pub const MAX_RATE: f64 = 1_000.0;
+
+/// Days beyond the tier window that dated spend marks are kept, so an order
+/// that arrives up to this late still sees every mark its window reaches.
+pub const LATE_ORDER_DAYS: u32 = 35;
 
 /// Configuration of the fold. Build it with serde, then call
 /// [`FoldConfig::validate`] once; the fold relies on a validated config.
@@ -38,6 +43,10 @@ pub struct FoldConfig {
     pub order_history_days: u32,
     /// Hard cap on orders kept per member, so one profile stays bounded.
     pub max_orders_kept: usize,
+    /// Hard cap on the dated spend marks kept per member (one per instant
+    /// with orders, in the member's record): beyond it the oldest go, and
+    /// windows reaching back to them count less (docs/loyalty.md).
+    pub max_spend_marks: usize,
     /// The points program: `[fold.loyalty]`.
     pub loyalty: LoyaltyConfig,
     /// Identity resolution: `[fold.identity]`.
@@ -58,6 +67,7 @@ impl Default for FoldConfig {
             max_categories: 50,
             order_history_days: 400,
             max_orders_kept: 1_000,
+            max_spend_marks: 4_096,
             loyalty: LoyaltyConfig::default(),
             identity: IdentityConfig::default(),
             limits: Limits::default(),
@@ -89,6 +99,7 @@ impl FoldConfig {
             ("recent_searches", self.recent_searches, 0, 1_000),
             ("max_categories", self.max_categories, 1, 10_000),
             ("max_orders_kept", self.max_orders_kept, 1, 100_000),
+            ("max_spend_marks", self.max_spend_marks, 16, 100_000),
         ] {
             if !(lo..=hi).contains(&v) {
                 return Err(Error::Config(format!("{name} must be between {lo} and {hi}, got {v}")));
@@ -107,6 +118,14 @@ impl FoldConfig {
         self.identity = self.identity.validate()?;
         self.limits = self.limits.validate()?;
         Ok(self)
+    }
+
+    /// How long dated spend marks are kept behind a member's latest one: as
+    /// long as kept orders, and at least the tier window plus
+    /// [`LATE_ORDER_DAYS`] for orders that arrive late.
+    pub fn spend_kept(&self) -> Millis {
+        let days = self.order_history_days.max(self.loyalty.tier_window_days.saturating_add(LATE_ORDER_DAYS));
+        i64::from(days) * DAY
     }
 
     /// Converts an amount in minor units of `currency` to minor units of the

@@ -258,6 +258,7 @@ fn place_order(
         points_revoked: 0,
     };
     p.history.insert(record);
+    p.spend.add_order(at, total_program);
     profile::prune_history(member, cfg);
     let stats = member.channels.entry(event.channel).or_default();
     stats.orders = stats.orders.saturating_add(1);
@@ -363,7 +364,8 @@ fn return_order(
     };
     let revoke = revoked - order.points_revoked;
     order.points_revoked = revoked;
-    let channel = order.channel;
+    let (channel, placed_at) = (order.channel, order.at);
+    member.purchases.spend.returned(placed_at, delta);
     member.purchases.returned_minor = member.purchases.returned_minor.saturating_add(delta);
     member.purchases.returns = member.purchases.returns.saturating_add(1);
     let stats = member.channels.entry(channel).or_default();
@@ -387,11 +389,13 @@ fn cancel_order(
         return Ok(());
     }
     order.cancelled = true;
+    let order_at = order.at;
     let revoke = order.points - order.points_revoked;
     order.points_revoked = order.points;
     let (channel, store, units, total, returned) =
         (order.channel, order.store_id.clone(), order.units, order.total_program_minor, order.returned_program_minor);
     let p = &mut member.purchases;
+    p.spend.cancelled(order_at, total.saturating_sub(returned));
     p.orders = p.orders.saturating_sub(1);
     p.units = p.units.saturating_sub(u64::from(units));
     p.gross_minor = p.gross_minor.saturating_sub(total);

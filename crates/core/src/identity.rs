@@ -424,9 +424,13 @@ fn combine(
         *mine = mine.saturating_add(*n);
     }
     let mut joined_orders = Vec::new();
+    p.spend.merge(&q.spend);
     for o in q.history.iter() {
         if p.history.insert(o.clone()) {
             joined_orders.push(o.order_id.clone());
+        } else if !o.cancelled && q.spend.marks().iter().any(|m| m.at == o.at) {
+            // An order both had counts once, as this member holds it.
+            p.spend.cancelled(o.at, o.net_program_minor());
         }
     }
     prune_history(member, cfg);

@@ -20,6 +20,7 @@ use crate::member::{
     Browse, CategoryStats, ChannelStats, Consent, Member, OrderLine, OrderRecord, ProfileKind, Purchases,
     RecentProduct, RecentSearch, Stamped,
 };
+use crate::spend::{Spend, SpendMark};
 use crate::time::Millis;
 use omnifold_proto::v1 as proto;
 
@@ -178,6 +179,17 @@ fn profile_to_wire(m: &Member) -> proto::JoinedProfile {
             last_order_at_ms: p.last_order_at,
             stores: p.stores.clone(),
             history: p.history.iter().map(order_to_wire).collect(),
+            spend: p
+                .spend
+                .marks()
+                .iter()
+                .map(|m| proto::JoinedSpendMark {
+                    at_ms: m.at,
+                    orders: m.orders,
+                    net_program_minor: m.net_program_minor,
+                })
+                .collect(),
+            spend_kept: true,
         }),
         points: Some(proto::JoinedPoints {
             lots: l
@@ -398,7 +410,13 @@ fn browse_from_wire(b: proto::JoinedBrowse) -> Browse {
 
 fn purchases_from_wire(p: proto::JoinedPurchases) -> Result<Purchases, Error> {
     let history = p.history.into_iter().map(order_from_wire).collect::<Result<Vec<_>, _>>()?;
-    Ok(Purchases {
+    let marks = p
+        .spend
+        .into_iter()
+        .map(|m| SpendMark { at: m.at_ms, orders: m.orders, net_program_minor: m.net_program_minor })
+        .collect();
+    let spend = Spend::from_marks(marks).map_err(|e| bad("joinedPurchases.spend", e))?;
+    let mut purchases = Purchases {
         orders: p.orders,
         units: p.units,
         gross_minor: non_negative("joinedPurchases.grossMinor", p.gross_minor)?,
@@ -409,7 +427,12 @@ fn purchases_from_wire(p: proto::JoinedPurchases) -> Result<Purchases, Error> {
         last_order_at: p.last_order_at_ms,
         stores: p.stores,
         history: history.into(),
-    })
+        spend,
+    };
+    if !p.spend_kept {
+        purchases.rebuild_spend();
+    }
+    Ok(purchases)
 }
 
 fn order_from_wire(o: proto::JoinedOrder) -> Result<OrderRecord, Error> {

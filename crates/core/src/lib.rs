@@ -20,6 +20,7 @@ pub mod loyalty;
 pub mod member;
 pub mod partition;
 pub mod profile;
+pub mod spend;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod time;

@@ -9,15 +9,30 @@ use crate::book::{Book, Entry};
 use crate::event::Channel;
 use crate::ident::Identifier;
 use crate::loyalty::Loyalty;
+use crate::spend::Spend;
 use crate::time::Millis;
 
 /// Leading byte of the full encoding (`Member::encode`, orders inline);
 /// bumped on incompatible changes.
-pub const FORMAT_VERSION: u8 = 2;
+pub const FORMAT_VERSION: u8 = 4;
 
 /// Leading byte of the split encoding (`Member::encode_hot`): the member
 /// without its books (orders, lots), which the store keeps under their own keys.
-pub const HOT_FORMAT_VERSION: u8 = 3;
+pub const HOT_FORMAT_VERSION: u8 = 5;
+
+/// The full encoding before dated spend (`Purchases::spend`): read, never
+/// written; the spend is rebuilt from the kept orders.
+pub const FORMAT_VERSION_2: u8 = 2;
+
+/// The split encoding before dated spend: read, never written; the spend is
+/// rebuilt from the kept orders once the store has loaded them.
+pub const HOT_FORMAT_VERSION_3: u8 = 3;
+
+/// Whether `bytes` are a full encoding (`Member::encode`, of any version
+/// this omnifold reads), as opposed to a split one.
+pub fn is_full_encoding(bytes: &[u8]) -> bool {
+    matches!(bytes.first(), Some(&(FORMAT_VERSION | FORMAT_VERSION_2)))
+}
 
 /// Leading byte of a stored book entry (`encode_entry`).
 pub const ENTRY_FORMAT_VERSION: u8 = 1;
@@ -157,11 +172,27 @@ pub struct Purchases {
     pub stores: BTreeMap<String, u64>,
     /// Recent orders, oldest first, bounded by the config.
     pub history: OrderBook,
+    /// Net spend of the orders in the longest window read, dated: what the
+    /// tier and the yearly windows are computed from. Encoded after the
+    /// rest of the member (`Member::encode`), so records of earlier formats
+    /// still decode.
+    #[serde(skip)]
+    pub spend: Spend,
 }
 
 impl Purchases {
     pub fn net_minor(&self) -> i64 {
         self.gross_minor.saturating_sub(self.returned_minor)
+    }
+
+    /// Dated spend from the kept orders, for members stored before it was
+    /// kept: the figures those formats computed from the same orders.
+    pub fn rebuild_spend(&mut self) {
+        let mut spend = Spend::default();
+        for o in self.history.iter().filter(|o| !o.cancelled) {
+            spend.add_order(o.at, o.net_program_minor());
+        }
+        self.spend = spend;
     }
 
     /// The store with most orders; ties go to the smallest id.
@@ -211,6 +242,9 @@ impl Book<OrderRecord> {
 pub struct Counts {
     pub orders: u32,
     pub lots: u32,
+    /// The record predates dated spend: rebuild it from the orders
+    /// (`Purchases::rebuild_spend`) once they are loaded.
+    pub rebuild_spend: bool,
 }
 
 /// Which stored copies of a member's books it continues (`Book::lineage`):
@@ -276,15 +310,21 @@ impl Member {
         Member { key: key.into(), kind, ..Member::default() }
     }
 
-    /// Deterministic bytes: a format byte, then postcard. All collections are
-    /// ordered, so equal aggregates encode to equal bytes.
+    /// Deterministic bytes: a format byte, then postcard of the member and
+    /// of its dated spend. All collections are ordered, so equal aggregates
+    /// encode to equal bytes.
     pub fn encode(&self) -> Vec<u8> {
-        append(self, vec![FORMAT_VERSION])
+        append(&self.purchases.spend, append(self, vec![FORMAT_VERSION]))
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
         match bytes.split_first() {
-            Some((&FORMAT_VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| Error::Corrupt(e.to_string())),
+            Some((&FORMAT_VERSION, rest)) => with_spend(rest),
+            Some((&FORMAT_VERSION_2, rest)) => {
+                let mut m: Member = postcard::from_bytes(rest).map_err(corrupt)?;
+                m.purchases.rebuild_spend();
+                Ok(m)
+            }
             Some((v, _)) => Err(Error::Corrupt(format!("unknown format version {v}"))),
             None => Err(Error::Corrupt("empty value".into())),
         }
@@ -292,8 +332,8 @@ impl Member {
 
     /// The member without its books, for the store's member record:
     /// `HOT_FORMAT_VERSION`, the number of orders and of lots kept (u32
-    /// each, big-endian), then postcard. The books' entries are taken out
-    /// for the encoding and put back.
+    /// each, big-endian), then postcard of the member and of its dated
+    /// spend. The books' entries are taken out for the encoding and put back.
     pub fn encode_hot(&mut self) -> Vec<u8> {
         let orders = self.purchases.history.take_entries();
         let lots = self.loyalty.lots.take_entries();
@@ -302,29 +342,32 @@ impl Member {
         for n in [orders.len(), lots.len()] {
             out.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_be_bytes());
         }
-        let out = append(&*self, out);
+        let out = append(&self.purchases.spend, append(&*self, out));
         self.purchases.history.restore_entries(orders);
         self.loyalty.lots.restore_entries(lots);
         out
     }
 
-    /// A stored member record (`encode_hot`, or the full encoding an older
+    /// A stored member record (`encode_hot`, or a full encoding an older
     /// store kept), and how many entries of each book (orders, lots) the
-    /// store holds for it beside it.
+    /// store holds for it beside it. A record of format 3 says so in
+    /// `Counts::rebuild_spend`: its dated spend is rebuilt from its orders
+    /// once they are loaded.
     pub fn decode_stored(bytes: &[u8]) -> Result<(Self, Counts), Error> {
-        let corrupt = |what: &str| Error::Corrupt(what.to_owned());
-        match bytes.split_first() {
-            Some((&HOT_FORMAT_VERSION, rest)) => {
-                let (orders, rest) = rest.split_first_chunk::<4>().ok_or_else(|| corrupt("truncated member record"))?;
-                let (lots, rest) = rest.split_first_chunk::<4>().ok_or_else(|| corrupt("truncated member record"))?;
-                let m: Member = postcard::from_bytes(rest).map_err(|e| Error::Corrupt(e.to_string()))?;
-                if !m.purchases.history.is_empty() || !m.loyalty.lots.is_empty() {
-                    return Err(corrupt("a member record holds its orders or lots inline"));
-                }
-                Ok((m, Counts { orders: u32::from_be_bytes(*orders), lots: u32::from_be_bytes(*lots) }))
-            }
-            _ => Ok((Member::decode(bytes)?, Counts::default())),
+        let corrupt_at = |what: &str| Error::Corrupt(what.to_owned());
+        let (version, rest) = bytes.split_first().ok_or_else(|| corrupt_at("empty value"))?;
+        if !matches!(*version, HOT_FORMAT_VERSION | HOT_FORMAT_VERSION_3) {
+            return Ok((Member::decode(bytes)?, Counts::default()));
         }
+        let (orders, rest) = rest.split_first_chunk::<4>().ok_or_else(|| corrupt_at("truncated member record"))?;
+        let (lots, rest) = rest.split_first_chunk::<4>().ok_or_else(|| corrupt_at("truncated member record"))?;
+        let rebuild_spend = *version == HOT_FORMAT_VERSION_3;
+        let m = if rebuild_spend { postcard::from_bytes(rest).map_err(corrupt)? } else { with_spend(rest)? };
+        if !m.purchases.history.is_empty() || !m.loyalty.lots.is_empty() {
+            return Err(corrupt_at("a member record holds its orders or lots inline"));
+        }
+        let counts = Counts { orders: u32::from_be_bytes(*orders), lots: u32::from_be_bytes(*lots), rebuild_spend };
+        Ok((m, counts))
     }
 
     /// The stored copies this member's books continue.
@@ -377,6 +420,7 @@ impl Member {
             + self.purchases.history.weight(WEIGH_SAMPLE, order)
             + self.loyalty.lots.weight(WEIGH_SAMPLE, lot)
             + self.loyalty.tier_changes.len() * size_of::<crate::loyalty::TierChange>()
+            + self.purchases.spend.len() * size_of::<crate::spend::SpendMark>()
             + self.routes_to.as_ref().map_or(0, String::len)
     }
 
@@ -389,6 +433,21 @@ impl Member {
 /// Entries of a book weighed by `Member::approx_heap_bytes`; the rest are
 /// taken to weigh as much on average.
 const WEIGH_SAMPLE: usize = 16;
+
+/// A member then its dated spend, in postcard, with nothing after them.
+fn with_spend(bytes: &[u8]) -> Result<Member, Error> {
+    let (mut m, rest): (Member, _) = postcard::take_from_bytes(bytes).map_err(corrupt)?;
+    let (spend, rest) = postcard::take_from_bytes(rest).map_err(corrupt)?;
+    if !rest.is_empty() {
+        return Err(Error::Corrupt(format!("{} bytes after a member's encoding", rest.len())));
+    }
+    m.purchases.spend = spend;
+    Ok(m)
+}
+
+fn corrupt(e: postcard::Error) -> Error {
+    Error::Corrupt(e.to_string())
+}
 
 /// One stored book entry (an order, a lot): `ENTRY_FORMAT_VERSION`, then postcard.
 pub fn encode_entry<T: Serialize>(entry: &T) -> Vec<u8> {

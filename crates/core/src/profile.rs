@@ -84,8 +84,10 @@ pub(crate) fn sum(member: &Member, what: &str, a: i64, b: i64) -> Result<i64, Re
 }
 
 /// Keeps orders within `order_history_days` of the latest one, at most
-/// `max_orders_kept`.
+/// `max_orders_kept`, and dated spend as long as windows read it
+/// (`FoldConfig::spend_kept`), at most `max_spend_marks`.
 pub(crate) fn prune_history(member: &mut Member, cfg: &FoldConfig) {
+    member.purchases.spend.prune(cfg.spend_kept(), cfg.max_spend_marks);
     let h = &mut member.purchases.history;
     let Some(latest) = h.last().map(|o| o.at) else {
         return;

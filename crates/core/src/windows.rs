@@ -1,5 +1,5 @@
 //! Figures that depend on "now": orders in the last 90 and 365 days and RFM.
-//! Computed at read time from the stored order history, for any instant the
+//! Computed at read time from the member's dated spend, for any instant the
 //! caller passes in.
 
 use crate::member::Member;
@@ -41,20 +41,16 @@ fn score_desc<T: PartialOrd + Copy>(v: T, thresholds: [T; 4]) -> u32 {
 impl Member {
     /// The windowed figures as of `now` (orders after `now` are not counted).
     pub fn windows(&self, now: Millis) -> Windows {
-        let mut w = Windows { as_of: now, ..Windows::default() };
-        let mut last: Option<Millis> = None;
-        for o in self.purchases.history.iter().filter(|o| !o.cancelled && o.at <= now) {
-            let age = now - o.at;
-            if age < 90 * DAY {
-                w.orders_last_90_days += 1;
-            }
-            if age < 365 * DAY {
-                w.orders_last_365_days += 1;
-                w.net_last_365_days_minor = w.net_last_365_days_minor.saturating_add(o.net_program_minor());
-            }
-            last = Some(last.map_or(o.at, |l| l.max(o.at)));
-        }
         let p = &self.purchases;
+        let year = p.spend.window(now - 365 * DAY, now);
+        let mut w = Windows {
+            as_of: now,
+            orders_last_90_days: p.spend.window(now - 90 * DAY, now).orders,
+            orders_last_365_days: year.orders,
+            net_last_365_days_minor: year.net_program_minor,
+            ..Windows::default()
+        };
+        let last = p.spend.last_order_at(now);
         if p.orders > 0 {
             w.average_order_value_minor = p.net_minor() / i64::try_from(p.orders).unwrap_or(i64::MAX);
         }

@@ -280,3 +280,77 @@ fn the_heap_estimate_grows_with_the_member_and_is_never_below_its_encoding() {
         assert!(m.approx_heap_bytes() >= m.encode().len(), "{} < {}", m.approx_heap_bytes(), m.encode().len());
     }
 }
+
+/// Tiers and the yearly windows count every order in their window, also
+/// when only the latest order is kept for returns (`max_orders_kept`): they
+/// read the dated spend, not the kept orders.
+#[test]
+fn tiers_and_windows_count_orders_the_history_no_longer_keeps() {
+    let mut cfg = FoldConfig::default();
+    cfg.max_orders_kept = 1;
+    let cfg = cfg.validate().unwrap();
+    let mut m = Member::new("m-1", omnifold_core::ProfileKind::KnownMember);
+    // Four orders of 600.00, ten days apart: 2,400.00 reaches SILVER (2,000.00).
+    for i in 0..4 {
+        let e = ev(
+            &format!("e{i}"),
+            T0 + i * 10 * DAY,
+            proto::Channel::StorePos,
+            order(&format!("o{i}"), "CNY", vec![], 60_000),
+        );
+        apply(&mut m, &e, Position { partition: 0, offset: i }, &cfg).unwrap();
+    }
+    assert_eq!(m.purchases.history.len(), 1);
+    let now = T0 + 31 * DAY;
+    assert_eq!(m.balance(now, &cfg.loyalty).tier, omnifold_core::Tier::Silver);
+    let w = m.windows(now);
+    assert_eq!((w.orders_last_365_days, w.net_last_365_days_minor), (4, 240_000));
+    // The window's edge falls mid-day, between two orders' instants.
+    let w = m.windows(T0 + 90 * DAY + 10 * DAY - 1);
+    assert_eq!(w.orders_last_90_days, 3, "the order at T0 + 10 days is 1 ms inside the 90 days");
+    let w = m.windows(T0 + 90 * DAY + 10 * DAY);
+    assert_eq!(w.orders_last_90_days, 2);
+}
+
+/// A member record written before dated spend was kept (full format 2,
+/// split format 3) decodes with its spend rebuilt from its kept orders, so
+/// its tier and windows read the same; trailing bytes are refused.
+#[test]
+fn records_from_before_dated_spend_decode_with_it_rebuilt() {
+    let lines = || vec![line("A", "shoes", 2, 10_000)];
+    let (m, rejected) = fold(&[
+        ev("e1", T0, proto::Channel::StorePos, order("o1", "CNY", lines(), 0)),
+        ev("e2", T0 + DAY, proto::Channel::StorePos, order("o2", "CNY", lines(), 0)),
+        ev("e3", T0 + DAY, proto::Channel::StorePos, order("o3", "CNY", lines(), 0)),
+        ev("e4", T0 + 2 * DAY, proto::Channel::StorePos, ret_lines("o2", "r1", "A", 1)),
+        ev(
+            "e5",
+            T0 + 2 * DAY,
+            proto::Channel::StorePos,
+            Payload::OrderCancelled(proto::OrderCancelled { order_id: "o3".into(), reason: String::new() }),
+        ),
+    ]);
+    assert!(rejected.is_empty(), "{rejected:?}");
+    assert_eq!(m.purchases.spend.window(T0 - 1, T0 + DAY).net_program_minor, 30_000);
+
+    let full_v2 = [vec![2u8], postcard::to_allocvec(&m).unwrap()].concat();
+    assert_eq!(Member::decode(&full_v2).unwrap(), m);
+
+    let mut hot = m.clone();
+    let orders: Vec<_> = m.purchases.history.iter().cloned().collect();
+    let lots: Vec<_> = m.loyalty.lots.iter().cloned().collect();
+    (hot.purchases.history, hot.loyalty.lots) = Default::default();
+    let counts = [(orders.len() as u32).to_be_bytes(), (lots.len() as u32).to_be_bytes()].concat();
+    let hot_v3 = [vec![3u8], counts, postcard::to_allocvec(&hot).unwrap()].concat();
+    let (mut got, counts) = Member::decode_stored(&hot_v3).unwrap();
+    assert!(counts.rebuild_spend && got.purchases.spend.is_empty());
+    (got.purchases.history, got.loyalty.lots) = (orders.into(), lots.into());
+    got.purchases.rebuild_spend();
+    assert_eq!(got, m);
+
+    let (now, counts) = Member::decode_stored(&m.clone().encode_hot()).unwrap();
+    assert!(!counts.rebuild_spend);
+    assert_eq!(now.purchases.spend, m.purchases.spend);
+    let trailing = [m.encode(), vec![0]].concat();
+    assert!(Member::decode(&trailing).unwrap_err().to_string().contains("after a member's encoding"));
+}

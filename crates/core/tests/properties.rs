@@ -82,6 +82,17 @@ proptest! {
             for o in &p.history {
                 prop_assert!(0 <= o.returned_minor && o.returned_minor <= o.total_minor);
             }
+            // The dated spend tiers and windows read says what the kept
+            // orders say, over every year the kept orders cover.
+            if let Some(latest) = p.history.last().map(|o| o.at) {
+                for t in [latest, latest - 30 * DAY, latest - DAY / 3] {
+                    let from = t - 365 * DAY;
+                    let kept: Vec<_> = live.iter().filter(|o| o.at > from && o.at <= t).collect();
+                    let w = p.spend.window(from, t);
+                    prop_assert_eq!(w.orders, kept.len() as u64, "orders in (t - 365 d, {}]", t);
+                    prop_assert_eq!(w.net_program_minor, kept.iter().map(|o| o.net_program_minor()).sum::<i64>());
+                }
+            }
             let events: u64 = m.channels.values().map(|c| c.events).sum();
             prop_assert_eq!(events, m.version.events_applied);
             prop_assert!(m.browse.recent.len() <= 20);

@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use crate::{Error, Result, Store, keys};
 
 const ORDERS: u8 = b'o';
+/// Sorts before `ORDERS`, so the lots are read without the orders.
 const LOTS: u8 = b'l';
 
 fn corrupt(member: &str, what: impl std::fmt::Display) -> Error {
@@ -32,25 +33,46 @@ pub(crate) fn cursor<'a>(store: &'a Store, snapshot: &'a Snapshot<'a>) -> Cursor
 
 pub(crate) type Snapshot<'a> = rocksdb::SnapshotWithThreadMode<'a, rocksdb::DB>;
 
+/// Which of a member's books a read loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Which {
+    All,
+    /// The open lots, not the kept orders: balances, tiers and windows need
+    /// no more (they read the record's dated spend).
+    Lots,
+}
+
 /// A stored member record, with its books read through `cursor` (of the
 /// snapshot the record was read from).
-pub(crate) fn member(cursor: &mut Cursor<'_>, partition: u32, record: &[u8]) -> Result<Member> {
+pub(crate) fn member(cursor: &mut Cursor<'_>, partition: u32, record: &[u8], which: Which) -> Result<Member> {
     let (mut member, counts) = Member::decode_stored(record)?;
-    load(cursor, partition, &mut member, counts)?;
+    load(cursor, partition, &mut member, counts, which)?;
     Ok(member)
 }
 
-/// Reads the books of a member whose record says it keeps `counts` entries.
-pub(crate) fn load(cursor: &mut Cursor<'_>, partition: u32, member: &mut Member, counts: Counts) -> Result<()> {
+/// Reads the books of a member whose record says it keeps `counts` entries:
+/// all of them, or only the lots (`which`), unless the record is of a
+/// format whose dated spend is rebuilt from its orders.
+pub(crate) fn load(
+    cursor: &mut Cursor<'_>,
+    partition: u32,
+    member: &mut Member,
+    counts: Counts,
+    which: Which,
+) -> Result<()> {
+    let which = if counts.rebuild_spend { Which::All } else { which };
+    let want_orders = which == Which::All;
     let (mut orders, mut lots) = (Vec::new(), Vec::new());
-    if counts != Counts::default() {
+    if (want_orders && counts.orders > 0) || counts.lots > 0 {
         let prefix = keys::member_prefix(partition, &member.key);
-        cursor.seek(&prefix);
+        // Lots sort before orders under the member's prefix.
+        cursor.seek(if want_orders { prefix.clone() } else { [prefix.as_slice(), &[LOTS]].concat() });
         while let (Some(k), Some(v)) = (cursor.key(), cursor.value()) {
             let Some(tail) = k.strip_prefix(prefix.as_slice()) else {
                 break;
             };
             match tail.split_first() {
+                Some((&ORDERS, _)) if !want_orders => break,
                 Some((&ORDERS, id)) => orders.push(entry(&member.key, id, v)?),
                 Some((&LOTS, id)) => lots.push(entry(&member.key, id, v)?),
                 _ => return Err(corrupt(&member.key, "a book entry of an unknown kind")),
@@ -59,13 +81,17 @@ pub(crate) fn load(cursor: &mut Cursor<'_>, partition: u32, member: &mut Member,
         }
         cursor.status()?;
     }
-    for (what, counted, found) in [("orders", counts.orders, orders.len()), ("lots", counts.lots, lots.len())] {
+    let counted_orders = if want_orders { counts.orders } else { 0 };
+    for (what, counted, found) in [("orders", counted_orders, orders.len()), ("lots", counts.lots, lots.len())] {
         if counted as usize != found {
             return Err(corrupt(&member.key, format!("its record counts {counted} {what}, the store holds {found}")));
         }
     }
     member.purchases.history = Book::stored(orders);
     member.loyalty.lots = Book::stored(lots);
+    if counts.rebuild_spend {
+        member.purchases.rebuild_spend();
+    }
     Ok(())
 }
 

@@ -13,6 +13,12 @@
 //!   (`Member::encode_hot`). The upgrade splits every member, each in one
 //!   write with its entries, so an interrupted upgrade resumes where it
 //!   stopped.
+//! - 4: member records carry their dated spend (`Purchases::spend`,
+//!   record format 5). Records of format 3 are read as they are, their
+//!   spend rebuilt from their kept orders, and written in the new format
+//!   when their member next changes: the upgrade only stamps the version,
+//!   so that an older omnifold, which cannot read the new records, refuses
+//!   the store instead of failing on its members.
 
 use std::path::Path;
 
@@ -21,7 +27,7 @@ use omnifold_core::Member;
 use crate::{CF_BOOKS, CF_MEMBERS, CF_META, Error, Result, Store, keys};
 
 /// The format this omnifold writes.
-pub const CURRENT: u32 = 3;
+pub const CURRENT: u32 = 4;
 
 pub(crate) fn read(store: &Store) -> Result<Option<u32>> {
     let v = store.db.get_cf(store.cf(CF_META), keys::FORMAT_VERSION)?;
@@ -70,7 +76,10 @@ pub(crate) fn check_and_upgrade(store: &Store, path: &Path, read_only: bool) -> 
         if found < 2 {
             upgrade_from_1(store)?;
         }
-        upgrade_from_2(store)?;
+        if found < 3 {
+            upgrade_from_2(store)?;
+        }
+        write(store, CURRENT)?;
         tracing::info!(path = %path.display(), from = found, to = CURRENT, "store format upgraded");
     }
     Ok(())
@@ -123,12 +132,12 @@ fn upgrade_from_2(store: &Store) -> Result<()> {
     let mut split = 0usize;
     for kv in store.db.iterator_cf(members, rocksdb::IteratorMode::Start) {
         let (k, v) = kv?;
-        if v.first() != Some(&omnifold_core::member::FORMAT_VERSION) {
+        if !omnifold_core::member::is_full_encoding(&v) {
             continue;
         }
         let mut m = Member::decode(&v).map_err(|e| {
             Error::Format(format!(
-                "the member record {} cannot be read for the upgrade to format {CURRENT} ({e}); rebuild the store \
+                "the member record {} cannot be read for the upgrade to format 3 ({e}); rebuild the store \
                  with `omnifold replay`",
                 String::from_utf8_lossy(k.get(4..).unwrap_or_default())
             ))
@@ -144,7 +153,7 @@ fn upgrade_from_2(store: &Store) -> Result<()> {
             tracing::info!(members = split, "splitting member records from their orders and lots");
         }
     }
-    batch.put_cf(store.cf(CF_META), keys::FORMAT_VERSION, i64::from(CURRENT).to_be_bytes());
+    batch.put_cf(store.cf(CF_META), keys::FORMAT_VERSION, 3i64.to_be_bytes());
     store.db.write_opt(batch, &store.write_opts)?;
     Ok(())
 }

@@ -258,14 +258,29 @@ impl Store {
         let Some(bytes) = snapshot.get_pinned_cf(self.cf(CF_MEMBERS), keys::scoped(partition, key))? else {
             return Ok(None);
         };
-        Ok(Some(books::member(&mut books::cursor(self, &snapshot), partition, &bytes)?))
+        Ok(Some(books::member(&mut books::cursor(self, &snapshot), partition, &bytes, books::Which::All)?))
+    }
+
+    /// One member's record and open lots, without its kept orders, as of one
+    /// instant: for balances, tiers and windows, which need no more.
+    pub fn member_with_lots(&self, partition: u32, key: &str) -> Result<Option<Member>> {
+        let snapshot = self.db.snapshot();
+        let Some(bytes) = snapshot.get_pinned_cf(self.cf(CF_MEMBERS), keys::scoped(partition, key))? else {
+            return Ok(None);
+        };
+        Ok(Some(books::member(&mut books::cursor(self, &snapshot), partition, &bytes, books::Which::Lots)?))
     }
 
     /// One member's record without its books (kept orders, open lots): for
-    /// reads that return neither, so they read one key. The books are empty.
+    /// reads that return neither, so they read one key. The books are empty,
+    /// except for a record stored before dated spend, whose spend is rebuilt
+    /// from its orders.
     pub fn member_without_books(&self, partition: u32, key: &str) -> Result<Option<Member>> {
         match self.db.get_pinned_cf(self.cf(CF_MEMBERS), keys::scoped(partition, key))? {
-            Some(bytes) => Ok(Some(Member::decode_stored(&bytes)?.0)),
+            Some(bytes) => match Member::decode_stored(&bytes)? {
+                (_, counts) if counts.rebuild_spend => self.member(partition, key),
+                (member, _) => Ok(Some(member)),
+            },
             None => Ok(None),
         }
     }
@@ -295,7 +310,7 @@ impl Store {
         let mut cursor = books::cursor(self, &snapshot);
         let mut out: Vec<Option<Member>> = vec![None; keys.len()];
         for (slot, mut member, counts) in found {
-            books::load(&mut cursor, partition, &mut member, counts)?;
+            books::load(&mut cursor, partition, &mut member, counts, books::Which::All)?;
             out[slot] = Some(member);
         }
         Ok(out)
@@ -530,7 +545,7 @@ impl Store {
             if members.len() == SCAN_CHUNK {
                 break;
             }
-            members.push(books::member(&mut cursor, partition, v)?);
+            members.push(books::member(&mut cursor, partition, v, books::Which::All)?);
             last = Some(k.to_vec());
             records.next();
         }
@@ -860,6 +875,69 @@ mod tests {
         let writes = b.inner.len();
         store.commit(b).unwrap();
         writes
+    }
+
+    fn lot(seq: u64) -> omnifold_core::loyalty::Lot {
+        omnifold_core::loyalty::Lot {
+            seq,
+            order_id: None,
+            channel: omnifold_core::Channel::StorePos,
+            points: 5,
+            remaining: 5,
+            activates_at: 0,
+            expires_at: 1_000,
+        }
+    }
+
+    /// A member with two orders (their spend dated) and one open lot.
+    fn with_orders_and_a_lot(store: &Store, key: &str) -> Member {
+        let mut m = Member::new(key, ProfileKind::KnownMember);
+        m.purchases.history.insert(order("o-1", 10));
+        m.purchases.history.insert(order("o-2", 20));
+        m.purchases.rebuild_spend();
+        m.loyalty.lots.insert(lot(7));
+        commit_member(store, &mut m, None);
+        m
+    }
+
+    #[test]
+    fn a_balance_read_loads_the_lots_and_not_the_orders() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let m = with_orders_and_a_lot(&store, "m-1");
+        let got = store.member_with_lots(0, "m-1").unwrap().unwrap();
+        assert!(got.purchases.history.is_empty());
+        assert_eq!(got.loyalty.lots.iter().map(|l| l.seq).collect::<Vec<_>>(), [7]);
+        assert_eq!(got.purchases.spend, m.purchases.spend);
+        assert_eq!(got.purchases.spend.window(0, 20).net_program_minor, 200);
+        assert_eq!(store.member(0, "m-1").unwrap().unwrap(), m);
+        assert!(store.member_with_lots(0, "nobody").unwrap().is_none());
+    }
+
+    /// A record written before dated spend (format 3: no spend after the
+    /// member) is read with its spend rebuilt from its orders, by every
+    /// kind of read, and the store is stamped with the current format.
+    #[test]
+    fn a_record_of_format_3_is_read_with_its_spend_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let m = with_orders_and_a_lot(&store, "m-1");
+        let key = keys::scoped(0, "m-1");
+        let v5 = store.db.get_cf(store.cf(CF_MEMBERS), &key).unwrap().unwrap();
+        assert_eq!(v5[0], omnifold_core::member::HOT_FORMAT_VERSION);
+        let spend = postcard::to_allocvec(&m.purchases.spend).unwrap();
+        let v3 = [&[omnifold_core::member::HOT_FORMAT_VERSION_3], &v5[1..v5.len() - spend.len()]].concat();
+        store.db.put_cf(store.cf(CF_MEMBERS), &key, v3).unwrap();
+        store.set_format_version_for_tests(3).unwrap();
+        drop(store);
+
+        let store = open(dir.path());
+        assert_eq!(store.format_version().unwrap(), Some(FORMAT_VERSION));
+        assert_eq!(store.member(0, "m-1").unwrap().unwrap(), m);
+        for got in [store.member_with_lots(0, "m-1"), store.member_without_books(0, "m-1")] {
+            assert_eq!(got.unwrap().unwrap().purchases.spend, m.purchases.spend);
+        }
+        assert_eq!(store.members(0, &["m-1"]).unwrap()[0].as_ref(), Some(&m));
     }
 
     #[test]

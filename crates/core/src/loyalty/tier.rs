@@ -21,13 +21,7 @@ pub struct TierChange {
 /// Net spend (program minor units, returns subtracted, cancelled orders
 /// excluded) of orders placed in `(at − window, at]`.
 pub(crate) fn qualifying_spend(member: &Member, at: Millis, cfg: &LoyaltyConfig) -> i64 {
-    let from = at - cfg.tier_window();
-    member
-        .purchases
-        .history
-        .iter()
-        .filter(|o| !o.cancelled && o.at > from && o.at <= at)
-        .fold(0i64, |sum, o| sum.saturating_add(o.net_program_minor()))
+    member.purchases.spend.window(at - cfg.tier_window(), at).net_program_minor
 }
 
 #[derive(Debug, Clone, Copy)]
