@@ -51,45 +51,92 @@ fn order(m: u64, k: u64) -> Vec<u8> {
     serde_json::to_vec(&e).unwrap()
 }
 
-/// What one product view costs as a member's order history grows: members
-/// with `orders` kept orders each get one view per batch. The layout is
-/// right when the cost does not depend on the history.
-fn bench_history(c: &mut Criterion) {
-    let mut g = c.benchmark_group("fold_history");
-    g.throughput(Throughput::Elements(VIEWERS));
-    g.sample_size(20);
-    for orders in [0u64, 300] {
+/// Members of the history benchmarks with `orders` kept orders each, in a
+/// store of their own; filled on first use, so a run that filters the
+/// benchmarks out skips it.
+struct History {
+    orders: u64,
+    _dir: tempfile::TempDir,
+    store: std::sync::Arc<Store>,
+    processor: omnifold_ingest::Processor,
+    offset: i64,
+    filled: bool,
+}
+
+impl History {
+    fn new(orders: u64) -> History {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&StoreConfig { path: dir.path().into(), ..store_config() }).unwrap();
         store.bind_partitions("bench", 1).unwrap();
         let processor = processor(store.clone(), "bench").unwrap();
-        let mut offset = 0i64;
-        let mut fold = |values: Vec<Vec<u8>>| {
-            let records: Vec<Record<'_>> =
-                values.iter().enumerate().map(|(i, v)| Record::new(offset + i as i64, None, Some(v))).collect();
-            let p = processor.process(0, &records).unwrap();
-            assert_eq!(p.applied, records.len() as u64, "every event applies");
-            processor.commit(p).unwrap();
-            offset += records.len() as i64;
-        };
-        let (mut next, mut filled) = (0u64, false);
-        g.bench_function(format!("view_with_{orders}_orders_kept"), |b| {
-            // Filled here, so a run that filters this benchmark out skips it.
-            if !std::mem::replace(&mut filled, true) {
-                for k in 0..orders {
-                    fold((0..VIEWERS).map(|m| order(m, k)).collect());
-                }
+        History { orders, _dir: dir, store, processor, offset: 0, filled: false }
+    }
+
+    fn fold(&mut self, values: Vec<Vec<u8>>) {
+        let records: Vec<Record<'_>> =
+            values.iter().enumerate().map(|(i, v)| Record::new(self.offset + i as i64, None, Some(v))).collect();
+        let p = self.processor.process(0, &records).unwrap();
+        assert_eq!(p.applied, records.len() as u64, "every event applies");
+        self.processor.commit(p).unwrap();
+        self.offset += records.len() as i64;
+    }
+
+    /// Every member placed `orders` orders (or, with none, viewed a product once).
+    fn fill(&mut self) {
+        if !std::mem::replace(&mut self.filled, true) {
+            if self.orders == 0 {
+                self.fold((0..VIEWERS).map(|m| view((1 << 40) + m, m)).collect());
             }
+            for k in 0..self.orders {
+                self.fold((0..VIEWERS).map(|m| order(m, k)).collect());
+            }
+        }
+    }
+}
+
+/// What one product view costs as a member's order history grows: members
+/// with `orders` kept orders each get one view per batch. The layout is
+/// right when the cost does not depend on the history. Then what reading
+/// those members costs: the record and open lots, as a profile or balance
+/// read loads them, against the whole member with its kept orders (what
+/// such reads loaded before dated spend).
+fn bench_history(c: &mut Criterion) {
+    let mut histories = [History::new(0), History::new(300)];
+    let mut g = c.benchmark_group("fold_history");
+    g.throughput(Throughput::Elements(VIEWERS));
+    g.sample_size(20);
+    for h in &mut histories {
+        let mut next = 0u64;
+        g.bench_function(format!("view_with_{}_orders_kept", h.orders), |b| {
+            h.fill();
             b.iter_batched(
                 || {
                     let start = next;
                     next += VIEWERS;
                     (0..VIEWERS).map(|m| view(start + m, m)).collect::<Vec<_>>()
                 },
-                &mut fold,
+                |values| h.fold(values),
                 BatchSize::LargeInput,
             )
         });
+    }
+    g.finish();
+    let mut g = c.benchmark_group("read_history");
+    g.throughput(Throughput::Elements(VIEWERS));
+    g.sample_size(20);
+    let keys: Vec<String> = (0..VIEWERS).map(|m| format!("m-{m:07}")).collect();
+    for h in &mut histories {
+        for (what, whole) in [("record_and_lots", false), ("whole_member", true)] {
+            g.bench_function(format!("{what}_with_{}_orders_kept", h.orders), |b| {
+                h.fill();
+                b.iter(|| {
+                    for k in &keys {
+                        let m = if whole { h.store.member(0, k) } else { h.store.member_with_lots(0, k) };
+                        assert!(m.unwrap().is_some());
+                    }
+                })
+            });
+        }
     }
     g.finish();
 }

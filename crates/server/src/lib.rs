@@ -174,12 +174,12 @@ impl AppState {
         Ok(partition_for(key.as_bytes(), partitions))
     }
 
-    /// Loads the aggregate stored under a subject key; without its books
-    /// (kept orders, open lots) when the caller returns nothing drawn from them.
+    /// Loads the aggregate stored under a subject key, with the books
+    /// (kept orders, open lots) the caller returns something drawn from.
     pub(crate) fn load(&self, key: &str, books: Books) -> Result<Option<Member>, Error> {
         let partition = self.partition(key)?;
         Ok(match books {
-            Books::Load => self.store().member(partition, key)?,
+            Books::Lots => self.store().member_with_lots(partition, key)?,
             Books::Skip => self.store().member_without_books(partition, key)?,
         })
     }
@@ -201,10 +201,14 @@ impl ReadCost {
     }
 }
 
-/// Whether a read loads a member's books (kept orders, open lots).
+/// Which of a member's books a read loads. No answer is drawn from the kept
+/// orders (tiers and windows read the record's dated spend), so a read
+/// loads at most the open lots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Books {
-    Load,
+    /// The open lots: balances, benefits, a profile's `loyalty`.
+    Lots,
+    /// The record only.
     Skip,
 }
 

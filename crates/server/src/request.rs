@@ -81,11 +81,11 @@ impl ReadMask {
         self.0.as_ref().is_none_or(|f| f.contains(&field))
     }
 
-    /// Whether the fields asked for are drawn from the member's books:
-    /// `purchases` (windows over kept orders) and `loyalty` (lots, and the
-    /// orders a tier review sums).
+    /// Which of the member's books the fields asked for are drawn from:
+    /// `loyalty` needs the open lots; `purchases` reads its windows from the
+    /// record's dated spend; no field needs the kept orders.
     pub(crate) fn books(&self) -> crate::Books {
-        if self.includes("purchases") || self.includes("loyalty") { crate::Books::Load } else { crate::Books::Skip }
+        if self.includes("loyalty") { crate::Books::Lots } else { crate::Books::Skip }
     }
 }
 

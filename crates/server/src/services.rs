@@ -37,8 +37,10 @@ pub(crate) struct Resolved {
 /// Longest chain of routes followed (merges of merges).
 const MAX_HOPS: usize = 16;
 
+/// The member a key or identifier resolves to, its record only (kind,
+/// routes, merges, version).
 pub(crate) fn resolve(state: &AppState, addr: &MemberAddress) -> Result<Resolved, Error> {
-    resolve_with(state, addr, Books::Load)
+    resolve_with(state, addr, Books::Skip)
 }
 
 /// `resolve`, loading the member's books only when asked to.
@@ -169,8 +171,9 @@ fn past_of(state: &AppState, member: &Member, at: Millis, last: Millis) -> Resul
     Ok(past)
 }
 
+/// The member with its open lots: what balances and benefits read.
 fn find(state: &AppState, addr: &MemberAddress) -> Result<Member, Error> {
-    Ok(resolve(state, addr)?.member)
+    Ok(resolve_with(state, addr, Books::Lots)?.member)
 }
 
 /// The member a profile read returns, with only what `mask` needs loaded.
@@ -365,7 +368,7 @@ impl Loyalty {
         let state = &self.0;
         match commands::submit(state, &cmd).await? {
             Outcome::Decided(v) => {
-                let after = state.load(&member.key, Books::Load)?.unwrap_or_else(|| member.clone());
+                let after = state.load(&member.key, Books::Lots)?.unwrap_or_else(|| member.clone());
                 let status = match v.status {
                     VerdictStatus::Accepted => proto::RedemptionStatus::Accepted,
                     VerdictStatus::Rejected => proto::RedemptionStatus::Rejected,
@@ -514,7 +517,7 @@ impl proto::admin_service_server::AdminService for Admin {
         let state = &self.0;
         let into = resolve(state, &MemberAddress::Key(r.into.clone()))?.member;
         let from = state
-            .load(&r.from, Books::Load)?
+            .load(&r.from, Books::Skip)?
             .ok_or_else(|| Error::NotFound(format!("no profile for member `{}`", r.from)))?;
         if into.kind != ProfileKind::KnownMember || from.kind != ProfileKind::KnownMember {
             return Err(Error::FailedPrecondition(
@@ -542,7 +545,7 @@ impl proto::admin_service_server::AdminService for Admin {
             })),
         };
         let done = || -> Result<Option<Member>, Error> {
-            Ok(state.load(&into.key, Books::Load)?.filter(|m| m.merged_members.contains(&r.from)))
+            Ok(state.load(&into.key, Books::Skip)?.filter(|m| m.merged_members.contains(&r.from)))
         };
         let (version, completed) = match commands::append_and_wait(state, &into.key, event, done).await? {
             Outcome::Decided(m) => (convert::version(&m), true),
