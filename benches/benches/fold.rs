@@ -131,7 +131,7 @@ fn bench_history(c: &mut Criterion) {
                 h.fill();
                 b.iter(|| {
                     for k in &keys {
-                        let m = if whole { h.store.member(0, k) } else { h.store.member_with_lots(0, k) };
+                        let m = if whole { h.store.member(0, k) } else { h.store.member_without_orders(0, k) };
                         assert!(m.unwrap().is_some());
                     }
                 })

@@ -55,6 +55,11 @@ pub struct Book<T: Entry> {
 /// a batch loaded is either that book or a replacement.
 static NEXT_LINEAGE: AtomicU64 = AtomicU64::new(1);
 
+/// A lineage no stored copy has had yet (books and the dated spend).
+pub(crate) fn new_lineage() -> u64 {
+    NEXT_LINEAGE.fetch_add(1, Ordering::Relaxed)
+}
+
 impl<T: Entry> Default for Book<T> {
     fn default() -> Self {
         Book {
@@ -107,7 +112,7 @@ impl<T: Entry> Book<T> {
     /// The entries as the store holds them: a new lineage, nothing changed.
     pub fn stored(entries: Vec<T>) -> Self {
         let mut book = Book::from(entries);
-        book.lineage = NEXT_LINEAGE.fetch_add(1, Ordering::Relaxed);
+        book.lineage = new_lineage();
         book
     }
 
@@ -218,7 +223,7 @@ impl<T: Entry> Book<T> {
         self.changed.clear();
         self.removed.clear();
         if self.lineage == 0 {
-            self.lineage = NEXT_LINEAGE.fetch_add(1, Ordering::Relaxed);
+            self.lineage = new_lineage();
         }
     }
 

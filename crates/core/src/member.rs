@@ -173,9 +173,9 @@ pub struct Purchases {
     /// Recent orders, oldest first, bounded by the config.
     pub history: OrderBook,
     /// Net spend of the orders in the longest window read, dated: what the
-    /// tier and the yearly windows are computed from. Encoded after the
-    /// rest of the member (`Member::encode`), so records of earlier formats
-    /// still decode.
+    /// tier and the yearly windows are computed from. Kept beside the
+    /// member's record like a book; in the full encoding (`Member::encode`)
+    /// after the rest of the member, so encodings of format 2 still decode.
     #[serde(skip)]
     pub spend: Spend,
 }
@@ -242,6 +242,8 @@ impl Book<OrderRecord> {
 pub struct Counts {
     pub orders: u32,
     pub lots: u32,
+    /// Marks of the dated spend (0: no spend entry).
+    pub marks: u32,
     /// The record predates dated spend: rebuild it from the orders
     /// (`Purchases::rebuild_spend`) once they are loaded.
     pub rebuild_spend: bool,
@@ -253,6 +255,7 @@ pub struct Counts {
 pub struct Lineage {
     pub orders: u64,
     pub lots: u64,
+    pub spend: u64,
 }
 
 /// Bookkeeping of the member's kept event history (the store keeps the
@@ -330,49 +333,58 @@ impl Member {
         }
     }
 
-    /// The member without its books, for the store's member record:
-    /// `HOT_FORMAT_VERSION`, the number of orders and of lots kept (u32
-    /// each, big-endian), then postcard of the member and of its dated
-    /// spend. The books' entries are taken out for the encoding and put back.
+    /// The member without its books and dated spend, for the store's member
+    /// record: `HOT_FORMAT_VERSION`, the number of orders, of lots and of
+    /// spend marks kept beside it (u32 each, big-endian), then postcard. The
+    /// books' entries are taken out for the encoding and put back.
     pub fn encode_hot(&mut self) -> Vec<u8> {
         let orders = self.purchases.history.take_entries();
         let lots = self.loyalty.lots.take_entries();
         let mut out = Vec::with_capacity(256);
         out.push(HOT_FORMAT_VERSION);
-        for n in [orders.len(), lots.len()] {
+        for n in [orders.len(), lots.len(), self.purchases.spend.len()] {
             out.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_be_bytes());
         }
-        let out = append(&self.purchases.spend, append(&*self, out));
+        let out = append(&*self, out);
         self.purchases.history.restore_entries(orders);
         self.loyalty.lots.restore_entries(lots);
         out
     }
 
     /// A stored member record (`encode_hot`, or a full encoding an older
-    /// store kept), and how many entries of each book (orders, lots) the
-    /// store holds for it beside it. A record of format 3 says so in
-    /// `Counts::rebuild_spend`: its dated spend is rebuilt from its orders
-    /// once they are loaded.
+    /// store kept), and how many entries of each book (orders, lots) and
+    /// spend marks the store holds for it beside it. A record of format 3
+    /// says so in `Counts::rebuild_spend`: its dated spend is rebuilt from
+    /// its orders once they are loaded.
     pub fn decode_stored(bytes: &[u8]) -> Result<(Self, Counts), Error> {
         let corrupt_at = |what: &str| Error::Corrupt(what.to_owned());
-        let (version, rest) = bytes.split_first().ok_or_else(|| corrupt_at("empty value"))?;
-        if !matches!(*version, HOT_FORMAT_VERSION | HOT_FORMAT_VERSION_3) {
-            return Ok((Member::decode(bytes)?, Counts::default()));
-        }
-        let (orders, rest) = rest.split_first_chunk::<4>().ok_or_else(|| corrupt_at("truncated member record"))?;
-        let (lots, rest) = rest.split_first_chunk::<4>().ok_or_else(|| corrupt_at("truncated member record"))?;
-        let rebuild_spend = *version == HOT_FORMAT_VERSION_3;
-        let m = if rebuild_spend { postcard::from_bytes(rest).map_err(corrupt)? } else { with_spend(rest)? };
+        let (version, mut rest) = bytes.split_first().ok_or_else(|| corrupt_at("empty value"))?;
+        let rebuild_spend = match *version {
+            HOT_FORMAT_VERSION => false,
+            HOT_FORMAT_VERSION_3 => true,
+            _ => return Ok((Member::decode(bytes)?, Counts::default())),
+        };
+        let mut count = || -> Result<u32, Error> {
+            let (n, tail) = rest.split_first_chunk::<4>().ok_or_else(|| corrupt_at("truncated member record"))?;
+            rest = tail;
+            Ok(u32::from_be_bytes(*n))
+        };
+        let (orders, lots) = (count()?, count()?);
+        let marks = if rebuild_spend { 0 } else { count()? };
+        let m: Member = postcard::from_bytes(rest).map_err(corrupt)?;
         if !m.purchases.history.is_empty() || !m.loyalty.lots.is_empty() {
             return Err(corrupt_at("a member record holds its orders or lots inline"));
         }
-        let counts = Counts { orders: u32::from_be_bytes(*orders), lots: u32::from_be_bytes(*lots), rebuild_spend };
-        Ok((m, counts))
+        Ok((m, Counts { orders, lots, marks, rebuild_spend }))
     }
 
     /// The stored copies this member's books continue.
     pub fn lineage(&self) -> Lineage {
-        Lineage { orders: self.purchases.history.lineage(), lots: self.loyalty.lots.lineage() }
+        Lineage {
+            orders: self.purchases.history.lineage(),
+            lots: self.loyalty.lots.lineage(),
+            spend: self.purchases.spend.lineage(),
+        }
     }
 
     /// An estimate of the memory this member holds, for caches bounded by

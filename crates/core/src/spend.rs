@@ -9,6 +9,11 @@
 //! bounded twice: marks older than the longest window that reads them (plus
 //! a margin for late orders) are dropped, and so are the oldest marks beyond
 //! `max_spend_marks` (docs/loyalty.md, "Dated spend").
+//!
+//! The store keeps the marks as one entry beside the member's record, like
+//! a book: it grows with the orders of a year, so events that do not change
+//! it (a product view) must not rewrite it. `Spend` remembers whether it
+//! changed since it was stored, and which stored copy it continues.
 
 use serde::{Deserialize, Serialize};
 
@@ -31,13 +36,53 @@ pub struct Totals {
 }
 
 /// The marks, oldest first, one per instant.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Spend {
     marks: Vec<SpendMark>,
+    /// Which stored copy this continues (0: none), as `Book::lineage`.
+    #[serde(skip)]
+    lineage: u64,
+    /// Changed since it was stored.
+    #[serde(skip)]
+    changed: bool,
 }
 
+impl PartialEq for Spend {
+    /// Equal when the marks are; what is stored is not compared.
+    fn eq(&self, other: &Self) -> bool {
+        self.marks == other.marks
+    }
+}
+
+impl Eq for Spend {}
+
 impl Spend {
+    /// The marks as the store holds them, checked as `from_marks` does: a
+    /// new lineage, nothing changed.
+    pub fn stored(marks: Vec<SpendMark>) -> Result<Self, String> {
+        let spend = Spend::from_marks(marks)?;
+        Ok(Spend { lineage: crate::book::new_lineage(), changed: false, ..spend })
+    }
+
+    /// The stored copy this continues, 0 for none.
+    pub fn lineage(&self) -> u64 {
+        self.lineage
+    }
+
+    /// Whether the marks changed since they were stored.
+    pub fn changed(&self) -> bool {
+        self.changed
+    }
+
+    /// The marks have been written: they are now the store's copy.
+    pub fn mark_stored(&mut self) {
+        self.changed = false;
+        if self.lineage == 0 {
+            self.lineage = crate::book::new_lineage();
+        }
+    }
+
     /// Marks from outside the fold (a join's wire form): refused unless they
     /// are in time order, one per instant, each with an order.
     pub fn from_marks(marks: Vec<SpendMark>) -> Result<Self, String> {
@@ -47,7 +92,7 @@ impl Spend {
         if let Some(m) = marks.iter().find(|m| m.orders == 0) {
             return Err(format!("a spend mark at {} ms counts no order", m.at));
         }
-        Ok(Spend { marks })
+        Ok(Spend { marks, lineage: 0, changed: true })
     }
 
     pub fn marks(&self) -> &[SpendMark] {
@@ -68,6 +113,7 @@ impl Spend {
 
     /// An order placed at `at` with net spend `net`.
     pub(crate) fn add_order(&mut self, at: Millis, net: i64) {
+        self.changed = true;
         match self.find(at) {
             Ok(i) => {
                 let m = &mut self.marks[i];
@@ -85,12 +131,14 @@ impl Spend {
         if let Ok(i) = self.find(at) {
             let m = &mut self.marks[i];
             m.net_program_minor = m.net_program_minor.saturating_sub(delta);
+            self.changed = true;
         }
     }
 
     /// An order placed at `at`, with net spend `net` so far, was cancelled.
     pub(crate) fn cancelled(&mut self, at: Millis, net: i64) {
         if let Ok(i) = self.find(at) {
+            self.changed = true;
             let m = &mut self.marks[i];
             m.orders = m.orders.saturating_sub(1);
             m.net_program_minor = m.net_program_minor.saturating_sub(net);
@@ -102,6 +150,7 @@ impl Spend {
 
     /// Adds another profile's marks (a join or a merge).
     pub(crate) fn merge(&mut self, other: &Spend) {
+        self.changed |= !other.marks.is_empty();
         for m in &other.marks {
             match self.find(m.at) {
                 Ok(i) => {
@@ -122,7 +171,10 @@ impl Spend {
         };
         let old = self.marks.partition_point(|m| m.at < latest.saturating_sub(keep));
         let over = self.marks.len().saturating_sub(max_marks);
-        self.marks.drain(..old.max(over));
+        if old.max(over) > 0 {
+            self.changed = true;
+            self.marks.drain(..old.max(over));
+        }
     }
 
     /// Orders and net spend placed in `(from, to]`.
@@ -193,6 +245,26 @@ mod tests {
         let mut a = spend(&[(10, 1), (30, 3)]);
         a.merge(&spend(&[(10, 5), (20, 2)]));
         assert_eq!(a, spend(&[(10, 1), (10, 5), (20, 2), (30, 3)]));
+    }
+
+    #[test]
+    fn spend_knows_whether_it_changed_since_it_was_stored() {
+        let mut s = Spend::stored(spend(&[(10, 1)]).marks().to_vec()).unwrap();
+        assert!(s.lineage() != 0 && !s.changed());
+        s.returned(99, 1);
+        s.cancelled(99, 1);
+        s.prune(1_000, 10);
+        s.merge(&Spend::default());
+        assert!(!s.changed(), "nothing changed");
+        s.add_order(20, 1);
+        assert!(s.changed());
+        let lineage = s.lineage();
+        s.mark_stored();
+        assert_eq!((s.lineage(), s.changed()), (lineage, false));
+        let mut fresh = spend(&[(1, 1)]);
+        assert_eq!(fresh.lineage(), 0);
+        fresh.mark_stored();
+        assert_ne!(fresh.lineage(), 0);
     }
 
     #[test]

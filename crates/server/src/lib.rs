@@ -179,7 +179,7 @@ impl AppState {
     pub(crate) fn load(&self, key: &str, books: Books) -> Result<Option<Member>, Error> {
         let partition = self.partition(key)?;
         Ok(match books {
-            Books::Lots => self.store().member_with_lots(partition, key)?,
+            Books::SpendAndLots => self.store().member_without_orders(partition, key)?,
             Books::Skip => self.store().member_without_books(partition, key)?,
         })
     }
@@ -202,12 +202,13 @@ impl ReadCost {
 }
 
 /// Which of a member's books a read loads. No answer is drawn from the kept
-/// orders (tiers and windows read the record's dated spend), so a read
-/// loads at most the open lots.
+/// orders (tiers and windows read the dated spend), so a read loads at most
+/// the dated spend and the open lots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Books {
-    /// The open lots: balances, benefits, a profile's `loyalty`.
-    Lots,
+    /// The dated spend and the open lots: balances, benefits, a profile's
+    /// `loyalty` and `purchases`.
+    SpendAndLots,
     /// The record only.
     Skip,
 }

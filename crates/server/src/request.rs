@@ -82,10 +82,14 @@ impl ReadMask {
     }
 
     /// Which of the member's books the fields asked for are drawn from:
-    /// `loyalty` needs the open lots; `purchases` reads its windows from the
-    /// record's dated spend; no field needs the kept orders.
+    /// `loyalty` (lots, tier) and `purchases` (windows) read the dated spend
+    /// and the open lots; no field needs the kept orders.
     pub(crate) fn books(&self) -> crate::Books {
-        if self.includes("loyalty") { crate::Books::Lots } else { crate::Books::Skip }
+        if self.includes("purchases") || self.includes("loyalty") {
+            crate::Books::SpendAndLots
+        } else {
+            crate::Books::Skip
+        }
     }
 }
 

@@ -171,9 +171,10 @@ fn past_of(state: &AppState, member: &Member, at: Millis, last: Millis) -> Resul
     Ok(past)
 }
 
-/// The member with its open lots: what balances and benefits read.
+/// The member with its dated spend and open lots: what balances and
+/// benefits read.
 fn find(state: &AppState, addr: &MemberAddress) -> Result<Member, Error> {
-    Ok(resolve_with(state, addr, Books::Lots)?.member)
+    Ok(resolve_with(state, addr, Books::SpendAndLots)?.member)
 }
 
 /// The member a profile read returns, with only what `mask` needs loaded.
@@ -368,7 +369,7 @@ impl Loyalty {
         let state = &self.0;
         match commands::submit(state, &cmd).await? {
             Outcome::Decided(v) => {
-                let after = state.load(&member.key, Books::Lots)?.unwrap_or_else(|| member.clone());
+                let after = state.load(&member.key, Books::SpendAndLots)?.unwrap_or_else(|| member.clone());
                 let status = match v.status {
                     VerdictStatus::Accepted => proto::RedemptionStatus::Accepted,
                     VerdictStatus::Rejected => proto::RedemptionStatus::Rejected,

@@ -1,11 +1,14 @@
-//! A member's books (kept orders, open lots) under their own keys in the
-//! `books` column family, beside the member record: `member prefix | tag |
-//! entry id`, so an event writes only the entries it changed and one
-//! member's books are one key range.
+//! A member's books (kept orders, open lots) and its dated spend under
+//! their own keys in the `books` column family, beside the member record:
+//! `member prefix | tag | entry id`, so an event writes only the entries it
+//! changed and one member's books are one key range.
 
 use omnifold_core::Member;
 use omnifold_core::book::{Book, Entry};
+use omnifold_core::loyalty::Lot;
+use omnifold_core::member::OrderRecord;
 use omnifold_core::member::{Counts, Lineage, decode_entry, encode_entry};
+use omnifold_core::spend::Spend;
 use rocksdb::{ColumnFamily, WriteBatch};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -15,6 +18,8 @@ use crate::{Error, Result, Store, keys};
 const ORDERS: u8 = b'o';
 /// Sorts before `ORDERS`, so the lots are read without the orders.
 const LOTS: u8 = b'l';
+/// The dated spend, one entry (`Purchases::spend`); sorts first.
+const SPEND: u8 = b'd';
 
 fn corrupt(member: &str, what: impl std::fmt::Display) -> Error {
     Error::Corrupt(omnifold_core::Error::Corrupt(format!("member {member}: {what}")))
@@ -37,9 +42,9 @@ pub(crate) type Snapshot<'a> = rocksdb::SnapshotWithThreadMode<'a, rocksdb::DB>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Which {
     All,
-    /// The open lots, not the kept orders: balances, tiers and windows need
-    /// no more (they read the record's dated spend).
-    Lots,
+    /// The dated spend and the open lots, not the kept orders: balances,
+    /// tiers and windows need no more.
+    SpendAndLots,
 }
 
 /// A stored member record, with its books read through `cursor` (of the
@@ -50,8 +55,15 @@ pub(crate) fn member(cursor: &mut Cursor<'_>, partition: u32, record: &[u8], whi
     Ok(member)
 }
 
+/// What a read of a member's books found.
+struct Found {
+    orders: Vec<OrderRecord>,
+    lots: Vec<Lot>,
+    spend: Option<Spend>,
+}
+
 /// Reads the books of a member whose record says it keeps `counts` entries:
-/// all of them, or only the lots (`which`), unless the record is of a
+/// all of them, or all but the orders (`which`), unless the record is of a
 /// format whose dated spend is rebuilt from its orders.
 pub(crate) fn load(
     cursor: &mut Cursor<'_>,
@@ -60,21 +72,24 @@ pub(crate) fn load(
     counts: Counts,
     which: Which,
 ) -> Result<()> {
-    let which = if counts.rebuild_spend { Which::All } else { which };
-    let want_orders = which == Which::All;
-    let (mut orders, mut lots) = (Vec::new(), Vec::new());
-    if (want_orders && counts.orders > 0) || counts.lots > 0 {
+    let want_orders = counts.rebuild_spend || which == Which::All;
+    let mut found = Found { orders: Vec::new(), lots: Vec::new(), spend: None };
+    if (want_orders && counts.orders > 0) || counts.lots > 0 || counts.marks > 0 {
         let prefix = keys::member_prefix(partition, &member.key);
-        // Lots sort before orders under the member's prefix.
-        cursor.seek(if want_orders { prefix.clone() } else { [prefix.as_slice(), &[LOTS]].concat() });
+        // The spend, then the lots, then the orders.
+        cursor.seek(&prefix);
         while let (Some(k), Some(v)) = (cursor.key(), cursor.value()) {
             let Some(tail) = k.strip_prefix(prefix.as_slice()) else {
                 break;
             };
             match tail.split_first() {
                 Some((&ORDERS, _)) if !want_orders => break,
-                Some((&ORDERS, id)) => orders.push(entry(&member.key, id, v)?),
-                Some((&LOTS, id)) => lots.push(entry(&member.key, id, v)?),
+                Some((&ORDERS, id)) => found.orders.push(entry(&member.key, id, v)?),
+                Some((&LOTS, id)) => found.lots.push(entry(&member.key, id, v)?),
+                Some((&SPEND, [])) => {
+                    let spend = Spend::stored(decode_entry(v)?).map_err(|e| corrupt(&member.key, e))?;
+                    found.spend = Some(spend);
+                }
                 _ => return Err(corrupt(&member.key, "a book entry of an unknown kind")),
             }
             cursor.next();
@@ -82,13 +97,22 @@ pub(crate) fn load(
         cursor.status()?;
     }
     let counted_orders = if want_orders { counts.orders } else { 0 };
-    for (what, counted, found) in [("orders", counted_orders, orders.len()), ("lots", counts.lots, lots.len())] {
+    let marks = found.spend.as_ref().map_or(0, Spend::len);
+    for (what, counted, found) in [
+        ("orders", counted_orders, found.orders.len()),
+        ("lots", counts.lots, found.lots.len()),
+        ("spend marks", counts.marks, marks),
+    ] {
         if counted as usize != found {
             return Err(corrupt(&member.key, format!("its record counts {counted} {what}, the store holds {found}")));
         }
     }
-    member.purchases.history = Book::stored(orders);
-    member.loyalty.lots = Book::stored(lots);
+    member.purchases.history = Book::stored(found.orders);
+    member.loyalty.lots = Book::stored(found.lots);
+    member.purchases.spend = match found.spend {
+        Some(spend) => spend,
+        None => Spend::stored(Vec::new()).map_err(|e| corrupt(&member.key, e))?,
+    };
     if counts.rebuild_spend {
         member.purchases.rebuild_spend();
     }
@@ -117,6 +141,22 @@ pub(crate) fn stage(
     let prefix = keys::member_prefix(partition, &member.key);
     stage_book(batch, cf, &prefix, ORDERS, &member.purchases.history, loaded.map(|l| l.orders));
     stage_book(batch, cf, &prefix, LOTS, &member.loyalty.lots, loaded.map(|l| l.lots));
+    stage_spend(batch, cf, &prefix, &member.purchases.spend, loaded.map(|l| l.spend));
+}
+
+/// The dated spend's one entry: written when it changed or replaced the
+/// loaded copy, deleted when it became empty.
+fn stage_spend(batch: &mut WriteBatch, cf: &ColumnFamily, prefix: &[u8], spend: &Spend, loaded: Option<u64>) {
+    let continues = loaded.is_some_and(|l| l != 0 && l == spend.lineage());
+    if continues && !spend.changed() {
+        return;
+    }
+    let key = [prefix, &[SPEND]].concat();
+    if !spend.is_empty() {
+        batch.put_cf(cf, key, encode_entry(spend));
+    } else if loaded.is_some() {
+        batch.delete_cf(cf, key);
+    }
 }
 
 fn stage_book<T: Entry + Serialize>(

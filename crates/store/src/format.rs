@@ -13,12 +13,13 @@
 //!   (`Member::encode_hot`). The upgrade splits every member, each in one
 //!   write with its entries, so an interrupted upgrade resumes where it
 //!   stopped.
-//! - 4: member records carry their dated spend (`Purchases::spend`,
-//!   record format 5). Records of format 3 are read as they are, their
-//!   spend rebuilt from their kept orders, and written in the new format
-//!   when their member next changes: the upgrade only stamps the version,
-//!   so that an older omnifold, which cannot read the new records, refuses
-//!   the store instead of failing on its members.
+//! - 4: a member's dated spend (`Purchases::spend`) is kept beside its
+//!   record as one `books` entry, and the record counts its marks (record
+//!   format 5). Records of format 3 are read as they are, their spend
+//!   rebuilt from their kept orders, and written in the new format when
+//!   their member next changes: the upgrade only stamps the version, so
+//!   that an older omnifold, which cannot read the new records, refuses the
+//!   store instead of failing on its members.
 
 use std::path::Path;
 

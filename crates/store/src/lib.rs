@@ -261,26 +261,23 @@ impl Store {
         Ok(Some(books::member(&mut books::cursor(self, &snapshot), partition, &bytes, books::Which::All)?))
     }
 
-    /// One member's record and open lots, without its kept orders, as of one
-    /// instant: for balances, tiers and windows, which need no more.
-    pub fn member_with_lots(&self, partition: u32, key: &str) -> Result<Option<Member>> {
+    /// One member's record, dated spend and open lots, without its kept
+    /// orders, as of one instant: for balances, tiers and windows, which
+    /// need no more.
+    pub fn member_without_orders(&self, partition: u32, key: &str) -> Result<Option<Member>> {
         let snapshot = self.db.snapshot();
         let Some(bytes) = snapshot.get_pinned_cf(self.cf(CF_MEMBERS), keys::scoped(partition, key))? else {
             return Ok(None);
         };
-        Ok(Some(books::member(&mut books::cursor(self, &snapshot), partition, &bytes, books::Which::Lots)?))
+        Ok(Some(books::member(&mut books::cursor(self, &snapshot), partition, &bytes, books::Which::SpendAndLots)?))
     }
 
-    /// One member's record without its books (kept orders, open lots): for
-    /// reads that return neither, so they read one key. The books are empty,
-    /// except for a record stored before dated spend, whose spend is rebuilt
-    /// from its orders.
+    /// One member's record without its books (kept orders, open lots) and
+    /// dated spend: for reads that return nothing drawn from them, so they
+    /// read one key. Those parts are empty.
     pub fn member_without_books(&self, partition: u32, key: &str) -> Result<Option<Member>> {
         match self.db.get_pinned_cf(self.cf(CF_MEMBERS), keys::scoped(partition, key))? {
-            Some(bytes) => match Member::decode_stored(&bytes)? {
-                (_, counts) if counts.rebuild_spend => self.member(partition, key),
-                (member, _) => Ok(Some(member)),
-            },
+            Some(bytes) => Ok(Some(Member::decode_stored(&bytes)?.0)),
             None => Ok(None),
         }
     }
@@ -679,6 +676,7 @@ impl Batch {
         self.inner.put_cf(store.cf(CF_MEMBERS), keys::scoped(self.partition, &member.key), member.encode_hot());
         member.purchases.history.mark_stored();
         member.loyalty.lots.mark_stored();
+        member.purchases.spend.mark_stored();
     }
 
     pub fn put_ledger(&mut self, store: &Store, member: &str, entry: &LedgerEntry) {
@@ -905,13 +903,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
         let m = with_orders_and_a_lot(&store, "m-1");
-        let got = store.member_with_lots(0, "m-1").unwrap().unwrap();
+        let mut got = store.member_without_orders(0, "m-1").unwrap().unwrap();
         assert!(got.purchases.history.is_empty());
         assert_eq!(got.loyalty.lots.iter().map(|l| l.seq).collect::<Vec<_>>(), [7]);
         assert_eq!(got.purchases.spend, m.purchases.spend);
         assert_eq!(got.purchases.spend.window(0, 20).net_program_minor, 200);
         assert_eq!(store.member(0, "m-1").unwrap().unwrap(), m);
-        assert!(store.member_with_lots(0, "nobody").unwrap().is_none());
+        assert!(store.member_without_orders(0, "nobody").unwrap().is_none());
+        assert!(store.member_without_books(0, "m-1").unwrap().unwrap().purchases.spend.is_empty());
+
+        // A change that leaves the spend alone writes the record only; one
+        // that empties it deletes its entry.
+        let mut whole = store.member(0, "m-1").unwrap().unwrap();
+        let loaded = whole.lineage();
+        whole.browse.product_views += 1;
+        assert_eq!(commit_member(&store, &mut whole, Some(loaded)), 1);
+        let before = stored_entries(&store, 0, "m-1");
+        let loaded = got.lineage();
+        got.purchases.spend = Default::default();
+        got.purchases.rebuild_spend();
+        assert_eq!(commit_member(&store, &mut got, Some(loaded)), 2, "the record and the spend's deletion");
+        assert_eq!(stored_entries(&store, 0, "m-1"), before - 1);
     }
 
     /// A record written before dated spend (format 3: no spend after the
@@ -925,18 +937,19 @@ mod tests {
         let key = keys::scoped(0, "m-1");
         let v5 = store.db.get_cf(store.cf(CF_MEMBERS), &key).unwrap().unwrap();
         assert_eq!(v5[0], omnifold_core::member::HOT_FORMAT_VERSION);
-        let spend = postcard::to_allocvec(&m.purchases.spend).unwrap();
-        let v3 = [&[omnifold_core::member::HOT_FORMAT_VERSION_3], &v5[1..v5.len() - spend.len()]].concat();
+        // Format 3: no count of spend marks in the header, no spend entry.
+        let v3 = [&[omnifold_core::member::HOT_FORMAT_VERSION_3], &v5[1..9], &v5[13..]].concat();
         store.db.put_cf(store.cf(CF_MEMBERS), &key, v3).unwrap();
+        let spend_key = [keys::member_prefix(0, "m-1").as_slice(), b"d"].concat();
+        assert!(store.db.get_cf(store.cf(CF_BOOKS), &spend_key).unwrap().is_some());
+        store.db.delete_cf(store.cf(CF_BOOKS), &spend_key).unwrap();
         store.set_format_version_for_tests(3).unwrap();
         drop(store);
 
         let store = open(dir.path());
         assert_eq!(store.format_version().unwrap(), Some(FORMAT_VERSION));
         assert_eq!(store.member(0, "m-1").unwrap().unwrap(), m);
-        for got in [store.member_with_lots(0, "m-1"), store.member_without_books(0, "m-1")] {
-            assert_eq!(got.unwrap().unwrap().purchases.spend, m.purchases.spend);
-        }
+        assert_eq!(store.member_without_orders(0, "m-1").unwrap().unwrap().purchases.spend, m.purchases.spend);
         assert_eq!(store.members(0, &["m-1"]).unwrap()[0].as_ref(), Some(&m));
     }
 
