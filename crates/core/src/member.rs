@@ -17,7 +17,8 @@ use crate::time::Millis;
 pub const FORMAT_VERSION: u8 = 4;
 
 /// Leading byte of the split encoding (`Member::encode_hot`): the member
-/// without its books (orders, lots), which the store keeps under their own keys.
+/// without its books (orders, lots) and dated spend, which the store keeps
+/// under their own keys.
 pub const HOT_FORMAT_VERSION: u8 = 5;
 
 /// The full encoding before dated spend (`Purchases::spend`): read, never
