@@ -44,8 +44,8 @@ pub struct FoldConfig {
     /// Hard cap on orders kept per member, so one profile stays bounded.
     pub max_orders_kept: usize,
     /// Hard cap on the dated spend marks kept per member (one per instant
-    /// with orders, in the member's record): beyond it the oldest go, and
-    /// windows reaching back to them count less (docs/loyalty.md).
+    /// with orders): beyond it the oldest go, and windows reaching back to
+    /// them count less (docs/loyalty.md).
     pub max_spend_marks: usize,
     /// The points program: `[fold.loyalty]`.
     pub loyalty: LoyaltyConfig,

@@ -428,7 +428,7 @@ fn combine(
     for o in q.history.iter() {
         if p.history.insert(o.clone()) {
             joined_orders.push(o.order_id.clone());
-        } else if !o.cancelled && q.spend.marks().iter().any(|m| m.at == o.at) {
+        } else if !o.cancelled && q.spend.has_mark(o.at) {
             // An order both had counts once, as this member holds it.
             p.spend.cancelled(o.at, o.net_program_minor());
         }

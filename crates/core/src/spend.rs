@@ -1,8 +1,8 @@
 //! Dated spend: the net qualifying spend of a member's orders at the instant
 //! each was placed, so that windows (the tier's rolling window; orders and
-//! spend in the last 90 and 365 days) are sums over a short list kept in the
-//! member's record instead of walks over the kept orders. A leaf: it calls
-//! nothing else in the crate.
+//! spend in the last 90 and 365 days) are sums over a short list instead of
+//! walks over the kept orders. A leaf: it calls nothing else in the crate
+//! but the lineage counter of `book.rs`.
 //!
 //! Orders placed at the same instant share a mark. Windows are exact at any
 //! instant, also mid-day, because each mark keeps its instant. The list is
@@ -58,11 +58,9 @@ impl PartialEq for Spend {
 impl Eq for Spend {}
 
 impl Spend {
-    /// The marks as the store holds them, checked as `from_marks` does: a
-    /// new lineage, nothing changed.
-    pub fn stored(marks: Vec<SpendMark>) -> Result<Self, String> {
-        let spend = Spend::from_marks(marks)?;
-        Ok(Spend { lineage: crate::book::new_lineage(), changed: false, ..spend })
+    /// These marks as the store holds them: a new lineage, nothing changed.
+    pub fn into_stored(self) -> Self {
+        Spend { lineage: crate::book::new_lineage(), changed: false, ..self }
     }
 
     /// The stored copy this continues, 0 for none.
@@ -83,8 +81,9 @@ impl Spend {
         }
     }
 
-    /// Marks from outside the fold (a join's wire form): refused unless they
-    /// are in time order, one per instant, each with an order.
+    /// Marks from outside the fold (a join's wire form, a stored entry):
+    /// refused unless they are in time order, one per instant, each with an
+    /// order.
     pub fn from_marks(marks: Vec<SpendMark>) -> Result<Self, String> {
         if let Some(w) = marks.windows(2).find(|w| w[0].at >= w[1].at) {
             return Err(format!("spend marks out of time order at {} ms", w[1].at));
@@ -109,6 +108,11 @@ impl Spend {
 
     fn find(&self, at: Millis) -> Result<usize, usize> {
         self.marks.binary_search_by_key(&at, |m| m.at)
+    }
+
+    /// Whether a mark is kept for orders placed at `at`.
+    pub fn has_mark(&self, at: Millis) -> bool {
+        self.find(at).is_ok()
     }
 
     /// An order placed at `at` with net spend `net`.
@@ -249,7 +253,7 @@ mod tests {
 
     #[test]
     fn spend_knows_whether_it_changed_since_it_was_stored() {
-        let mut s = Spend::stored(spend(&[(10, 1)]).marks().to_vec()).unwrap();
+        let mut s = spend(&[(10, 1)]).into_stored();
         assert!(s.lineage() != 0 && !s.changed());
         s.returned(99, 1);
         s.cancelled(99, 1);

@@ -174,8 +174,8 @@ impl AppState {
         Ok(partition_for(key.as_bytes(), partitions))
     }
 
-    /// Loads the aggregate stored under a subject key, with the books
-    /// (kept orders, open lots) the caller returns something drawn from.
+    /// Loads the aggregate stored under a subject key, with its dated spend
+    /// and open lots when the caller returns something drawn from them.
     pub(crate) fn load(&self, key: &str, books: Books) -> Result<Option<Member>, Error> {
         let partition = self.partition(key)?;
         Ok(match books {

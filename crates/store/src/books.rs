@@ -87,7 +87,7 @@ pub(crate) fn load(
                 Some((&ORDERS, id)) => found.orders.push(entry(&member.key, id, v)?),
                 Some((&LOTS, id)) => found.lots.push(entry(&member.key, id, v)?),
                 Some((&SPEND, [])) => {
-                    let spend = Spend::stored(decode_entry(v)?).map_err(|e| corrupt(&member.key, e))?;
+                    let spend = Spend::from_marks(decode_entry(v)?).map_err(|e| corrupt(&member.key, e))?;
                     found.spend = Some(spend);
                 }
                 _ => return Err(corrupt(&member.key, "a book entry of an unknown kind")),
@@ -109,10 +109,7 @@ pub(crate) fn load(
     }
     member.purchases.history = Book::stored(found.orders);
     member.loyalty.lots = Book::stored(found.lots);
-    member.purchases.spend = match found.spend {
-        Some(spend) => spend,
-        None => Spend::stored(Vec::new()).map_err(|e| corrupt(&member.key, e))?,
-    };
+    member.purchases.spend = found.spend.unwrap_or_default().into_stored();
     if counts.rebuild_spend {
         member.purchases.rebuild_spend();
     }

@@ -254,22 +254,23 @@ impl Store {
 
     /// One member's aggregate, with its books, as of one instant.
     pub fn member(&self, partition: u32, key: &str) -> Result<Option<Member>> {
-        let snapshot = self.db.snapshot();
-        let Some(bytes) = snapshot.get_pinned_cf(self.cf(CF_MEMBERS), keys::scoped(partition, key))? else {
-            return Ok(None);
-        };
-        Ok(Some(books::member(&mut books::cursor(self, &snapshot), partition, &bytes, books::Which::All)?))
+        self.member_with(partition, key, books::Which::All)
     }
 
     /// One member's record, dated spend and open lots, without its kept
     /// orders, as of one instant: for balances, tiers and windows, which
     /// need no more.
     pub fn member_without_orders(&self, partition: u32, key: &str) -> Result<Option<Member>> {
+        self.member_with(partition, key, books::Which::SpendAndLots)
+    }
+
+    /// One member's record and the books `which` names, from one snapshot.
+    fn member_with(&self, partition: u32, key: &str, which: books::Which) -> Result<Option<Member>> {
         let snapshot = self.db.snapshot();
         let Some(bytes) = snapshot.get_pinned_cf(self.cf(CF_MEMBERS), keys::scoped(partition, key))? else {
             return Ok(None);
         };
-        Ok(Some(books::member(&mut books::cursor(self, &snapshot), partition, &bytes, books::Which::SpendAndLots)?))
+        Ok(Some(books::member(&mut books::cursor(self, &snapshot), partition, &bytes, which)?))
     }
 
     /// One member's record without its books (kept orders, open lots) and
