@@ -19,9 +19,9 @@ pub enum TopicOutcome {
     AlreadyExists(String),
 }
 
-/// Creates the events topic (`partitions`), the dead-letter topic and the
-/// compacted identity-index topic (one partition each); existing topics are
-/// left alone.
+/// Creates the events topic (`partitions`), the dead-letter topic, and the
+/// compacted identity-index and ownership topics (one partition each);
+/// existing topics are left alone.
 pub async fn create_topics(cfg: &IngestConfig, partitions: i32, replication: i32) -> Result<Vec<TopicOutcome>> {
     let admin: AdminClient<DefaultClientContext> = client_config(cfg).create()?;
     let topics = [
@@ -30,6 +30,9 @@ pub async fn create_topics(cfg: &IngestConfig, partitions: i32, replication: i32
         // The identity index: small, read whole by every instance, latest
         // value per key is all that matters.
         NewTopic::new(&cfg.identity_topic, 1, TopicReplication::Fixed(replication)).set("cleanup.policy", "compact"),
+        // Who owns each partition: one small record per partition, read
+        // whole by every instance.
+        NewTopic::new(&cfg.ownership_topic, 1, TopicReplication::Fixed(replication)).set("cleanup.policy", "compact"),
     ];
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     admin

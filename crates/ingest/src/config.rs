@@ -47,6 +47,22 @@ pub struct IngestConfig {
     /// routes to. Every instance reads all of it into its store.
     pub identity_topic: String,
     pub group_id: String,
+    /// Compacted topic where each instance says which partitions it owns,
+    /// its gRPC address and how far it has folded; every instance reads it
+    /// all (docs/scale-out.md).
+    pub ownership_topic: String,
+    /// This instance's stable name. Set, it is also the consumer's
+    /// `group.instance.id` (static membership): a restart within the
+    /// session timeout keeps the instance's partitions, and it recognises
+    /// its own claims. Empty: a name is made up at start (dynamic member).
+    pub instance_id: String,
+    /// `session.timeout.ms`: how long the group waits for a silent instance
+    /// before its partitions move (0: librdkafka's default, 45 s). Lower
+    /// notices a dead instance sooner; the broker bounds it
+    /// (`group.min.session.timeout.ms`, 6 s on Kafka).
+    pub session_timeout_ms: u32,
+    /// How often an instance repeats its claims with its applied offsets.
+    pub ownership_interval_ms: u64,
     /// `group` (default) or `all`.
     pub assignment: Assignment,
     /// Most records folded into one store batch (across the partitions of
@@ -107,6 +123,10 @@ impl Default for IngestConfig {
             dead_letter_topic: "omnifold.events.dlq".into(),
             identity_topic: "omnifold.identity".into(),
             group_id: "omnifold".into(),
+            ownership_topic: "omnifold.owners".into(),
+            instance_id: String::new(),
+            session_timeout_ms: 0,
+            ownership_interval_ms: 1_000,
             assignment: Assignment::Group,
             batch_max_records: 20_000,
             batch_max_wait_ms: 0,
@@ -164,13 +184,28 @@ impl IngestConfig {
             ("dead_letter_topic", &self.dead_letter_topic),
             ("identity_topic", &self.identity_topic),
             ("group_id", &self.group_id),
+            ("ownership_topic", &self.ownership_topic),
         ] {
             if v.trim().is_empty() {
                 return Err(Error::Config(format!("{name} must not be empty")));
             }
         }
-        if self.topic == self.dead_letter_topic || self.topic == self.identity_topic {
-            return Err(Error::Config("dead_letter_topic and identity_topic must differ from topic".into()));
+        let others = [&self.dead_letter_topic, &self.identity_topic, &self.ownership_topic];
+        if others.contains(&&self.topic) || self.ownership_topic == self.identity_topic {
+            return Err(Error::Config(
+                "topic, dead_letter_topic, identity_topic and ownership_topic must all differ".into(),
+            ));
+        }
+        if self.session_timeout_ms != 0 && !(1_000..=3_600_000).contains(&self.session_timeout_ms) {
+            return Err(Error::Config("session_timeout_ms must be 0 (librdkafka's default) or 1000 to 3600000".into()));
+        }
+        if !(100..=60_000).contains(&self.ownership_interval_ms) {
+            return Err(Error::Config("ownership_interval_ms must be 100 to 60000".into()));
+        }
+        if self.instance_id.len() > 200 || self.instance_id.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(Error::Config(
+                "instance_id must be at most 200 characters, without spaces or control characters".into(),
+            ));
         }
         if self.batch_max_records == 0 {
             return Err(Error::Config("batch_max_records must be at least 1".into()));
@@ -198,5 +233,33 @@ impl IngestConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(f: impl FnOnce(&mut IngestConfig)) -> Result<(), Error> {
+        let mut c = IngestConfig::default();
+        f(&mut c);
+        c.validate()
+    }
+
+    #[test]
+    fn scale_out_settings_are_checked() {
+        assert!(with(|_| {}).is_ok());
+        assert!(with(|c| c.instance_id = "omnifold-0".into()).is_ok());
+        assert!(with(|c| c.session_timeout_ms = 6_000).is_ok());
+        let refused = |f: fn(&mut IngestConfig), says: &str| {
+            let e = with(f).unwrap_err().to_string();
+            assert!(e.contains(says), "{e}");
+        };
+        refused(|c| c.ownership_topic = c.identity_topic.clone(), "must all differ");
+        refused(|c| c.ownership_topic = c.topic.clone(), "must all differ");
+        refused(|c| c.ownership_topic = " ".into(), "ownership_topic must not be empty");
+        refused(|c| c.session_timeout_ms = 500, "session_timeout_ms");
+        refused(|c| c.ownership_interval_ms = 10, "ownership_interval_ms");
+        refused(|c| c.instance_id = "pod 0".into(), "instance_id");
     }
 }

@@ -144,7 +144,7 @@ impl ConsumerContext for IngestContext {
                     }
                     if topic == self.topic {
                         lock(&self.assigned).insert(p as u32, resume);
-                        self.status.assigned([p as u32]);
+                        self.status.assigned([(p as u32, resume.next)]);
                     }
                     info!(
                         partition = p,
@@ -309,8 +309,7 @@ fn run_inner(cfg: &IngestConfig, processor: Processor, shutdown: Shutdown, opts:
         status: status.clone(),
         fatal: Mutex::new(None),
     };
-    let consumer: BaseConsumer<IngestContext> = client_config(cfg)
-        .set("group.id", &cfg.group_id)
+    let consumer: BaseConsumer<IngestContext> = group_config(cfg)
         // The store holds the offsets; the group's committed offsets only
         // feed lag monitoring, so librdkafka commits the latest stored ones
         // once a second (and at close) rather than one commit per batch.
@@ -332,18 +331,36 @@ fn run_inner(cfg: &IngestConfig, processor: Processor, shutdown: Shutdown, opts:
     ingest.run(&consumer)
 }
 
+/// The client settings of the group: static membership when the instance
+/// has a name, and the session timeout the operator chose.
+fn group_config(cfg: &IngestConfig) -> ClientConfig {
+    let mut c = client_config(cfg);
+    c.set("group.id", &cfg.group_id);
+    if !cfg.instance_id.is_empty() {
+        c.set("group.instance.id", &cfg.instance_id);
+    }
+    if cfg.session_timeout_ms != 0 {
+        c.set("session.timeout.ms", cfg.session_timeout_ms.to_string());
+        // librdkafka refuses a heartbeat interval at or above the timeout.
+        c.set("heartbeat.interval.ms", (cfg.session_timeout_ms / 3).clamp(100, 3_000).to_string());
+    }
+    c
+}
+
 /// `assignment = "all"`: every partition, positioned from the store, with
 /// no consumer group to join.
 fn assign_all(consumer: &BaseConsumer<IngestContext>, topic: &str, partitions: u32) -> Result<()> {
     let ctx = consumer.context();
     let store = ctx.stores.get();
     let mut tpl = TopicPartitionList::new();
+    let mut nexts = Vec::new();
     for p in 0..partitions {
         let resume = Resume::at(store.next_offset(topic, p)?.unwrap_or(0), ctx.rewind);
         tpl.add_partition_offset(topic, p as i32, Offset::Offset(resume.position()))?;
         lock(&ctx.assigned).insert(p, resume);
+        nexts.push((p, resume.next));
     }
-    ctx.status.assigned(0..partitions);
+    ctx.status.assigned(nexts);
     consumer.assign(&tpl)?;
     Ok(())
 }
@@ -742,6 +759,7 @@ fn commit(processor: &Processor, status: &IngestStatus, partition: u32, processe
         return Outcome::Fault { reason: format!("the store refused the batch: {e}"), store: true };
     }
     failpoint::hit("after_commit");
+    status.committed(partition, next);
     status.healthy(partition);
     metrics::counter!("omnifold_events_applied_total").increment(applied);
     metrics::counter!("omnifold_events_duplicate_total").increment(duplicates);

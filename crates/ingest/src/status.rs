@@ -38,7 +38,9 @@ pub struct Snapshot {
     pub broker_since_ms: i64,
     /// Records waiting for the broker to acknowledge them, and since when.
     pub waiting: Option<Waiting>,
-    /// Partitions this instance folds, by number.
+    /// Partitions this instance folds, by number, and those it answers for
+    /// from its store after a restart until the group assigns them
+    /// (`PartitionHealth::resting`).
     pub partitions: BTreeMap<u32, PartitionHealth>,
 }
 
@@ -54,6 +56,23 @@ pub struct PartitionHealth {
     /// Set while the partition is stalled: it folds nothing until the
     /// cause is gone (retried with backoff).
     pub stalled: Option<Stall>,
+    /// The next offset the fold will read: the store's at assignment, then
+    /// each commit's.
+    pub applied: i64,
+    /// The offset the partition must reach before this instance answers
+    /// for it (the ownership thread sets it after assignment; docs/scale-out.md).
+    pub target: Option<i64>,
+    /// Not assigned (yet): kept from this instance's own last ownership
+    /// after a restart, answered from the store until the group assigns
+    /// the partition or another instance claims it.
+    pub resting: bool,
+}
+
+impl PartitionHealth {
+    /// Caught up far enough to answer for the partition.
+    pub fn serving(&self) -> bool {
+        self.target.is_some_and(|t| self.applied >= t)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,12 +145,53 @@ impl IngestStatus {
         });
     }
 
-    pub(crate) fn assigned(&self, partitions: impl IntoIterator<Item = u32>) {
+    /// Partitions assigned, each with the store's next offset for it. One
+    /// this instance was answering for already (resting after a restart)
+    /// keeps being answered: its target is where the store is.
+    pub(crate) fn assigned(&self, partitions: impl IntoIterator<Item = (u32, i64)>) {
         self.with(|s| {
-            for p in partitions {
-                s.partitions.entry(p).or_default();
+            for (p, applied) in partitions {
+                let target = s.partitions.get(&p).filter(|h| h.resting && h.applied <= applied).map(|_| applied);
+                s.partitions.insert(p, PartitionHealth { applied, target, ..PartitionHealth::default() });
             }
         });
+    }
+
+    /// A partition this instance owned last, with its store folded to
+    /// `applied`, answered while no other instance claims it (unless the
+    /// group assigned it meanwhile, which takes precedence).
+    pub(crate) fn rest(&self, partition: u32, applied: i64) {
+        self.with(|s| {
+            s.partitions.entry(partition).or_insert(PartitionHealth {
+                applied,
+                target: Some(applied),
+                resting: true,
+                ..PartitionHealth::default()
+            });
+        });
+    }
+
+    /// A batch of `partition` committed: the fold reads from `next` on.
+    pub(crate) fn committed(&self, partition: u32, next: i64) {
+        self.with(|s| {
+            if let Some(h) = s.partitions.get_mut(&partition) {
+                h.applied = h.applied.max(next);
+            }
+        });
+    }
+
+    /// Sets where `partition` must reach before it is answered for.
+    pub(crate) fn set_target(&self, partition: u32, target: i64) {
+        self.with(|s| {
+            if let Some(h) = s.partitions.get_mut(&partition) {
+                h.target = Some(target);
+            }
+        });
+    }
+
+    /// One partition's health, if this instance folds it.
+    pub fn partition(&self, partition: u32) -> Option<PartitionHealth> {
+        self.with(|s| s.partitions.get(&partition).cloned())
     }
 
     pub(crate) fn revoked(&self, partitions: impl IntoIterator<Item = u32>) {

@@ -25,6 +25,41 @@ pub struct ServerConfig {
     /// Long store reads (a past `as_of`, a ledger page, a batch, a scan) in
     /// flight at most on the blocking pool; 0: twice the cores, at least 4.
     pub read_threads: usize,
+    /// The URL other instances reach this one's gRPC at, for example
+    /// `http://omnifold-0.omnifold:50051`. Empty: `http://` and the bound
+    /// address, which serves only when that address is reachable from the
+    /// other instances (not 0.0.0.0).
+    pub advertise_address: String,
+    /// A request for a member another instance owns: `forward` (default)
+    /// sends it there and returns the answer; `redirect` answers
+    /// FAILED_PRECONDITION with the owner's address in `omnifold-owner`.
+    pub routing: Routing,
+}
+
+/// `server.routing`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Routing {
+    #[default]
+    Forward,
+    Redirect,
+}
+
+impl ServerConfig {
+    /// The address to advertise, given the one bound.
+    pub fn advertised(&self, bound: std::net::SocketAddr) -> Result<String> {
+        if !self.advertise_address.is_empty() {
+            return Ok(self.advertise_address.clone());
+        }
+        if bound.ip().is_unspecified() {
+            bail!(
+                "[server] advertise_address is required when listening on {bound}: other instances need an \
+                 address they can reach, for example http://<pod>.<service>:{}",
+                bound.port()
+            );
+        }
+        Ok(format!("http://{bound}"))
+    }
 }
 
 impl ServerConfig {
@@ -41,6 +76,8 @@ impl Default for ServerConfig {
             metrics_listen: String::new(),
             command_timeout_ms: 5_000,
             read_threads: 0,
+            advertise_address: String::new(),
+            routing: Routing::Forward,
         }
     }
 }
@@ -92,6 +129,10 @@ impl Config {
         })?;
         if !(1..=600_000).contains(&self.server.command_timeout_ms) {
             bail!("[server] command_timeout_ms must be 1 to 600000, got {}", self.server.command_timeout_ms);
+        }
+        let advertised = &self.server.advertise_address;
+        if !(advertised.is_empty() || advertised.starts_with("http://") || advertised.starts_with("https://")) {
+            bail!("[server] advertise_address must be a URL like http://host:50051, got `{advertised}`");
         }
         if self.server.read_threads > 1024 {
             bail!("[server] read_threads must be 0 (twice the cores) to 1024, got {}", self.server.read_threads);
@@ -155,6 +196,33 @@ mod tests {
         assert_eq!(c.kafka.batch_max_records, 77);
         assert!(c.store.sync_writes);
         assert_eq!(c.fold.to_program("USD", 100), Some(725));
+    }
+
+    #[test]
+    fn scale_out_settings_come_from_the_environment_and_are_checked() {
+        let c = Config::load(
+            None,
+            &env(&[
+                ("OMNIFOLD_SERVER__ROUTING", "redirect"),
+                ("OMNIFOLD_SERVER__ADVERTISE_ADDRESS", "http://omnifold-1.omnifold:50051"),
+                ("OMNIFOLD_KAFKA__INSTANCE_ID", "omnifold-1"),
+                ("OMNIFOLD_KAFKA__SESSION_TIMEOUT_MS", "6000"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.server.routing, Routing::Redirect);
+        assert_eq!((c.kafka.instance_id.as_str(), c.kafka.session_timeout_ms), ("omnifold-1", 6000));
+        let any: std::net::SocketAddr = "0.0.0.0:50051".parse().unwrap();
+        assert_eq!(c.server.advertised(any).unwrap(), "http://omnifold-1.omnifold:50051");
+
+        let defaults = ServerConfig::default();
+        assert_eq!(defaults.advertised("127.0.0.1:7000".parse().unwrap()).unwrap(), "http://127.0.0.1:7000");
+        let e = defaults.advertised(any).unwrap_err().to_string();
+        assert!(e.contains("advertise_address is required"), "{e}");
+        let e = Config::load(None, &env(&[("OMNIFOLD_SERVER__ADVERTISE_ADDRESS", "omnifold-1:50051")])).unwrap_err();
+        assert!(format!("{e:#}").contains("must be a URL"), "{e:#}");
+        let e = Config::load(None, &env(&[("OMNIFOLD_SERVER__ROUTING", "sideways")])).unwrap_err();
+        assert!(format!("{e:#}").contains("sideways"), "{e:#}");
     }
 
     #[test]

@@ -91,6 +91,15 @@ enum Command {
         #[arg(long)]
         data_dir: PathBuf,
     },
+    /// Every partition's owner, epoch, applied offset and health, as an instance sees it (over gRPC).
+    Status {
+        /// gRPC address of a running `omnifold serve`.
+        #[arg(long, default_value = tools::DEFAULT_SERVER, env = "OMNIFOLD_SERVER")]
+        server: String,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Reports for finance: `report liability` (over gRPC).
     Report {
         /// gRPC address of a running `omnifold serve`.
@@ -165,6 +174,7 @@ fn run() -> Result<()> {
         Command::Points { server, command } => runtime.block_on(tools::points(server, command)),
         Command::Switch { server, data_dir } => runtime.block_on(tools::switch(server, data_dir)),
         Command::Report { server, command } => runtime.block_on(tools::report(server, command)),
+        Command::Status { server, json } => runtime.block_on(tools::status(server, json)),
         Command::Topics { command } => runtime.block_on(tools::topics(&config, command)),
         Command::Secret => {
             let bytes: [u8; 32] = rand::random();

@@ -8,8 +8,11 @@ use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use omnifold_ingest::{CommandProducer, IngestStatus, Processor, RunOptions, Shutdown};
-use omnifold_server::{AppState, CommandLog, Commands, Commits, IngestHealth, IngestReport, PartitionReport, Switcher};
+use omnifold_ingest::{CommandProducer, IngestStatus, OwnerView, Ownership, Processor, RunOptions, Shutdown};
+use omnifold_server::{
+    AppState, CommandLog, Commands, Commits, IngestHealth, IngestReport, Owner, OwnerClaim, Owners, PartitionReport,
+    Routing, RoutingMode, Switcher,
+};
 use omnifold_store::{Store, StoreHandle};
 
 use crate::config::Config;
@@ -63,6 +66,7 @@ impl IngestHealth for Health {
             partitions: s
                 .partitions
                 .into_iter()
+                .filter(|(_, h)| !h.resting)
                 .map(|(p, h)| {
                     (p, PartitionReport { stalled: h.stalled.map(|st| (st.reason, st.since_ms, st.retries)) })
                 })
@@ -75,6 +79,47 @@ impl IngestHealth for Health {
     }
 }
 
+/// The server's view of partition ownership is the ingest crate's table.
+#[derive(Debug)]
+struct Owned(Ownership);
+
+impl Owners for Owned {
+    fn owner(&self, partition: u32) -> Owner {
+        match self.0.view(partition) {
+            OwnerView::Here { epoch, applied } => Owner::Here { epoch, applied },
+            OwnerView::There { instance, address, epoch, applied } => {
+                Owner::There { instance, address, epoch, applied }
+            }
+            OwnerView::Moving { instance, address, epoch, applied, target } => {
+                Owner::Moving { instance, address, epoch, applied, target }
+            }
+            OwnerView::Unknown => Owner::Unknown,
+        }
+    }
+
+    fn instance(&self) -> &str {
+        self.0.instance()
+    }
+
+    fn claims(&self) -> std::collections::BTreeMap<u32, OwnerClaim> {
+        self.0
+            .claims()
+            .into_iter()
+            .map(|(p, c)| {
+                let claim = OwnerClaim {
+                    instance: c.instance,
+                    address: c.address,
+                    epoch: c.epoch,
+                    applied: c.applied,
+                    state: c.state.as_str().to_owned(),
+                    at_ms: c.at_ms,
+                };
+                (p, claim)
+            })
+            .collect()
+    }
+}
+
 fn start_metrics(config: &Config) -> Result<()> {
     if !config.server.metrics_listen.is_empty() {
         let addr: std::net::SocketAddr = config.server.metrics_listen.parse().context("server.metrics_listen")?;
@@ -84,6 +129,25 @@ fn start_metrics(config: &Config) -> Result<()> {
             .context("starting the metrics endpoint")?;
     }
     Ok(())
+}
+
+/// How long `serve` waits, before answering, to learn who owns what.
+const OWNERSHIP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Waits until the ownership table is read (and the partitions this
+/// instance owned last answer again), at most `OWNERSHIP_WAIT`: requests
+/// that come meanwhile wait in the listener's backlog instead of being
+/// told UNAVAILABLE. A broker that is away at start ends the wait; the
+/// instance then answers what it can and the rest UNAVAILABLE.
+async fn wait_for_ownership(ownership: &Ownership) {
+    let until = tokio::time::Instant::now() + OWNERSHIP_WAIT;
+    while !ownership.ready() {
+        if tokio::time::Instant::now() >= until {
+            warn!(waited = ?OWNERSHIP_WAIT, "partition ownership is not known yet (is the broker away?); serving what this instance can answer");
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 /// How long shutdown waits for the last reads to let go of the store.
@@ -99,6 +163,8 @@ pub async fn serve(config: Config) -> Result<()> {
     let listener =
         TcpListener::bind(&config.server.listen).await.with_context(|| format!("binding {}", config.server.listen))?;
     let addr = listener.local_addr()?;
+    let advertised = config.server.advertised(addr)?;
+    let name = omnifold_ingest::instance_name(&config.kafka, &store).context("naming this instance")?;
     let fold = Arc::new(config.fold.clone());
     // Every commit bumps its partition's counter; requests waiting for a
     // verdict on that partition wake up.
@@ -132,7 +198,25 @@ pub async fn serve(config: Config) -> Result<()> {
         let _ = index_tx.send(omnifold_ingest::run_index(&index_cfg, &index_store, &stop_index));
     })?;
 
+    // Who owns each partition: this instance's claims out, everyone's in.
+    let ownership = Ownership::new(&config.kafka, name, &advertised, status.clone());
+    let (own_tx, own_done) = tokio::sync::oneshot::channel();
+    let (own_cfg, own, own_store, stop_own) =
+        (config.kafka.clone(), ownership.clone(), stores.clone(), shutdown.clone());
+    let ownership_thread = std::thread::Builder::new().name("ownership".into()).spawn(move || {
+        let _ = own_tx.send(omnifold_ingest::run_ownership(&own_cfg, &own, &own_store, &stop_own));
+    })?;
+    info!(instance = ownership.instance(), address = %advertised, "advertising this instance");
+    let mode = match config.server.routing {
+        crate::config::Routing::Forward => RoutingMode::Forward,
+        crate::config::Routing::Redirect => RoutingMode::Redirect,
+    };
+    let routing = Routing::new(Arc::new(Owned(ownership.clone())), mode);
+
+    // Printed before the wait: a request that comes meanwhile waits in the
+    // listener's backlog and is answered once ownership is known.
     println!("omnifold serving gRPC on {addr}");
+    wait_for_ownership(&ownership).await;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(omnifold_server::run(
         listener,
@@ -140,6 +224,7 @@ pub async fn serve(config: Config) -> Result<()> {
             .with_read_threads(config.server.read_threads())
             .with_commands(commands)
             .with_ingest(Arc::new(Health(status)))
+            .with_routing(routing)
             .with_switcher(Switcher { requests: switch_tx, store_config: config.store.clone() }),
         async {
             let _ = stop_rx.await;
@@ -164,11 +249,15 @@ pub async fn serve(config: Config) -> Result<()> {
     if let Ok(Err(e)) = index_done.await {
         warn!(error = %e, "identity index reader failed");
     }
+    if let Ok(Err(e)) = own_done.await {
+        warn!(error = %e, "the ownership thread failed");
+    }
     // Both threads have sent their result; wait until they have also let go
     // of the store, so it is closed here and not by a thread racing exit.
     tokio::task::block_in_place(|| {
         let _ = ingest_thread.join();
         let _ = index_thread.join();
+        let _ = ownership_thread.join();
     });
     if let Err(e) = stores.get().flush() {
         warn!(error = %e, "flushing the store failed; the write-ahead log has every commit");

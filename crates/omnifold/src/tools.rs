@@ -232,6 +232,42 @@ pub async fn report(server: String, cmd: ReportCommand) -> Result<()> {
     Ok(())
 }
 
+/// `omnifold status`: one line per partition.
+pub async fn status(server: String, json: bool) -> Result<()> {
+    let mut c = proto::admin_service_client::AdminServiceClient::connect(server.clone())
+        .await
+        .with_context(|| format!("connecting to {server}; is `omnifold serve` running?"))?;
+    let r = c
+        .get_partition_status(proto::GetPartitionStatusRequest {})
+        .await
+        .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
+        .into_inner();
+    if json {
+        return print_json(&r);
+    }
+    println!("broker {}, ingest {}", r.broker, if r.ingest_running { "running" } else { "stopped" });
+    println!(
+        "{:>9} {:<24} {:<32} {:>5} {:<11} {:>12} {:>12} {:<5} health",
+        "partition", "owner", "address", "epoch", "state", "applied", "local next", "here"
+    );
+    for p in &r.partitions {
+        let health = if p.error.is_empty() { p.state.clone() } else { format!("{}: {}", p.state, p.error) };
+        println!(
+            "{:>9} {:<24} {:<32} {:>5} {:<11} {:>12} {:>12} {:<5} {}",
+            p.partition,
+            p.owner_instance,
+            p.owner_address,
+            p.epoch,
+            p.owner_state,
+            p.owner_applied,
+            p.next_offset,
+            if p.local { "yes" } else { "no" },
+            health
+        );
+    }
+    Ok(())
+}
+
 /// An RFC 3339 time given on the command line.
 pub fn rfc3339(flag: &str, text: &str) -> Result<omnifold_proto::wkt::Timestamp> {
     serde_json::from_value(serde_json::Value::String(text.to_owned()))

@@ -7,8 +7,10 @@
 
 mod commands;
 mod convert;
+mod fanout;
 mod health;
 mod request;
+mod routing;
 mod services;
 
 use std::future::Future;
@@ -26,6 +28,7 @@ use omnifold_proto::v1::{
     profile_service_server::ProfileServiceServer,
 };
 use omnifold_store::{Store, StoreHandle};
+pub use routing::{Elsewhere, Mode as RoutingMode, Owner, OwnerClaim, Owners, Routing};
 
 /// The crate's one error type; `From<Error> for Status` is the only place
 /// errors become gRPC statuses.
@@ -41,6 +44,10 @@ pub enum Error {
     Unavailable(String),
     #[error("{0}")]
     Unimplemented(&'static str),
+    /// Not answered here: another instance owns the member's partition,
+    /// or it is moving.
+    #[error("{}", .0.message)]
+    Elsewhere(Box<Elsewhere>),
     #[error("{0}")]
     Internal(String),
     #[error("store: {0}")]
@@ -59,6 +66,7 @@ impl From<Error> for Status {
             Error::FailedPrecondition(m) => Status::failed_precondition(m),
             Error::Unavailable(m) => Status::unavailable(m),
             Error::Unimplemented(m) => Status::unimplemented(m),
+            Error::Elsewhere(e) => e.into_status(),
             other => {
                 tracing::error!(error = %other, "internal error");
                 Status::internal(other.to_string())
@@ -82,6 +90,9 @@ pub struct AppState {
     pub switcher: Option<Switcher>,
     /// What ingest reports about its health (absent: no ingest here).
     pub ingest: Option<Arc<dyn IngestHealth>>,
+    /// Who owns each partition, and how requests reach the owner (absent:
+    /// this instance answers from its store for every partition).
+    pub routing: Option<Routing>,
     /// Store reads in flight on the blocking pool at most (`read`).
     reads: Arc<tokio::sync::Semaphore>,
 }
@@ -109,6 +120,7 @@ impl AppState {
             commands: None,
             switcher: None,
             ingest: None,
+            routing: None,
             reads: Arc::new(tokio::sync::Semaphore::new(default_read_threads())),
         }
     }
@@ -150,6 +162,11 @@ impl AppState {
         self
     }
 
+    pub fn with_routing(mut self, routing: Routing) -> Self {
+        self.routing = Some(routing);
+        self
+    }
+
     pub fn with_switcher(mut self, switcher: Switcher) -> Self {
         self.switcher = Some(switcher);
         self
@@ -176,12 +193,30 @@ impl AppState {
 
     /// Loads the aggregate stored under a subject key, with its dated spend
     /// and open lots when the caller returns something drawn from them.
+    ///
+    /// Only a partition this instance answers for is read: any other
+    /// answers [`Error::Elsewhere`], so a copy left from an earlier
+    /// ownership is never served.
     pub(crate) fn load(&self, key: &str, books: Books) -> Result<Option<Member>, Error> {
         let partition = self.partition(key)?;
+        self.answers_for(partition)?;
         Ok(match books {
             Books::SpendAndLots => self.store().member_without_orders(partition, key)?,
             Books::Skip => self.store().member_without_books(partition, key)?,
         })
+    }
+}
+
+impl AppState {
+    /// Ok when this instance answers for `partition` now.
+    pub(crate) fn answers_for(&self, partition: u32) -> Result<(), Error> {
+        match &self.routing {
+            None => Ok(()),
+            Some(r) => match r.owners.owner(partition) {
+                routing::Owner::Here { .. } => Ok(()),
+                other => Err(r.not_here(partition, &other, routing::Why::Changed)),
+            },
+        }
     }
 }
 

@@ -15,10 +15,15 @@ use omnifold_core::time::{rfc3339, to_timestamp};
 use omnifold_core::{Member, Millis, decode_event};
 use omnifold_proto::v1 as proto;
 
+use omnifold_proto::v1::admin_service_client::AdminServiceClient;
+use omnifold_proto::v1::loyalty_service_client::LoyaltyServiceClient;
+use omnifold_proto::v1::profile_service_client::ProfileServiceClient;
+
 use crate::commands::{self, Command, Outcome};
 use crate::request::{
     Adjust, AsOf, LedgerQuery, MemberAddress, Merge, ReadMask, Redeem, identifier_address, instant, page_token,
 };
+use crate::routing::{Hop, Route, Served};
 use crate::{AppState, Books, Error, ReadCost, convert, now_millis};
 
 /// Most members one `BatchGetProfiles` may ask for.
@@ -50,9 +55,21 @@ fn resolve_with(state: &AppState, addr: &MemberAddress, books: Books) -> Result<
         MemberAddress::Identifier(i) => (i.key(), "identifier"),
     };
     let mut path: Vec<String> = Vec::new();
-    let mut via = "member_id";
+    let mut via = if matches!(addr, MemberAddress::Identifier(_)) { "identifier" } else { "member_id" };
     for _ in 0..MAX_HOPS {
-        let m = state.load(&key, books)?.ok_or_else(|| match path.first() {
+        let loaded = match state.load(&key, books) {
+            // Answered elsewhere: a key that joined a member here is
+            // followed through the identity index instead of its record.
+            Err(Error::Elsewhere(e)) => match state.store().index(&key)? {
+                Some(next) => {
+                    path.push(std::mem::replace(&mut key, next));
+                    continue;
+                }
+                None => return Err(Error::Elsewhere(e)),
+            },
+            other => other?,
+        };
+        let m = loaded.ok_or_else(|| match path.first() {
             None => Error::NotFound(format!("no profile for {asked} `{key}`")),
             Some(first) => {
                 Error::NotFound(format!("`{first}` routes to `{key}`, which has no profile yet; retry shortly"))
@@ -73,6 +90,64 @@ fn resolve_with(state: &AppState, addr: &MemberAddress, books: Books) -> Result<
         }
     }
     Err(Error::Unavailable(format!("`{}` routes through more than {MAX_HOPS} profiles", path[0])))
+}
+
+/// The key whose partition answers for `addr`: where the identity index
+/// leads from the address (through merged members), else its own key.
+pub(crate) fn routing_key(state: &AppState, addr: &MemberAddress) -> Result<String, Error> {
+    let mut key = match addr {
+        MemberAddress::Key(k) => k.clone(),
+        MemberAddress::Identifier(i) => i.key(),
+    };
+    for _ in 0..MAX_HOPS {
+        match state.store().index(&key)? {
+            Some(next) => key = next,
+            None => return Ok(key),
+        }
+    }
+    Err(Error::Unavailable(format!("`{key}` routes through more than {MAX_HOPS} keys")))
+}
+
+impl AppState {
+    /// Where a request for `addr` goes: here, or forwarded to its owner.
+    async fn route(&self, addr: &MemberAddress, hop: &Hop) -> Result<Route, Error> {
+        let Some(routing) = &self.routing else {
+            return Ok(Route::Here(Served::default()));
+        };
+        let partition = self.partition(&routing_key(self, addr)?)?;
+        routing.route(partition, hop, self.commands.as_ref().map(|c| &c.commits)).await
+    }
+
+    /// Sends a request to its owner with `call` (only a routed instance
+    /// forwards).
+    pub(crate) async fn forward<Req, Resp, F, Fut>(
+        &self,
+        to: crate::routing::Forward,
+        msg: Req,
+        call: F,
+    ) -> Result<Response<Resp>, Status>
+    where
+        F: FnOnce(tonic::transport::Channel, Request<Req>) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<Resp>, Status>>,
+    {
+        match &self.routing {
+            Some(r) => r.forward(to, msg, call).await,
+            None => Err(Error::Internal("a request was routed on an instance without routing".into()).into()),
+        }
+    }
+}
+
+/// Routes a request: evaluates to what it is answered with here, or
+/// returns the owner's answer to it, sent with `$method` of `$client`.
+macro_rules! route_or_forward {
+    ($state:expr, $addr:expr, $hop:expr, $msg:expr, $client:ident, $method:ident) => {
+        match $state.route($addr, $hop).await? {
+            Route::Here(served) => served,
+            Route::There(to) => {
+                return $state.forward(to, $msg, |c, req| async move { $client::new(c).$method(req).await }).await;
+            }
+        }
+    };
 }
 
 /// Follows the identity index from an identifier to the member it routes
@@ -185,7 +260,7 @@ fn find_for(state: &AppState, addr: &MemberAddress, mask: &ReadMask) -> Result<M
 /// Each member's profile, or the status that member alone failed with: a
 /// member not found, or not known at that instant, fails its own result,
 /// not the batch.
-fn batch_profiles(
+pub(crate) fn batch_profiles(
     state: &AppState,
     addrs: &[MemberAddress],
     wires: Vec<proto::MemberRef>,
@@ -197,7 +272,7 @@ fn batch_profiles(
         let mut result = proto::ProfileResult { member: Some(wire), ..Default::default() };
         match find_for(state, addr, mask).and_then(|m| as_of(state, m, when)) {
             Ok(m) => result.profile = Some(convert::profile(&m, when.at, mask, &state.fold)),
-            Err(e @ (Error::NotFound(_) | Error::FailedPrecondition(_))) => {
+            Err(e @ (Error::NotFound(_) | Error::FailedPrecondition(_) | Error::Elsewhere(_))) => {
                 let status = Status::from(e);
                 result.code = status.code() as i32;
                 result.message = status.message().to_owned();
@@ -214,10 +289,12 @@ pub struct Profiles(pub AppState);
 #[tonic::async_trait]
 impl proto::profile_service_server::ProfileService for Profiles {
     async fn get_profile(&self, req: Request<proto::GetProfileRequest>) -> Result<Response<proto::Profile>, Status> {
-        let r = req.into_inner();
-        let addr = MemberAddress::try_from(r.member)?;
-        let mask = ReadMask::try_from(r.read_mask)?;
+        let (meta, _, r) = req.into_parts();
+        let hop = Hop::of(&meta)?;
+        let addr = MemberAddress::try_from(r.member.clone())?;
+        let mask = ReadMask::try_from(r.read_mask.clone())?;
         let when = AsOf::from_request(r.as_of, now_millis())?;
+        let served = route_or_forward!(self.0, &addr, &hop, r, ProfileServiceClient, get_profile);
         let profile = self
             .0
             .read(ReadCost::of(when), move |state| {
@@ -225,14 +302,15 @@ impl proto::profile_service_server::ProfileService for Profiles {
                 Ok(convert::profile(&member, when.at, &mask, &state.fold))
             })
             .await?;
-        Ok(Response::new(profile))
+        Ok(served.respond(profile))
     }
 
     async fn batch_get_profiles(
         &self,
         req: Request<proto::BatchGetProfilesRequest>,
     ) -> Result<Response<proto::BatchGetProfilesResponse>, Status> {
-        let r = req.into_inner();
+        let (meta, _, r) = req.into_parts();
+        let hop = Hop::of(&meta)?;
         if r.members.is_empty() || r.members.len() > MAX_BATCH {
             return Err(Error::InvalidArgument(format!(
                 "members must hold 1 to {MAX_BATCH} entries, got {}",
@@ -240,7 +318,7 @@ impl proto::profile_service_server::ProfileService for Profiles {
             ))
             .into());
         }
-        let mask = ReadMask::try_from(r.read_mask)?;
+        let mask = ReadMask::try_from(r.read_mask.clone())?;
         let when = AsOf::from_request(r.as_of, now_millis())?;
         let addrs = r
             .members
@@ -251,9 +329,7 @@ impl proto::profile_service_server::ProfileService for Profiles {
                     .map_err(|e| Error::InvalidArgument(format!("members[{i}]: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let wires = r.members;
-        let results =
-            self.0.read(ReadCost::Long, move |state| batch_profiles(state, &addrs, wires, &mask, when)).await?;
+        let results = crate::fanout::batch(&self.0, &hop, &r, addrs, mask, when).await?;
         Ok(Response::new(proto::BatchGetProfilesResponse { results }))
     }
 
@@ -261,13 +337,16 @@ impl proto::profile_service_server::ProfileService for Profiles {
         &self,
         req: Request<proto::LookupIdentifierRequest>,
     ) -> Result<Response<proto::LookupIdentifierResponse>, Status> {
-        let addr = identifier_address(req.into_inner().identifier)?;
+        let (meta, _, msg) = req.into_parts();
+        let hop = Hop::of(&meta)?;
+        let addr = identifier_address(msg.identifier.clone())?;
         // The replicated index answers on every instance.
         if let Some(found) = lookup_index(&self.0, &addr)? {
             return Ok(Response::new(found));
         }
         // Not linked to a member: a provisional or shared profile, on the
         // instance that owns its partition.
+        let served = route_or_forward!(self.0, &addr, &hop, msg, ProfileServiceClient, lookup_identifier);
         let r = resolve(&self.0, &addr)?;
         if r.member.shared {
             return Err(Error::FailedPrecondition(format!(
@@ -276,7 +355,7 @@ impl proto::profile_service_server::ProfileService for Profiles {
             ))
             .into());
         }
-        Ok(Response::new(proto::LookupIdentifierResponse {
+        Ok(served.respond(proto::LookupIdentifierResponse {
             member_id: r.member.key.clone(),
             resolved_via: r.via.to_owned(),
             path: r.path,
@@ -392,32 +471,42 @@ impl Loyalty {
 #[tonic::async_trait]
 impl proto::loyalty_service_server::LoyaltyService for Loyalty {
     async fn get_balance(&self, req: Request<proto::GetBalanceRequest>) -> Result<Response<proto::Balance>, Status> {
-        let r = req.into_inner();
-        let addr = MemberAddress::try_from(r.member)?;
+        let (meta, _, r) = req.into_parts();
+        let hop = Hop::of(&meta)?;
+        let addr = MemberAddress::try_from(r.member.clone())?;
         let when = AsOf::from_request(r.as_of, now_millis())?;
-        Ok(Response::new(self.holder_as_of(addr, when, convert::balance).await?))
+        let served = route_or_forward!(self.0, &addr, &hop, r, LoyaltyServiceClient, get_balance);
+        Ok(served.respond(self.holder_as_of(addr, when, convert::balance).await?))
     }
 
     async fn list_ledger(
         &self,
         req: Request<proto::ListLedgerRequest>,
     ) -> Result<Response<proto::ListLedgerResponse>, Status> {
-        let q = LedgerQuery::try_from(req.into_inner())?;
-        Ok(Response::new(self.0.read(ReadCost::Long, move |state| ledger_page(state, &q)).await?))
+        let (meta, _, r) = req.into_parts();
+        let hop = Hop::of(&meta)?;
+        let q = LedgerQuery::try_from(r.clone())?;
+        let served = route_or_forward!(self.0, &q.member, &hop, r, LoyaltyServiceClient, list_ledger);
+        Ok(served.respond(self.0.read(ReadCost::Long, move |state| ledger_page(state, &q)).await?))
     }
 
     async fn get_benefits(&self, req: Request<proto::GetBenefitsRequest>) -> Result<Response<proto::Benefits>, Status> {
-        let r = req.into_inner();
-        let addr = MemberAddress::try_from(r.member)?;
+        let (meta, _, r) = req.into_parts();
+        let hop = Hop::of(&meta)?;
+        let addr = MemberAddress::try_from(r.member.clone())?;
         let when = AsOf::from_request(r.as_of, now_millis())?;
-        Ok(Response::new(self.holder_as_of(addr, when, convert::benefits).await?))
+        let served = route_or_forward!(self.0, &addr, &hop, r, LoyaltyServiceClient, get_benefits);
+        Ok(served.respond(self.holder_as_of(addr, when, convert::benefits).await?))
     }
 
     async fn redeem_points(
         &self,
         req: Request<proto::RedeemPointsRequest>,
     ) -> Result<Response<proto::RedeemPointsResponse>, Status> {
-        let r = Redeem::try_from(req.into_inner())?;
+        let (meta, _, msg) = req.into_parts();
+        let hop = Hop::of(&meta)?;
+        let r = Redeem::try_from(msg.clone())?;
+        let served = route_or_forward!(self.0, &r.member, &hop, msg, LoyaltyServiceClient, redeem_points);
         let m = points_holder(&self.0, &r.member)?;
         let cmd = Command {
             member: m.key.clone(),
@@ -432,7 +521,7 @@ impl proto::loyalty_service_server::LoyaltyService for Loyalty {
             }),
         };
         let a = self.command(&m, cmd).await?;
-        Ok(Response::new(proto::RedeemPointsResponse {
+        Ok(served.respond(proto::RedeemPointsResponse {
             status: a.status as i32,
             reason: a.reason,
             balance: a.balance,
@@ -445,7 +534,10 @@ impl proto::loyalty_service_server::LoyaltyService for Loyalty {
         &self,
         req: Request<proto::AdjustPointsRequest>,
     ) -> Result<Response<proto::AdjustPointsResponse>, Status> {
-        let r = Adjust::try_from(req.into_inner())?;
+        let (meta, _, msg) = req.into_parts();
+        let hop = Hop::of(&meta)?;
+        let r = Adjust::try_from(msg.clone())?;
+        let served = route_or_forward!(self.0, &r.member, &hop, msg, LoyaltyServiceClient, adjust_points);
         let m = points_holder(&self.0, &r.member)?;
         let cmd = Command {
             member: m.key.clone(),
@@ -461,7 +553,7 @@ impl proto::loyalty_service_server::LoyaltyService for Loyalty {
             }),
         };
         let a = self.command(&m, cmd).await?;
-        Ok(Response::new(proto::AdjustPointsResponse {
+        Ok(served.respond(proto::AdjustPointsResponse {
             status: a.status as i32,
             reason: a.reason,
             balance: a.balance,
@@ -472,14 +564,15 @@ impl proto::loyalty_service_server::LoyaltyService for Loyalty {
 }
 
 /// The points every member holds as of `as_of`: a scan of every member of
-/// every partition this store has applied.
+/// every partition this instance answers for (a copy of a partition it no
+/// longer owns would count its members twice across instances).
 fn liability(state: &AppState, as_of: Millis) -> Result<proto::GetPointsLiabilityResponse, Error> {
     let store = state.store();
     let count = store.partition_count(&state.topic)?.unwrap_or(0);
     let mut report = Liability::new(as_of);
     let mut partitions = Vec::new();
     for p in 0..count {
-        if store.next_offset(&state.topic, p)?.is_none() {
+        if store.next_offset(&state.topic, p)?.is_none() || state.answers_for(p).is_err() {
             continue;
         }
         partitions.push(p);
@@ -514,22 +607,30 @@ impl proto::admin_service_server::AdminService for Admin {
         &self,
         req: Request<proto::MergeMembersRequest>,
     ) -> Result<Response<proto::MergeMembersResponse>, Status> {
-        let r = Merge::try_from(req.into_inner())?;
+        let (meta, _, msg) = req.into_parts();
+        let hop = Hop::of(&meta)?;
+        let r = Merge::try_from(msg.clone())?;
         let state = &self.0;
-        let into = resolve(state, &MemberAddress::Key(r.into.clone()))?.member;
-        let from = state
-            .load(&r.from, Books::Skip)?
-            .ok_or_else(|| Error::NotFound(format!("no profile for member `{}`", r.from)))?;
-        if into.kind != ProfileKind::KnownMember || from.kind != ProfileKind::KnownMember {
+        let survivor = MemberAddress::Key(r.into.clone());
+        let served = route_or_forward!(state, &survivor, &hop, msg, AdminServiceClient, merge_members);
+        let into = resolve(state, &survivor)?.member;
+        // The merged member is checked where it is stored; on a partition
+        // another instance answers for, its fold checks it (a merge of a
+        // non-member is refused there, into the dead-letter topic).
+        let from = match state.load(&r.from, Books::Skip) {
+            Err(Error::Elsewhere(_)) => None,
+            other => Some(other?.ok_or_else(|| Error::NotFound(format!("no profile for member `{}`", r.from)))?),
+        };
+        if into.kind != ProfileKind::KnownMember || from.as_ref().is_some_and(|f| f.kind != ProfileKind::KnownMember) {
             return Err(Error::FailedPrecondition(
                 "only members are merged; link anonymous ids and identifiers with identityLinked".into(),
             )
             .into());
         }
-        if into.key == from.key {
+        if into.key == r.from {
             return Err(Error::FailedPrecondition(format!("`{}` already resolves to `{}`", r.from, into.key)).into());
         }
-        if let Some(other) = from.routes_to.as_deref().filter(|to| *to != into.key) {
+        if let Some(other) = from.as_ref().and_then(|f| f.routes_to.as_deref()).filter(|to| *to != into.key) {
             return Err(
                 Error::FailedPrecondition(format!("member `{}` was already merged into `{other}`", r.from)).into()
             );
@@ -552,7 +653,7 @@ impl proto::admin_service_server::AdminService for Admin {
             Outcome::Decided(m) => (convert::version(&m), true),
             Outcome::InProgress => (convert::version(&into), false),
         };
-        Ok(Response::new(proto::MergeMembersResponse { version: Some(version), completed }))
+        Ok(served.respond(proto::MergeMembersResponse { version: Some(version), completed }))
     }
 
     async fn get_partition_status(
@@ -563,8 +664,14 @@ impl proto::admin_service_server::AdminService for Admin {
         let store = state.store();
         let count = store.partition_count(&state.topic).map_err(Error::from)?.unwrap_or(0);
         let report = state.ingest.as_ref().map(|i| i.report()).unwrap_or_default();
+        let claims = state.routing.as_ref().map(|r| r.owners.claims()).unwrap_or_default();
         let mut partitions = Vec::with_capacity(count as usize);
         for p in 0..count {
+            let claim = claims.get(&p);
+            let local = match &state.routing {
+                Some(r) => matches!(r.owners.owner(p), crate::Owner::Here { .. }),
+                None => report.partitions.contains_key(&p),
+            };
             let next = store.next_offset(&state.topic, p).map_err(Error::from)?;
             let health = report.partitions.get(&p);
             let stalled = health.and_then(|h| h.stalled.clone());
@@ -583,6 +690,13 @@ impl proto::admin_service_server::AdminService for Admin {
                 error: stalled.as_ref().map(|s| s.0.clone()).unwrap_or_default(),
                 stalled_since: stalled.as_ref().map(|s| to_timestamp(s.1)),
                 retries: stalled.as_ref().map_or(0, |s| s.2),
+                owner_instance: claim.map(|c| c.instance.clone()).unwrap_or_default(),
+                owner_address: claim.map(|c| c.address.clone()).unwrap_or_default(),
+                epoch: claim.map_or(0, |c| c.epoch),
+                owner_applied: claim.map_or(0, |c| c.applied),
+                owner_state: claim.map_or_else(|| "unknown".to_owned(), |c| c.state.clone()),
+                owner_seen: claim.filter(|c| c.at_ms > 0).map(|c| to_timestamp(c.at_ms)),
+                local,
             });
         }
         let broker = match report.broker_up {

@@ -102,3 +102,6 @@ pub(crate) fn decode_join_part(partition: u32, member: &str, key: &[u8]) -> Opti
 }
 
 pub(crate) const FORMAT_VERSION: &[u8] = b"format_version";
+
+/// The name of the instance that serves from this store (meta).
+pub(crate) const INSTANCE_NAME: &[u8] = b"instance_name";

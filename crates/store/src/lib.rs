@@ -252,6 +252,21 @@ impl Store {
         Ok(())
     }
 
+    /// The name of the instance that serves from this store: `make` the
+    /// first time (it is then kept), so an instance keeps its name across
+    /// restarts on the same disk and recognises its own ownership claims.
+    pub fn instance_name(&self, make: impl FnOnce() -> String) -> Result<String> {
+        if let Some(v) = self.db.get_cf(self.cf(CF_META), keys::INSTANCE_NAME)?
+            && let Ok(name) = String::from_utf8(v)
+            && !name.is_empty()
+        {
+            return Ok(name);
+        }
+        let name = make();
+        self.db.put_cf_opt(self.cf(CF_META), keys::INSTANCE_NAME, name.as_bytes(), &self.write_opts)?;
+        Ok(name)
+    }
+
     /// One member's aggregate, with its books, as of one instant.
     pub fn member(&self, partition: u32, key: &str) -> Result<Option<Member>> {
         self.member_with(partition, key, books::Which::All)
@@ -795,10 +810,12 @@ mod tests {
             b.set_next_offset(&store, 9);
             store.commit(b).unwrap();
             store.bind_partitions("events", 4).unwrap();
+            assert_eq!(store.instance_name(|| "first".into()).unwrap(), "first");
         }
         let store = open(dir.path());
         assert_eq!(store.next_offset("events", 0).unwrap(), Some(9));
         assert_eq!(store.partition_count("events").unwrap(), Some(4));
+        assert_eq!(store.instance_name(|| "second".into()).unwrap(), "first", "the name made first is kept");
         assert_eq!(store.scan_members(0).map(|m| m.unwrap().key).collect::<Vec<_>>(), vec!["a"]);
         assert_eq!(store.scan_members(1).count(), 0);
     }

@@ -110,17 +110,24 @@ pub struct Setup {
     pub topic: String,
     pub dlq: String,
     pub identity: String,
+    pub owners: String,
     pub partitions: i32,
     pub extra_env: BTreeMap<String, String>,
 }
 
 impl Setup {
     pub fn new(broker: &Broker, name: &str, partitions: i32) -> Setup {
+        Setup::on(&broker.addr, name, partitions)
+    }
+
+    /// The same on any cluster, for example librdkafka's mock cluster.
+    pub fn on(brokers: &str, name: &str, partitions: i32) -> Setup {
         Setup {
-            brokers: broker.addr.clone(),
+            brokers: brokers.to_owned(),
             topic: format!("{name}.events"),
             dlq: format!("{name}.dlq"),
             identity: format!("{name}.identity"),
+            owners: format!("{name}.owners"),
             partitions,
             // These tests fold events from months and years ago next to
             // probes dated now: a dedupe window of ten years keeps every one
@@ -135,6 +142,7 @@ impl Setup {
             .env("OMNIFOLD_KAFKA__TOPIC", &self.topic)
             .env("OMNIFOLD_KAFKA__DEAD_LETTER_TOPIC", &self.dlq)
             .env("OMNIFOLD_KAFKA__IDENTITY_TOPIC", &self.identity)
+            .env("OMNIFOLD_KAFKA__OWNERSHIP_TOPIC", &self.owners)
             .env("OMNIFOLD_KAFKA__GROUP_ID", format!("{}.group", self.topic))
             .env("OMNIFOLD_KAFKA__INTERNAL_SECRET", SECRET)
             .env_remove("OMNIFOLD_CONFIG")

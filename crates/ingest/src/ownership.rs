@@ -1,0 +1,693 @@
+//! Who answers for each partition, as every instance sees it.
+//!
+//! Kafka's consumer group decides which instance folds a partition; this
+//! module makes that visible to every instance. Each instance writes, for
+//! every partition it folds, a signed [`PartitionOwner`] record to the
+//! compacted ownership topic (key: the partition number): its name, its gRPC
+//! address, an epoch, how far it has folded, and whether it answers yet. It
+//! repeats them every `ownership_interval_ms` with its applied offset, and
+//! writes `released` when a partition is revoked or the instance stops.
+//! Every instance reads the whole topic into a table; the server asks
+//! [`Ownership::view`] where a request for a partition goes.
+//!
+//! The epoch is the highest epoch seen for the partition plus one, taken
+//! once this instance has read the topic to its end; a claim with a lower
+//! epoch than one already seen (a zombie that has not noticed its
+//! revocation) is ignored.
+//!
+//! A new owner answers only once it has folded up to its target: the end of
+//! the partition when it was assigned, so it never answers with a state
+//! older than one the previous owner gave. An instance whose own claim was
+//! the partition's latest (static membership, a restart) and whose store has
+//! folded at least as far as that claim said answers at once.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use prost::Message as _;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use tracing::{debug, info, warn};
+
+use omnifold_proto::v1 as proto;
+
+use crate::consumer::{Shutdown, client_config, partition_count};
+use crate::sign::SIGNATURE_HEADER;
+use crate::status::{IngestStatus, Quiet, now_ms};
+use omnifold_store::{Store, StoreHandle};
+
+use crate::{Assignment, Error, IngestConfig, Result, Signer};
+
+/// What an owner says about a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnerState {
+    /// Assigned, folding what it has not read yet; not answering.
+    CatchingUp,
+    /// Answering for the partition.
+    Serving,
+    /// Revoked or stopping.
+    Released,
+}
+
+impl OwnerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OwnerState::CatchingUp => "catching_up",
+            OwnerState::Serving => "serving",
+            OwnerState::Released => "released",
+        }
+    }
+}
+
+/// One instance's latest word about one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub instance: String,
+    pub address: String,
+    pub epoch: u64,
+    /// The next offset the owner will fold.
+    pub applied: i64,
+    /// Where it must reach before it answers.
+    pub target: i64,
+    pub state: OwnerState,
+    /// When the owner wrote it (Unix ms, its clock).
+    pub at_ms: i64,
+}
+
+/// Where a request for a partition goes, from this instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnerView {
+    /// This instance answers; it has folded up to `applied`.
+    Here { epoch: u64, applied: i64 },
+    /// Another instance answers, at `address`.
+    There { instance: String, address: String, epoch: u64, applied: i64 },
+    /// The partition is moving: its new owner (if known) is catching up
+    /// from `applied` to `target`.
+    Moving { instance: Option<String>, address: Option<String>, epoch: u64, applied: i64, target: Option<i64> },
+    /// No instance has claimed it yet.
+    Unknown,
+}
+
+/// The table of claims and this instance's own partitions; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Ownership {
+    me: Arc<Me>,
+    status: IngestStatus,
+    table: Arc<RwLock<BTreeMap<u32, Claim>>>,
+    /// The table has been read to its end once (or there is no topic to
+    /// read), and the partitions this instance owned last are answered.
+    ready: Arc<AtomicBool>,
+}
+
+#[derive(Debug)]
+struct Me {
+    instance: String,
+    address: String,
+    /// One instance reads every partition (`assignment = "all"`): nothing
+    /// else ever answers, so it answers at once.
+    alone: bool,
+}
+
+impl Ownership {
+    /// `instance` names this instance (see [`instance_name`]), `address`
+    /// is its advertised gRPC address, `status` is its ingest's.
+    pub fn new(cfg: &IngestConfig, instance: String, address: &str, status: IngestStatus) -> Ownership {
+        let me = Me { instance, address: address.to_owned(), alone: cfg.assignment == Assignment::All };
+        Ownership { me: Arc::new(me), status, table: Arc::default(), ready: Arc::default() }
+    }
+
+    /// Whether this instance knows who owns what yet: `serve` starts
+    /// answering once it does (or after a bounded wait for the broker).
+    pub fn ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// This instance's name.
+    pub fn instance(&self) -> &str {
+        &self.me.instance
+    }
+
+    /// This instance's advertised address.
+    pub fn address(&self) -> &str {
+        &self.me.address
+    }
+
+    /// Every partition's latest claim.
+    pub fn claims(&self) -> BTreeMap<u32, Claim> {
+        self.read().clone()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<u32, Claim>> {
+        self.table.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Where a request for `partition` goes.
+    pub fn view(&self, partition: u32) -> OwnerView {
+        let claim = self.read().get(&partition).cloned();
+        let mine = claim.as_ref().filter(|c| c.instance == self.me.instance);
+        // Another instance's live claim is the latest: this instance's own
+        // is not written yet, or it is a zombie whose epoch was overtaken.
+        let overtaken =
+            !self.me.alone && mine.is_none() && claim.as_ref().is_some_and(|c| c.state != OwnerState::Released);
+        if let Some(h) = self.status.partition(partition).filter(|_| !overtaken) {
+            let epoch = mine.map_or(0, |c| c.epoch);
+            // Alone, nothing else ever answers: no target to wait for.
+            return if h.serving() || self.me.alone {
+                OwnerView::Here { epoch, applied: h.applied }
+            } else {
+                OwnerView::Moving {
+                    instance: Some(self.me.instance.clone()),
+                    address: Some(self.me.address.clone()),
+                    epoch,
+                    applied: h.applied,
+                    target: h.target,
+                }
+            };
+        }
+        let Some(c) = claim else {
+            return OwnerView::Unknown;
+        };
+        match c.state {
+            // Ours but no longer folded here: revoked, the claim not yet replaced.
+            _ if c.instance == self.me.instance => {
+                OwnerView::Moving { instance: None, address: None, epoch: c.epoch, applied: c.applied, target: None }
+            }
+            OwnerState::Serving => {
+                OwnerView::There { instance: c.instance, address: c.address, epoch: c.epoch, applied: c.applied }
+            }
+            OwnerState::CatchingUp => OwnerView::Moving {
+                instance: Some(c.instance),
+                address: Some(c.address),
+                epoch: c.epoch,
+                applied: c.applied,
+                target: Some(c.target),
+            },
+            OwnerState::Released => {
+                OwnerView::Moving { instance: None, address: None, epoch: c.epoch, applied: c.applied, target: None }
+            }
+        }
+    }
+
+    /// Takes a claim read from the topic (or written here): the highest
+    /// epoch wins; within an epoch the latest word does.
+    fn apply(&self, partition: u32, claim: Claim) -> bool {
+        let mut table = self.table.write().unwrap_or_else(PoisonError::into_inner);
+        match table.get(&partition) {
+            Some(old) if old.epoch > claim.epoch => false,
+            _ => {
+                table.insert(partition, claim);
+                true
+            }
+        }
+    }
+
+    /// Where a newly assigned partition must reach before this instance
+    /// answers for it; `None` while that needs the table and the table is
+    /// not read to its end yet.
+    fn target_for(
+        &self,
+        partition: u32,
+        applied: i64,
+        table_ready: bool,
+        end: impl Fn() -> Result<i64>,
+    ) -> Result<Option<i64>> {
+        if self.me.alone {
+            return Ok(Some(applied));
+        }
+        if !table_ready {
+            return Ok(None);
+        }
+        let last_mine =
+            self.read().get(&partition).is_some_and(|c| c.instance == self.me.instance && c.applied <= applied);
+        if last_mine {
+            return Ok(Some(applied));
+        }
+        end().map(Some)
+    }
+}
+
+impl Claim {
+    fn encode(&self, partition: u32) -> Vec<u8> {
+        proto::PartitionOwner {
+            partition,
+            instance: self.instance.clone(),
+            address: self.address.clone(),
+            epoch: self.epoch,
+            applied: self.applied,
+            target: self.target,
+            state: match self.state {
+                OwnerState::CatchingUp => proto::OwnerState::CatchingUp,
+                OwnerState::Serving => proto::OwnerState::Serving,
+                OwnerState::Released => proto::OwnerState::Released,
+            } as i32,
+            at_ms: self.at_ms,
+        }
+        .encode_to_vec()
+    }
+
+    /// A record from the topic; `None` when it is not a claim.
+    fn decode(bytes: &[u8]) -> Option<(u32, Claim)> {
+        let r = proto::PartitionOwner::decode(bytes).ok()?;
+        let state = match proto::OwnerState::try_from(r.state).ok()? {
+            proto::OwnerState::CatchingUp => OwnerState::CatchingUp,
+            proto::OwnerState::Serving => OwnerState::Serving,
+            proto::OwnerState::Released => OwnerState::Released,
+            proto::OwnerState::Unspecified => return None,
+        };
+        let claim = Claim {
+            instance: r.instance,
+            address: r.address,
+            epoch: r.epoch,
+            applied: r.applied,
+            target: r.target,
+            state,
+            at_ms: r.at_ms,
+        };
+        Some((r.partition, claim))
+    }
+}
+
+/// This instance's name: `kafka.instance_id`, else the one kept in the
+/// store (made up and kept the first time), so a restart on the same disk
+/// recognises its own claims.
+pub fn instance_name(cfg: &IngestConfig, store: &Store) -> Result<String> {
+    if !cfg.instance_id.is_empty() {
+        return Ok(cfg.instance_id.clone());
+    }
+    Ok(store.instance_name(|| format!("omnifold-{:08x}", rand::random::<u32>()))?)
+}
+
+/// The key of a partition's claims.
+fn key_of(partition: u32) -> String {
+    partition.to_string()
+}
+
+/// Reads the ownership topic into `own`'s table and writes this
+/// instance's claims until `shutdown`, then releases them. Blocking: run it
+/// on its own thread.
+pub fn run_ownership(cfg: &IngestConfig, own: &Ownership, stores: &StoreHandle, shutdown: &Shutdown) -> Result<()> {
+    let mut owner = Owner::new(cfg, own)?;
+    let interval = Duration::from_millis(cfg.ownership_interval_ms);
+    let mut next_beat = Instant::now();
+    let mut rested = false;
+    if own.me.alone {
+        // Every partition is this instance's: answered from the store at
+        // once, also when the broker is away at start.
+        owner.rest_all(&stores.get())?;
+        own.ready.store(true, Ordering::SeqCst);
+    }
+    while !shutdown.is_triggered() {
+        owner.read_topic();
+        if !rested && (owner.table_ready() || owner.missing) {
+            owner.rest(&stores.get())?;
+            rested = true;
+            own.ready.store(true, Ordering::SeqCst);
+        }
+        owner.set_targets();
+        let beat = Instant::now() >= next_beat;
+        owner.publish(beat);
+        if beat {
+            next_beat = Instant::now() + interval;
+        }
+    }
+    owner.release_all();
+    Ok(())
+}
+
+/// The ownership thread's state.
+struct Owner<'a> {
+    cfg: &'a IngestConfig,
+    own: &'a Ownership,
+    signer: Signer,
+    /// Reads the ownership topic; `None` until the topic exists.
+    reader: Option<Reader>,
+    producer: BaseProducer,
+    /// Fetches the events topic's ends.
+    probe: BaseConsumer<Quiet>,
+    /// The claims this instance has written, by partition.
+    mine: BTreeMap<u32, Claim>,
+    /// The ownership topic does not exist (nothing to wait for).
+    missing: bool,
+    next_topic_check: Instant,
+}
+
+/// A reader of the whole ownership topic.
+struct Reader {
+    consumer: BaseConsumer<Quiet>,
+    /// Offsets to read up to before the table counts as read to its end.
+    ends: BTreeMap<i32, i64>,
+    /// The next offset of each partition read so far.
+    read: BTreeMap<i32, i64>,
+}
+
+impl Reader {
+    fn caught_up(&self) -> bool {
+        self.ends.iter().all(|(p, end)| self.read.get(p).copied().unwrap_or(0) >= *end)
+    }
+}
+
+impl<'a> Owner<'a> {
+    fn new(cfg: &'a IngestConfig, own: &'a Ownership) -> Result<Owner<'a>> {
+        let producer = client_config(cfg).set("enable.idempotence", "true").set("linger.ms", "0").create()?;
+        let probe = client_config(cfg).create_with_context(Quiet)?;
+        Ok(Owner {
+            cfg,
+            own,
+            signer: cfg.signer()?,
+            reader: None,
+            producer,
+            probe,
+            mine: BTreeMap::new(),
+            missing: false,
+            next_topic_check: Instant::now(),
+        })
+    }
+
+    /// Opens the reader once the topic exists (checked every few seconds).
+    fn open_reader(&mut self) {
+        if self.reader.is_some() || Instant::now() < self.next_topic_check {
+            return;
+        }
+        self.next_topic_check = Instant::now() + Duration::from_secs(5);
+        let topic = self.cfg.ownership_topic.as_str();
+        let opened = partition_count(self.cfg, topic).and_then(|n| {
+            let consumer: BaseConsumer<Quiet> = client_config(self.cfg)
+                .set("group.id", format!("{}.owners-reader", self.cfg.group_id))
+                .set("enable.auto.commit", "false")
+                .set("enable.partition.eof", "false")
+                .set("fetch.wait.max.ms", self.cfg.fetch_wait_max_ms.to_string())
+                .create_with_context(Quiet)?;
+            let mut tpl = TopicPartitionList::new();
+            let mut ends = BTreeMap::new();
+            for p in 0..n as i32 {
+                tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+                let (_, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
+                ends.insert(p, high);
+            }
+            consumer.assign(&tpl)?;
+            Ok(Reader { consumer, ends, read: BTreeMap::new() })
+        });
+        match opened {
+            Ok(r) => {
+                info!(topic, "reading partition ownership");
+                self.reader = Some(r);
+                self.missing = false;
+            }
+            Err(Error::NoTopic(_)) if self.missing => {}
+            Err(Error::NoTopic(_)) => {
+                self.missing = true;
+                warn!(
+                    topic,
+                    "the ownership topic does not exist (`omnifold topics create` makes it); \
+                     this instance answers only for its own partitions"
+                );
+            }
+            Err(e) => debug!(topic, error = %e, "the ownership topic cannot be read yet"),
+        }
+    }
+
+    /// Applies what the topic holds (waits up to 100 ms for it).
+    fn read_topic(&mut self) {
+        self.open_reader();
+        let Some(reader) = self.reader.as_mut() else {
+            std::thread::sleep(Duration::from_millis(100));
+            return;
+        };
+        let mut wait = Duration::from_millis(100);
+        for _ in 0..1_000 {
+            let Some(m) = reader.consumer.poll(wait) else {
+                break;
+            };
+            wait = Duration::ZERO;
+            let Ok(m) = m else {
+                continue;
+            };
+            reader.read.insert(m.partition(), m.offset() + 1);
+            let signature = m.headers().and_then(|h| {
+                rdkafka::message::Headers::iter(h).find(|h| h.key == SIGNATURE_HEADER).and_then(|h| h.value)
+            });
+            let value = m.payload().unwrap_or_default();
+            if !self.signer.verify(m.key(), None, value, signature) {
+                warn!(offset = m.offset(), "an ownership record without omnifold's signature was dropped");
+                continue;
+            }
+            match Claim::decode(value) {
+                Some((p, claim)) if m.key() == Some(key_of(p).as_bytes()) => {
+                    self.own.apply(p, claim);
+                }
+                _ => warn!(offset = m.offset(), "an ownership record that is not a claim was dropped"),
+            }
+        }
+    }
+
+    fn table_ready(&self) -> bool {
+        self.reader.as_ref().is_some_and(Reader::caught_up)
+    }
+
+    /// Alone: every partition the store has folded is answered from it.
+    fn rest_all(&self, store: &Store) -> Result<()> {
+        for p in 0..store.partition_count(&self.cfg.topic)?.unwrap_or(0) {
+            if let Some(applied) = store.next_offset(&self.cfg.topic, p)? {
+                self.own.status.rest(p, applied);
+            }
+        }
+        Ok(())
+    }
+
+    /// After a restart: the partitions whose latest claim is this
+    /// instance's own and whose store has folded at least as far as it
+    /// said are answered from the store at once, before the group assigns
+    /// anything (nothing newer than this store was ever answered for them).
+    fn rest(&self, store: &Store) -> Result<()> {
+        let Some(partitions) = store.partition_count(&self.cfg.topic)? else {
+            return Ok(());
+        };
+        for (p, claim) in self.own.claims().into_iter().filter(|(p, _)| *p < partitions) {
+            if claim.instance != self.own.me.instance {
+                continue;
+            }
+            let applied = store.next_offset(&self.cfg.topic, p)?.unwrap_or(0);
+            if applied >= claim.applied {
+                info!(
+                    partition = p,
+                    applied, "answering for a partition this instance owned last, until it is assigned or claimed"
+                );
+                self.own.status.rest(p, applied);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the target of every newly assigned partition.
+    fn set_targets(&mut self) {
+        let status = self.own.status.snapshot();
+        let ready = self.table_ready() || self.reader.is_none();
+        for (p, h) in status.partitions.iter().filter(|(_, h)| h.target.is_none()) {
+            let end = || -> Result<i64> {
+                let (_, high) = self.probe.fetch_watermarks(&self.cfg.topic, *p as i32, Duration::from_secs(10))?;
+                Ok(high)
+            };
+            match self.own.target_for(*p, h.applied, ready, end) {
+                Ok(Some(target)) => {
+                    info!(
+                        partition = p,
+                        applied = h.applied,
+                        target,
+                        "partition assigned; answering once folded to its target"
+                    );
+                    self.own.status.set_target(*p, target);
+                }
+                Ok(None) => {}
+                Err(e) => debug!(partition = p, error = %e, "the partition's end cannot be read yet"),
+            }
+        }
+    }
+
+    /// Writes a claim for each partition whose state changed, and on a beat
+    /// for every partition (with its applied offset); releases revoked ones.
+    fn publish(&mut self, beat: bool) {
+        if self.reader.is_none() || !self.table_ready() {
+            return;
+        }
+        let status = self.own.status.snapshot();
+        let revoked: Vec<u32> = self.mine.keys().filter(|p| !status.partitions.contains_key(p)).copied().collect();
+        for p in revoked {
+            self.release(p);
+        }
+        for (p, h) in &status.partitions {
+            let Some(target) = h.target else {
+                continue;
+            };
+            let state = if h.serving() { OwnerState::Serving } else { OwnerState::CatchingUp };
+            let epoch = match self.mine.get(p) {
+                Some(c) if self.overtaken(*p, c.epoch) => continue,
+                Some(c) if !beat && c.state == state => continue,
+                Some(c) => c.epoch,
+                None => self.epoch_for(*p),
+            };
+            let claim = Claim {
+                instance: self.own.me.instance.clone(),
+                address: self.own.me.address.clone(),
+                epoch,
+                applied: h.applied,
+                target,
+                state,
+                at_ms: now_ms(),
+            };
+            if !self.mine.contains_key(p) {
+                info!(partition = p, epoch, state = state.as_str(), "claiming the partition");
+            }
+            self.write(*p, &claim);
+            self.mine.insert(*p, claim);
+        }
+        self.producer.poll(Duration::ZERO);
+    }
+
+    /// Another instance has claimed `partition` at `epoch` or later: this
+    /// one stops writing its claim (a zombie's would only be ignored), and
+    /// stops answering for it (`Ownership::view`).
+    fn overtaken(&self, partition: u32, epoch: u64) -> bool {
+        self.own.read().get(&partition).is_some_and(|c| c.instance != self.own.me.instance && c.epoch >= epoch)
+    }
+
+    /// The epoch of a new claim: the latest one's if it is this instance's
+    /// (a restart is not a handover), else one more than the highest seen.
+    fn epoch_for(&self, partition: u32) -> u64 {
+        match self.own.read().get(&partition) {
+            Some(c) if c.instance == self.own.me.instance && c.state != OwnerState::Released => c.epoch,
+            Some(c) => c.epoch + 1,
+            None => 1,
+        }
+    }
+
+    fn release(&mut self, partition: u32) {
+        if let Some(mut claim) = self.mine.remove(&partition) {
+            claim.state = OwnerState::Released;
+            claim.at_ms = now_ms();
+            info!(partition, epoch = claim.epoch, "releasing the partition");
+            self.write(partition, &claim);
+        }
+    }
+
+    /// Releases every claim and waits (briefly) until the broker has them.
+    fn release_all(&mut self) {
+        let mine: Vec<u32> = self.mine.keys().copied().collect();
+        for p in mine {
+            self.release(p);
+        }
+        if let Err(e) = self.producer.flush(Duration::from_secs(5)) {
+            warn!(error = %e, "the partitions' release did not reach the broker; other instances see it when the group moves them");
+        }
+    }
+
+    fn write(&self, partition: u32, claim: &Claim) {
+        let key = key_of(partition);
+        let value = claim.encode(partition);
+        let signature = self.signer.sign(Some(key.as_bytes()), None, &value);
+        let headers = OwnedHeaders::new().insert(Header { key: SIGNATURE_HEADER, value: Some(signature.as_bytes()) });
+        // Ours wins locally at once; the topic tells the others.
+        self.own.apply(partition, claim.clone());
+        let record = BaseRecord::to(&self.cfg.ownership_topic).key(&key).payload(&value).headers(headers);
+        if let Err((e, _)) = self.producer.send(record) {
+            debug!(partition, error = %e, "an ownership claim could not be queued; the next beat repeats it");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ownership(instance: &str, assignment: Assignment) -> Ownership {
+        let cfg = IngestConfig { assignment, ..IngestConfig::default() };
+        Ownership::new(&cfg, instance.into(), "http://a:1", IngestStatus::default())
+    }
+
+    fn claim(instance: &str, epoch: u64, state: OwnerState) -> Claim {
+        Claim {
+            instance: instance.into(),
+            address: format!("http://{instance}:1"),
+            epoch,
+            applied: 10,
+            target: 10,
+            state,
+            at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn the_highest_epoch_wins_and_a_zombie_is_ignored() {
+        let own = ownership("a", Assignment::Group);
+        assert!(own.apply(0, claim("b", 2, OwnerState::Serving)));
+        assert!(!own.apply(0, claim("c", 1, OwnerState::Serving)), "a lower epoch is a zombie's");
+        assert!(matches!(own.view(0), OwnerView::There { ref instance, epoch: 2, .. } if instance == "b"));
+        assert!(own.apply(0, claim("b", 2, OwnerState::Released)));
+        assert!(matches!(own.view(0), OwnerView::Moving { address: None, epoch: 2, .. }));
+        assert!(own.apply(0, claim("c", 3, OwnerState::CatchingUp)));
+        assert!(matches!(own.view(0), OwnerView::Moving { address: Some(_), target: Some(10), .. }));
+        assert_eq!(own.view(1), OwnerView::Unknown);
+    }
+
+    #[test]
+    fn an_assigned_partition_answers_here_once_folded_to_its_target() {
+        let own = ownership("a", Assignment::Group);
+        own.apply(0, claim("b", 4, OwnerState::Released));
+        own.status.assigned([(0, 5)]);
+        assert!(matches!(own.view(0), OwnerView::Moving { target: None, applied: 5, .. }), "no target yet");
+        own.status.set_target(0, 8);
+        assert!(matches!(own.view(0), OwnerView::Moving { target: Some(8), .. }));
+        own.status.committed(0, 8);
+        assert!(matches!(own.view(0), OwnerView::Here { applied: 8, .. }));
+    }
+
+    #[test]
+    fn an_instance_whose_claim_was_overtaken_does_not_answer() {
+        let own = ownership("a", Assignment::Group);
+        own.status.assigned([(0, 5)]);
+        own.status.set_target(0, 5);
+        own.apply(0, claim("a", 1, OwnerState::Serving));
+        assert!(matches!(own.view(0), OwnerView::Here { epoch: 1, applied: 5 }));
+        own.apply(0, claim("b", 2, OwnerState::Serving));
+        assert!(matches!(own.view(0), OwnerView::There { ref instance, .. } if instance == "b"));
+    }
+
+    #[test]
+    fn a_partition_owned_last_is_answered_after_a_restart_until_another_claims_it() {
+        let own = ownership("a", Assignment::Group);
+        own.apply(0, claim("a", 3, OwnerState::Released));
+        own.status.rest(0, 12);
+        assert_eq!(own.view(0), OwnerView::Here { epoch: 3, applied: 12 });
+        // The group assigns it here: the fold takes over from the store's
+        // offset, and it is answered throughout.
+        own.status.assigned([(0, 12)]);
+        assert_eq!(own.view(0), OwnerView::Here { epoch: 3, applied: 12 });
+        own.status.revoked([0]);
+        own.status.rest(0, 12);
+        own.apply(0, claim("b", 4, OwnerState::CatchingUp));
+        assert!(matches!(own.view(0), OwnerView::Moving { ref instance, .. } if instance.as_deref() == Some("b")));
+    }
+
+    #[test]
+    fn a_target_is_the_partition_end_unless_this_instance_owned_it_last() {
+        let end = || Ok(100);
+        let own = ownership("a", Assignment::Group);
+        assert_eq!(own.target_for(0, 7, false, end).unwrap(), None, "the table must be read first");
+        assert_eq!(own.target_for(0, 7, true, end).unwrap(), Some(100));
+        own.apply(0, claim("a", 1, OwnerState::Serving));
+        assert_eq!(own.target_for(0, 10, true, end).unwrap(), Some(10), "its own claim, and its store as far");
+        assert_eq!(own.target_for(0, 9, true, end).unwrap(), Some(100), "its store is behind its own claim");
+        let alone = ownership("a", Assignment::All);
+        assert_eq!(alone.target_for(0, 3, false, end).unwrap(), Some(3));
+    }
+
+    #[test]
+    fn a_claim_survives_its_encoding() {
+        let c = claim("b", 9, OwnerState::CatchingUp);
+        assert_eq!(Claim::decode(&c.encode(3)), Some((3, c)));
+        assert_eq!(Claim::decode(b"\xff\xff"), None);
+    }
+}
