@@ -34,6 +34,12 @@ impl Horizons {
         *e = (*e).max(horizon);
     }
 
+    /// Sets a partition's horizon, also back: its state was replaced by a
+    /// snapshot's.
+    pub(crate) fn reset(&self, partition: u32, horizon: i64) {
+        self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(partition, horizon);
+    }
+
     /// The compaction filter of the dedupe column family.
     pub(crate) fn filter(&self) -> impl Fn(u32, &[u8], &[u8]) -> Decision + Send + 'static {
         let horizons = self.clone();

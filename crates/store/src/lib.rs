@@ -11,6 +11,7 @@ mod config;
 mod dedupe;
 mod format;
 mod keys;
+mod snapshot;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +25,7 @@ pub use config::StoreConfig;
 pub use format::CURRENT as FORMAT_VERSION;
 use omnifold_core::member::{Counts, Lineage};
 use omnifold_core::{LedgerEntry, Member, Verdict};
+pub use snapshot::{Chunk, PartitionSnapshot};
 
 const CF_MEMBERS: &str = "members";
 const CF_DEDUPE: &str = "dedupe";
@@ -115,9 +117,11 @@ impl Store {
                 o.set_compaction_filter("dedupe-horizon", horizons.filter());
             }
             // Point look-ups that mostly find nothing (an event id not seen
-            // yet, a request not decided yet): a whole-key bloom filter in
-            // the memtable answers most of them without a skip-list search.
-            if name == CF_DEDUPE || name == CF_VERDICTS {
+            // yet, a request not decided yet, a member id that routes
+            // nowhere: every routed request asks the index): a whole-key
+            // bloom filter in the memtable answers most of them without a
+            // skip-list search.
+            if name == CF_DEDUPE || name == CF_VERDICTS || name == CF_INDEX {
                 o.set_memtable_prefix_bloom_ratio(0.1);
                 o.set_memtable_whole_key_filtering(true);
             }
@@ -158,6 +162,9 @@ impl Store {
             _cache: cache,
         };
         format::check_and_upgrade(&store, &config.path, config.read_only)?;
+        if !config.read_only {
+            store.drop_unfinished_restores()?;
+        }
         store.load_horizons()?;
         Ok(Arc::new(store))
     }
