@@ -32,6 +32,8 @@ start_serve() {
 }
 stop_serve() { kill "$serve"; wait "$serve" 2>/dev/null || true; }
 # A redemption is decided once ingest has reached it: then every event is in.
+# A fresh instance answers UNAVAILABLE until it has folded what the
+# partitions held when it was assigned them (docs/scale-out.md): ask again.
 wait_caught_up() {
-  "$B/omnifold-load" --addr "$addr" --target redeem --concurrency 1 --seconds "$1" --members 5000 >/dev/null
+  wait_for "$B/omnifold-load" --addr "$addr" --target redeem --concurrency 1 --seconds "$1" --members 5000
 }

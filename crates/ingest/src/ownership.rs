@@ -76,6 +76,8 @@ pub struct Claim {
     pub state: OwnerState,
     /// When the owner wrote it (Unix ms, its clock).
     pub at_ms: i64,
+    /// The partition's end as the owner last saw it.
+    pub end: Option<i64>,
 }
 
 /// Where a request for a partition goes, from this instance.
@@ -147,13 +149,16 @@ impl Ownership {
 
     /// Where a request for `partition` goes.
     pub fn view(&self, partition: u32) -> OwnerView {
-        let claim = self.read().get(&partition).cloned();
-        let mine = claim.as_ref().filter(|c| c.instance == self.me.instance);
+        // Asked on every request: the table is read under its lock and a
+        // claim's strings are cloned only when the answer names them.
+        let local = self.status.partition(partition);
+        let table = self.read();
+        let claim = table.get(&partition);
+        let mine = claim.filter(|c| c.instance == self.me.instance);
         // Another instance's live claim is the latest: this instance's own
         // is not written yet, or it is a zombie whose epoch was overtaken.
-        let overtaken =
-            !self.me.alone && mine.is_none() && claim.as_ref().is_some_and(|c| c.state != OwnerState::Released);
-        if let Some(h) = self.status.partition(partition).filter(|_| !overtaken) {
+        let overtaken = !self.me.alone && mine.is_none() && claim.is_some_and(|c| c.state != OwnerState::Released);
+        if let Some(h) = local.filter(|_| !overtaken) {
             let epoch = mine.map_or(0, |c| c.epoch);
             // Alone, nothing else ever answers: no target to wait for.
             return if h.serving() || self.me.alone {
@@ -171,24 +176,24 @@ impl Ownership {
         let Some(c) = claim else {
             return OwnerView::Unknown;
         };
+        let moving = |target: Option<i64>, named: bool| OwnerView::Moving {
+            instance: named.then(|| c.instance.clone()),
+            address: named.then(|| c.address.clone()),
+            epoch: c.epoch,
+            applied: c.applied,
+            target,
+        };
         match c.state {
             // Ours but no longer folded here: revoked, the claim not yet replaced.
-            _ if c.instance == self.me.instance => {
-                OwnerView::Moving { instance: None, address: None, epoch: c.epoch, applied: c.applied, target: None }
-            }
-            OwnerState::Serving => {
-                OwnerView::There { instance: c.instance, address: c.address, epoch: c.epoch, applied: c.applied }
-            }
-            OwnerState::CatchingUp => OwnerView::Moving {
-                instance: Some(c.instance),
-                address: Some(c.address),
+            _ if c.instance == self.me.instance => moving(None, false),
+            OwnerState::Serving => OwnerView::There {
+                instance: c.instance.clone(),
+                address: c.address.clone(),
                 epoch: c.epoch,
                 applied: c.applied,
-                target: Some(c.target),
             },
-            OwnerState::Released => {
-                OwnerView::Moving { instance: None, address: None, epoch: c.epoch, applied: c.applied, target: None }
-            }
+            OwnerState::CatchingUp => moving(Some(c.target), true),
+            OwnerState::Released => moving(None, false),
         }
     }
 
@@ -245,6 +250,7 @@ impl Claim {
                 OwnerState::Released => proto::OwnerState::Released,
             } as i32,
             at_ms: self.at_ms,
+            end: self.end.unwrap_or(-1),
         }
         .encode_to_vec()
     }
@@ -266,6 +272,7 @@ impl Claim {
             target: r.target,
             state,
             at_ms: r.at_ms,
+            end: (r.end >= 0).then_some(r.end),
         };
         Some((r.partition, claim))
     }
@@ -280,6 +287,9 @@ pub fn instance_name(cfg: &IngestConfig, store: &Store) -> Result<String> {
     }
     Ok(store.instance_name(|| format!("omnifold-{:08x}", rand::random::<u32>()))?)
 }
+
+/// `fetch.wait.max.ms` of the ownership topic's reader.
+const OWNERS_FETCH_WAIT_MS: u32 = 200;
 
 /// The key of a partition's claims.
 fn key_of(partition: u32) -> String {
@@ -379,7 +389,10 @@ impl<'a> Owner<'a> {
                 .set("group.id", format!("{}.owners-reader", self.cfg.group_id))
                 .set("enable.auto.commit", "false")
                 .set("enable.partition.eof", "false")
-                .set("fetch.wait.max.ms", self.cfg.fetch_wait_max_ms.to_string())
+                // Claims change rarely and a fifth of a second is soon
+                // enough to see one: a broker that holds every fetch for its
+                // whole wait (tansu) is asked five times a second, not 100.
+                .set("fetch.wait.max.ms", OWNERS_FETCH_WAIT_MS.to_string())
                 .create_with_context(Quiet)?;
             let mut tpl = TopicPartitionList::new();
             let mut ends = BTreeMap::new();
@@ -537,6 +550,7 @@ impl<'a> Owner<'a> {
                 target,
                 state,
                 at_ms: now_ms(),
+                end: h.end,
             };
             if !self.mine.contains_key(p) {
                 info!(partition = p, epoch, state = state.as_str(), "claiming the partition");
@@ -616,6 +630,7 @@ mod tests {
             target: 10,
             state,
             at_ms: 0,
+            end: Some(12),
         }
     }
 

@@ -62,6 +62,9 @@ pub struct PartitionHealth {
     /// The offset the partition must reach before this instance answers
     /// for it (the ownership thread sets it after assignment; docs/scale-out.md).
     pub target: Option<i64>,
+    /// The partition's end (high watermark) at the consumer's last
+    /// statistics, for lag.
+    pub end: Option<i64>,
     /// Not assigned (yet): kept from this instance's own last ownership
     /// after a restart, answered from the store until the group assigns
     /// the partition or another instance claims it.
@@ -130,11 +133,29 @@ impl IngestStatus {
     /// says nothing (a broker that cannot be reached at start is reported
     /// by the wait for it).
     pub(crate) fn observe(&self, stats: &Statistics) {
+        if stats.client_type == "consumer" {
+            self.observe_ends(stats);
+        }
         let up = stats.brokers.values().any(|b| b.state == "UP");
         let seen_up = self.with(|s| s.broker_up.is_some());
         if up || seen_up {
             self.set_broker(up);
         }
+    }
+
+    /// The ends of the partitions this instance folds, from its consumer's
+    /// statistics (it consumes the events topic only).
+    fn observe_ends(&self, stats: &Statistics) {
+        self.with(|s| {
+            for part in stats.topics.values().flat_map(|t| t.partitions.values()) {
+                let (Ok(p), true) = (u32::try_from(part.partition), part.hi_offset >= 0) else {
+                    continue;
+                };
+                if let Some(h) = s.partitions.get_mut(&p) {
+                    h.end = Some(part.hi_offset);
+                }
+            }
+        });
     }
 
     pub(crate) fn set_waiting(&self, waiting: Option<usize>) {

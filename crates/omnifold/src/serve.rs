@@ -113,6 +113,7 @@ impl Owners for Owned {
                     applied: c.applied,
                     state: c.state.as_str().to_owned(),
                     at_ms: c.at_ms,
+                    end: c.end,
                 };
                 (p, claim)
             })

@@ -247,19 +247,20 @@ pub async fn status(server: String, json: bool) -> Result<()> {
     }
     println!("broker {}, ingest {}", r.broker, if r.ingest_running { "running" } else { "stopped" });
     println!(
-        "{:>9} {:<24} {:<32} {:>5} {:<11} {:>12} {:>12} {:<5} health",
-        "partition", "owner", "address", "epoch", "state", "applied", "local next", "here"
+        "{:>9} {:<24} {:<32} {:>5} {:<11} {:>12} {:>8} {:>12} {:<5} health",
+        "partition", "owner", "address", "epoch", "state", "applied", "lag", "local next", "here"
     );
     for p in &r.partitions {
         let health = if p.error.is_empty() { p.state.clone() } else { format!("{}: {}", p.state, p.error) };
         println!(
-            "{:>9} {:<24} {:<32} {:>5} {:<11} {:>12} {:>12} {:<5} {}",
+            "{:>9} {:<24} {:<32} {:>5} {:<11} {:>12} {:>8} {:>12} {:<5} {}",
             p.partition,
             p.owner_instance,
             p.owner_address,
             p.epoch,
             p.owner_state,
             p.owner_applied,
+            if p.lag < 0 { "?".to_owned() } else { p.lag.to_string() },
             p.next_offset,
             if p.local { "yes" } else { "no" },
             health

@@ -381,8 +381,10 @@ async fn every_instance_answers_lookups_for_every_identifier() {
     let owned_by = |s: &proto::GetPartitionStatusResponse| -> Vec<u32> {
         s.partitions.iter().filter(|p| p.local).map(|p| p.partition).collect()
     };
-    eventually("both instances answer for partitions of their own", Duration::from_secs(60), || async {
-        (!owned_by(&a.status().await).is_empty() && !owned_by(&b.status().await).is_empty()).then_some(())
+    eventually("every partition served, some by each instance", Duration::from_secs(60), || async {
+        let (on_a, on_b) = (a.status().await, b.status().await);
+        let served = on_a.partitions.iter().all(|p| p.owner_state == "serving");
+        (served && !owned_by(&on_a).is_empty() && !owned_by(&on_b).is_empty()).then_some(())
     })
     .await;
     for m in &members {

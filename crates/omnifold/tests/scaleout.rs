@@ -122,6 +122,17 @@ async fn every_instance_answers_for_every_member_and_redeems_once() {
         }
     }
 
+    // Every partition's end and lag, as its owner last said: all folded.
+    eventually("every partition's lag known and zero", Duration::from_secs(30), || async {
+        let status = a.status().await;
+        status
+            .partitions
+            .iter()
+            .all(|p| p.lag == 0 && p.high_watermark == p.owner_applied && p.high_watermark > 0)
+            .then_some(())
+    })
+    .await;
+
     // A batch through A fans out by owner and comes back in request order.
     let asked: Vec<_> = (0..MEMBERS).rev().map(|m| member(&format!("m-{m}")).unwrap()).collect();
     let mut profiles = a.profiles().await;

@@ -68,6 +68,8 @@ pub struct OwnerClaim {
     /// "catching_up", "serving" or "released".
     pub state: String,
     pub at_ms: i64,
+    /// The partition's end as the owner last saw it.
+    pub end: Option<i64>,
 }
 
 /// The ownership table, as the server reads it (the binary implements it
@@ -261,7 +263,9 @@ impl Routing {
         hop: &Hop,
         commits: Option<&crate::Commits>,
     ) -> Result<Route, Error> {
-        let mut changed = commits.map(|c| c.subscribe(partition));
+        // Subscribed only when a request waits for an offset: it takes a
+        // lock, and most requests name none.
+        let mut changed = None;
         let deadline = tokio::time::Instant::now() + MIN_OFFSET_WAIT;
         loop {
             let owner = self.owners.owner(partition);
@@ -271,6 +275,14 @@ impl Routing {
                     return Ok(Route::Here(Served { at }));
                 }
                 Owner::Here { applied, .. } => {
+                    if changed.is_none()
+                        && let Some(c) = commits
+                    {
+                        // Subscribed before looking again, so no commit
+                        // between the look and the wait is missed.
+                        changed = Some(c.subscribe(partition));
+                        continue;
+                    }
                     let waited = match changed.as_mut() {
                         Some(rx) => tokio::time::timeout_at(deadline, rx.changed()).await.is_ok_and(|r| r.is_ok()),
                         None => false,

@@ -684,7 +684,7 @@ impl proto::admin_service_server::AdminService for Admin {
                 topic: state.topic.clone(),
                 partition: p,
                 next_offset: next.unwrap_or(0),
-                high_watermark: -1,
+                high_watermark: claim.and_then(|c| c.end).unwrap_or(-1),
                 has_state: next.is_some(),
                 state: state_name.into(),
                 error: stalled.as_ref().map(|s| s.0.clone()).unwrap_or_default(),
@@ -697,6 +697,7 @@ impl proto::admin_service_server::AdminService for Admin {
                 owner_state: claim.map_or_else(|| "unknown".to_owned(), |c| c.state.clone()),
                 owner_seen: claim.filter(|c| c.at_ms > 0).map(|c| to_timestamp(c.at_ms)),
                 local,
+                lag: claim.and_then(|c| c.end.map(|end| (end - c.applied).max(0))).unwrap_or(-1),
             });
         }
         let broker = match report.broker_up {
