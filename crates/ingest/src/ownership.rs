@@ -198,11 +198,14 @@ impl Ownership {
     }
 
     /// Takes a claim read from the topic (or written here): the highest
-    /// epoch wins; within an epoch the latest word does.
+    /// epoch wins, and an owner's later word replaces its earlier one. Two
+    /// instances that claimed the same epoch (assigned at once, each before
+    /// it read the other's claim) are told apart by name, the same way by
+    /// every reader, so all of them, the two included, agree on one owner.
     fn apply(&self, partition: u32, claim: Claim) -> bool {
         let mut table = self.table.write().unwrap_or_else(PoisonError::into_inner);
         match table.get(&partition) {
-            Some(old) if old.epoch > claim.epoch => false,
+            Some(old) if !supersedes(&claim, old) => false,
             _ => {
                 table.insert(partition, claim);
                 true
@@ -276,6 +279,11 @@ impl Claim {
         };
         Some((r.partition, claim))
     }
+}
+
+/// Whether `new` replaces `old` as a partition's latest claim.
+fn supersedes(new: &Claim, old: &Claim) -> bool {
+    new.epoch > old.epoch || (new.epoch == old.epoch && new.instance >= old.instance)
 }
 
 /// This instance's name: `kafka.instance_id`, else the one kept in the
@@ -645,6 +653,25 @@ mod tests {
         assert!(own.apply(0, claim("c", 3, OwnerState::CatchingUp)));
         assert!(matches!(own.view(0), OwnerView::Moving { address: Some(_), target: Some(10), .. }));
         assert_eq!(own.view(1), OwnerView::Unknown);
+    }
+
+    #[test]
+    fn two_claims_of_one_epoch_settle_on_the_same_owner_in_any_order() {
+        let (x, y) = (ownership("x", Assignment::Group), ownership("y", Assignment::Group));
+        for own in [&x, &y] {
+            own.status.assigned([(0, 5)]);
+            own.status.set_target(0, 5);
+        }
+        // Each wrote its own claim of epoch 3 first, then read the other's.
+        x.apply(0, claim("x", 3, OwnerState::Serving));
+        x.apply(0, claim("y", 3, OwnerState::Serving));
+        y.apply(0, claim("y", 3, OwnerState::Serving));
+        y.apply(0, claim("x", 3, OwnerState::Serving));
+        assert!(matches!(x.view(0), OwnerView::There { ref instance, .. } if instance == "y"));
+        assert!(matches!(y.view(0), OwnerView::Here { epoch: 3, .. }));
+        // And y's heartbeats keep it so.
+        assert!(x.apply(0, claim("y", 3, OwnerState::Serving)));
+        assert!(!x.apply(0, claim("x", 3, OwnerState::Serving)));
     }
 
     #[test]
