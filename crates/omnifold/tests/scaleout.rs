@@ -133,6 +133,14 @@ async fn every_instance_answers_for_every_member_and_redeems_once() {
     })
     .await;
 
+    // `omnifold status` prints one line per partition with its owner.
+    let table = setup.run(&["status", "--server", &b.grpc]);
+    for (p, owner) in &owner_of {
+        let line = table.lines().find(|l| l.split_whitespace().next() == Some(&p.to_string()));
+        let line = line.unwrap_or_else(|| panic!("no line for partition {p}:\n{table}"));
+        assert!(line.contains(owner.as_str()) && line.contains("serving"), "{line}");
+    }
+
     // A batch through A fans out by owner and comes back in request order.
     let asked: Vec<_> = (0..MEMBERS).rev().map(|m| member(&format!("m-{m}")).unwrap()).collect();
     let mut profiles = a.profiles().await;
