@@ -27,8 +27,8 @@ pub struct ServerConfig {
     pub read_threads: usize,
     /// The URL other instances reach this one's gRPC at, for example
     /// `http://omnifold-0.omnifold:50051`. Empty: `http://` and the bound
-    /// address, which serves only when that address is reachable from the
-    /// other instances (not 0.0.0.0).
+    /// address; bound to every interface (0.0.0.0), the host name
+    /// (`HOSTNAME`) and the port, with a warning when in a group.
     pub advertise_address: String,
     /// A request for a member another instance owns: `forward` (default)
     /// sends it there and returns the answer; `redirect` answers
@@ -46,19 +46,20 @@ pub enum Routing {
 }
 
 impl ServerConfig {
-    /// The address to advertise, given the one bound.
-    pub fn advertised(&self, bound: std::net::SocketAddr) -> Result<String> {
+    /// The address to advertise, given the one bound and the machine's
+    /// host name: `advertise_address`, else the bound address, else (bound
+    /// to every interface) the host name with the bound port. The second
+    /// value is true when the address is that guess, for a warning: one
+    /// instance needs no address others reach, several do.
+    pub fn advertised(&self, bound: std::net::SocketAddr, host: Option<&str>) -> (String, bool) {
         if !self.advertise_address.is_empty() {
-            return Ok(self.advertise_address.clone());
+            return (self.advertise_address.clone(), false);
         }
-        if bound.ip().is_unspecified() {
-            bail!(
-                "[server] advertise_address is required when listening on {bound}: other instances need an \
-                 address they can reach, for example http://<pod>.<service>:{}",
-                bound.port()
-            );
+        if !bound.ip().is_unspecified() {
+            return (format!("http://{bound}"), false);
         }
-        Ok(format!("http://{bound}"))
+        let host = host.filter(|h| !h.is_empty()).unwrap_or("127.0.0.1");
+        (format!("http://{host}:{}", bound.port()), true)
     }
 }
 
@@ -213,12 +214,13 @@ mod tests {
         assert_eq!(c.server.routing, Routing::Redirect);
         assert_eq!((c.kafka.instance_id.as_str(), c.kafka.session_timeout_ms), ("omnifold-1", 6000));
         let any: std::net::SocketAddr = "0.0.0.0:50051".parse().unwrap();
-        assert_eq!(c.server.advertised(any).unwrap(), "http://omnifold-1.omnifold:50051");
+        assert_eq!(c.server.advertised(any, Some("pod-7")), ("http://omnifold-1.omnifold:50051".into(), false));
 
         let defaults = ServerConfig::default();
-        assert_eq!(defaults.advertised("127.0.0.1:7000".parse().unwrap()).unwrap(), "http://127.0.0.1:7000");
-        let e = defaults.advertised(any).unwrap_err().to_string();
-        assert!(e.contains("advertise_address is required"), "{e}");
+        let bound = "127.0.0.1:7000".parse().unwrap();
+        assert_eq!(defaults.advertised(bound, Some("pod-7")), ("http://127.0.0.1:7000".into(), false));
+        assert_eq!(defaults.advertised(any, Some("pod-7")), ("http://pod-7:50051".into(), true), "a guess");
+        assert_eq!(defaults.advertised(any, None), ("http://127.0.0.1:50051".into(), true));
         let e = Config::load(None, &env(&[("OMNIFOLD_SERVER__ADVERTISE_ADDRESS", "omnifold-1:50051")])).unwrap_err();
         assert!(format!("{e:#}").contains("must be a URL"), "{e:#}");
         let e = Config::load(None, &env(&[("OMNIFOLD_SERVER__ROUTING", "sideways")])).unwrap_err();

@@ -164,7 +164,15 @@ pub async fn serve(config: Config) -> Result<()> {
     let listener =
         TcpListener::bind(&config.server.listen).await.with_context(|| format!("binding {}", config.server.listen))?;
     let addr = listener.local_addr()?;
-    let advertised = config.server.advertised(addr)?;
+    let host = std::env::var("HOSTNAME").ok();
+    let (advertised, guessed) = config.server.advertised(addr, host.as_deref());
+    if guessed && config.kafka.assignment == omnifold_ingest::Assignment::Group {
+        warn!(
+            address = %advertised,
+            "listening on every interface without server.advertise_address: other instances will forward \
+             requests to this guess; set the address they can reach"
+        );
+    }
     let name = omnifold_ingest::instance_name(&config.kafka, &store).context("naming this instance")?;
     let fold = Arc::new(config.fold.clone());
     // Every commit bumps its partition's counter; requests waiting for a
