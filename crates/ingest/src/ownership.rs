@@ -78,6 +78,8 @@ pub struct Claim {
     pub at_ms: i64,
     /// The partition's end as the owner last saw it.
     pub end: Option<i64>,
+    /// Offsets folded per second since the owner's claim before.
+    pub rate: u64,
 }
 
 /// Where a request for a partition goes, from this instance.
@@ -89,7 +91,15 @@ pub enum OwnerView {
     There { instance: String, address: String, epoch: u64, applied: i64 },
     /// The partition is moving: its new owner (if known) is catching up
     /// from `applied` to `target`.
-    Moving { instance: Option<String>, address: Option<String>, epoch: u64, applied: i64, target: Option<i64> },
+    Moving {
+        instance: Option<String>,
+        address: Option<String>,
+        epoch: u64,
+        applied: i64,
+        target: Option<i64>,
+        /// When the new owner will answer, at the rate it folds.
+        eta_ms: Option<u64>,
+    },
     /// No instance has claimed it yet.
     Unknown,
 }
@@ -170,6 +180,7 @@ impl Ownership {
                     epoch,
                     applied: h.applied,
                     target: h.target,
+                    eta_ms: eta_ms(h.applied, h.target, mine.map_or(0, |c| c.rate)),
                 }
             };
         }
@@ -182,6 +193,7 @@ impl Ownership {
             epoch: c.epoch,
             applied: c.applied,
             target,
+            eta_ms: eta_ms(c.applied, target, c.rate),
         };
         match c.state {
             // Ours but no longer folded here: revoked, the claim not yet replaced.
@@ -254,6 +266,7 @@ impl Claim {
             } as i32,
             at_ms: self.at_ms,
             end: self.end.unwrap_or(-1),
+            rate: self.rate,
         }
         .encode_to_vec()
     }
@@ -276,9 +289,26 @@ impl Claim {
             state,
             at_ms: r.at_ms,
             end: (r.end >= 0).then_some(r.end),
+            rate: r.rate,
         };
         Some((r.partition, claim))
     }
+}
+
+/// Offsets a second folded between the claim `before` and `applied` now.
+fn fold_rate(before: &Claim, applied: i64, now_ms: i64) -> u64 {
+    let (done, ms) = (applied - before.applied, now_ms - before.at_ms);
+    match (u64::try_from(done), u64::try_from(ms)) {
+        (Ok(done), Ok(ms)) if ms > 0 => done.saturating_mul(1_000) / ms,
+        _ => 0,
+    }
+}
+
+/// How long folding from `applied` to `target` takes at `rate` offsets a
+/// second; unknown without a target or a rate.
+fn eta_ms(applied: i64, target: Option<i64>, rate: u64) -> Option<u64> {
+    let left = u64::try_from(target? - applied).unwrap_or(0);
+    (rate > 0).then(|| left.saturating_mul(1_000) / rate)
 }
 
 /// Whether `new` replaces `old` as a partition's latest claim.
@@ -550,6 +580,8 @@ impl<'a> Owner<'a> {
                 Some(c) => c.epoch,
                 None => self.epoch_for(*p),
             };
+            let now = now_ms();
+            let rate = self.mine.get(p).map_or(0, |before| fold_rate(before, h.applied, now));
             let claim = Claim {
                 instance: self.own.me.instance.clone(),
                 address: self.own.me.address.clone(),
@@ -557,8 +589,9 @@ impl<'a> Owner<'a> {
                 applied: h.applied,
                 target,
                 state,
-                at_ms: now_ms(),
+                at_ms: now,
                 end: h.end,
+                rate,
             };
             if !self.mine.contains_key(p) {
                 info!(partition = p, epoch, state = state.as_str(), "claiming the partition");
@@ -639,6 +672,7 @@ mod tests {
             state,
             at_ms: 0,
             end: Some(12),
+            rate: 0,
         }
     }
 
@@ -724,6 +758,19 @@ mod tests {
         assert_eq!(own.target_for(0, 9, true, end).unwrap(), Some(100), "its store is behind its own claim");
         let alone = ownership("a", Assignment::All);
         assert_eq!(alone.target_for(0, 3, false, end).unwrap(), Some(3));
+    }
+
+    #[test]
+    fn a_catching_up_owner_says_when_it_will_answer() {
+        let own = ownership("a", Assignment::Group);
+        own.apply(0, Claim { applied: 1_000, target: 5_000, rate: 2_000, ..claim("b", 2, OwnerState::CatchingUp) });
+        assert!(matches!(own.view(0), OwnerView::Moving { eta_ms: Some(2_000), .. }), "{:?}", own.view(0));
+        own.apply(0, Claim { rate: 0, ..claim("b", 2, OwnerState::CatchingUp) });
+        assert!(matches!(own.view(0), OwnerView::Moving { eta_ms: None, .. }), "no rate yet");
+        let before = Claim { applied: 100, at_ms: 10_000, ..claim("b", 2, OwnerState::CatchingUp) };
+        assert_eq!(fold_rate(&before, 2_100, 12_000), 1_000);
+        assert_eq!(fold_rate(&before, 50, 12_000), 0, "never negative");
+        assert_eq!(fold_rate(&before, 2_100, 10_000), 0, "no time passed");
     }
 
     #[test]

@@ -90,8 +90,8 @@ impl Owners for Owned {
             OwnerView::There { instance, address, epoch, applied } => {
                 Owner::There { instance, address, epoch, applied }
             }
-            OwnerView::Moving { instance, address, epoch, applied, target } => {
-                Owner::Moving { instance, address, epoch, applied, target }
+            OwnerView::Moving { instance, address, epoch, applied, target, eta_ms } => {
+                Owner::Moving { instance, address, epoch, applied, target, eta_ms }
             }
             OwnerView::Unknown => Owner::Unknown,
         }

@@ -53,7 +53,15 @@ pub enum Owner {
     /// By another instance, at `address`.
     There { instance: String, address: String, epoch: u64, applied: i64 },
     /// Moving: the new owner (when known) is catching up.
-    Moving { instance: Option<String>, address: Option<String>, epoch: u64, applied: i64, target: Option<i64> },
+    Moving {
+        instance: Option<String>,
+        address: Option<String>,
+        epoch: u64,
+        applied: i64,
+        target: Option<i64>,
+        /// When the new owner will answer, at the rate it folds.
+        eta_ms: Option<u64>,
+    },
     /// Nobody has claimed it yet.
     Unknown,
 }
@@ -332,18 +340,19 @@ impl Routing {
                 owner: Some(address.clone()),
                 retry_after_ms: RETRY_MOVING_MS,
             },
-            (Owner::Moving { instance, address, applied, target, .. }, _) => Elsewhere {
+            (Owner::Moving { instance, address, applied, target, eta_ms, .. }, _) => Elsewhere {
                 redirect: false,
                 message: match (instance, target) {
                     (Some(i), Some(t)) => format!(
-                        "partition {partition} is moving to {i}, which has folded up to offset {applied} of {t}; \
-                         retry shortly"
+                        "partition {partition} is moving to {i}, which has folded up to offset {applied} of {t}{}; \
+                         retry shortly",
+                        eta_ms.map(|ms| format!(" (about {:.1} s left)", ms as f64 / 1_000.0)).unwrap_or_default()
                     ),
                     (Some(i), None) => format!("partition {partition} is moving to {i}; retry shortly"),
                     _ => format!("partition {partition} is moving between instances; retry shortly"),
                 },
                 owner: address.clone(),
-                retry_after_ms: RETRY_MOVING_MS,
+                retry_after_ms: eta_ms.map_or(RETRY_MOVING_MS, |ms| ms.clamp(100, 30_000)),
             },
             (Owner::Unknown, _) => Elsewhere {
                 redirect: false,
@@ -499,12 +508,13 @@ mod tests {
             epoch: 4,
             applied: 10,
             target: Some(20),
+            eta_ms: Some(1_500),
         };
         let e = elsewhere(routing(moving, Mode::Forward).route(1, &Hop::default(), None).await);
-        assert!(e.message.contains("10 of 20"), "{}", e.message);
+        assert!(e.message.contains("10 of 20 (about 1.5 s left)"), "{}", e.message);
         let status = e.into_status();
         assert_eq!(status.code(), tonic::Code::Unavailable);
-        assert_eq!(status.metadata().get(RETRY_AFTER_MS).unwrap(), "500");
+        assert_eq!(status.metadata().get(RETRY_AFTER_MS).unwrap(), "1500", "ask again when it should answer");
         let unknown = elsewhere(routing(Owner::Unknown, Mode::Forward).route(1, &Hop::default(), None).await);
         assert!(unknown.message.contains("no instance has claimed partition 1"));
     }
