@@ -388,8 +388,17 @@ async fn every_instance_answers_lookups_for_every_identifier() {
     })
     .await;
     for m in &members {
-        let on_a = get(&a, m).await.unwrap();
-        let on_b = get(&b, m).await.unwrap();
+        // The group may still move a partition (UNAVAILABLE: ask again).
+        let (on_a, on_b) = eventually(&format!("{m} through both"), Duration::from_secs(60), || async {
+            match (get(&a, m).await, get(&b, m).await) {
+                (Ok(x), Ok(y)) => Some((x, y)),
+                (Err(e), _) | (_, Err(e)) => {
+                    assert_eq!(e.code(), Code::Unavailable, "{m}: {e:?}");
+                    None
+                }
+            }
+        })
+        .await;
         assert_eq!(
             proto::Profile { as_of: None, ..on_a },
             proto::Profile { as_of: None, ..on_b },
