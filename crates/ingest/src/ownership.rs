@@ -35,7 +35,7 @@ use tracing::{debug, info, warn};
 
 use omnifold_proto::v1 as proto;
 
-use crate::consumer::{Shutdown, client_config, partition_count};
+use crate::consumer::{Shutdown, client_config, partition_count, record_of};
 use crate::sign::SIGNATURE_HEADER;
 use crate::status::{IngestStatus, Quiet, now_ms};
 use omnifold_store::{Store, StoreHandle};
@@ -141,11 +141,6 @@ impl Ownership {
     /// This instance's name.
     pub fn instance(&self) -> &str {
         &self.me.instance
-    }
-
-    /// This instance's advertised address.
-    pub fn address(&self) -> &str {
-        &self.me.address
     }
 
     /// Every partition's latest claim.
@@ -478,19 +473,17 @@ impl<'a> Owner<'a> {
                 continue;
             };
             reader.read.insert(m.partition(), m.offset() + 1);
-            let signature = m.headers().and_then(|h| {
-                rdkafka::message::Headers::iter(h).find(|h| h.key == SIGNATURE_HEADER).and_then(|h| h.value)
-            });
-            let value = m.payload().unwrap_or_default();
-            if !self.signer.verify(m.key(), None, value, signature) {
-                warn!(offset = m.offset(), "an ownership record without omnifold's signature was dropped");
+            let r = record_of(&m);
+            let value = r.value.unwrap_or_default();
+            if !self.signer.verify(r.key, None, value, r.signature) {
+                warn!(offset = r.offset, "an ownership record without omnifold's signature was dropped");
                 continue;
             }
             match Claim::decode(value) {
-                Some((p, claim)) if m.key() == Some(key_of(p).as_bytes()) => {
+                Some((p, claim)) if r.key == Some(key_of(p).as_bytes()) => {
                     self.own.apply(p, claim);
                 }
-                _ => warn!(offset = m.offset(), "an ownership record that is not a claim was dropped"),
+                _ => warn!(offset = r.offset, "an ownership record that is not a claim was dropped"),
             }
         }
     }
@@ -574,14 +567,15 @@ impl<'a> Owner<'a> {
                 continue;
             };
             let state = if h.serving() { OwnerState::Serving } else { OwnerState::CatchingUp };
-            let epoch = match self.mine.get(p) {
+            let before = self.mine.get(p);
+            let epoch = match before {
                 Some(c) if self.overtaken(*p, c.epoch) => continue,
                 Some(c) if !beat && c.state == state => continue,
                 Some(c) => c.epoch,
                 None => self.epoch_for(*p),
             };
             let now = now_ms();
-            let rate = self.mine.get(p).map_or(0, |before| fold_rate(before, h.applied, now));
+            let rate = before.map_or(0, |before| fold_rate(before, h.applied, now));
             let claim = Claim {
                 instance: self.own.me.instance.clone(),
                 address: self.own.me.address.clone(),

@@ -132,6 +132,50 @@ fn start_metrics(config: &Config) -> Result<()> {
     Ok(())
 }
 
+/// A thread beside ingest that runs until shutdown (the identity index,
+/// ownership), and how it ended.
+struct Background {
+    name: &'static str,
+    done: tokio::sync::oneshot::Receiver<omnifold_ingest::Result<()>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Background {
+    fn spawn(
+        name: &'static str,
+        run: impl FnOnce() -> omnifold_ingest::Result<()> + Send + 'static,
+    ) -> std::io::Result<Background> {
+        let (tx, done) = tokio::sync::oneshot::channel();
+        let thread = std::thread::Builder::new().name(name.into()).spawn(move || {
+            let _ = tx.send(run());
+        })?;
+        Ok(Background { name, done, thread })
+    }
+
+    /// Waits for its result, logs a failure, and hands back the thread to join.
+    async fn ended(self) -> std::thread::JoinHandle<()> {
+        if let Ok(Err(e)) = self.done.await {
+            warn!(thread = self.name, error = %e, "a background thread failed");
+        }
+        self.thread
+    }
+}
+
+/// The address this instance advertises to the others, with a warning when
+/// it is only a guess and others need it (in a group).
+fn advertise(config: &Config, bound: std::net::SocketAddr) -> String {
+    let host = std::env::var("HOSTNAME").ok();
+    let (advertised, guessed) = config.server.advertised(bound, host.as_deref());
+    if guessed && config.kafka.assignment == omnifold_ingest::Assignment::Group {
+        warn!(
+            address = %advertised,
+            "listening on every interface without server.advertise_address: other instances will forward \
+             requests to this guess; set the address they can reach"
+        );
+    }
+    advertised
+}
+
 /// How long `serve` waits, before answering, to learn who owns what.
 const OWNERSHIP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -164,15 +208,7 @@ pub async fn serve(config: Config) -> Result<()> {
     let listener =
         TcpListener::bind(&config.server.listen).await.with_context(|| format!("binding {}", config.server.listen))?;
     let addr = listener.local_addr()?;
-    let host = std::env::var("HOSTNAME").ok();
-    let (advertised, guessed) = config.server.advertised(addr, host.as_deref());
-    if guessed && config.kafka.assignment == omnifold_ingest::Assignment::Group {
-        warn!(
-            address = %advertised,
-            "listening on every interface without server.advertise_address: other instances will forward \
-             requests to this guess; set the address they can reach"
-        );
-    }
+    let advertised = advertise(&config, addr);
     let name = omnifold_ingest::instance_name(&config.kafka, &store).context("naming this instance")?;
     let fold = Arc::new(config.fold.clone());
     // Every commit bumps its partition's counter; requests waiting for a
@@ -201,20 +237,16 @@ pub async fn serve(config: Config) -> Result<()> {
     })?;
 
     // The identity index every instance keeps, read from its compacted topic.
-    let (index_tx, index_done) = tokio::sync::oneshot::channel();
     let (index_cfg, index_store, stop_index) = (config.kafka.clone(), stores.clone(), shutdown.clone());
-    let index_thread = std::thread::Builder::new().name("identity-index".into()).spawn(move || {
-        let _ = index_tx.send(omnifold_ingest::run_index(&index_cfg, &index_store, &stop_index));
-    })?;
+    let index =
+        Background::spawn("identity-index", move || omnifold_ingest::run_index(&index_cfg, &index_store, &stop_index))?;
 
     // Who owns each partition: this instance's claims out, everyone's in.
     let ownership = Ownership::new(&config.kafka, name, &advertised, status.clone());
-    let (own_tx, own_done) = tokio::sync::oneshot::channel();
     let (own_cfg, own, own_store, stop_own) =
         (config.kafka.clone(), ownership.clone(), stores.clone(), shutdown.clone());
-    let ownership_thread = std::thread::Builder::new().name("ownership".into()).spawn(move || {
-        let _ = own_tx.send(omnifold_ingest::run_ownership(&own_cfg, &own, &own_store, &stop_own));
-    })?;
+    let owners =
+        Background::spawn("ownership", move || omnifold_ingest::run_ownership(&own_cfg, &own, &own_store, &stop_own))?;
     info!(instance = ownership.instance(), address = %advertised, "advertising this instance");
     let mode = match config.server.routing {
         crate::config::Routing::Forward => RoutingMode::Forward,
@@ -255,18 +287,14 @@ pub async fn serve(config: Config) -> Result<()> {
     let _ = stop_tx.send(());
     // Its error is returned only once the threads are joined and the store closed.
     let served = server.await.context("gRPC server task").and_then(|r| r.context("gRPC server"));
-    if let Ok(Err(e)) = index_done.await {
-        warn!(error = %e, "identity index reader failed");
-    }
-    if let Ok(Err(e)) = own_done.await {
-        warn!(error = %e, "the ownership thread failed");
-    }
-    // Both threads have sent their result; wait until they have also let go
+    let background = [index.ended().await, owners.ended().await];
+    // The threads have sent their result; wait until they have also let go
     // of the store, so it is closed here and not by a thread racing exit.
     tokio::task::block_in_place(|| {
         let _ = ingest_thread.join();
-        let _ = index_thread.join();
-        let _ = ownership_thread.join();
+        for thread in background {
+            let _ = thread.join();
+        }
     });
     if let Err(e) = stores.get().flush() {
         warn!(error = %e, "flushing the store failed; the write-ahead log has every commit");

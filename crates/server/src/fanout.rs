@@ -13,7 +13,7 @@ use omnifold_proto::v1::profile_service_client::ProfileServiceClient;
 
 use crate::request::{AsOf, MemberAddress, ReadMask};
 use crate::routing::{Forward, Hop, Route};
-use crate::services::{batch_profiles, routing_key};
+use crate::services::batch_profiles;
 use crate::{AppState, Error, ReadCost};
 
 /// Where each member of a batch goes.
@@ -49,11 +49,9 @@ pub(crate) async fn batch(
             read_mask: request.read_mask.clone(),
             as_of: request.as_of,
         };
-        let state = state.clone();
         remote.spawn(async move {
-            let answer = state
-                .forward(to, sub, |c, req| async move { ProfileServiceClient::new(c).batch_get_profiles(req).await })
-                .await;
+            let answer =
+                to.send(sub, |c, req| async move { ProfileServiceClient::new(c).batch_get_profiles(req).await }).await;
             (indices, answer.map(|r| r.into_inner().results))
         });
     }
@@ -102,12 +100,7 @@ async fn plan(state: &AppState, hop: &Hop, addrs: &[MemberAddress]) -> Result<Pl
     let mut plan = Plan::default();
     let hop = hop.without_min_offset();
     for (i, addr) in addrs.iter().enumerate() {
-        let routed = match (&state.routing, routing_key(state, addr).and_then(|key| state.partition(&key))) {
-            (_, Err(e)) => Err(e),
-            (None, Ok(_)) => Ok(Route::Here(Default::default())),
-            (Some(r), Ok(partition)) => r.route(partition, &hop, None).await,
-        };
-        match routed {
+        match state.route(addr, &hop).await {
             Ok(Route::Here(served)) => plan.here.push((i, served.applied())),
             Ok(Route::There(to)) => plan.there.entry(to.address().to_owned()).or_insert((to, Vec::new())).1.push(i),
             Err(e @ (Error::Elsewhere(_) | Error::NotFound(_))) => plan.failed.push((i, Status::from(e))),

@@ -205,9 +205,7 @@ impl AppState {
             Books::Skip => self.store().member_without_books(partition, key)?,
         })
     }
-}
 
-impl AppState {
     /// Ok when this instance answers for `partition` now.
     pub(crate) fn answers_for(&self, partition: u32) -> Result<(), Error> {
         match &self.routing {

@@ -14,7 +14,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::metadata::{Ascii, MetadataMap, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
@@ -106,11 +106,14 @@ pub struct Routing {
     pub owners: Arc<dyn Owners>,
     pub mode: Mode,
     peers: Arc<Peers>,
+    /// This instance's name as a header value, made once.
+    served_by: Option<MetadataValue<Ascii>>,
 }
 
 impl Routing {
     pub fn new(owners: Arc<dyn Owners>, mode: Mode) -> Routing {
-        Routing { owners, mode, peers: Arc::default() }
+        let served_by = MetadataValue::try_from(owners.instance()).ok();
+        Routing { owners, mode, peers: Arc::default(), served_by }
     }
 }
 
@@ -207,20 +210,29 @@ impl Hop {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Served {
     /// Unset on an instance without routing (one instance, or a test).
-    at: Option<(u32, u64, i64, String)>,
+    at: Option<At>,
+}
+
+/// The partition a request was answered for, as its answer reports it.
+#[derive(Debug, Clone)]
+struct At {
+    partition: u32,
+    epoch: u64,
+    applied: i64,
+    served_by: Option<MetadataValue<Ascii>>,
 }
 
 impl Served {
     /// `msg` with the partition, applied offset, epoch and instance.
     pub(crate) fn respond<T>(&self, msg: T) -> Response<T> {
         let mut r = Response::new(msg);
-        if let Some((partition, epoch, applied, instance)) = &self.at {
+        if let Some(at) = &self.at {
             let meta = r.metadata_mut();
-            meta.insert(PARTITION, MetadataValue::from(*partition));
-            meta.insert(APPLIED_OFFSET, MetadataValue::from(*applied));
-            meta.insert(EPOCH, MetadataValue::from(*epoch));
-            if let Ok(v) = MetadataValue::try_from(instance.as_str()) {
-                meta.insert(SERVED_BY, v);
+            meta.insert(PARTITION, MetadataValue::from(at.partition));
+            meta.insert(APPLIED_OFFSET, MetadataValue::from(at.applied));
+            meta.insert(EPOCH, MetadataValue::from(at.epoch));
+            if let Some(v) = &at.served_by {
+                meta.insert(SERVED_BY, v.clone());
             }
         }
         r
@@ -228,7 +240,7 @@ impl Served {
 
     /// The applied offset, when known.
     pub(crate) fn applied(&self) -> i64 {
-        self.at.as_ref().map_or(0, |a| a.2)
+        self.at.as_ref().map_or(0, |a| a.applied)
     }
 }
 
@@ -251,15 +263,10 @@ pub(crate) enum Route {
 
 /// A request to send to the owner.
 pub(crate) struct Forward {
+    routing: Routing,
     partition: u32,
     address: String,
     hop: Hop,
-}
-
-impl Forward {
-    pub(crate) fn address(&self) -> &str {
-        &self.address
-    }
 }
 
 impl Routing {
@@ -279,8 +286,8 @@ impl Routing {
             let owner = self.owners.owner(partition);
             match owner {
                 Owner::Here { epoch, applied } if hop.min_offset.is_none_or(|m| applied >= m) => {
-                    let at = Some((partition, epoch, applied, self.owners.instance().to_owned()));
-                    return Ok(Route::Here(Served { at }));
+                    let at = At { partition, epoch, applied, served_by: self.served_by.clone() };
+                    return Ok(Route::Here(Served { at: Some(at) }));
                 }
                 Owner::Here { applied, .. } => {
                     if changed.is_none()
@@ -300,7 +307,8 @@ impl Routing {
                     }
                 }
                 Owner::There { address, .. } if hop.forwarded_by.is_none() && self.mode == Mode::Forward => {
-                    return Ok(Route::There(Forward { partition, address, hop: hop.clone() }));
+                    let routing = self.clone();
+                    return Ok(Route::There(Forward { routing, partition, address, hop: hop.clone() }));
                 }
                 other => {
                     let why = hop.forwarded_by.as_deref().map_or(Why::Asked, Why::Forwarded);
@@ -363,22 +371,25 @@ impl Routing {
         };
         Error::Elsewhere(Box::new(e))
     }
+}
+
+impl Forward {
+    /// The owner's address.
+    pub(crate) fn address(&self) -> &str {
+        &self.address
+    }
 
     /// Sends `msg` to the owner with `call` and returns its answer with the
     /// owner's routing metadata.
-    pub(crate) async fn forward<Req, Resp, F, Fut>(
-        &self,
-        to: Forward,
-        msg: Req,
-        call: F,
-    ) -> Result<Response<Resp>, Status>
+    pub(crate) async fn send<Req, Resp, F, Fut>(self, msg: Req, call: F) -> Result<Response<Resp>, Status>
     where
         F: FnOnce(Channel, Request<Req>) -> Fut,
         Fut: Future<Output = Result<Response<Resp>, Status>>,
     {
-        let channel = self.peers.channel(&to.address)?;
+        let to = self;
+        let channel = to.routing.peers.channel(&to.address)?;
         let mut req = Request::new(msg);
-        to.hop.stamp(&mut req, self.owners.instance());
+        to.hop.stamp(&mut req, to.routing.owners.instance());
         metrics::counter!("omnifold_requests_forwarded_total").increment(1);
         match call(channel, req).await {
             Ok(resp) => {

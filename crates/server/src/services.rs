@@ -92,48 +92,36 @@ fn resolve_with(state: &AppState, addr: &MemberAddress, books: Books) -> Result<
     Err(Error::Unavailable(format!("`{}` routes through more than {MAX_HOPS} profiles", path[0])))
 }
 
-/// The key whose partition answers for `addr`: where the identity index
-/// leads from the address (through merged members), else its own key.
-pub(crate) fn routing_key(state: &AppState, addr: &MemberAddress) -> Result<String, Error> {
-    let mut key = match addr {
-        MemberAddress::Key(k) => k.clone(),
-        MemberAddress::Identifier(i) => i.key(),
-    };
-    for _ in 0..MAX_HOPS {
-        match state.store().index(&key)? {
-            Some(next) => key = next,
-            None => return Ok(key),
+/// The keys the identity index leads through from `start` (linked
+/// identifiers, anonymous ids, merged members): `start` first, the member
+/// it reaches last.
+fn index_path(state: &AppState, start: String) -> Result<Vec<String>, Error> {
+    let mut path = vec![start];
+    while let Some(last) = path.last()
+        && let Some(next) = state.store().index(last)?
+    {
+        if path.len() > MAX_HOPS {
+            return Err(Error::Unavailable(format!("`{}` routes through more than {MAX_HOPS} keys", path[0])));
         }
+        path.push(next);
     }
-    Err(Error::Unavailable(format!("`{key}` routes through more than {MAX_HOPS} keys")))
+    Ok(path)
 }
 
 impl AppState {
     /// Where a request for `addr` goes: here, or forwarded to its owner.
-    async fn route(&self, addr: &MemberAddress, hop: &Hop) -> Result<Route, Error> {
+    /// The partition is the one of the key the identity index leads to from
+    /// the address (its own key when it leads nowhere).
+    pub(crate) async fn route(&self, addr: &MemberAddress, hop: &Hop) -> Result<Route, Error> {
         let Some(routing) = &self.routing else {
             return Ok(Route::Here(Served::default()));
         };
-        let partition = self.partition(&routing_key(self, addr)?)?;
-        routing.route(partition, hop, self.commands.as_ref().map(|c| &c.commits)).await
-    }
-
-    /// Sends a request to its owner with `call` (only a routed instance
-    /// forwards).
-    pub(crate) async fn forward<Req, Resp, F, Fut>(
-        &self,
-        to: crate::routing::Forward,
-        msg: Req,
-        call: F,
-    ) -> Result<Response<Resp>, Status>
-    where
-        F: FnOnce(tonic::transport::Channel, Request<Req>) -> Fut,
-        Fut: std::future::Future<Output = Result<Response<Resp>, Status>>,
-    {
-        match &self.routing {
-            Some(r) => r.forward(to, msg, call).await,
-            None => Err(Error::Internal("a request was routed on an instance without routing".into()).into()),
-        }
+        let start = match addr {
+            MemberAddress::Key(k) => k.clone(),
+            MemberAddress::Identifier(i) => i.key(),
+        };
+        let key = index_path(self, start)?.pop().unwrap_or_default();
+        routing.route(self.partition(&key)?, hop, self.commands.as_ref().map(|c| &c.commits)).await
     }
 }
 
@@ -144,7 +132,7 @@ macro_rules! route_or_forward {
         match $state.route($addr, $hop).await? {
             Route::Here(served) => served,
             Route::There(to) => {
-                return $state.forward(to, $msg, |c, req| async move { $client::new(c).$method(req).await }).await;
+                return to.send($msg, |c, req| async move { $client::new(c).$method(req).await }).await;
             }
         }
     };
@@ -156,15 +144,7 @@ fn lookup_index(state: &AppState, addr: &MemberAddress) -> Result<Option<proto::
     let MemberAddress::Identifier(i) = addr else {
         return Ok(None);
     };
-    let mut path = vec![i.key()];
-    let mut at = i.key();
-    while let Some(next) = state.store().index(&at)? {
-        if path.len() > MAX_HOPS {
-            return Err(Error::Unavailable(format!("`{}` routes through more than {MAX_HOPS} keys", path[0])));
-        }
-        path.push(next.clone());
-        at = next;
-    }
+    let path = index_path(state, i.key())?;
     if path.len() == 1 {
         return Ok(None);
     }
