@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs what omnifold needs beyond the Rust toolchain, idempotently:
 # libclang (bindgen for RocksDB), a C/C++ toolchain (RocksDB, librdkafka),
-# and the tansu Kafka-compatible broker used by `make run` and the tests.
+# the tansu Kafka-compatible broker used by `make run` and the tests, and
+# moto's S3-compatible server, which the snapshot store's tests run.
 set -euo pipefail
 
 TANSU_VERSION=0.6.0
+MOTO_VERSION=5.2.1
 
 missing=()
 for pkg in libclang-dev build-essential; do
@@ -21,4 +23,9 @@ fi
 if ! tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
   echo "installing tansu $TANSU_VERSION (a few minutes, once)"
   cargo install --locked "tansu@$TANSU_VERSION" --features dynostore,libsql
+fi
+
+if ! python3 -c "import moto, flask; assert moto.__version__ == '$MOTO_VERSION'" 2>/dev/null; then
+  echo "installing moto[server] $MOTO_VERSION (an S3-compatible server for the snapshot tests)"
+  python3 -m pip install --quiet "moto[server]==$MOTO_VERSION"
 fi

@@ -1,0 +1,76 @@
+//! `[snapshots]`: where snapshots go, how often they are taken, how many
+//! are kept.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotConfig {
+    /// Where snapshots go: a directory (`/var/lib/omnifold-snapshots`,
+    /// `file:///mnt/shared/omnifold`) or S3-compatible object storage
+    /// (`s3://bucket/prefix`). Empty: no snapshots; a new owner replays
+    /// its partitions from the topic.
+    pub url: String,
+    /// Options of the object store, by `object_store`'s names, for example
+    /// `aws_endpoint = "http://minio:9000"`, `aws_allow_http = "true"`,
+    /// `aws_region`. Credentials come from the usual `AWS_*` environment
+    /// variables (or these options).
+    pub options: BTreeMap<String, String>,
+    /// Take a snapshot of a partition once this many records were folded
+    /// since the last one; 0: not by records.
+    pub every_records: u64,
+    /// Take a snapshot of a partition that changed at least this often; 0:
+    /// not by time.
+    pub every_ms: u64,
+    /// Snapshots kept per partition (the newest ones), at least 1. The
+    /// oldest snapshot the topic's log still reaches back to is kept too.
+    pub retain: usize,
+    /// A chunk no kept snapshot names is deleted once it is this old (a
+    /// chunk uploaded for a snapshot whose manifest is not written yet is
+    /// younger).
+    pub chunk_grace_ms: u64,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        SnapshotConfig {
+            url: String::new(),
+            options: BTreeMap::new(),
+            every_records: 1_000_000,
+            every_ms: 600_000,
+            retain: 3,
+            chunk_grace_ms: 3_600_000,
+        }
+    }
+}
+
+impl SnapshotConfig {
+    /// Whether snapshots are on.
+    pub fn enabled(&self) -> bool {
+        !self.url.is_empty()
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        if self.retain == 0 || self.retain > 1_000 {
+            return Err(Error::Config(format!("retain must be 1 to 1000, got {}", self.retain)));
+        }
+        if self.every_ms != 0 && self.every_ms < 1_000 {
+            return Err(Error::Config(format!("every_ms must be 0 (off) or at least 1000, got {}", self.every_ms)));
+        }
+        let scheme = self.url.split_once("://").map(|(s, _)| s);
+        match scheme {
+            None | Some("file") | Some("s3") => Ok(()),
+            Some(other) => Err(Error::Config(format!(
+                "url `{}`: scheme {other}:// is not supported; use a directory, file:// or s3://bucket/prefix",
+                self.url
+            ))),
+        }
+    }
+}
