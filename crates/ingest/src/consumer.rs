@@ -23,6 +23,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{debug, error, info, warn};
 
+use omnifold_snapshots::{Restored, Snapshots};
 use omnifold_store::{StoreConfig, StoreHandle, StoreSwitch};
 
 use crate::admin::COMMAND_HEADER;
@@ -82,6 +83,9 @@ pub struct RunOptions {
     pub status: IngestStatus,
     /// The store's configuration, to open it again after a failed write.
     pub store_config: Option<StoreConfig>,
+    /// Where a partition's latest snapshot is restored from when it is
+    /// assigned and the store's copy is older (docs/scale-out.md).
+    pub snapshots: Option<Arc<Snapshots>>,
 }
 
 struct IngestContext {
@@ -95,6 +99,9 @@ struct IngestContext {
     rewind: i64,
     status: IngestStatus,
     fatal: Mutex<Option<String>>,
+    snapshots: Option<Arc<Snapshots>>,
+    /// Its member cache is emptied when a restore replaced a partition.
+    processor: Processor,
 }
 
 /// A partition that stopped folding, and when to try it again.
@@ -182,9 +189,22 @@ impl ConsumerContext for IngestContext {
 }
 
 impl IngestContext {
-    /// Where partition `p` resumes: the store's offset, read early.
+    /// Where partition `p` resumes: the store's offset, read early, after
+    /// restoring the latest snapshot if it is further than the store.
     fn resume_from_store(&self, p: u32) -> Option<Resume> {
-        match self.stores.get().next_offset(&self.topic, p) {
+        let store = self.stores.get();
+        if let Some(snapshots) = &self.snapshots {
+            match snapshots.restore(&store, &self.topic, p) {
+                Ok(Restored::Snapshot { .. }) => self.processor.clear_cache(),
+                Ok(Restored::Local { .. }) => {}
+                Err(e) => warn!(
+                    partition = p,
+                    error = %e,
+                    "the snapshot store cannot be read; the partition is read from the topic from the store's offset"
+                ),
+            }
+        }
+        match store.next_offset(&self.topic, p) {
             Ok(next) => Some(Resume::at(next.unwrap_or(0), self.rewind)),
             Err(e) => {
                 *lock(&self.fatal) = Some(format!("reading the stored offset of partition {p}: {e}"));
@@ -308,6 +328,8 @@ fn run_inner(cfg: &IngestConfig, processor: Processor, shutdown: Shutdown, opts:
         rewind: cfg.resume_rewind_records,
         status: status.clone(),
         fatal: Mutex::new(None),
+        snapshots: opts.snapshots.clone(),
+        processor: processor.clone(),
     };
     let consumer: BaseConsumer<IngestContext> = group_config(cfg)
         // The store holds the offsets; the group's committed offsets only

@@ -22,6 +22,7 @@ mod processor;
 mod replay;
 mod resume;
 mod sign;
+mod snapshotting;
 mod status;
 
 pub use admin::{CommandProducer, EventProducer, TopicOutcome, create_topics};
@@ -36,7 +37,8 @@ pub use ownership::{Claim, OwnerState, OwnerView, Ownership, instance_name, run_
 pub use processor::{OnCommit, OutRecord, Processed, Processor, ROUTE_HEADER, Record};
 pub use replay::{ReplayEnd, ReplayProgress, replay};
 pub use sign::{SIGNATURE_HEADER, Signer};
-pub use status::{IngestStatus, PartitionHealth, Snapshot, Stall, Waiting};
+pub use snapshotting::{SnapshotOutcome, SnapshotQueue, SnapshotRequests, run_snapshots, snapshot_requests};
+pub use status::{IngestStatus, PartitionHealth, Snapshot, SnapshotMark, Stall, Waiting};
 
 /// The crate's one error type.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +47,8 @@ pub enum Error {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error(transparent)]
     Store(#[from] omnifold_store::Error),
+    #[error(transparent)]
+    Snapshots(#[from] omnifold_snapshots::Error),
     #[error("invalid ingest config: {0}")]
     Config(String),
     #[error("topic {0} does not exist or has no partitions")]

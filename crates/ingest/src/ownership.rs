@@ -33,6 +33,8 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
+use crate::status::SnapshotMark;
+
 use omnifold_proto::v1 as proto;
 
 use crate::consumer::{Shutdown, client_config, partition_count, record_of};
@@ -80,6 +82,8 @@ pub struct Claim {
     pub end: Option<i64>,
     /// Offsets folded per second since the owner's claim before.
     pub rate: u64,
+    /// The latest snapshot of the partition the owner knows of.
+    pub snapshot: Option<SnapshotMark>,
 }
 
 /// Where a request for a partition goes, from this instance.
@@ -262,6 +266,8 @@ impl Claim {
             at_ms: self.at_ms,
             end: self.end.unwrap_or(-1),
             rate: self.rate,
+            snapshot_offset: self.snapshot.map_or(-1, |m| m.next_offset),
+            snapshot_at_ms: self.snapshot.map_or(0, |m| m.taken_at_ms),
         }
         .encode_to_vec()
     }
@@ -285,6 +291,8 @@ impl Claim {
             at_ms: r.at_ms,
             end: (r.end >= 0).then_some(r.end),
             rate: r.rate,
+            snapshot: (r.snapshot_offset >= 0)
+                .then_some(SnapshotMark { next_offset: r.snapshot_offset, taken_at_ms: r.snapshot_at_ms }),
         };
         Some((r.partition, claim))
     }
@@ -586,6 +594,7 @@ impl<'a> Owner<'a> {
                 at_ms: now,
                 end: h.end,
                 rate,
+                snapshot: h.snapshot,
             };
             if !self.mine.contains_key(p) {
                 info!(partition = p, epoch, state = state.as_str(), "claiming the partition");
@@ -667,6 +676,7 @@ mod tests {
             at_ms: 0,
             end: Some(12),
             rate: 0,
+            snapshot: None,
         }
     }
 

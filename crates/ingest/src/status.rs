@@ -69,6 +69,16 @@ pub struct PartitionHealth {
     /// after a restart, answered from the store until the group assigns
     /// the partition or another instance claims it.
     pub resting: bool,
+    /// The latest snapshot of the partition this instance knows of: taken
+    /// or restored here, or found in the snapshot store.
+    pub snapshot: Option<SnapshotMark>,
+}
+
+/// A snapshot's place in the partition and when it was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotMark {
+    pub next_offset: i64,
+    pub taken_at_ms: i64,
 }
 
 impl PartitionHealth {
@@ -213,6 +223,17 @@ impl IngestStatus {
     /// One partition's health, if this instance folds it.
     pub fn partition(&self, partition: u32) -> Option<PartitionHealth> {
         self.with(|s| s.partitions.get(&partition).cloned())
+    }
+
+    /// Notes the latest snapshot of a partition this instance folds.
+    pub(crate) fn snapshot_known(&self, partition: u32, mark: SnapshotMark) {
+        self.with(|s| {
+            if let Some(h) = s.partitions.get_mut(&partition)
+                && h.snapshot.is_none_or(|m| m.next_offset <= mark.next_offset)
+            {
+                h.snapshot = Some(mark);
+            }
+        });
     }
 
     pub(crate) fn revoked(&self, partitions: impl IntoIterator<Item = u32>) {

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use omnifold_core::FoldConfig;
 use omnifold_ingest::IngestConfig;
+use omnifold_snapshots::SnapshotConfig;
 use omnifold_store::StoreConfig;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -90,6 +91,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub fold: FoldConfig,
     pub server: ServerConfig,
+    pub snapshots: SnapshotConfig,
 }
 
 const ENV_PREFIX: &str = "OMNIFOLD_";
@@ -125,6 +127,7 @@ impl Config {
         self.fold = self.fold.validate().context("[fold]")?;
         self.store.validate().context("[store]")?;
         self.kafka.validate().context("[kafka]")?;
+        self.snapshots.validate().context("[snapshots]")?;
         self.server.listen.parse::<std::net::SocketAddr>().with_context(|| {
             format!("[server] listen `{}` is not an address like 127.0.0.1:50051", self.server.listen)
         })?;
@@ -225,6 +228,30 @@ mod tests {
         assert!(format!("{e:#}").contains("must be a URL"), "{e:#}");
         let e = Config::load(None, &env(&[("OMNIFOLD_SERVER__ROUTING", "sideways")])).unwrap_err();
         assert!(format!("{e:#}").contains("sideways"), "{e:#}");
+    }
+
+    #[test]
+    fn snapshot_settings_come_from_the_environment_and_are_checked() {
+        let c = Config::load(
+            None,
+            &env(&[
+                ("OMNIFOLD_SNAPSHOTS__URL", "s3://bucket/omnifold"),
+                ("OMNIFOLD_SNAPSHOTS__EVERY_RECORDS", "5000"),
+                ("OMNIFOLD_SNAPSHOTS__OPTIONS__AWS_ALLOW_HTTP", "true"),
+                ("OMNIFOLD_SNAPSHOTS__OPTIONS__AWS_ENDPOINT", "http://minio:9000"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.snapshots.url, "s3://bucket/omnifold");
+        assert_eq!(c.snapshots.every_records, 5_000);
+        assert_eq!(c.snapshots.options["aws_allow_http"], "true", "a boolean from the environment is its text");
+        assert_eq!(c.snapshots.options["aws_endpoint"], "http://minio:9000");
+        let err = Config::load(None, &env(&[("OMNIFOLD_SNAPSHOTS__URL", "/x"), ("OMNIFOLD_SNAPSHOTS__RETAIN", "0")]))
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("[snapshots]: invalid snapshot config: retain must be 1 to 1000"),
+            "{err:#}"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod data;
 mod demo;
 mod produce;
 mod serve;
+mod snapshot;
 mod tools;
 
 use std::collections::BTreeMap;
@@ -108,6 +109,11 @@ enum Command {
         #[command(subcommand)]
         command: tools::ReportCommand,
     },
+    /// Partition snapshots: `snapshot take` (over gRPC), `snapshot list` (from the snapshot store).
+    Snapshot {
+        #[command(subcommand)]
+        command: snapshot::SnapshotCommand,
+    },
     /// Print a new random secret for `kafka.internal_secret`.
     Secret,
     /// Manage the topics omnifold uses.
@@ -176,6 +182,7 @@ fn run() -> Result<()> {
         Command::Report { server, command } => runtime.block_on(tools::report(server, command)),
         Command::Status { server, json } => runtime.block_on(tools::status(server, json)),
         Command::Topics { command } => runtime.block_on(tools::topics(&config, command)),
+        Command::Snapshot { command } => snapshot::run(&config, &runtime, command),
         Command::Secret => {
             let bytes: [u8; 32] = rand::random();
             println!("{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>());

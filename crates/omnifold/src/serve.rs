@@ -8,11 +8,14 @@ use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use omnifold_ingest::{CommandProducer, IngestStatus, OwnerView, Ownership, Processor, RunOptions, Shutdown};
+use omnifold_ingest::{
+    CommandProducer, IngestStatus, OwnerView, Ownership, Processor, RunOptions, Shutdown, SnapshotRequests,
+};
 use omnifold_server::{
     AppState, CommandLog, Commands, Commits, IngestHealth, IngestReport, Owner, OwnerClaim, Owners, PartitionReport,
-    Routing, RoutingMode, Switcher,
+    Routing, RoutingMode, SnapshotResult, SnapshotTaker, Switcher, TakenSnapshot,
 };
+use omnifold_snapshots::Snapshots;
 use omnifold_store::{Store, StoreHandle};
 
 use crate::config::Config;
@@ -114,11 +117,52 @@ impl Owners for Owned {
                     state: c.state.as_str().to_owned(),
                     at_ms: c.at_ms,
                     end: c.end,
+                    snapshot: c.snapshot.map(|m| (m.next_offset, m.taken_at_ms)),
                 };
                 (p, claim)
             })
             .collect()
     }
+}
+
+/// `TakeSnapshot` goes to the ingest crate's snapshot thread.
+#[derive(Debug)]
+struct Snapshotter(SnapshotRequests);
+
+#[tonic::async_trait]
+impl SnapshotTaker for Snapshotter {
+    async fn take(&self, partitions: Vec<u32>) -> Result<Vec<SnapshotResult>, String> {
+        let outcomes = self.0.take(partitions).await?;
+        Ok(outcomes
+            .into_iter()
+            .map(|o| SnapshotResult {
+                partition: o.partition,
+                outcome: o.result.map(|taken| {
+                    taken.map(|t| TakenSnapshot {
+                        next_offset: t.manifest.next_offset(),
+                        taken_at_ms: t.manifest.taken_at_ms,
+                        chunks: t.manifest.snapshot.chunks.len() as u32,
+                        bytes: t.manifest.snapshot.bytes(),
+                        uploaded_chunks: t.uploaded as u32,
+                        uploaded_bytes: t.uploaded_bytes,
+                    })
+                }),
+            })
+            .collect())
+    }
+}
+
+/// The snapshot store, when `[snapshots]` names one. Chunk files pass
+/// through a directory beside the store's (`<store.path>.snapshots`).
+fn open_snapshots(config: &Config, instance: &str) -> Result<Option<Arc<Snapshots>>> {
+    if !config.snapshots.enabled() {
+        return Ok(None);
+    }
+    let local = config.store.path.with_extension("snapshots");
+    let snapshots = Snapshots::open(&config.snapshots, local, instance, tokio::runtime::Handle::current())
+        .with_context(|| format!("opening the snapshot store {}", config.snapshots.url))?;
+    info!(url = %config.snapshots.url, "partition snapshots on");
+    Ok(Some(Arc::new(snapshots)))
 }
 
 fn start_metrics(config: &Config) -> Result<()> {
@@ -227,11 +271,16 @@ pub async fn serve(config: Config) -> Result<()> {
     let commands = Commands { log: Arc::new(Log(producer)), commits, timeout };
     let shutdown = Shutdown::default();
 
+    let snapshots = open_snapshots(&config, &name)?;
     let (switch_tx, switch_rx) = std::sync::mpsc::sync_channel(1);
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
     let (kafka, stop_ingest) = (config.kafka.clone(), shutdown.clone());
-    let opts =
-        RunOptions { switches: Some(switch_rx), status: status.clone(), store_config: Some(config.store.clone()) };
+    let opts = RunOptions {
+        switches: Some(switch_rx),
+        status: status.clone(),
+        store_config: Some(config.store.clone()),
+        snapshots: snapshots.clone(),
+    };
     let ingest_thread = std::thread::Builder::new().name("ingest".into()).spawn(move || {
         let _ = done_tx.send(omnifold_ingest::run(&kafka, processor, stop_ingest, opts));
     })?;
@@ -248,6 +297,17 @@ pub async fn serve(config: Config) -> Result<()> {
     let owners =
         Background::spawn("ownership", move || omnifold_ingest::run_ownership(&own_cfg, &own, &own_store, &stop_own))?;
     info!(instance = ownership.instance(), address = %advertised, "advertising this instance");
+    // Snapshots of the partitions this instance folds, on schedule and on demand.
+    let (snapshot_requests, snapshot_queue) = omnifold_ingest::snapshot_requests();
+    let snapshotter = match snapshots.clone() {
+        Some(snaps) => {
+            let (cfg, stores, status, stop) = (config.kafka.clone(), stores.clone(), status.clone(), shutdown.clone());
+            Some(Background::spawn("snapshots", move || {
+                omnifold_ingest::run_snapshots(&cfg, &snaps, &stores, &status, snapshot_queue, &stop)
+            })?)
+        }
+        None => None,
+    };
     let mode = match config.server.routing {
         crate::config::Routing::Forward => RoutingMode::Forward,
         crate::config::Routing::Redirect => RoutingMode::Redirect,
@@ -259,18 +319,18 @@ pub async fn serve(config: Config) -> Result<()> {
     println!("omnifold serving gRPC on {addr}");
     wait_for_ownership(&ownership).await;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(omnifold_server::run(
-        listener,
-        AppState::new(stores.clone(), &config.kafka.topic, fold)
-            .with_read_threads(config.server.read_threads())
-            .with_commands(commands)
-            .with_ingest(Arc::new(Health(status)))
-            .with_routing(routing)
-            .with_switcher(Switcher { requests: switch_tx, store_config: config.store.clone() }),
-        async {
-            let _ = stop_rx.await;
-        },
-    ));
+    let mut app = AppState::new(stores.clone(), &config.kafka.topic, fold)
+        .with_read_threads(config.server.read_threads())
+        .with_commands(commands)
+        .with_ingest(Arc::new(Health(status)))
+        .with_routing(routing)
+        .with_switcher(Switcher { requests: switch_tx, store_config: config.store.clone() });
+    if snapshotter.is_some() {
+        app = app.with_snapshots(Arc::new(Snapshotter(snapshot_requests)));
+    }
+    let server = tokio::spawn(omnifold_server::run(listener, app, async {
+        let _ = stop_rx.await;
+    }));
 
     let ingest = tokio::select! {
         _ = stop => {
@@ -287,7 +347,10 @@ pub async fn serve(config: Config) -> Result<()> {
     let _ = stop_tx.send(());
     // Its error is returned only once the threads are joined and the store closed.
     let served = server.await.context("gRPC server task").and_then(|r| r.context("gRPC server"));
-    let background = [index.ended().await, owners.ended().await];
+    let mut background = vec![index.ended().await, owners.ended().await];
+    if let Some(s) = snapshotter {
+        background.push(s.ended().await);
+    }
     // The threads have sent their result; wait until they have also let go
     // of the store, so it is closed here and not by a thread racing exit.
     tokio::task::block_in_place(|| {

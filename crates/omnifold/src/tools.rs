@@ -247,13 +247,13 @@ pub async fn status(server: String, json: bool) -> Result<()> {
     }
     println!("broker {}, ingest {}", r.broker, if r.ingest_running { "running" } else { "stopped" });
     println!(
-        "{:>9} {:<24} {:<32} {:>5} {:<11} {:>12} {:>8} {:>12} {:<5} health",
-        "partition", "owner", "address", "epoch", "state", "applied", "lag", "local next", "here"
+        "{:>9} {:<24} {:<32} {:>5} {:<11} {:>12} {:>8} {:>12} {:<5} {:<22} health",
+        "partition", "owner", "address", "epoch", "state", "applied", "lag", "local next", "here", "snapshot"
     );
     for p in &r.partitions {
         let health = if p.error.is_empty() { p.state.clone() } else { format!("{}: {}", p.state, p.error) };
         println!(
-            "{:>9} {:<24} {:<32} {:>5} {:<11} {:>12} {:>8} {:>12} {:<5} {}",
+            "{:>9} {:<24} {:<32} {:>5} {:<11} {:>12} {:>8} {:>12} {:<5} {:<22} {}",
             p.partition,
             p.owner_instance,
             p.owner_address,
@@ -263,10 +263,30 @@ pub async fn status(server: String, json: bool) -> Result<()> {
             if p.lag < 0 { "?".to_owned() } else { p.lag.to_string() },
             p.next_offset,
             if p.local { "yes" } else { "no" },
+            snapshot_cell(p),
             health
         );
     }
     Ok(())
+}
+
+/// Unix milliseconds as an RFC 3339 time.
+pub fn rfc3339_of(ms: i64) -> String {
+    let t = omnifold_proto::wkt::Timestamp {
+        seconds: ms.div_euclid(1_000),
+        nanos: (ms.rem_euclid(1_000) * 1_000_000) as i32,
+    };
+    serde_json::to_value(t).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_else(|| ms.to_string())
+}
+
+/// A partition's latest snapshot as the status table shows it: its offset
+/// and how long ago it was taken.
+fn snapshot_cell(p: &proto::PartitionStatus) -> String {
+    let Some(taken) = p.snapshot_taken.as_ref().filter(|_| p.snapshot_offset >= 0) else {
+        return "-".into();
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    format!("{} ({}s ago)", p.snapshot_offset, (now - taken.seconds).max(0))
 }
 
 /// An RFC 3339 time given on the command line.

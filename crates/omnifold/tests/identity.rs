@@ -284,15 +284,6 @@ async fn merge_chains_conflicts_provisional_profiles_and_misrouted_events() {
 }
 
 /// A plain HTTP GET on loopback (the Prometheus endpoint).
-async fn http_get(port: u16, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).await.unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_crash_between_forwarding_and_committing_applies_the_event_once() {
     use proto::Channel::{MobileApp, OnlineWeb};

@@ -360,3 +360,89 @@ async fn a_killed_instance_s_partitions_move_and_nothing_is_lost_stale_or_spent_
         assert_eq!(owned.get(p), Some(line), "partition {p} in its owner's store");
     }
 }
+
+/// Snapshots on demand, then more of the stream, then a new instance with
+/// an empty store in place of the first: it restores each partition's
+/// latest snapshot and folds only what came after it.
+async fn a_new_instance_starts_from_the_snapshots(name: &str, snapshots: &[(String, String)]) {
+    let broker = Broker::start();
+    let mut setup = Setup::new(&broker, name, 2);
+    setup.extra_env.extend(snapshots.iter().cloned());
+    // On demand only, so the test knows which snapshot is the latest.
+    setup.extra_env.insert("OMNIFOLD_SNAPSHOTS__EVERY_RECORDS".into(), "0".into());
+    setup.extra_env.insert("OMNIFOLD_SNAPSHOTS__EVERY_MS".into(), "0".into());
+    setup.create_topics();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Service::start(&setup, dir_a.path());
+    owners(&a, 2, 1).await;
+    setup.produce(&stream("first"));
+    read_all(&a, 3).await;
+
+    let out = setup.run(&["snapshot", "take", "--server", &a.grpc]);
+    let taken: BTreeMap<u32, i64> = out
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("partition ")?;
+            let (p, rest) = rest.split_once(": snapshot at offset ")?;
+            Some((p.parse().ok()?, rest.split(':').next()?.parse().ok()?))
+        })
+        .collect();
+    assert_eq!(taken.len(), 2, "a snapshot of each partition:\n{out}");
+    assert!(taken.values().all(|n| *n > 0), "{out}");
+    // The owner's claims carry them into every instance's status.
+    eventually("the snapshots in the status", Duration::from_secs(30), || async {
+        let status = a.status().await;
+        let shown = status
+            .partitions
+            .iter()
+            .all(|p| taken.get(&p.partition) == Some(&p.snapshot_offset) && p.snapshot_taken.is_some());
+        shown.then_some(())
+    })
+    .await;
+    // `snapshot list` reads them from the snapshot store.
+    let listed = setup.run(&["snapshot", "list"]);
+    for (p, n) in &taken {
+        let line = listed.lines().find(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            words.first() == Some(&p.to_string().as_str()) && words.get(1) == Some(&n.to_string().as_str())
+        });
+        assert!(line.is_some_and(|l| l.ends_with("yes")), "partition {p} at {n}, the latest:\n{listed}");
+    }
+
+    setup.produce(&stream("second"));
+    let before = read_all(&a, 6).await;
+    assert!(a.stop().success());
+
+    // B starts with nothing, and counts what it folds.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let metrics = format!("127.0.0.1:{port}");
+    let b = Service::start_with(&setup, dir_b.path(), &[("OMNIFOLD_SERVER__METRICS_LISTEN", metrics.as_str())]);
+    owners(&b, 2, 1).await;
+    assert_eq!(read_all(&b, 6).await, before, "B answers as A did");
+    let page = http_get(port, "/metrics").await;
+    assert_eq!(metric(&page, "omnifold_snapshot_restores_total"), 2, "{page}");
+    assert_eq!(
+        metric(&page, "omnifold_events_applied_total"),
+        stream("second").len() as u64,
+        "B folded only the events after the snapshots, not the history before them"
+    );
+    assert!(b.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_instance_starts_from_snapshots_in_a_directory() {
+    let store = tempfile::tempdir().unwrap();
+    let url = store.path().display().to_string();
+    a_new_instance_starts_from_the_snapshots("snapdir", &[("OMNIFOLD_SNAPSHOTS__URL".into(), url)]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_instance_starts_from_snapshots_in_s3() {
+    let moto = omnifold_snapshots::testing::Moto::start();
+    let mut env =
+        vec![("OMNIFOLD_SNAPSHOTS__URL".to_owned(), format!("s3://{}/omnifold", omnifold_snapshots::testing::BUCKET))];
+    for (k, v) in moto.options() {
+        env.push((format!("OMNIFOLD_SNAPSHOTS__OPTIONS__{}", k.to_ascii_uppercase()), v));
+    }
+    a_new_instance_starts_from_the_snapshots("snaps3", &env).await;
+}

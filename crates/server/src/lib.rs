@@ -93,8 +93,37 @@ pub struct AppState {
     /// Who owns each partition, and how requests reach the owner (absent:
     /// this instance answers from its store for every partition).
     pub routing: Option<Routing>,
+    /// Where `TakeSnapshot` goes (absent: snapshots are off).
+    pub snapshots: Option<Arc<dyn SnapshotTaker>>,
     /// Store reads in flight on the blocking pool at most (`read`).
     reads: Arc<tokio::sync::Semaphore>,
+}
+
+/// Takes snapshots of the partitions this instance folds (the binary
+/// implements it with the ingest crate's snapshot thread).
+#[tonic::async_trait]
+pub trait SnapshotTaker: std::fmt::Debug + Send + Sync + 'static {
+    /// Snapshots of `partitions` now (every partition folded here when
+    /// empty); `Err` when no snapshot could be asked for at all.
+    async fn take(&self, partitions: Vec<u32>) -> Result<Vec<SnapshotResult>, String>;
+}
+
+/// What one partition's snapshot came to: `Ok(None)` when the latest
+/// snapshot is already as far as this instance has folded.
+#[derive(Debug, Clone)]
+pub struct SnapshotResult {
+    pub partition: u32,
+    pub outcome: Result<Option<TakenSnapshot>, String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TakenSnapshot {
+    pub next_offset: i64,
+    pub taken_at_ms: i64,
+    pub chunks: u32,
+    pub bytes: u64,
+    pub uploaded_chunks: u32,
+    pub uploaded_bytes: u64,
 }
 
 /// Store reads in flight at most by default: twice the cores, so reads that
@@ -121,6 +150,7 @@ impl AppState {
             switcher: None,
             ingest: None,
             routing: None,
+            snapshots: None,
             reads: Arc::new(tokio::sync::Semaphore::new(default_read_threads())),
         }
     }
@@ -164,6 +194,11 @@ impl AppState {
 
     pub fn with_routing(mut self, routing: Routing) -> Self {
         self.routing = Some(routing);
+        self
+    }
+
+    pub fn with_snapshots(mut self, snapshots: Arc<dyn SnapshotTaker>) -> Self {
+        self.snapshots = Some(snapshots);
         self
     }
 

@@ -78,6 +78,8 @@ pub struct OwnerClaim {
     pub at_ms: i64,
     /// The partition's end as the owner last saw it.
     pub end: Option<i64>,
+    /// The latest snapshot the owner knows of: next offset and when taken (Unix ms).
+    pub snapshot: Option<(i64, i64)>,
 }
 
 /// The ownership table, as the server reads it (the binary implements it

@@ -678,6 +678,8 @@ impl proto::admin_service_server::AdminService for Admin {
                 owner_seen: claim.filter(|c| c.at_ms > 0).map(|c| to_timestamp(c.at_ms)),
                 local,
                 lag: claim.and_then(|c| c.end.map(|end| (end - c.applied).max(0))).unwrap_or(-1),
+                snapshot_offset: claim.and_then(|c| c.snapshot).map_or(-1, |s| s.0),
+                snapshot_taken: claim.and_then(|c| c.snapshot).map(|s| to_timestamp(s.1)),
             });
         }
         let broker = match report.broker_up {
@@ -742,6 +744,30 @@ impl proto::admin_service_server::AdminService for Admin {
         Ok(Response::new(proto::SwitchStoreResponse { partitions }))
     }
 
+    async fn take_snapshot(
+        &self,
+        req: Request<proto::TakeSnapshotRequest>,
+    ) -> Result<Response<proto::TakeSnapshotResponse>, Status> {
+        let state = &self.0;
+        let taker = state.snapshots.clone().ok_or_else(|| {
+            Error::FailedPrecondition(
+                "snapshots are off on this instance: set [snapshots] url (docs/scale-out.md)".into(),
+            )
+        })?;
+        let partitions = req.into_inner().partitions;
+        let count = state.store().partition_count(&state.topic).map_err(Error::from)?.unwrap_or(0);
+        if let Some(p) = partitions.iter().find(|p| **p >= count) {
+            return Err(Error::InvalidArgument(format!(
+                "partition {p} does not exist: topic {} has {count} partitions",
+                state.topic
+            ))
+            .into());
+        }
+        let results = taker.take(partitions).await.map_err(Error::Unavailable)?;
+        let results = results.into_iter().map(|r| snapshot_result(state, r)).collect();
+        Ok(Response::new(proto::TakeSnapshotResponse { results }))
+    }
+
     async fn get_points_liability(
         &self,
         req: Request<proto::GetPointsLiabilityRequest>,
@@ -755,5 +781,36 @@ impl proto::admin_service_server::AdminService for Admin {
         _: Request<proto::GetReplayStatusRequest>,
     ) -> Result<Response<proto::GetReplayStatusResponse>, Status> {
         Ok(Response::new(proto::GetReplayStatusResponse::default()))
+    }
+}
+
+/// One partition's `TakeSnapshot` answer; a partition folded elsewhere
+/// names its owner.
+fn snapshot_result(state: &AppState, r: crate::SnapshotResult) -> proto::PartitionSnapshotResult {
+    let partition = r.partition;
+    match r.outcome {
+        Ok(Some(t)) => proto::PartitionSnapshotResult {
+            partition,
+            taken: true,
+            next_offset: t.next_offset,
+            taken_at: Some(to_timestamp(t.taken_at_ms)),
+            chunks: t.chunks,
+            bytes: t.bytes,
+            uploaded_chunks: t.uploaded_chunks,
+            uploaded_bytes: t.uploaded_bytes,
+            error: String::new(),
+        },
+        Ok(None) => proto::PartitionSnapshotResult { partition, next_offset: -1, ..Default::default() },
+        Err(e) => {
+            let owner = state.routing.as_ref().and_then(|r| match r.owners.owner(partition) {
+                crate::Owner::There { instance, address, .. } => Some(format!("{instance} at {address}")),
+                _ => None,
+            });
+            let error = match owner {
+                Some(owner) => format!("{e} ({owner})"),
+                None => e,
+            };
+            proto::PartitionSnapshotResult { partition, next_offset: -1, error, ..Default::default() }
+        }
     }
 }

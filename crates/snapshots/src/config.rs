@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::{Error, Result};
 
@@ -18,7 +18,9 @@ pub struct SnapshotConfig {
     /// Options of the object store, by `object_store`'s names, for example
     /// `aws_endpoint = "http://minio:9000"`, `aws_allow_http = "true"`,
     /// `aws_region`. Credentials come from the usual `AWS_*` environment
-    /// variables (or these options).
+    /// variables (or these options). Numbers and booleans are taken as
+    /// their text (`aws_allow_http = true`, or from the environment).
+    #[serde(deserialize_with = "scalars_as_text")]
     pub options: BTreeMap<String, String>,
     /// Take a snapshot of a partition once this many records were folded
     /// since the last one; 0: not by records.
@@ -73,4 +75,29 @@ impl SnapshotConfig {
             ))),
         }
     }
+}
+
+/// A map of strings, numbers or booleans, each as its text.
+fn scalars_as_text<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<BTreeMap<String, String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Text(String),
+        Flag(bool),
+        Integer(i64),
+        Float(f64),
+    }
+    let map = BTreeMap::<String, Scalar>::deserialize(d)?;
+    Ok(map
+        .into_iter()
+        .map(|(k, v)| {
+            let text = match v {
+                Scalar::Text(s) => s,
+                Scalar::Flag(b) => b.to_string(),
+                Scalar::Integer(i) => i.to_string(),
+                Scalar::Float(f) => f.to_string(),
+            };
+            (k, text)
+        })
+        .collect())
 }

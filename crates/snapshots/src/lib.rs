@@ -22,6 +22,8 @@
 mod config;
 mod layout;
 mod snapshots;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use config::SnapshotConfig;
 pub use snapshots::{Manifest, Restored, Retention, Snapshots, Taken};

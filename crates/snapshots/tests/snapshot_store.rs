@@ -1,14 +1,14 @@
 //! The snapshot store on a directory and on S3-compatible storage (moto's
 //! server, installed by `make deps`): take, pointer, retention, restore.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test fails loudly on what it did not expect")]
+
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use omnifold_core::{Member, ProfileKind};
+use omnifold_snapshots::testing::{BUCKET, Moto};
 use omnifold_snapshots::{Restored, SnapshotConfig, Snapshots};
 use omnifold_store::{Store, StoreConfig};
 
@@ -198,72 +198,10 @@ fn bad_snapshot_configs_say_what_to_fix() {
     bad(SnapshotConfig { options: opts, ..on("/tmp/x") }, "options apply to s3:// urls only");
 }
 
-/// moto's S3 server on a free port, stopped on drop.
-struct Moto {
-    child: Child,
-    endpoint: String,
-}
-
-impl Moto {
-    fn start() -> Moto {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new("python3")
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 runs moto's server, installed by `make deps` (pip install 'moto[server]')");
-        let moto = Moto { child, endpoint: format!("http://127.0.0.1:{port}") };
-        let until = Instant::now() + Duration::from_secs(60);
-        while http(port, "PUT", "/snapshots").is_none() {
-            assert!(
-                Instant::now() < until,
-                "moto's server did not answer on port {port} (is `moto[server]` installed? `make deps`)"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        moto
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One plain HTTP request; the status line, if anything answered.
-fn http(port: u16, method: &str, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let status = out.lines().next()?.to_owned();
-    status.contains(" 200 ").then_some(status)
-}
-
-fn s3_config(moto: &Moto) -> SnapshotConfig {
-    let options = [
-        ("aws_endpoint", moto.endpoint.as_str()),
-        ("aws_allow_http", "true"),
-        ("aws_region", "us-east-1"),
-        ("aws_access_key_id", "test"),
-        ("aws_secret_access_key", "test"),
-    ];
-    SnapshotConfig {
-        url: "s3://snapshots/omnifold".into(),
-        options: options.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
-        ..SnapshotConfig::default()
-    }
-}
-
 #[test]
 fn an_s3_store_takes_and_restores() {
     let moto = Moto::start();
-    take_and_restore(&s3_config(&moto));
+    take_and_restore(&moto.config("omnifold"));
 }
 
 /// The pointer relies on a create-only put failing for a second writer:
@@ -275,9 +213,8 @@ fn create_only_puts_refuse_a_second_writer_on_both_backends() {
     let moto = Moto::start();
     let dir = tempfile::tempdir().unwrap();
     let s3 = {
-        let cfg = s3_config(&moto);
-        let mut b = object_store::aws::AmazonS3Builder::new().with_bucket_name("snapshots");
-        for (k, v) in &cfg.options {
+        let mut b = object_store::aws::AmazonS3Builder::new().with_bucket_name(BUCKET);
+        for (k, v) in &moto.options() {
             b = b.with_config(k.parse().unwrap(), v);
         }
         Arc::new(b.build().unwrap()) as Arc<dyn ObjectStore>

@@ -457,6 +457,24 @@ impl Drop for Service {
     }
 }
 
+/// A plain HTTP GET on localhost (the metrics endpoint); the whole answer.
+pub async fn http_get(port: u16, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+/// The value of a counter or gauge in a Prometheus text page (0 when absent).
+pub fn metric(page: &str, name: &str) -> u64 {
+    page.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
 pub fn member(id: &str) -> Option<proto::MemberRef> {
     Some(proto::MemberRef { r#ref: Some(proto::member_ref::Ref::MemberId(id.into())) })
 }
