@@ -23,6 +23,20 @@ impl Secret {
     }
 }
 
+/// Which partitions an instance keeps warm copies of, besides its own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Standby {
+    /// None: a partition this instance is assigned is restored from a
+    /// snapshot (if any) and folded from there.
+    #[default]
+    None,
+    /// Every partition another instance owns, folded from the topic as it
+    /// comes: whichever partition the group gives this instance, it has
+    /// only the last moments of it to fold (docs/scale-out.md).
+    All,
+}
+
 /// How an instance gets its partitions.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -65,6 +79,9 @@ pub struct IngestConfig {
     pub ownership_interval_ms: u64,
     /// `group` (default) or `all`.
     pub assignment: Assignment,
+    /// `none` (default) or `all`: keep warm copies of the partitions other
+    /// instances own, and answer reads from them when a caller opts in.
+    pub standby: Standby,
     /// Most records folded into one store batch (across the partitions of
     /// one poll). A larger batch writes a busy member once for more of its
     /// events; a command a caller waits on (`RedeemPoints`) ends the batch
@@ -128,6 +145,7 @@ impl Default for IngestConfig {
             session_timeout_ms: 0,
             ownership_interval_ms: 1_000,
             assignment: Assignment::Group,
+            standby: Standby::None,
             batch_max_records: 20_000,
             batch_max_wait_ms: 0,
             fetch_wait_max_ms: 10,
@@ -205,6 +223,11 @@ impl IngestConfig {
         if self.instance_id.len() > 200 || self.instance_id.chars().any(|c| c.is_control() || c.is_whitespace()) {
             return Err(Error::Config(
                 "instance_id must be at most 200 characters, without spaces or control characters".into(),
+            ));
+        }
+        if self.standby == Standby::All && self.assignment == Assignment::All {
+            return Err(Error::Config(
+                "standby = \"all\" needs assignment = \"group\": with assignment = \"all\" every partition is this instance's own".into(),
             ));
         }
         if self.batch_max_records == 0 {

@@ -33,6 +33,7 @@ use crate::outbox::{Outbox, Undelivered};
 use crate::processor::{OutRecord, Processed, Processor, ROUTE_HEADER, Record};
 use crate::resume::{Resume, admit};
 use crate::sign::SIGNATURE_HEADER;
+use crate::standby::Standbys;
 use crate::status::{IngestStatus, STATS_INTERVAL_MS, now_ms};
 use crate::{Error, IngestConfig, Result};
 
@@ -86,6 +87,9 @@ pub struct RunOptions {
     /// Where a partition's latest snapshot is restored from when it is
     /// assigned and the store's copy is older (docs/scale-out.md).
     pub snapshots: Option<Arc<Snapshots>>,
+    /// Shared with the standby thread (`kafka.standby = "all"`): a
+    /// partition assigned here is taken from it first.
+    pub standbys: Option<Standbys>,
 }
 
 struct IngestContext {
@@ -100,6 +104,7 @@ struct IngestContext {
     status: IngestStatus,
     fatal: Mutex<Option<String>>,
     snapshots: Option<Arc<Snapshots>>,
+    standbys: Option<Standbys>,
     /// Its member cache is emptied when a restore replaced a partition.
     processor: Processor,
 }
@@ -139,6 +144,10 @@ impl ConsumerContext for IngestContext {
                 let parts: Vec<(String, i32)> =
                     tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
                 for (topic, p) in parts {
+                    if let Some(standbys) = self.standbys.as_ref().filter(|_| topic == self.topic) {
+                        standbys.take(p as u32);
+                        self.status.standby_dropped(p as u32);
+                    }
                     let Some(resume) = self.resume_from_store(p as u32) else {
                         continue;
                     };
@@ -170,6 +179,9 @@ impl ConsumerContext for IngestContext {
                     lock(&self.assigned).remove(&p);
                     lock(&self.stalled).remove(&p);
                     self.status.revoked([p]);
+                    if let Some(standbys) = &self.standbys {
+                        standbys.give_back(p);
+                    }
                     info!(partition = p, "partition revoked");
                 }
                 let r = if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
@@ -182,6 +194,9 @@ impl ConsumerContext for IngestContext {
                 let _ = consumer.unassign();
                 let revoked: Vec<u32> = lock(&self.assigned).drain().map(|(p, _)| p).collect();
                 lock(&self.stalled).clear();
+                if let Some(standbys) = &self.standbys {
+                    revoked.iter().for_each(|p| standbys.give_back(*p));
+                }
                 self.status.revoked(revoked);
             }
         }
@@ -329,6 +344,7 @@ fn run_inner(cfg: &IngestConfig, processor: Processor, shutdown: Shutdown, opts:
         status: status.clone(),
         fatal: Mutex::new(None),
         snapshots: opts.snapshots.clone(),
+        standbys: opts.standbys.clone(),
         processor: processor.clone(),
     };
     let consumer: BaseConsumer<IngestContext> = group_config(cfg)

@@ -23,10 +23,11 @@ mod replay;
 mod resume;
 mod sign;
 mod snapshotting;
+mod standby;
 mod status;
 
 pub use admin::{CommandProducer, EventProducer, TopicOutcome, create_topics};
-pub use config::{Assignment, IngestConfig, MIN_SECRET_LEN, Secret};
+pub use config::{Assignment, IngestConfig, MIN_SECRET_LEN, Secret, Standby};
 pub use consumer::{RunOptions, Shutdown, client_config, partition_count, run};
 pub use copy::{CopyProgress, copy_topic};
 pub use dead_letter::DeadLetter;
@@ -38,6 +39,7 @@ pub use processor::{OnCommit, OutRecord, Processed, Processor, ROUTE_HEADER, Rec
 pub use replay::{ReplayEnd, ReplayProgress, replay};
 pub use sign::{SIGNATURE_HEADER, Signer};
 pub use snapshotting::{SnapshotOutcome, SnapshotQueue, SnapshotRequests, run_snapshots, snapshot_requests};
+pub use standby::{Standbys, run_standby};
 pub use status::{IngestStatus, PartitionHealth, Snapshot, SnapshotMark, Stall, Waiting};
 
 /// The crate's one error type.

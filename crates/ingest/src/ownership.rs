@@ -156,6 +156,14 @@ impl Ownership {
         self.table.read().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// This instance's warm copy of `partition` (`kafka.standby`): the
+    /// next offset it has folded to, and the partition's end as its owner
+    /// last said.
+    pub fn standby(&self, partition: u32) -> Option<(i64, Option<i64>)> {
+        let applied = self.status.standby(partition)?;
+        Some((applied, self.read().get(&partition).and_then(|c| c.end)))
+    }
+
     /// Where a request for `partition` goes.
     pub fn view(&self, partition: u32) -> OwnerView {
         // Asked on every request: the table is read under its lock and a

@@ -42,6 +42,9 @@ pub struct Snapshot {
     /// from its store after a restart until the group assigns them
     /// (`PartitionHealth::resting`).
     pub partitions: BTreeMap<u32, PartitionHealth>,
+    /// Warm copies of partitions other instances own (`kafka.standby`):
+    /// the next offset each has folded to.
+    pub standby: BTreeMap<u32, i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -223,6 +226,20 @@ impl IngestStatus {
     /// One partition's health, if this instance folds it.
     pub fn partition(&self, partition: u32) -> Option<PartitionHealth> {
         self.with(|s| s.partitions.get(&partition).cloned())
+    }
+
+    /// The next offset the warm copy of `partition` has folded to, if this
+    /// instance keeps one.
+    pub fn standby(&self, partition: u32) -> Option<i64> {
+        self.with(|s| s.standby.get(&partition).copied())
+    }
+
+    pub(crate) fn standby_at(&self, partition: u32, applied: i64) {
+        self.with(|s| s.standby.insert(partition, applied));
+    }
+
+    pub(crate) fn standby_dropped(&self, partition: u32) {
+        self.with(|s| s.standby.remove(&partition));
     }
 
     /// Notes the latest snapshot of a partition this instance folds.

@@ -9,11 +9,11 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use omnifold_ingest::{
-    CommandProducer, IngestStatus, OwnerView, Ownership, Processor, RunOptions, Shutdown, SnapshotRequests,
+    CommandProducer, IngestStatus, OwnerView, Ownership, Processor, RunOptions, Shutdown, SnapshotRequests, Standbys,
 };
 use omnifold_server::{
     AppState, CommandLog, Commands, Commits, IngestHealth, IngestReport, Owner, OwnerClaim, Owners, PartitionReport,
-    Routing, RoutingMode, SnapshotResult, SnapshotTaker, Switcher, TakenSnapshot,
+    Routing, RoutingMode, SnapshotResult, SnapshotTaker, StandbyCopy, Switcher, TakenSnapshot,
 };
 use omnifold_snapshots::Snapshots;
 use omnifold_store::{Store, StoreHandle};
@@ -102,6 +102,10 @@ impl Owners for Owned {
 
     fn instance(&self) -> &str {
         self.0.instance()
+    }
+
+    fn standby(&self, partition: u32) -> Option<StandbyCopy> {
+        self.0.standby(partition).map(|(applied, end)| StandbyCopy { applied, end })
     }
 
     fn claims(&self) -> std::collections::BTreeMap<u32, OwnerClaim> {
@@ -265,6 +269,9 @@ pub async fn serve(config: Config) -> Result<()> {
         Processor::on_handle(stores.clone(), fold.clone(), &config.kafka.topic, config.kafka.max_event_bytes, signer)
             .with_member_cache(config.kafka.member_cache_entries, config.kafka.member_cache_bytes)
             .with_on_commit(Arc::new(move |partition| committed.committed(partition)));
+    // The standby fold shares the member cache: the two never fold one
+    // partition at once (omnifold_ingest::Standbys).
+    let standby_processor = (config.kafka.standby == omnifold_ingest::Standby::All).then(|| processor.clone());
     let status = IngestStatus::default();
     let timeout = std::time::Duration::from_millis(config.server.command_timeout_ms);
     let producer = CommandProducer::new(&config.kafka, timeout).context("creating the command producer")?;
@@ -272,6 +279,7 @@ pub async fn serve(config: Config) -> Result<()> {
     let shutdown = Shutdown::default();
 
     let snapshots = open_snapshots(&config, &name)?;
+    let standbys = standby_processor.as_ref().map(|_| Standbys::default());
     let (switch_tx, switch_rx) = std::sync::mpsc::sync_channel(1);
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
     let (kafka, stop_ingest) = (config.kafka.clone(), shutdown.clone());
@@ -280,6 +288,17 @@ pub async fn serve(config: Config) -> Result<()> {
         status: status.clone(),
         store_config: Some(config.store.clone()),
         snapshots: snapshots.clone(),
+        standbys: standbys.clone(),
+    };
+    // Warm copies of the partitions other instances own, when configured.
+    let standby = match standbys.zip(standby_processor) {
+        Some((standbys, standby_processor)) => {
+            let (cfg, proc, status, stop) = (config.kafka.clone(), standby_processor, status.clone(), shutdown.clone());
+            Some(Background::spawn("standby", move || {
+                omnifold_ingest::run_standby(&cfg, &proc, &standbys, &status, &stop)
+            })?)
+        }
+        None => None,
     };
     let ingest_thread = std::thread::Builder::new().name("ingest".into()).spawn(move || {
         let _ = done_tx.send(omnifold_ingest::run(&kafka, processor, stop_ingest, opts));
@@ -348,8 +367,8 @@ pub async fn serve(config: Config) -> Result<()> {
     // Its error is returned only once the threads are joined and the store closed.
     let served = server.await.context("gRPC server task").and_then(|r| r.context("gRPC server"));
     let mut background = vec![index.ended().await, owners.ended().await];
-    if let Some(s) = snapshotter {
-        background.push(s.ended().await);
+    for b in [snapshotter, standby].into_iter().flatten() {
+        background.push(b.ended().await);
     }
     // The threads have sent their result; wait until they have also let go
     // of the store, so it is closed here and not by a thread racing exit.

@@ -361,9 +361,18 @@ async fn a_killed_instance_s_partitions_move_and_nothing_is_lost_stale_or_spent_
     }
 }
 
-/// Snapshots on demand, then more of the stream, then a new instance with
-/// an empty store in place of the first: it restores each partition's
-/// latest snapshot and folds only what came after it.
+/// Events of `stream(round)` per partition of `partitions`.
+fn events_per_partition(round: &str, partitions: u32) -> BTreeMap<u32, u64> {
+    let mut out = BTreeMap::new();
+    for (key, _) in stream(round) {
+        *out.entry(partition_for(key.as_bytes(), partitions)).or_default() += 1;
+    }
+    out
+}
+
+/// Snapshots on demand, then more of the stream, then a new instance joins
+/// with an empty store: it restores the latest snapshot of each partition
+/// it is given and folds only what came after it.
 async fn a_new_instance_starts_from_the_snapshots(name: &str, snapshots: &[(String, String)]) {
     let broker = Broker::start();
     let mut setup = Setup::new(&broker, name, 2);
@@ -411,22 +420,26 @@ async fn a_new_instance_starts_from_the_snapshots(name: &str, snapshots: &[(Stri
 
     setup.produce(&stream("second"));
     let before = read_all(&a, 6).await;
-    assert!(a.stop().success());
 
-    // B starts with nothing, and counts what it folds.
+    // B joins with nothing, and counts what it folds.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let metrics = format!("127.0.0.1:{port}");
     let b = Service::start_with(&setup, dir_b.path(), &[("OMNIFOLD_SERVER__METRICS_LISTEN", metrics.as_str())]);
-    owners(&b, 2, 1).await;
+    owners(&a, 2, 2).await;
     assert_eq!(read_all(&b, 6).await, before, "B answers as A did");
     let page = http_get(port, "/metrics").await;
-    assert_eq!(metric(&page, "omnifold_snapshot_restores_total"), 2, "{page}");
+    let restored: BTreeMap<String, u64> = metric_by(&page, "omnifold_snapshot_restores_total", "partition");
+    assert!(!restored.is_empty() && restored.values().all(|n| *n == 1), "B restored its partitions once: {page}");
+    // What B folded is exactly the events after the snapshots of the
+    // partitions it restored: it read nothing from before them.
+    let second = events_per_partition("second", 2);
+    let after_snapshots: u64 = restored.keys().map(|p| second[&p.parse::<u32>().unwrap()]).sum();
     assert_eq!(
         metric(&page, "omnifold_events_applied_total"),
-        stream("second").len() as u64,
-        "B folded only the events after the snapshots, not the history before them"
+        after_snapshots,
+        "B folded only the events after the snapshots of {restored:?}, not the history before them"
     );
-    assert!(b.stop().success());
+    assert!(b.stop().success() && a.stop().success());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -445,4 +458,95 @@ async fn a_new_instance_starts_from_snapshots_in_s3() {
         env.push((format!("OMNIFOLD_SNAPSHOTS__OPTIONS__{}", k.to_ascii_uppercase()), v));
     }
     a_new_instance_starts_from_the_snapshots("snaps3", &env).await;
+}
+
+/// A standby answers a read for a partition another instance owns when the
+/// caller opts in, with its lag; without it, the owner answers. When the
+/// owner stops, the standby takes the partition over without folding its
+/// history again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_answers_when_asked_and_takes_over_without_replaying() {
+    let broker = Broker::start();
+    let mut setup = Setup::new(&broker, "standby", 2);
+    setup.extra_env.insert("OMNIFOLD_KAFKA__STANDBY".into(), "all".into());
+    setup.create_topics();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let metrics = format!("127.0.0.1:{port}");
+    let a = Service::start(&setup, dir_a.path());
+    let b = Service::start_with(&setup, dir_b.path(), &[("OMNIFOLD_SERVER__METRICS_LISTEN", metrics.as_str())]);
+    owners(&a, 2, 2).await;
+    setup.produce(&stream("first"));
+    let before = read_all(&a, 3).await;
+
+    // Every member through B, from B's own copy (owned or standby) when
+    // asked to, else from the owner.
+    let standby_read = |id: String| {
+        let b = &b;
+        async move {
+            let mut c = b.profiles().await;
+            let mut ask =
+                tonic::Request::new(proto::GetProfileRequest { member: member(&id), read_mask: None, as_of: None });
+            ask.metadata_mut().insert("omnifold-read-standby", MetadataValue::from_static("true"));
+            let r = c.get_profile(ask).await.ok()?;
+            let by = r.metadata().get("omnifold-served-by")?.to_str().ok()?.to_owned();
+            let lag = r.metadata().get("omnifold-standby-lag").map(|v| v.to_str().unwrap().parse::<i64>().unwrap());
+            let p = without_read_time(r.into_inner());
+            (p.version.unwrap().events_applied == 3).then_some((p, by, lag))
+        }
+    };
+    let mut from_standby = Vec::new();
+    for (id, profile) in &before {
+        let (p, by, lag) =
+            eventually(&format!("{id} from B's copy"), Duration::from_secs(60), || standby_read(id.clone())).await;
+        assert_eq!(&p, profile, "{id}");
+        let (_, owner, _) = settled(&a, id).await.unwrap();
+        let (_, b_name, _) = settled(&b, id).await.unwrap();
+        match lag {
+            // Answered from the standby copy: by B, for a member A owns.
+            Some(lag) => {
+                assert_ne!(owner, by, "{id}: a standby answer from the owner");
+                assert!(lag >= -1, "{id}: lag {lag}");
+                assert_eq!(b_name, owner, "{id}: without opting in, the owner answers");
+                from_standby.push(id.clone());
+            }
+            None => assert_eq!(by, owner, "{id}: B's own member, answered as owner"),
+        }
+    }
+    assert!(!from_standby.is_empty(), "some members are on A's partition");
+
+    // A redemption asked of the standby with the opt-in goes to the owner.
+    let id_redeemed = from_standby[0].clone();
+    let mut loyalty = b.loyalty().await;
+    let mut ask = tonic::Request::new(proto::RedeemPointsRequest {
+        member: member(&id_redeemed),
+        request_id: "standby-redeem-1".into(),
+        points: 100,
+        channel: proto::Channel::MobileApp as i32,
+        reward: "voucher".into(),
+    });
+    ask.metadata_mut().insert("omnifold-read-standby", MetadataValue::from_static("true"));
+    let answer = loyalty.redeem_points(ask).await.unwrap();
+    let (_, owner, _) = settled(&a, &id_redeemed).await.unwrap();
+    assert_eq!(answer.metadata().get("omnifold-served-by").unwrap().to_str().unwrap(), owner);
+    let first = redeem_until_decided(&b.grpc, &id_redeemed, "standby-redeem-1", 100).await;
+    assert_eq!(first.status, proto::RedemptionStatus::Accepted as i32, "{}", first.reason);
+
+    // A stops; B takes its partition over from the warm copy.
+    assert!(a.stop().success());
+    owners(&b, 2, 1).await;
+    for id in before.keys() {
+        let events = if *id == id_redeemed { 4 } else { 3 };
+        eventually(&format!("{id} through B alone"), Duration::from_secs(60), || async {
+            read(&b, id).await.ok().filter(|(p, ..)| p.version.unwrap().events_applied == events)
+        })
+        .await;
+    }
+    let page = http_get(port, "/metrics").await;
+    let (owned, standby) =
+        (metric(&page, "omnifold_events_applied_total"), metric(&page, "omnifold_standby_events_applied_total"));
+    assert!(standby > 0, "{page}");
+    assert_eq!(owned + standby, stream("first").len() as u64 + 1, "every event folded once on B: {page}");
+    assert_eq!(metric(&page, "omnifold_events_duplicate_total"), 0, "nothing read twice: {page}");
+    assert!(b.stop().success());
 }

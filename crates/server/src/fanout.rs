@@ -19,8 +19,9 @@ use crate::{AppState, Error, ReadCost};
 /// Where each member of a batch goes.
 #[derive(Default)]
 struct Plan {
-    /// Answered here: request index, with the applied offset of its partition.
-    here: Vec<(usize, i64)>,
+    /// Answered here: request index, with the applied offset of its
+    /// partition, and the lag of the standby copy it is read from (if so).
+    here: Vec<(usize, i64, Option<i64>)>,
     /// Sent to another owner, by address.
     there: BTreeMap<String, (Forward, Vec<usize>)>,
     /// Answered at once with an error of their own.
@@ -56,13 +57,19 @@ pub(crate) async fn batch(
         });
     }
     if !plan.here.is_empty() {
-        let (indices, offsets): (Vec<usize>, Vec<i64>) = plan.here.iter().copied().unzip();
-        let here_addrs: Vec<MemberAddress> = indices.iter().map(|i| addrs[*i].clone()).collect();
-        let wires: Vec<proto::MemberRef> = indices.iter().map(|i| wire(*i)).collect();
+        let here_addrs: Vec<MemberAddress> = plan.here.iter().map(|(i, ..)| addrs[*i].clone()).collect();
+        let wires: Vec<proto::MemberRef> = plan.here.iter().map(|(i, ..)| wire(*i)).collect();
+        let reader = if hop.standby() {
+            std::borrow::Cow::Owned(state.reading_standby())
+        } else {
+            std::borrow::Cow::Borrowed(state)
+        };
         let local =
-            state.read(ReadCost::Long, move |state| batch_profiles(state, &here_addrs, wires, &mask, when)).await?;
-        for ((i, applied), mut result) in indices.into_iter().zip(offsets).zip(local) {
+            reader.read(ReadCost::Long, move |state| batch_profiles(state, &here_addrs, wires, &mask, when)).await?;
+        for ((i, applied, standby_lag), mut result) in plan.here.into_iter().zip(local) {
             result.applied_offset = applied;
+            result.standby = standby_lag.is_some();
+            result.standby_lag = standby_lag.unwrap_or_default();
             results[i] = Some(result);
         }
     }
@@ -101,7 +108,7 @@ async fn plan(state: &AppState, hop: &Hop, addrs: &[MemberAddress]) -> Result<Pl
     let hop = hop.without_min_offset();
     for (i, addr) in addrs.iter().enumerate() {
         match state.route(addr, &hop).await {
-            Ok(Route::Here(served)) => plan.here.push((i, served.applied())),
+            Ok(Route::Here(served)) => plan.here.push((i, served.applied(), served.standby_lag())),
             Ok(Route::There(to)) => plan.there.entry(to.address().to_owned()).or_insert((to, Vec::new())).1.push(i),
             Err(e @ (Error::Elsewhere(_) | Error::NotFound(_))) => plan.failed.push((i, Status::from(e))),
             Err(e) => return Err(e),

@@ -28,7 +28,7 @@ use omnifold_proto::v1::{
     profile_service_server::ProfileServiceServer,
 };
 use omnifold_store::{Store, StoreHandle};
-pub use routing::{Elsewhere, Mode as RoutingMode, Owner, OwnerClaim, Owners, Routing};
+pub use routing::{Elsewhere, Mode as RoutingMode, Owner, OwnerClaim, Owners, Routing, StandbyCopy};
 
 /// The crate's one error type; `From<Error> for Status` is the only place
 /// errors become gRPC statuses.
@@ -95,6 +95,8 @@ pub struct AppState {
     pub routing: Option<Routing>,
     /// Where `TakeSnapshot` goes (absent: snapshots are off).
     pub snapshots: Option<Arc<dyn SnapshotTaker>>,
+    /// Reads may come from a standby's warm copy (the request opted in).
+    standby_read: bool,
     /// Store reads in flight on the blocking pool at most (`read`).
     reads: Arc<tokio::sync::Semaphore>,
 }
@@ -151,6 +153,7 @@ impl AppState {
             ingest: None,
             routing: None,
             snapshots: None,
+            standby_read: false,
             reads: Arc::new(tokio::sync::Semaphore::new(default_read_threads())),
         }
     }
@@ -241,15 +244,22 @@ impl AppState {
         })
     }
 
-    /// Ok when this instance answers for `partition` now.
+    /// Ok when this instance answers for `partition` now (or keeps a warm
+    /// copy of it, when the request accepts one).
     pub(crate) fn answers_for(&self, partition: u32) -> Result<(), Error> {
         match &self.routing {
             None => Ok(()),
             Some(r) => match r.owners.owner(partition) {
                 routing::Owner::Here { .. } => Ok(()),
+                _ if self.standby_read && r.owners.standby(partition).is_some() => Ok(()),
                 other => Err(r.not_here(partition, &other, routing::Why::Changed)),
             },
         }
+    }
+
+    /// The same state, reading standby copies too (a request opted in).
+    pub(crate) fn reading_standby(&self) -> AppState {
+        AppState { standby_read: true, ..self.clone() }
     }
 }
 

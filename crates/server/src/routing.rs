@@ -36,6 +36,11 @@ pub const SERVED_BY: &str = "omnifold-served-by";
 /// and when to ask again.
 pub const OWNER: &str = "omnifold-owner";
 pub const RETRY_AFTER_MS: &str = "omnifold-retry-after-ms";
+/// A read may be answered from a standby's warm copy when the request says
+/// `true`; such an answer says how many records the copy is behind its
+/// partition's end (-1: not known).
+pub const READ_STANDBY: &str = "omnifold-read-standby";
+pub const STANDBY_LAG: &str = "omnifold-standby-lag";
 
 /// How long a request waits for its partition to fold up to the offset it
 /// asked for before answering UNAVAILABLE.
@@ -66,6 +71,22 @@ pub enum Owner {
     Unknown,
 }
 
+/// This instance's warm copy of a partition another instance owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StandbyCopy {
+    /// The next offset the copy has folded to.
+    pub applied: i64,
+    /// The partition's end as its owner last said.
+    pub end: Option<i64>,
+}
+
+impl StandbyCopy {
+    /// Records behind the partition's end; -1 when the end is not known.
+    pub fn lag(&self) -> i64 {
+        self.end.map_or(-1, |end| (end - self.applied).max(0))
+    }
+}
+
 /// One partition's latest claim, for status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwnerClaim {
@@ -89,6 +110,10 @@ pub trait Owners: std::fmt::Debug + Send + Sync + 'static {
     /// This instance's name.
     fn instance(&self) -> &str;
     fn claims(&self) -> BTreeMap<u32, OwnerClaim>;
+    /// This instance's warm copy of `partition`, if it keeps one.
+    fn standby(&self, _partition: u32) -> Option<StandbyCopy> {
+        None
+    }
 }
 
 /// What a request for a member owned elsewhere gets.
@@ -166,6 +191,8 @@ impl Elsewhere {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Hop {
     min_offset: Option<i64>,
+    /// The caller accepts an answer from a standby's warm copy.
+    standby: bool,
     forwarded_by: Option<String>,
     timeout: Option<MetadataValue<tonic::metadata::Ascii>>,
 }
@@ -180,8 +207,24 @@ impl Hop {
                 )?)
             }
         };
+        let standby = match meta.get(READ_STANDBY).map(|v| v.to_str().map(str::trim)) {
+            None | Some(Ok("false")) => false,
+            Some(Ok("true")) => true,
+            Some(_) => return Err(Error::InvalidArgument(format!("{READ_STANDBY} must be true or false"))),
+        };
         let forwarded_by = meta.get(FORWARDED_BY).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        Ok(Hop { min_offset, forwarded_by, timeout: meta.get("grpc-timeout").cloned() })
+        Ok(Hop { min_offset, standby, forwarded_by, timeout: meta.get("grpc-timeout").cloned() })
+    }
+
+    /// Whether the caller accepts an answer from a standby's warm copy.
+    pub(crate) fn standby(&self) -> bool {
+        self.standby
+    }
+
+    /// The same hop for a write (a redemption, an adjustment, a merge): only
+    /// the owner decides those, whatever the caller accepts for reads.
+    pub(crate) fn for_write(&self) -> Hop {
+        Hop { standby: false, ..self.clone() }
     }
 
     /// The same hop without a minimum offset (a batch's members are on
@@ -195,6 +238,9 @@ impl Hop {
         let meta = req.metadata_mut();
         if let Some(m) = self.min_offset {
             meta.insert(MIN_OFFSET, MetadataValue::from(m));
+        }
+        if self.standby {
+            meta.insert(READ_STANDBY, MetadataValue::from_static("true"));
         }
         if let Ok(v) = MetadataValue::try_from(instance) {
             meta.insert(FORWARDED_BY, v);
@@ -222,6 +268,8 @@ struct At {
     epoch: u64,
     applied: i64,
     served_by: Option<MetadataValue<Ascii>>,
+    /// Answered from a standby's warm copy this many records behind.
+    standby_lag: Option<i64>,
 }
 
 impl Served {
@@ -236,8 +284,26 @@ impl Served {
             if let Some(v) = &at.served_by {
                 meta.insert(SERVED_BY, v.clone());
             }
+            if let Some(lag) = at.standby_lag {
+                meta.insert(STANDBY_LAG, MetadataValue::from(lag));
+            }
         }
         r
+    }
+
+    /// Answered from a standby's warm copy: how far behind, -1 not known.
+    pub(crate) fn standby_lag(&self) -> Option<i64> {
+        self.at.as_ref().and_then(|a| a.standby_lag)
+    }
+
+    /// The state to read with: one that accepts the standby copy when the
+    /// route chose it.
+    pub(crate) fn on<'a>(&self, app: &'a crate::AppState) -> std::borrow::Cow<'a, crate::AppState> {
+        if self.standby_lag().is_some() {
+            std::borrow::Cow::Owned(app.reading_standby())
+        } else {
+            std::borrow::Cow::Borrowed(app)
+        }
     }
 
     /// The applied offset, when known.
@@ -286,9 +352,12 @@ impl Routing {
         let deadline = tokio::time::Instant::now() + MIN_OFFSET_WAIT;
         loop {
             let owner = self.owners.owner(partition);
+            if let Some(served) = self.standby_answer(partition, &owner, hop) {
+                return Ok(Route::Here(served));
+            }
             match owner {
                 Owner::Here { epoch, applied } if hop.min_offset.is_none_or(|m| applied >= m) => {
-                    let at = At { partition, epoch, applied, served_by: self.served_by.clone() };
+                    let at = At { partition, epoch, applied, served_by: self.served_by.clone(), standby_lag: None };
                     return Ok(Route::Here(Served { at: Some(at) }));
                 }
                 Owner::Here { applied, .. } => {
@@ -318,6 +387,28 @@ impl Routing {
                 }
             }
         }
+    }
+
+    /// A read the caller lets a standby answer, of a partition another
+    /// instance owns and this one keeps a warm copy of that is as far as
+    /// the request asks.
+    fn standby_answer(&self, partition: u32, owner: &Owner, hop: &Hop) -> Option<Served> {
+        if !hop.standby || matches!(owner, Owner::Here { .. }) {
+            return None;
+        }
+        let copy = self.owners.standby(partition).filter(|c| hop.min_offset.is_none_or(|m| c.applied >= m))?;
+        let epoch = match owner {
+            Owner::There { epoch, .. } | Owner::Moving { epoch, .. } => *epoch,
+            _ => 0,
+        };
+        let at = At {
+            partition,
+            epoch,
+            applied: copy.applied,
+            served_by: self.served_by.clone(),
+            standby_lag: Some(copy.lag()),
+        };
+        Some(Served { at: Some(at) })
     }
 
     /// Why `partition` is not answered here, as an error with a hint.

@@ -275,8 +275,8 @@ impl proto::profile_service_server::ProfileService for Profiles {
         let mask = ReadMask::try_from(r.read_mask.clone())?;
         let when = AsOf::from_request(r.as_of, now_millis())?;
         let served = route_or_forward!(self.0, &addr, &hop, r, ProfileServiceClient, get_profile);
-        let profile = self
-            .0
+        let profile = served
+            .on(&self.0)
             .read(ReadCost::of(when), move |state| {
                 let member = as_of(state, find_for(state, &addr, &mask)?, when)?;
                 Ok(convert::profile(&member, when.at, &mask, &state.fold))
@@ -327,7 +327,7 @@ impl proto::profile_service_server::ProfileService for Profiles {
         // Not linked to a member: a provisional or shared profile, on the
         // instance that owns its partition.
         let served = route_or_forward!(self.0, &addr, &hop, msg, ProfileServiceClient, lookup_identifier);
-        let r = resolve(&self.0, &addr)?;
+        let r = resolve(&served.on(&self.0), &addr)?;
         if r.member.shared {
             return Err(Error::FailedPrecondition(format!(
                 "`{}` is shared by several members, so it identifies none of them",
@@ -409,20 +409,6 @@ struct CommandAnswer {
 
 impl Loyalty {
     /// What `answer` makes of a points holder as of `when`.
-    async fn holder_as_of<T: Send + 'static>(
-        &self,
-        addr: MemberAddress,
-        when: AsOf,
-        answer: fn(&Member, Millis, &LoyaltyConfig) -> T,
-    ) -> Result<T, Error> {
-        self.0
-            .read(ReadCost::of(when), move |state| {
-                let m = as_of(state, points_holder(state, &addr)?, when)?;
-                Ok(answer(&m, when.at, &state.fold.loyalty))
-            })
-            .await
-    }
-
     /// Appends a command, waits for its verdict, and reads the balance after it.
     async fn command(&self, member: &Member, cmd: Command) -> Result<CommandAnswer, Error> {
         let state = &self.0;
@@ -456,7 +442,7 @@ impl proto::loyalty_service_server::LoyaltyService for Loyalty {
         let addr = MemberAddress::try_from(r.member.clone())?;
         let when = AsOf::from_request(r.as_of, now_millis())?;
         let served = route_or_forward!(self.0, &addr, &hop, r, LoyaltyServiceClient, get_balance);
-        Ok(served.respond(self.holder_as_of(addr, when, convert::balance).await?))
+        Ok(served.respond(holder_as_of(&served.on(&self.0), addr, when, convert::balance).await?))
     }
 
     async fn list_ledger(
@@ -467,7 +453,7 @@ impl proto::loyalty_service_server::LoyaltyService for Loyalty {
         let hop = Hop::of(&meta)?;
         let q = LedgerQuery::try_from(r.clone())?;
         let served = route_or_forward!(self.0, &q.member, &hop, r, LoyaltyServiceClient, list_ledger);
-        Ok(served.respond(self.0.read(ReadCost::Long, move |state| ledger_page(state, &q)).await?))
+        Ok(served.respond(served.on(&self.0).read(ReadCost::Long, move |state| ledger_page(state, &q)).await?))
     }
 
     async fn get_benefits(&self, req: Request<proto::GetBenefitsRequest>) -> Result<Response<proto::Benefits>, Status> {
@@ -476,7 +462,7 @@ impl proto::loyalty_service_server::LoyaltyService for Loyalty {
         let addr = MemberAddress::try_from(r.member.clone())?;
         let when = AsOf::from_request(r.as_of, now_millis())?;
         let served = route_or_forward!(self.0, &addr, &hop, r, LoyaltyServiceClient, get_benefits);
-        Ok(served.respond(self.holder_as_of(addr, when, convert::benefits).await?))
+        Ok(served.respond(holder_as_of(&served.on(&self.0), addr, when, convert::benefits).await?))
     }
 
     async fn redeem_points(
@@ -486,7 +472,7 @@ impl proto::loyalty_service_server::LoyaltyService for Loyalty {
         let (meta, _, msg) = req.into_parts();
         let hop = Hop::of(&meta)?;
         let r = Redeem::try_from(msg.clone())?;
-        let served = route_or_forward!(self.0, &r.member, &hop, msg, LoyaltyServiceClient, redeem_points);
+        let served = route_or_forward!(self.0, &r.member, &hop.for_write(), msg, LoyaltyServiceClient, redeem_points);
         let m = points_holder(&self.0, &r.member)?;
         let cmd = Command {
             member: m.key.clone(),
@@ -517,7 +503,7 @@ impl proto::loyalty_service_server::LoyaltyService for Loyalty {
         let (meta, _, msg) = req.into_parts();
         let hop = Hop::of(&meta)?;
         let r = Adjust::try_from(msg.clone())?;
-        let served = route_or_forward!(self.0, &r.member, &hop, msg, LoyaltyServiceClient, adjust_points);
+        let served = route_or_forward!(self.0, &r.member, &hop.for_write(), msg, LoyaltyServiceClient, adjust_points);
         let m = points_holder(&self.0, &r.member)?;
         let cmd = Command {
             member: m.key.clone(),
@@ -563,6 +549,21 @@ fn liability(state: &AppState, as_of: Millis) -> Result<proto::GetPointsLiabilit
     Ok(convert::liability(&report, partitions))
 }
 
+/// The points holder `addr` leads to, as of `when`, answered by `answer`.
+async fn holder_as_of<T: Send + 'static>(
+    state: &AppState,
+    addr: MemberAddress,
+    when: AsOf,
+    answer: fn(&Member, Millis, &LoyaltyConfig) -> T,
+) -> Result<T, Error> {
+    state
+        .read(ReadCost::of(when), move |state| {
+            let m = as_of(state, points_holder(state, &addr)?, when)?;
+            Ok(answer(&m, when.at, &state.fold.loyalty))
+        })
+        .await
+}
+
 pub struct Admin(pub AppState);
 
 const ADMIN: &str = "this admin operation is not available yet";
@@ -592,7 +593,7 @@ impl proto::admin_service_server::AdminService for Admin {
         let r = Merge::try_from(msg.clone())?;
         let state = &self.0;
         let survivor = MemberAddress::Key(r.into.clone());
-        let served = route_or_forward!(state, &survivor, &hop, msg, AdminServiceClient, merge_members);
+        let served = route_or_forward!(state, &survivor, &hop.for_write(), msg, AdminServiceClient, merge_members);
         let into = resolve(state, &survivor)?.member;
         // The merged member is checked where it is stored; on a partition
         // another instance answers for, its fold checks it (a merge of a

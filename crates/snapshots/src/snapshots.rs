@@ -415,7 +415,7 @@ impl Snapshots {
         for offset in candidates {
             match self.restore_one(store, &layout, &dir, topic, p, offset).await {
                 Ok(restored) => {
-                    metrics::counter!("omnifold_snapshot_restores_total").increment(1);
+                    metrics::counter!("omnifold_snapshot_restores_total", "partition" => p.to_string()).increment(1);
                     return Ok(restored);
                 }
                 Err(e) => {

@@ -475,6 +475,22 @@ pub fn metric(page: &str, name: &str) -> u64 {
         .map_or(0, |v| v as u64)
 }
 
+/// A labelled series' values by the value of `label`: for
+/// `name{partition="1"} 3`, `{1: 3}`.
+pub fn metric_by(page: &str, name: &str, label: &str) -> BTreeMap<String, u64> {
+    let open = format!("{name}{{");
+    let key = format!("{label}=\"");
+    page.lines()
+        .filter(|l| l.starts_with(&open))
+        .filter_map(|l| {
+            let at = l.find(&key)? + key.len();
+            let value = &l[at..at + l[at..].find('"')?];
+            let n = l.split_whitespace().last()?.parse::<f64>().ok()?;
+            Some((value.to_owned(), n as u64))
+        })
+        .collect()
+}
+
 pub fn member(id: &str) -> Option<proto::MemberRef> {
     Some(proto::MemberRef { r#ref: Some(proto::member_ref::Ref::MemberId(id.into())) })
 }
