@@ -66,7 +66,8 @@ pub fn run_standby(
         .set("enable.partition.eof", "false")
         .set("fetch.wait.max.ms", cfg.fetch_wait_max_ms.to_string())
         .create_with_context(Quiet)?;
-    let mut follower = Follower { cfg, processor, standbys, status, consumer, partitions, following: BTreeMap::new() };
+    let mut follower =
+        Follower { cfg, processor, standbys, status, consumer, partitions, following: BTreeMap::new(), store: 0 };
     while !shutdown.is_triggered() {
         if let Err(e) = follower.step() {
             warn!(error = %e, "the standby fold failed; starting its partitions again from the store");
@@ -87,6 +88,9 @@ struct Follower<'a> {
     partitions: u32,
     /// The partitions followed, with where each is read from.
     following: BTreeMap<u32, Resume>,
+    /// The store they were positioned from (its address): a switch to a
+    /// rebuilt store (`SwitchStore`) positions them again from its offsets.
+    store: usize,
 }
 
 impl Follower<'_> {
@@ -133,10 +137,12 @@ impl Follower<'_> {
             let owned = self.standbys.owned();
             (0..self.partitions).filter(|p| !owned.contains(p)).collect()
         };
-        if others.iter().eq(self.following.keys()) {
+        let store = self.processor.store();
+        let same_store = Arc::as_ptr(&store) as usize == self.store;
+        if same_store && others.iter().eq(self.following.keys()) {
             return Ok(());
         }
-        let store = self.processor.store();
+        self.store = Arc::as_ptr(&store) as usize;
         let mut tpl = TopicPartitionList::new();
         let mut following = BTreeMap::new();
         for p in &others {

@@ -228,6 +228,11 @@ mod tests {
         assert!(format!("{e:#}").contains("must be a URL"), "{e:#}");
         let e = Config::load(None, &env(&[("OMNIFOLD_SERVER__ROUTING", "sideways")])).unwrap_err();
         assert!(format!("{e:#}").contains("sideways"), "{e:#}");
+        let c = Config::load(None, &env(&[("OMNIFOLD_KAFKA__STANDBY", "all")])).unwrap();
+        assert_eq!(c.kafka.standby, omnifold_ingest::Standby::All);
+        let e = Config::load(None, &env(&[("OMNIFOLD_KAFKA__STANDBY", "all"), ("OMNIFOLD_KAFKA__ASSIGNMENT", "all")]))
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("standby = \"all\" needs assignment = \"group\""), "{e:#}");
     }
 
     #[test]

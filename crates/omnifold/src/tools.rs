@@ -262,7 +262,13 @@ pub async fn status(server: String, json: bool) -> Result<()> {
             p.owner_applied,
             if p.lag < 0 { "?".to_owned() } else { p.lag.to_string() },
             p.next_offset,
-            if p.local { "yes" } else { "no" },
+            if p.local {
+                "yes"
+            } else if p.standby_applied >= 0 {
+                "copy"
+            } else {
+                "no"
+            },
             snapshot_cell(p),
             health
         );

@@ -514,6 +514,10 @@ async fn a_standby_answers_when_asked_and_takes_over_without_replaying() {
         }
     }
     assert!(!from_standby.is_empty(), "some members are on A's partition");
+    // B's status shows its copy of A's partition, and how far it has folded.
+    let status = b.status().await;
+    assert!(status.partitions.iter().any(|p| !p.local && p.standby_applied > 0), "{status:?}");
+    assert!(status.partitions.iter().all(|p| p.local || p.standby_applied >= 0), "{status:?}");
 
     // A redemption asked of the standby with the opt-in goes to the owner.
     let id_redeemed = from_standby[0].clone();

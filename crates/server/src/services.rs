@@ -681,6 +681,12 @@ impl proto::admin_service_server::AdminService for Admin {
                 lag: claim.and_then(|c| c.end.map(|end| (end - c.applied).max(0))).unwrap_or(-1),
                 snapshot_offset: claim.and_then(|c| c.snapshot).map_or(-1, |s| s.0),
                 snapshot_taken: claim.and_then(|c| c.snapshot).map(|s| to_timestamp(s.1)),
+                standby_applied: state
+                    .routing
+                    .as_ref()
+                    .and_then(|r| r.owners.standby(p))
+                    .filter(|_| !local)
+                    .map_or(-1, |c| c.applied),
             });
         }
         let broker = match report.broker_up {

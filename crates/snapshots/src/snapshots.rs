@@ -359,7 +359,8 @@ impl Snapshots {
                 "the topic's log no longer reaches back to any snapshot: a new owner cannot rebuild this partition \
                  without losing records; take snapshots more often than the topic's retention"
             ),
-            Some(1) if self.cfg.retain > 1 => warn!(
+            // Older snapshots are kept, and the log no longer reaches them.
+            Some(1) if keep.len() > 1 => warn!(
                 partition = p,
                 "the topic's log reaches back to one snapshot only: if snapshots stop, the next retention of the \
                  topic opens a gap"

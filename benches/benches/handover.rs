@@ -1,0 +1,260 @@
+//! Handover and failover: how long a partition is unanswered when its
+//! owner stops (SIGTERM: handover) or dies (SIGKILL: failover), against the
+//! partition's history and the snapshot's age, without help, from a
+//! snapshot, and with a standby.
+//!
+//! Each run: librdkafka's mock cluster in this process (tansu 0.6 never
+//! hands a dead member's partitions to the others, docs/scale-out.md), two
+//! partitions, two `omnifold serve` instances (the release binary,
+//! `OMNIFOLD_BIN`) with a 6 s session timeout; `events` events of the
+//! bench's stream, then (snapshot runs) a snapshot of B's partition on
+//! demand and `age` more events. Then B is stopped or killed, and A's
+//! `GetPartitionStatus` is read every 10 ms: "noticed" is when A claims
+//! B's partition, "serving" when A answers for it.
+//!
+//! Run: `make bench`, or `OMNIFOLD_BIN=target/release/omnifold cargo bench
+//! --workspace --bench handover`. `BENCH_HANDOVER_EVENTS` (100000,400000),
+//! `BENCH_HANDOVER_AGE` (20000). Results in docs/bench/handover.{md,json}.
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::Producer;
+use serde_json::json;
+
+use omnifold_benches::report::Results;
+use omnifold_benches::{env_list, env_or, event, producer, send};
+use omnifold_proto::v1 as proto;
+
+const SECRET: &str = "bench-secret-bench-secret-bench-secret-0123";
+const TOPIC: &str = "handover.events";
+const MEMBERS: u64 = 20_000;
+
+/// How the new owner gets the partition's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Help {
+    /// Folds the partition's history from the topic.
+    None,
+    /// Restores B's snapshot, then folds what came after it.
+    Snapshot,
+    /// Has kept a warm copy all along.
+    Standby,
+}
+
+impl Help {
+    fn name(self) -> &'static str {
+        match self {
+            Help::None => "no snapshot, no standby",
+            Help::Snapshot => "from a snapshot",
+            Help::Standby => "with a standby",
+        }
+    }
+}
+
+/// A running `omnifold serve`, killed when dropped.
+struct Instance {
+    child: Child,
+    grpc: String,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(bin: &Path, brokers: &str, data: &Path, help: Help, snapshots: &Path) -> Result<Instance> {
+    let mut c = Command::new(bin);
+    c.env("OMNIFOLD_BROKERS", brokers)
+        .env("OMNIFOLD_KAFKA__TOPIC", TOPIC)
+        .env("OMNIFOLD_KAFKA__DEAD_LETTER_TOPIC", "handover.dlq")
+        .env("OMNIFOLD_KAFKA__IDENTITY_TOPIC", "handover.identity")
+        .env("OMNIFOLD_KAFKA__OWNERSHIP_TOPIC", "handover.owners")
+        .env("OMNIFOLD_KAFKA__GROUP_ID", "handover.group")
+        .env("OMNIFOLD_KAFKA__INTERNAL_SECRET", SECRET)
+        .env("OMNIFOLD_KAFKA__SESSION_TIMEOUT_MS", "6000")
+        .env("OMNIFOLD_STORE__DEDUPE_RETENTION_HOURS", "87600")
+        .env_remove("OMNIFOLD_CONFIG");
+    match help {
+        Help::None => {}
+        Help::Snapshot => {
+            c.env("OMNIFOLD_SNAPSHOTS__URL", snapshots).env("OMNIFOLD_SNAPSHOTS__EVERY_RECORDS", "0");
+            c.env("OMNIFOLD_SNAPSHOTS__EVERY_MS", "0");
+        }
+        Help::Standby => {
+            c.env("OMNIFOLD_KAFKA__STANDBY", "all");
+        }
+    }
+    let mut child = c
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    match line.trim().strip_prefix("omnifold serving gRPC on ") {
+        Some(addr) => Ok(Instance { child, grpc: format!("http://{addr}") }),
+        None => bail!("omnifold serve did not start: {line}"),
+    }
+}
+
+async fn status(grpc: &str) -> Option<proto::GetPartitionStatusResponse> {
+    let mut c = proto::admin_service_client::AdminServiceClient::connect(grpc.to_owned()).await.ok()?;
+    Some(c.get_partition_status(proto::GetPartitionStatusRequest {}).await.ok()?.into_inner())
+}
+
+/// Polls `f` every 10 ms until it gives a value, at most `timeout`.
+async fn until<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("gave up waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Every partition served, by the instances at `addresses`, folded to its end.
+async fn settled(a: &str, addresses: &[&str]) -> Result<proto::GetPartitionStatusResponse> {
+    until("every partition served and caught up", Duration::from_secs(300), || async {
+        let s = status(a).await?;
+        let ok = s.partitions.len() == 2
+            && s.partitions.iter().all(|p| {
+                p.owner_state == "serving"
+                    && addresses.contains(&p.owner_address.as_str())
+                    && p.lag == 0
+                    && p.high_watermark > 0
+            })
+            && addresses.iter().all(|a| s.partitions.iter().any(|p| p.owner_address == *a));
+        ok.then_some(s)
+    })
+    .await
+}
+
+/// A standby copy of `partition` on `a` caught up with its end.
+async fn standby_caught_up(a: &str, partition: u32) -> Result<()> {
+    until("the standby copy caught up", Duration::from_secs(300), || async {
+        let s = status(a).await?;
+        let p = s.partitions.iter().find(|p| p.partition == partition)?;
+        (p.standby_applied >= p.high_watermark && p.high_watermark > 0).then_some(())
+    })
+    .await
+}
+
+fn produce(brokers: &str, from: u64, n: u64) -> Result<()> {
+    let p = producer(brokers, 5)?;
+    for i in from..from + n {
+        let (key, value) = event(i, MEMBERS);
+        send(&p, TOPIC, &key, &value);
+    }
+    p.flush(Duration::from_secs(60))?;
+    Ok(())
+}
+
+/// What one run measured, in seconds from the signal.
+struct Times {
+    noticed: f64,
+    serving: f64,
+}
+
+async fn run(bin: &Path, events: u64, age: u64, help: Help, kill: bool) -> Result<Times> {
+    let cluster = MockCluster::new(1)?;
+    let brokers = cluster.bootstrap_servers();
+    for (topic, partitions) in [(TOPIC, 2), ("handover.dlq", 1), ("handover.identity", 1), ("handover.owners", 1)] {
+        cluster.create_topic(topic, partitions, 1)?;
+    }
+    let dirs = (tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?);
+    let a = start(bin, &brokers, dirs.0.path(), help, dirs.2.path())?;
+    let b = start(bin, &brokers, dirs.1.path(), help, dirs.2.path())?;
+    settled(&a.grpc, &[&a.grpc, &b.grpc]).await?;
+    produce(&brokers, 0, events)?;
+    let s = settled(&a.grpc, &[&a.grpc, &b.grpc]).await?;
+    let moving = s.partitions.iter().find(|p| p.owner_address == b.grpc).context("B's partition")?.partition;
+    if help == Help::Snapshot {
+        let mut c = proto::admin_service_client::AdminServiceClient::connect(b.grpc.clone()).await?;
+        let r = c.take_snapshot(proto::TakeSnapshotRequest { partitions: vec![moving] }).await?.into_inner();
+        if r.results.iter().any(|r| !r.error.is_empty() || !r.taken) {
+            bail!("no snapshot: {r:?}");
+        }
+        produce(&brokers, events, age)?;
+        settled(&a.grpc, &[&a.grpc, &b.grpc]).await?;
+    }
+    if help == Help::Standby {
+        standby_caught_up(&a.grpc, moving).await?;
+    }
+    let signal = if kill { "-KILL" } else { "-TERM" };
+    let started = Instant::now();
+    Command::new("kill").args([signal, &b.child.id().to_string()]).status()?;
+    let noticed = until("A claims B's partition", Duration::from_secs(120), || async {
+        let s = status(&a.grpc).await?;
+        s.partitions.iter().any(|p| p.partition == moving && p.owner_address == a.grpc).then_some(())
+    })
+    .await
+    .map(|()| started.elapsed().as_secs_f64())?;
+    let serving = until("A serves B's partition", Duration::from_secs(600), || async {
+        let s = status(&a.grpc).await?;
+        let p = s.partitions.iter().find(|p| p.partition == moving)?;
+        (p.owner_address == a.grpc && p.owner_state == "serving").then_some(())
+    })
+    .await
+    .map(|()| started.elapsed().as_secs_f64())?;
+    drop(b);
+    drop(a);
+    Ok(Times { noticed, serving })
+}
+
+fn main() -> Result<()> {
+    let Some(bin) = std::env::var_os("OMNIFOLD_BIN") else {
+        eprintln!("handover: OMNIFOLD_BIN is not set (make bench sets it); skipped");
+        return Ok(());
+    };
+    let bin = std::path::PathBuf::from(bin);
+    let sizes: Vec<u64> = env_list("BENCH_HANDOVER_EVENTS", &[100_000, 400_000]);
+    let age: u64 = env_or("BENCH_HANDOVER_AGE", 20_000);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let mut results = Results::default();
+    println!("| measure | value |\n| --- | --- |");
+    for &events in &sizes {
+        for kill in [false, true] {
+            for help in [Help::None, Help::Snapshot, Help::Standby] {
+                let what = if kill { "failover (SIGKILL)" } else { "handover (SIGTERM)" };
+                eprintln!("handover: {what}, {events} events, {}", help.name());
+                let t = rt.block_on(run(&bin, events, age, help, kill))?;
+                let aged = if help == Help::Snapshot { format!(", snapshot {age} events old") } else { String::new() };
+                results.row(
+                    format!("{what}, {events} events in 2 partitions, {}{aged}", help.name()),
+                    format!(
+                        "serving {:.2} s after the signal; noticed at {:.2} s, serving {:.2} s after that",
+                        t.serving,
+                        t.noticed,
+                        t.serving - t.noticed
+                    ),
+                    json!({"events": events, "kill": kill, "help": help.name(), "age": age,
+                           "noticed_s": t.noticed, "serving_s": t.serving}),
+                );
+            }
+        }
+    }
+    let settings = json!({"events": sizes, "snapshot_age": age, "members": MEMBERS, "partitions": 2,
+                          "session_timeout_ms": 6000});
+    let path = results.write("handover", settings)?;
+    eprintln!("handover: wrote {}", path.display());
+    Ok(())
+}
