@@ -64,6 +64,9 @@ pub fn run_standby(
         .set("group.id", format!("{}.standby", cfg.group_id))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
+        // As the main fold: a position the broker no longer has (retention)
+        // goes to the earliest record, never to the end.
+        .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", cfg.fetch_wait_max_ms.to_string())
         .create_with_context(Quiet)?;
     let mut follower =
@@ -120,7 +123,7 @@ impl Follower<'_> {
             }
         }
         for (p, to) in rewinds {
-            self.consumer.seek(&self.cfg.topic, p as i32, Offset::Offset(to), Duration::from_secs(10))?;
+            self.consumer.seek(&self.cfg.topic, p as i32, at(to), Duration::from_secs(10))?;
         }
         for (p, records) in by_partition {
             if let Some(next) = fold(self.processor, self.standbys, p, &records)? {
@@ -148,7 +151,7 @@ impl Follower<'_> {
         for p in &others {
             let next = store.next_offset(&self.cfg.topic, *p)?.unwrap_or(0);
             let resume = Resume::at(next, self.cfg.resume_rewind_records);
-            tpl.add_partition_offset(&self.cfg.topic, *p as i32, Offset::Offset(resume.position()))?;
+            tpl.add_partition_offset(&self.cfg.topic, *p as i32, at(resume.position()))?;
             following.insert(*p, resume);
             self.status.standby_at(*p, next);
         }
@@ -175,4 +178,11 @@ fn fold(processor: &Processor, standbys: &Standbys, p: u32, records: &[Record<'_
     drop(owned);
     metrics::counter!("omnifold_standby_events_applied_total").increment(applied);
     Ok(records.last().map(|r| r.offset + 1))
+}
+
+/// Where to position a partition to read `offset` next: offset 0 is the
+/// beginning (an empty partition has no offset 0 yet, and some brokers
+/// answer a fetch there as out of range).
+fn at(offset: i64) -> Offset {
+    if offset == 0 { Offset::Beginning } else { Offset::Offset(offset) }
 }

@@ -36,13 +36,11 @@ pub fn run(config: &Config, runtime: &tokio::runtime::Runtime, command: Snapshot
 }
 
 async fn take(server: String, partitions: Vec<u32>) -> Result<()> {
-    let mut c = proto::admin_service_client::AdminServiceClient::connect(server.clone())
-        .await
-        .with_context(|| format!("connecting to {server}; is `omnifold serve` running?"))?;
-    let r = c
+    let r = crate::tools::admin(&server)
+        .await?
         .take_snapshot(proto::TakeSnapshotRequest { partitions })
         .await
-        .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
+        .map_err(crate::tools::refused)?
         .into_inner();
     let mut failed = 0;
     for p in &r.results {

@@ -114,7 +114,7 @@ pub async fn points(server: String, cmd: PointsCommand) -> Result<()> {
     let mut c = proto::loyalty_service_client::LoyaltyServiceClient::connect(server.clone())
         .await
         .with_context(|| format!("connecting to {server}; is `omnifold serve` running?"))?;
-    let status = |s: tonic::Status| anyhow::anyhow!("{:?}: {}", s.code(), s.message());
+    let status = refused;
     match cmd {
         PointsCommand::Balance { member } => {
             let r = c.get_balance(proto::GetBalanceRequest { member: member_ref(member), as_of: None }).await;
@@ -210,14 +210,8 @@ pub enum ReportCommand {
 pub async fn report(server: String, cmd: ReportCommand) -> Result<()> {
     let ReportCommand::Liability { as_of, json } = cmd;
     let as_of = as_of.map(|t| rfc3339("--as-of", &t)).transpose()?;
-    let mut c = proto::admin_service_client::AdminServiceClient::connect(server.clone())
-        .await
-        .with_context(|| format!("connecting to {server}; is `omnifold serve` running?"))?;
-    let r = c
-        .get_points_liability(proto::GetPointsLiabilityRequest { as_of })
-        .await
-        .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
-        .into_inner();
+    let mut c = admin(&server).await?;
+    let r = c.get_points_liability(proto::GetPointsLiabilityRequest { as_of }).await.map_err(refused)?.into_inner();
     if json {
         return print_json(&r);
     }
@@ -232,16 +226,22 @@ pub async fn report(server: String, cmd: ReportCommand) -> Result<()> {
     Ok(())
 }
 
+/// An `AdminService` client of the instance at `server`.
+pub async fn admin(server: &str) -> Result<proto::admin_service_client::AdminServiceClient<tonic::transport::Channel>> {
+    proto::admin_service_client::AdminServiceClient::connect(server.to_owned())
+        .await
+        .with_context(|| format!("connecting to {server}; is `omnifold serve` running?"))
+}
+
+/// A refused request as an error that names its status.
+pub fn refused(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", s.code(), s.message())
+}
+
 /// `omnifold status`: one line per partition.
 pub async fn status(server: String, json: bool) -> Result<()> {
-    let mut c = proto::admin_service_client::AdminServiceClient::connect(server.clone())
-        .await
-        .with_context(|| format!("connecting to {server}; is `omnifold serve` running?"))?;
-    let r = c
-        .get_partition_status(proto::GetPartitionStatusRequest {})
-        .await
-        .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
-        .into_inner();
+    let mut c = admin(&server).await?;
+    let r = c.get_partition_status(proto::GetPartitionStatusRequest {}).await.map_err(refused)?.into_inner();
     if json {
         return print_json(&r);
     }
@@ -304,13 +304,11 @@ pub fn rfc3339(flag: &str, text: &str) -> Result<omnifold_proto::wkt::Timestamp>
 /// `omnifold switch`: asks a running instance to serve from a rebuilt store.
 pub async fn switch(server: String, data_dir: std::path::PathBuf) -> Result<()> {
     let dir = std::fs::canonicalize(&data_dir).with_context(|| format!("{} does not exist", data_dir.display()))?;
-    let mut c = proto::admin_service_client::AdminServiceClient::connect(server.clone())
-        .await
-        .with_context(|| format!("connecting to {server}; is `omnifold serve` running?"))?;
+    let mut c = admin(&server).await?;
     let r = c
         .switch_store(proto::SwitchStoreRequest { data_dir: dir.to_string_lossy().into_owned() })
         .await
-        .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
+        .map_err(refused)?
         .into_inner();
     for p in &r.partitions {
         println!("partition {} switched at offset {}", p.partition, p.next_offset);
