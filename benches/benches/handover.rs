@@ -178,6 +178,8 @@ fn produce(brokers: &str, from: u64, n: u64) -> Result<()> {
 struct Times {
     noticed: f64,
     serving: f64,
+    /// Records of the partition A had not folded when it was assigned it.
+    behind: i64,
 }
 
 async fn run(bin: &Path, events: u64, age: u64, help: Help, kill: bool) -> Result<Times> {
@@ -213,13 +215,12 @@ async fn run(bin: &Path, events: u64, age: u64, help: Help, kill: bool) -> Resul
     let noticed = until("A is assigned B's partition", Duration::from_secs(120), || async {
         let s = status(&a.grpc).await?;
         let p = s.partitions.iter().find(|p| p.partition == moving && p.state != "unassigned")?;
-        if std::env::var_os("BENCH_HANDOVER_DEBUG").is_some() {
-            eprintln!("noticed: {p:?}");
-        }
-        Some(())
+        // What A's store held of the partition when it was assigned it (a
+        // restored snapshot's offset, a standby's, or what it folded when
+        // the group gave it the partition before).
+        Some((started.elapsed().as_secs_f64(), (p.high_watermark - p.next_offset).max(0)))
     })
-    .await
-    .map(|()| started.elapsed().as_secs_f64())?;
+    .await?;
     let serving = until("A answers for B's partition", Duration::from_secs(600), || async {
         let s = status(&a.grpc).await?;
         s.partitions.iter().any(|p| p.partition == moving && p.local).then_some(())
@@ -228,7 +229,7 @@ async fn run(bin: &Path, events: u64, age: u64, help: Help, kill: bool) -> Resul
     .map(|()| started.elapsed().as_secs_f64())?;
     drop(b);
     drop(a);
-    Ok(Times { noticed, serving })
+    Ok(Times { noticed: noticed.0, serving, behind: noticed.1 })
 }
 
 fn main() -> Result<()> {
@@ -256,13 +257,15 @@ fn main() -> Result<()> {
                 results.row(
                     format!("{what}, {events} events in 2 partitions, {}{aged}", help.name()),
                     format!(
-                        "serving {:.2} s after the signal; noticed at {:.2} s, serving {:.2} s after that",
+                        "serving {:.2} s after the signal; assigned at {:.2} s with {} records to fold, serving {:.2} s \
+                         after that",
                         t.serving,
                         t.noticed,
+                        t.behind,
                         t.serving - t.noticed
                     ),
                     json!({"events": events, "kill": kill, "help": help.name(), "age": age,
-                           "noticed_s": t.noticed, "serving_s": t.serving}),
+                           "noticed_s": t.noticed, "serving_s": t.serving, "records_to_fold": t.behind}),
                 );
             }
         }

@@ -114,6 +114,9 @@ pub struct Ownership {
     me: Arc<Me>,
     status: IngestStatus,
     table: Arc<RwLock<BTreeMap<u32, Claim>>>,
+    /// Every instance's warm copies (`kafka.standby`): partition → next
+    /// offset, with when the instance said so, by instance.
+    standbys: Arc<RwLock<BTreeMap<String, (BTreeMap<u32, i64>, i64)>>>,
     /// The table has been read to its end once (or there is no topic to
     /// read), and the partitions this instance owned last are answered.
     ready: Arc<AtomicBool>,
@@ -133,7 +136,7 @@ impl Ownership {
     /// is its advertised gRPC address, `status` is its ingest's.
     pub fn new(cfg: &IngestConfig, instance: String, address: &str, status: IngestStatus) -> Ownership {
         let me = Me { instance, address: address.to_owned(), alone: cfg.assignment == Assignment::All };
-        Ownership { me: Arc::new(me), status, table: Arc::default(), ready: Arc::default() }
+        Ownership { me: Arc::new(me), status, table: Arc::default(), standbys: Arc::default(), ready: Arc::default() }
     }
 
     /// Whether this instance knows who owns what yet: `serve` starts
@@ -162,6 +165,25 @@ impl Ownership {
     pub fn standby(&self, partition: u32) -> Option<(i64, Option<i64>)> {
         let applied = self.status.standby(partition)?;
         Some((applied, self.read().get(&partition).and_then(|c| c.end)))
+    }
+
+    /// The instances keeping a warm copy of `partition`, with the next
+    /// offset each has folded to; copies not repeated for
+    /// [`STANDBY_FRESH_MS`] are left out.
+    pub fn standbys_of(&self, partition: u32) -> Vec<(String, i64)> {
+        let since = now_ms() - STANDBY_FRESH_MS;
+        let table = self.standbys.read().unwrap_or_else(PoisonError::into_inner);
+        table
+            .iter()
+            .filter(|(_, (_, at))| *at >= since)
+            .filter_map(|(instance, (copies, _))| copies.get(&partition).map(|a| (instance.clone(), *a)))
+            .collect()
+    }
+
+    fn apply_standbys(&self, copies: proto::StandbyCopies) {
+        let mine = copies.copies.iter().map(|c| (c.partition, c.applied)).collect();
+        let mut table = self.standbys.write().unwrap_or_else(PoisonError::into_inner);
+        table.insert(copies.instance, (mine, copies.at_ms));
     }
 
     /// Where a request for `partition` goes.
@@ -345,6 +367,13 @@ fn key_of(partition: u32) -> String {
     partition.to_string()
 }
 
+/// The key of an instance's standby copies in the ownership topic.
+const STANDBY_KEY: &str = "standby/";
+
+/// How long an instance's list of standby copies counts without being
+/// repeated (it is repeated every beat; a dead instance's goes stale).
+pub const STANDBY_FRESH_MS: i64 = 10_000;
+
 /// Reads the ownership topic into `own`'s table and writes this
 /// instance's claims until `shutdown`, then releases them. Blocking: run it
 /// on its own thread.
@@ -392,6 +421,8 @@ struct Owner<'a> {
     /// The ownership topic does not exist (nothing to wait for).
     missing: bool,
     next_topic_check: Instant,
+    /// The last list of standby copies written was not empty.
+    copies_said: bool,
 }
 
 /// A reader of the whole ownership topic.
@@ -423,6 +454,7 @@ impl<'a> Owner<'a> {
             mine: BTreeMap::new(),
             missing: false,
             next_topic_check: Instant::now(),
+            copies_said: false,
         })
     }
 
@@ -493,6 +525,15 @@ impl<'a> Owner<'a> {
             let value = r.value.unwrap_or_default();
             if !self.signer.verify(r.key, None, value, r.signature) {
                 warn!(offset = r.offset, "an ownership record without omnifold's signature was dropped");
+                continue;
+            }
+            if let Some(instance) = r.key.and_then(|k| k.strip_prefix(STANDBY_KEY.as_bytes())) {
+                match proto::StandbyCopies::decode(value) {
+                    Ok(copies) if copies.instance.as_bytes() == instance => self.own.apply_standbys(copies),
+                    _ => {
+                        warn!(offset = r.offset, "an ownership record that is not a list of standby copies was dropped")
+                    }
+                }
                 continue;
             }
             match Claim::decode(value) {
@@ -574,6 +615,9 @@ impl<'a> Owner<'a> {
             return;
         }
         let status = self.own.status.snapshot();
+        if beat && (!status.standby.is_empty() || self.copies_said) {
+            self.write_standbys(&status.standby);
+        }
         let revoked: Vec<u32> = self.mine.keys().filter(|p| !status.partitions.contains_key(p)).copied().collect();
         for p in revoked {
             self.release(p);
@@ -645,21 +689,42 @@ impl<'a> Owner<'a> {
         for p in mine {
             self.release(p);
         }
+        if self.copies_said {
+            self.write_standbys(&BTreeMap::new());
+        }
         if let Err(e) = self.producer.flush(Duration::from_secs(5)) {
             warn!(error = %e, "the partitions' release did not reach the broker; other instances see it when the group moves them");
         }
     }
 
+    /// This instance's standby copies (`applied` by partition), or none.
+    fn write_standbys(&mut self, applied: &BTreeMap<u32, i64>) {
+        let copies = proto::StandbyCopies {
+            instance: self.own.me.instance.clone(),
+            address: self.own.me.address.clone(),
+            copies: applied.iter().map(|(p, a)| proto::StandbyCopy { partition: *p, applied: *a }).collect(),
+            at_ms: now_ms(),
+        };
+        self.copies_said = !applied.is_empty();
+        let key = format!("{STANDBY_KEY}{}", self.own.me.instance);
+        let value = copies.encode_to_vec();
+        self.own.apply_standbys(copies);
+        self.send(&key, &value);
+    }
+
     fn write(&self, partition: u32, claim: &Claim) {
-        let key = key_of(partition);
-        let value = claim.encode(partition);
-        let signature = self.signer.sign(Some(key.as_bytes()), None, &value);
-        let headers = OwnedHeaders::new().insert(Header { key: SIGNATURE_HEADER, value: Some(signature.as_bytes()) });
         // Ours wins locally at once; the topic tells the others.
         self.own.apply(partition, claim.clone());
-        let record = BaseRecord::to(&self.cfg.ownership_topic).key(&key).payload(&value).headers(headers);
+        self.send(&key_of(partition), &claim.encode(partition));
+    }
+
+    /// Queues one signed record of the ownership topic.
+    fn send(&self, key: &str, value: &[u8]) {
+        let signature = self.signer.sign(Some(key.as_bytes()), None, value);
+        let headers = OwnedHeaders::new().insert(Header { key: SIGNATURE_HEADER, value: Some(signature.as_bytes()) });
+        let record = BaseRecord::to(&self.cfg.ownership_topic).key(key).payload(value).headers(headers);
         if let Err((e, _)) = self.producer.send(record) {
-            debug!(partition, error = %e, "an ownership claim could not be queued; the next beat repeats it");
+            debug!(key, error = %e, "an ownership record could not be queued; the next beat repeats it");
         }
     }
 }

@@ -108,6 +108,10 @@ impl Owners for Owned {
         self.0.standby(partition).map(|(applied, end)| StandbyCopy { applied, end })
     }
 
+    fn standbys(&self, partition: u32) -> Vec<(String, i64)> {
+        self.0.standbys_of(partition)
+    }
+
     fn claims(&self) -> std::collections::BTreeMap<u32, OwnerClaim> {
         self.0
             .claims()

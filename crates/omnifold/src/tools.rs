@@ -247,13 +247,23 @@ pub async fn status(server: String, json: bool) -> Result<()> {
     }
     println!("broker {}, ingest {}", r.broker, if r.ingest_running { "running" } else { "stopped" });
     println!(
-        "{:>9} {:<24} {:<32} {:>5} {:<11} {:>12} {:>8} {:>12} {:<5} {:<22} health",
-        "partition", "owner", "address", "epoch", "state", "applied", "lag", "local next", "here", "snapshot"
+        "{:>9} {:<24} {:<32} {:>5} {:<11} {:>12} {:>8} {:>12} {:<5} {:<22} {:<24} health",
+        "partition",
+        "owner",
+        "address",
+        "epoch",
+        "state",
+        "applied",
+        "lag",
+        "local next",
+        "here",
+        "snapshot",
+        "standbys (lag)"
     );
     for p in &r.partitions {
         let health = if p.error.is_empty() { p.state.clone() } else { format!("{}: {}", p.state, p.error) };
         println!(
-            "{:>9} {:<24} {:<32} {:>5} {:<11} {:>12} {:>8} {:>12} {:<5} {:<22} {}",
+            "{:>9} {:<24} {:<32} {:>5} {:<11} {:>12} {:>8} {:>12} {:<5} {:<22} {:<24} {}",
             p.partition,
             p.owner_instance,
             p.owner_address,
@@ -270,6 +280,7 @@ pub async fn status(server: String, json: bool) -> Result<()> {
                 "no"
             },
             snapshot_cell(p),
+            standbys_cell(p),
             health
         );
     }
@@ -293,6 +304,15 @@ fn snapshot_cell(p: &proto::PartitionStatus) -> String {
     };
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
     format!("{} ({}s ago)", p.snapshot_offset, (now - taken.seconds).max(0))
+}
+
+/// The instances keeping a warm copy of a partition, each with its lag.
+fn standbys_cell(p: &proto::PartitionStatus) -> String {
+    if p.standbys.is_empty() {
+        return "-".into();
+    }
+    let lag = |l: i64| if l < 0 { "?".to_owned() } else { l.to_string() };
+    p.standbys.iter().map(|s| format!("{}:{}", s.instance, lag(s.lag))).collect::<Vec<_>>().join(",")
 }
 
 /// An RFC 3339 time given on the command line.

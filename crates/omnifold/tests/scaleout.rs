@@ -518,6 +518,18 @@ async fn a_standby_answers_when_asked_and_takes_over_without_replaying() {
     let status = b.status().await;
     assert!(status.partitions.iter().any(|p| !p.local && p.standby_applied > 0), "{status:?}");
     assert!(status.partitions.iter().all(|p| p.local || p.standby_applied >= 0), "{status:?}");
+    // And A's status, read from the ownership topic, lists B as a standby
+    // of A's partition; `omnifold status` prints it.
+    let b_name = status.partitions.iter().find(|p| p.local).unwrap().owner_instance.clone();
+    eventually("B's copy in A's status", Duration::from_secs(30), || async {
+        let s = a.status().await;
+        let listed =
+            s.partitions.iter().any(|p| p.local && p.standbys.iter().any(|c| c.instance == b_name && c.applied > 0));
+        listed.then_some(())
+    })
+    .await;
+    let table = setup.run(&["status", "--server", &a.grpc]);
+    assert!(table.contains(&format!("{b_name}:")), "{table}");
 
     // A redemption asked of the standby with the opt-in goes to the owner.
     let id_redeemed = from_standby[0].clone();

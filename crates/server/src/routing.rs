@@ -114,6 +114,11 @@ pub trait Owners: std::fmt::Debug + Send + Sync + 'static {
     fn standby(&self, _partition: u32) -> Option<StandbyCopy> {
         None
     }
+    /// Every instance keeping a warm copy of `partition`, with the next
+    /// offset each has folded to.
+    fn standbys(&self, _partition: u32) -> Vec<(String, i64)> {
+        Vec::new()
+    }
 }
 
 /// What a request for a member owned elsewhere gets.

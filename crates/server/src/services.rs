@@ -687,6 +687,18 @@ impl proto::admin_service_server::AdminService for Admin {
                     .and_then(|r| r.owners.standby(p))
                     .filter(|_| !local)
                     .map_or(-1, |c| c.applied),
+                standbys: state
+                    .routing
+                    .as_ref()
+                    .map(|r| r.owners.standbys(p))
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(instance, applied)| proto::PartitionStandby {
+                        instance,
+                        applied,
+                        lag: claim.and_then(|c| c.end).map_or(-1, |end| (end - applied).max(0)),
+                    })
+                    .collect(),
             });
         }
         let broker = match report.broker_up {
