@@ -31,7 +31,7 @@ use crate::config::Assignment;
 use crate::failpoint;
 use crate::outbox::{Outbox, Undelivered};
 use crate::processor::{OutRecord, Processed, Processor, ROUTE_HEADER, Record};
-use crate::resume::{Resume, admit};
+use crate::resume::{Resume, admit_event};
 use crate::sign::SIGNATURE_HEADER;
 use crate::standby::Standbys;
 use crate::status::{IngestStatus, STATS_INTERVAL_MS, now_ms};
@@ -543,7 +543,7 @@ impl Ingest<'_> {
                 let Some(resume) = assigned.get_mut(&p) else {
                     continue;
                 };
-                if admit(resume, &mut rewinds, p, m.offset()) {
+                if admit_event(resume, &mut rewinds, p, m.offset()) {
                     by_partition.entry(p).or_default().push(record_of(m));
                 } else if rewinds.contains_key(&p) {
                     by_partition.remove(&p);

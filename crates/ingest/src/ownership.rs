@@ -114,13 +114,16 @@ pub struct Ownership {
     me: Arc<Me>,
     status: IngestStatus,
     table: Arc<RwLock<BTreeMap<u32, Claim>>>,
-    /// Every instance's warm copies (`kafka.standby`): partition → next
-    /// offset, with when the instance said so, by instance.
-    standbys: Arc<RwLock<BTreeMap<String, (BTreeMap<u32, i64>, i64)>>>,
+    /// Every instance's warm copies (`kafka.standby`), by instance.
+    standbys: Arc<RwLock<BTreeMap<String, Copies>>>,
     /// The table has been read to its end once (or there is no topic to
     /// read), and the partitions this instance owned last are answered.
     ready: Arc<AtomicBool>,
 }
+
+/// One instance's warm copies: partition → next offset folded, and when
+/// the instance said so (Unix ms).
+type Copies = (BTreeMap<u32, i64>, i64);
 
 #[derive(Debug)]
 struct Me {

@@ -18,7 +18,7 @@ use tracing::warn;
 
 use crate::consumer::{client_config, record_of};
 use crate::processor::{Processor, Record};
-use crate::resume::{Resume, admit};
+use crate::resume::{Resume, admit_event};
 use crate::{IngestConfig, Result, Shutdown};
 
 /// Where a replay stands.
@@ -133,7 +133,7 @@ pub fn replay(
             let Some(resume) = resumes.get_mut(&p) else {
                 continue;
             };
-            if !admit(resume, &mut rewinds, p, m.offset()) {
+            if !admit_event(resume, &mut rewinds, p, m.offset()) {
                 continue;
             }
             if let ReplayEnd::At(_) = end_at

@@ -95,6 +95,29 @@ pub(crate) fn admit(
     }
 }
 
+/// [`admit`] for the events topic, which is never compacted: a partition
+/// read from its beginning whose first record comes after the offset to
+/// fold lost those records to the topic's retention, and says so.
+pub(crate) fn admit_event(
+    resume: &mut Resume,
+    rewinds: &mut std::collections::BTreeMap<u32, i64>,
+    partition: u32,
+    offset: i64,
+) -> bool {
+    if !rewinds.contains_key(&partition) && !resume.confirmed && resume.from == 0 && offset > resume.next {
+        let lost = offset - resume.next;
+        tracing::warn!(
+            partition,
+            from = resume.next,
+            to = offset,
+            "the topic no longer holds these records of the partition (retention): its state does not include \
+             them; a snapshot restore avoids this (docs/scale-out.md)"
+        );
+        metrics::counter!("omnifold_records_gone_before_folded_total").increment(lost as u64);
+    }
+    admit(resume, rewinds, partition, offset)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

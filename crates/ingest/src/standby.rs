@@ -22,7 +22,7 @@ use tracing::{info, warn};
 
 use crate::consumer::{await_partition_count, client_config, record_of};
 use crate::processor::{Processor, Record};
-use crate::resume::{Resume, admit};
+use crate::resume::{Resume, admit_event};
 use crate::status::Quiet;
 use crate::{IngestConfig, IngestStatus, Result, Shutdown};
 
@@ -118,7 +118,7 @@ impl Follower<'_> {
             let Some(resume) = self.following.get_mut(&p) else {
                 continue;
             };
-            if admit(resume, &mut rewinds, p, m.offset()) {
+            if admit_event(resume, &mut rewinds, p, m.offset()) {
                 by_partition.entry(p).or_default().push(record_of(m));
             }
         }
