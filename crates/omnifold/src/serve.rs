@@ -247,6 +247,24 @@ async fn wait_for_ownership(ownership: &Ownership) {
     }
 }
 
+/// The partitions this instance folds (not those it only answers for
+/// from its store after a restart).
+fn folded_here(status: &IngestStatus) -> Vec<u32> {
+    status.snapshot().partitions.into_iter().filter(|(_, h)| !h.resting).map(|(p, _)| p).collect()
+}
+
+/// After the last batch: a snapshot of each partition this instance
+/// folded, so whoever takes them over starts from here.
+fn snapshot_on_stop(snapshots: &Snapshots, store: &Store, topic: &str, partitions: &[u32]) {
+    for p in partitions {
+        match snapshots.take(store, topic, *p, None) {
+            Ok(Some(t)) => info!(partition = p, next_offset = t.manifest.next_offset(), "snapshot taken at stop"),
+            Ok(None) => {}
+            Err(e) => warn!(partition = p, error = %e, "no snapshot at stop; the next owner starts from an older one"),
+        }
+    }
+}
+
 /// How long shutdown waits for the last reads to let go of the store.
 const STORE_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -342,10 +360,11 @@ pub async fn serve(config: Config) -> Result<()> {
     println!("omnifold serving gRPC on {addr}");
     wait_for_ownership(&ownership).await;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let stop_status = status.clone();
     let mut app = AppState::new(stores.clone(), &config.kafka.topic, fold)
         .with_read_threads(config.server.read_threads())
         .with_commands(commands)
-        .with_ingest(Arc::new(Health(status)))
+        .with_ingest(Arc::new(Health(status.clone())))
         .with_routing(routing)
         .with_switcher(Switcher { requests: switch_tx, store_config: config.store.clone() });
     if snapshotter.is_some() {
@@ -355,9 +374,11 @@ pub async fn serve(config: Config) -> Result<()> {
         let _ = stop_rx.await;
     }));
 
+    let mut folded = Vec::new();
     let ingest = tokio::select! {
         _ = stop => {
             info!("stopping: finishing the current batch");
+            folded = folded_here(&stop_status);
             shutdown.trigger();
             (&mut done_rx).await
         }
@@ -382,6 +403,9 @@ pub async fn serve(config: Config) -> Result<()> {
             let _ = thread.join();
         }
     });
+    if let Some(snaps) = snapshots.as_ref().filter(|_| config.snapshots.on_stop) {
+        tokio::task::block_in_place(|| snapshot_on_stop(snaps, &stores.get(), &config.kafka.topic, &folded));
+    }
     if let Err(e) = stores.get().flush() {
         warn!(error = %e, "flushing the store failed; the write-ahead log has every commit");
     }

@@ -566,3 +566,36 @@ async fn a_standby_answers_when_asked_and_takes_over_without_replaying() {
     assert_eq!(metric(&page, "omnifold_events_duplicate_total"), 0, "nothing read twice: {page}");
     assert!(b.stop().success());
 }
+
+/// An instance that stops leaves a snapshot of every partition it folded
+/// (`snapshots.on_stop`, the default): the instance that takes them over
+/// with an empty store folds nothing again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopping_instance_leaves_snapshots_its_successor_starts_from() {
+    let broker = Broker::start();
+    let mut setup = Setup::new(&broker, "onstop", 2);
+    let store = tempfile::tempdir().unwrap();
+    setup.extra_env.insert("OMNIFOLD_SNAPSHOTS__URL".into(), store.path().display().to_string());
+    // None on a schedule: only the ones taken at stop.
+    setup.extra_env.insert("OMNIFOLD_SNAPSHOTS__EVERY_RECORDS".into(), "0".into());
+    setup.extra_env.insert("OMNIFOLD_SNAPSHOTS__EVERY_MS".into(), "0".into());
+    setup.create_topics();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Service::start(&setup, dir_a.path());
+    owners(&a, 2, 1).await;
+    setup.produce(&stream("first"));
+    let before = read_all(&a, 3).await;
+    assert!(a.stop().success());
+    let listed = setup.run(&["snapshot", "list"]);
+    assert_eq!(listed.lines().filter(|l| l.ends_with("yes")).count(), 2, "a latest snapshot per partition:\n{listed}");
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let metrics = format!("127.0.0.1:{port}");
+    let b = Service::start_with(&setup, dir_b.path(), &[("OMNIFOLD_SERVER__METRICS_LISTEN", metrics.as_str())]);
+    owners(&b, 2, 1).await;
+    assert_eq!(read_all(&b, 3).await, before);
+    let page = http_get(port, "/metrics").await;
+    assert_eq!(metric_by(&page, "omnifold_snapshot_restores_total", "partition").len(), 2, "{page}");
+    assert_eq!(metric(&page, "omnifold_events_applied_total"), 0, "everything came from the snapshots: {page}");
+    assert!(b.stop().success());
+}

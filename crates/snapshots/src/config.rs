@@ -28,6 +28,10 @@ pub struct SnapshotConfig {
     /// Take a snapshot of a partition that changed at least this often; 0:
     /// not by time.
     pub every_ms: u64,
+    /// Take a snapshot of every partition the instance folds as it stops
+    /// (after its last batch), so the instances that take them over start
+    /// from where it stopped.
+    pub on_stop: bool,
     /// Snapshots kept per partition (the newest ones), at least 1. The
     /// oldest snapshot the topic's log still reaches back to is kept too.
     pub retain: usize,
@@ -44,6 +48,7 @@ impl Default for SnapshotConfig {
             options: BTreeMap::new(),
             every_records: 1_000_000,
             every_ms: 600_000,
+            on_stop: true,
             retain: 3,
             chunk_grace_ms: 3_600_000,
         }
