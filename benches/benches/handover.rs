@@ -123,7 +123,8 @@ fn start(bin: &Path, brokers: &str, data: &Path, help: Help, snapshots: &Path) -
         Help::None => {}
         Help::Snapshot => {
             c.env("OMNIFOLD_SNAPSHOTS__URL", snapshots).env("OMNIFOLD_SNAPSHOTS__EVERY_RECORDS", "0");
-            c.env("OMNIFOLD_SNAPSHOTS__EVERY_MS", "0");
+            // The snapshot's age is the bench's: none at stop either.
+            c.env("OMNIFOLD_SNAPSHOTS__EVERY_MS", "0").env("OMNIFOLD_SNAPSHOTS__ON_STOP", "false");
         }
         Help::Standby => {
             c.env("OMNIFOLD_KAFKA__STANDBY", "all");
