@@ -31,7 +31,7 @@ use crate::config::Assignment;
 use crate::failpoint;
 use crate::outbox::{Outbox, Undelivered};
 use crate::processor::{OutRecord, Processed, Processor, ROUTE_HEADER, Record};
-use crate::resume::{Resume, admit_event};
+use crate::resume::{Resume, admit_event, seek_to};
 use crate::sign::SIGNATURE_HEADER;
 use crate::standby::Standbys;
 use crate::status::{IngestStatus, STATS_INTERVAL_MS, now_ms};
@@ -151,11 +151,7 @@ impl ConsumerContext for IngestContext {
                     let Some(resume) = self.resume_from_store(p as u32) else {
                         continue;
                     };
-                    let offset = match resume.position() {
-                        0 => Offset::Beginning,
-                        at => Offset::Offset(at),
-                    };
-                    if let Err(e) = tpl.set_partition_offset(&topic, p, offset) {
+                    if let Err(e) = tpl.set_partition_offset(&topic, p, resume.start()) {
                         error!(error = %e, partition = p, "cannot set start offset");
                     }
                     if topic == self.topic {
@@ -394,7 +390,7 @@ fn assign_all(consumer: &BaseConsumer<IngestContext>, topic: &str, partitions: u
     let mut nexts = Vec::new();
     for p in 0..partitions {
         let resume = Resume::at(store.next_offset(topic, p)?.unwrap_or(0), ctx.rewind);
-        tpl.add_partition_offset(topic, p as i32, Offset::Offset(resume.position()))?;
+        tpl.add_partition_offset(topic, p as i32, resume.start())?;
         lock(&ctx.assigned).insert(p, resume);
         nexts.push((p, resume.next));
     }
@@ -556,7 +552,7 @@ impl Ingest<'_> {
                 from = to,
                 "the broker skipped records at the resume offset; reading again from earlier"
             );
-            if let Err(e) = c.seek(&self.cfg.topic, p as i32, Offset::Offset(to), Duration::from_secs(10)) {
+            if let Err(e) = c.seek(&self.cfg.topic, p as i32, seek_to(to), Duration::from_secs(10)) {
                 warn!(partition = p, error = %e, "seek failed");
             }
         }
@@ -661,9 +657,9 @@ impl Ingest<'_> {
             let resume = Resume::at(next, ctx.rewind);
             let mut tpl = TopicPartitionList::new();
             let _ = tpl.add_partition(&self.cfg.topic, p as i32);
-            let sought = c.resume(&tpl).and_then(|()| {
-                c.seek(&self.cfg.topic, p as i32, Offset::Offset(resume.position()), Duration::from_secs(10))
-            });
+            let sought = c
+                .resume(&tpl)
+                .and_then(|()| c.seek(&self.cfg.topic, p as i32, resume.start(), Duration::from_secs(10)));
             match sought {
                 Ok(()) => {
                     lock(&ctx.assigned).insert(p, resume);

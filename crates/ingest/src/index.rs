@@ -9,15 +9,15 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::{Offset, TopicPartitionList};
 use tracing::{info, warn};
 
 use omnifold_store::{Batch, Store, StoreHandle};
 
 use crate::consumer::{await_partition_count, client_config, record_of};
-use crate::resume::{Resume, admit};
+use crate::resume::{Resume, admit, seek_to};
 use crate::status::Quiet;
 use crate::{IngestConfig, IngestStatus, Result, Shutdown, Signer};
 
@@ -74,7 +74,7 @@ fn position(
     let mut resumes = BTreeMap::new();
     for p in 0..partitions {
         let resume = Resume::at(store.next_offset(topic, p)?.unwrap_or(0), cfg.resume_rewind_records);
-        tpl.add_partition_offset(topic, p as i32, Offset::Offset(resume.position()))?;
+        tpl.add_partition_offset(topic, p as i32, resume.start())?;
         resumes.insert(p, resume);
     }
     consumer.assign(&tpl)?;
@@ -137,7 +137,7 @@ fn apply(
     }
     for (p, to) in rewinds {
         warn!(partition = p, from = to, "the broker skipped identity records; reading again from earlier");
-        consumer.seek(topic, p as i32, Offset::Offset(to), Duration::from_secs(10))?;
+        consumer.seek(topic, p as i32, seek_to(to), Duration::from_secs(10))?;
     }
     Ok(())
 }

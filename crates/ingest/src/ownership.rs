@@ -33,13 +33,11 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
-use crate::status::SnapshotMark;
-
 use omnifold_proto::v1 as proto;
 
 use crate::consumer::{Shutdown, client_config, partition_count, record_of};
 use crate::sign::SIGNATURE_HEADER;
-use crate::status::{IngestStatus, Quiet, now_ms};
+use crate::status::{IngestStatus, Quiet, SnapshotMark, now_ms};
 use omnifold_store::{Store, StoreHandle};
 
 use crate::{Assignment, Error, IngestConfig, Result, Signer};

@@ -18,7 +18,7 @@ use tracing::warn;
 
 use crate::consumer::{client_config, record_of};
 use crate::processor::{Processor, Record};
-use crate::resume::{Resume, admit_event};
+use crate::resume::{Resume, admit_event, seek_to};
 use crate::{IngestConfig, Result, Shutdown};
 
 /// Where a replay stands.
@@ -97,7 +97,7 @@ pub fn replay(
             (None, None) => 0,
         };
         let resume = Resume::at(first, cfg.resume_rewind_records);
-        tpl.add_partition_offset(topic, p as i32, Offset::Offset(resume.position()))?;
+        tpl.add_partition_offset(topic, p as i32, resume.start())?;
         resumes.insert(p, resume);
         positions.insert(p, start.unwrap_or(0));
         end.insert(p, high);
@@ -154,7 +154,7 @@ pub fn replay(
                 from = to,
                 "the broker skipped records at the resume offset; reading again from earlier"
             );
-            consumer.seek(topic, p as i32, Offset::Offset(to), Duration::from_secs(10))?;
+            consumer.seek(topic, p as i32, seek_to(to), Duration::from_secs(10))?;
         }
         for (partition, records) in by_partition {
             let mut processed = processor.process(partition, &records)?;

@@ -46,8 +46,14 @@ impl Resume {
     }
 
     /// Where to seek the partition now.
-    pub fn position(&self) -> i64 {
+    #[cfg(test)]
+    fn position(&self) -> i64 {
         self.from
+    }
+
+    /// Where to seek the partition now, as the consumer takes it ([`seek_to`]).
+    pub(crate) fn start(&self) -> rdkafka::Offset {
+        seek_to(self.from)
     }
 
     /// Checks one received record, in offset order.
@@ -70,6 +76,14 @@ impl Resume {
             Step::Take
         }
     }
+}
+
+/// Where to position a partition to read `offset` next: offset 0 is the
+/// beginning. An empty partition has no offset 0 yet and a trimmed one no
+/// longer has it: some brokers answer a fetch there as out of range, and a
+/// consumer whose reset policy is `latest` would then skip to the end.
+pub(crate) fn seek_to(offset: i64) -> rdkafka::Offset {
+    if offset == 0 { rdkafka::Offset::Beginning } else { rdkafka::Offset::Offset(offset) }
 }
 
 /// Checks one record of `partition` from a poll: true to take it. A

@@ -118,14 +118,8 @@ struct Taker<'a> {
 }
 
 impl Taker<'_> {
-    /// The partitions folded here, with the next offset of each.
-    fn folded(&self) -> Vec<(u32, i64)> {
-        let s = self.status.snapshot();
-        s.partitions.into_iter().filter(|(_, h)| !h.resting).map(|(p, h)| (p, h.applied)).collect()
-    }
-
     fn answer(&mut self, request: Request) {
-        let folded = self.folded();
+        let folded = self.status.folded();
         let partitions: Vec<u32> =
             if request.partitions.is_empty() { folded.iter().map(|(p, _)| *p).collect() } else { request.partitions };
         let outcomes = partitions
@@ -144,25 +138,18 @@ impl Taker<'_> {
 
     /// Takes the snapshots that are due.
     fn scheduled(&mut self) {
-        let folded = self.folded();
+        let folded = self.status.folded();
         self.last.retain(|p, _| folded.iter().any(|(f, _)| f == p));
         for (p, applied) in folded {
             let last = match self.last.get(&p) {
                 Some(last) => *last,
                 None => self.first_look(p),
             };
-            if due(self.cfg_records(), self.cfg_ms(), &last, applied) {
+            let cfg = self.snapshots.config();
+            if due(cfg.every_records, cfg.every_ms, &last, applied) {
                 let _ = self.take(p);
             }
         }
-    }
-
-    fn cfg_records(&self) -> u64 {
-        self.snapshots.config().every_records
-    }
-
-    fn cfg_ms(&self) -> u64 {
-        self.snapshots.config().every_ms
     }
 
     /// A partition seen for the first time: where its latest snapshot is.

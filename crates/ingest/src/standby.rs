@@ -15,14 +15,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use tracing::{info, warn};
 
 use crate::consumer::{await_partition_count, client_config, record_of};
 use crate::processor::{Processor, Record};
-use crate::resume::{Resume, admit_event};
+use crate::resume::{Resume, admit_event, seek_to};
 use crate::status::Quiet;
 use crate::{IngestConfig, IngestStatus, Result, Shutdown};
 
@@ -123,7 +123,7 @@ impl Follower<'_> {
             }
         }
         for (p, to) in rewinds {
-            self.consumer.seek(&self.cfg.topic, p as i32, at(to), Duration::from_secs(10))?;
+            self.consumer.seek(&self.cfg.topic, p as i32, seek_to(to), Duration::from_secs(10))?;
         }
         for (p, records) in by_partition {
             if let Some(next) = fold(self.processor, self.standbys, p, &records)? {
@@ -151,7 +151,7 @@ impl Follower<'_> {
         for p in &others {
             let next = store.next_offset(&self.cfg.topic, *p)?.unwrap_or(0);
             let resume = Resume::at(next, self.cfg.resume_rewind_records);
-            tpl.add_partition_offset(&self.cfg.topic, *p as i32, at(resume.position()))?;
+            tpl.add_partition_offset(&self.cfg.topic, *p as i32, resume.start())?;
             following.insert(*p, resume);
             self.status.standby_at(*p, next);
         }
@@ -178,11 +178,4 @@ fn fold(processor: &Processor, standbys: &Standbys, p: u32, records: &[Record<'_
     drop(owned);
     metrics::counter!("omnifold_standby_events_applied_total").increment(applied);
     Ok(records.last().map(|r| r.offset + 1))
-}
-
-/// Where to position a partition to read `offset` next: offset 0 is the
-/// beginning (an empty partition has no offset 0 yet, and some brokers
-/// answer a fetch there as out of range).
-fn at(offset: i64) -> Offset {
-    if offset == 0 { Offset::Beginning } else { Offset::Offset(offset) }
 }

@@ -228,6 +228,12 @@ impl IngestStatus {
         self.with(|s| s.partitions.get(&partition).cloned())
     }
 
+    /// The partitions this instance folds, each with the next offset to
+    /// fold (not those it only answers for from its store after a restart).
+    pub fn folded(&self) -> Vec<(u32, i64)> {
+        self.with(|s| s.partitions.iter().filter(|(_, h)| !h.resting).map(|(p, h)| (*p, h.applied)).collect())
+    }
+
     /// The next offset the warm copy of `partition` has folded to, if this
     /// instance keeps one.
     pub fn standby(&self, partition: u32) -> Option<i64> {

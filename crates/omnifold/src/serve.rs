@@ -247,12 +247,6 @@ async fn wait_for_ownership(ownership: &Ownership) {
     }
 }
 
-/// The partitions this instance folds (not those it only answers for
-/// from its store after a restart).
-fn folded_here(status: &IngestStatus) -> Vec<u32> {
-    status.snapshot().partitions.into_iter().filter(|(_, h)| !h.resting).map(|(p, _)| p).collect()
-}
-
 /// After the last batch: a snapshot of each partition this instance
 /// folded, so whoever takes them over starts from here.
 fn snapshot_on_stop(snapshots: &Snapshots, store: &Store, topic: &str, partitions: &[u32]) {
@@ -293,7 +287,8 @@ pub async fn serve(config: Config) -> Result<()> {
             .with_on_commit(Arc::new(move |partition| committed.committed(partition)));
     // The standby fold shares the member cache: the two never fold one
     // partition at once (omnifold_ingest::Standbys).
-    let standby_processor = (config.kafka.standby == omnifold_ingest::Standby::All).then(|| processor.clone());
+    let standby =
+        (config.kafka.standby == omnifold_ingest::Standby::All).then(|| (Standbys::default(), processor.clone()));
     let status = IngestStatus::default();
     let timeout = std::time::Duration::from_millis(config.server.command_timeout_ms);
     let producer = CommandProducer::new(&config.kafka, timeout).context("creating the command producer")?;
@@ -301,7 +296,6 @@ pub async fn serve(config: Config) -> Result<()> {
     let shutdown = Shutdown::default();
 
     let snapshots = open_snapshots(&config, &name)?;
-    let standbys = standby_processor.as_ref().map(|_| Standbys::default());
     let (switch_tx, switch_rx) = std::sync::mpsc::sync_channel(1);
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
     let (kafka, stop_ingest) = (config.kafka.clone(), shutdown.clone());
@@ -310,14 +304,14 @@ pub async fn serve(config: Config) -> Result<()> {
         status: status.clone(),
         store_config: Some(config.store.clone()),
         snapshots: snapshots.clone(),
-        standbys: standbys.clone(),
+        standbys: standby.as_ref().map(|(standbys, _)| standbys.clone()),
     };
     // Warm copies of the partitions other instances own, when configured.
-    let standby = match standbys.zip(standby_processor) {
-        Some((standbys, standby_processor)) => {
-            let (cfg, proc, status, stop) = (config.kafka.clone(), standby_processor, status.clone(), shutdown.clone());
+    let standby = match standby {
+        Some((standbys, processor)) => {
+            let (cfg, status, stop) = (config.kafka.clone(), status.clone(), shutdown.clone());
             Some(Background::spawn("standby", move || {
-                omnifold_ingest::run_standby(&cfg, &proc, &standbys, &status, &stop)
+                omnifold_ingest::run_standby(&cfg, &processor, &standbys, &status, &stop)
             })?)
         }
         None => None,
@@ -360,7 +354,6 @@ pub async fn serve(config: Config) -> Result<()> {
     println!("omnifold serving gRPC on {addr}");
     wait_for_ownership(&ownership).await;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let stop_status = status.clone();
     let mut app = AppState::new(stores.clone(), &config.kafka.topic, fold)
         .with_read_threads(config.server.read_threads())
         .with_commands(commands)
@@ -378,7 +371,7 @@ pub async fn serve(config: Config) -> Result<()> {
     let ingest = tokio::select! {
         _ = stop => {
             info!("stopping: finishing the current batch");
-            folded = folded_here(&stop_status);
+            folded = status.folded().into_iter().map(|(p, _)| p).collect();
             shutdown.trigger();
             (&mut done_rx).await
         }

@@ -197,10 +197,7 @@ async fn merge_chains_conflicts_provisional_profiles_and_misrouted_events() {
     let setup = Setup::new(&broker, "rules", 4);
     setup.create_topics();
     let data = tempfile::tempdir().unwrap();
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut setup = setup;
-    setup.extra_env.insert("OMNIFOLD_SERVER__METRICS_LISTEN".into(), format!("127.0.0.1:{metrics_port}"));
-    let service = Service::start(&setup, data.path());
+    let service = Service::start_with_metrics(&setup, data.path());
     let bob_card = proto::Identifier { r#type: proto::IdentifierType::LoyaltyCard as i32, value: "CARD-77".into() };
     let stream = vec![
         // A provisional profile: a sale by card before anyone holds the card.
@@ -272,7 +269,7 @@ async fn merge_chains_conflicts_provisional_profiles_and_misrouted_events() {
     service.wait_consumed(&setup, (stream.len() + second.len() + 1) as i64).await;
     let c = get(&service, "m-c").await.unwrap();
     assert_eq!(c.purchases.as_ref().unwrap().orders, 4, "the misrouted order reached its member once");
-    let metrics = http_get(metrics_port, "/metrics").await;
+    let metrics = service.metrics().await;
     let line = metrics.lines().find(|l| l.starts_with("omnifold_events_misrouted_total")).unwrap_or_default();
     assert_eq!(line.split_whitespace().last(), Some("1"), "{metrics}");
 

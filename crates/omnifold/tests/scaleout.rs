@@ -361,6 +361,12 @@ async fn a_killed_instance_s_partitions_move_and_nothing_is_lost_stale_or_spent_
     }
 }
 
+/// Snapshots taken on demand (and at stop) only, never on a schedule.
+fn no_scheduled_snapshots(setup: &mut Setup) {
+    setup.extra_env.insert("OMNIFOLD_SNAPSHOTS__EVERY_RECORDS".into(), "0".into());
+    setup.extra_env.insert("OMNIFOLD_SNAPSHOTS__EVERY_MS".into(), "0".into());
+}
+
 /// Events of `stream(round)` per partition of `partitions`.
 fn events_per_partition(round: &str, partitions: u32) -> BTreeMap<u32, u64> {
     let mut out = BTreeMap::new();
@@ -378,8 +384,7 @@ async fn a_new_instance_starts_from_the_snapshots(name: &str, snapshots: &[(Stri
     let mut setup = Setup::new(&broker, name, 2);
     setup.extra_env.extend(snapshots.iter().cloned());
     // On demand only, so the test knows which snapshot is the latest.
-    setup.extra_env.insert("OMNIFOLD_SNAPSHOTS__EVERY_RECORDS".into(), "0".into());
-    setup.extra_env.insert("OMNIFOLD_SNAPSHOTS__EVERY_MS".into(), "0".into());
+    no_scheduled_snapshots(&mut setup);
     setup.create_topics();
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = Service::start(&setup, dir_a.path());
@@ -422,12 +427,10 @@ async fn a_new_instance_starts_from_the_snapshots(name: &str, snapshots: &[(Stri
     let before = read_all(&a, 6).await;
 
     // B joins with nothing, and counts what it folds.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let metrics = format!("127.0.0.1:{port}");
-    let b = Service::start_with(&setup, dir_b.path(), &[("OMNIFOLD_SERVER__METRICS_LISTEN", metrics.as_str())]);
+    let b = Service::start_with_metrics(&setup, dir_b.path());
     owners(&a, 2, 2).await;
     assert_eq!(read_all(&b, 6).await, before, "B answers as A did");
-    let page = http_get(port, "/metrics").await;
+    let page = b.metrics().await;
     let restored: BTreeMap<String, u64> = metric_by(&page, "omnifold_snapshot_restores_total", "partition");
     assert!(!restored.is_empty() && restored.values().all(|n| *n == 1), "B restored its partitions once: {page}");
     // What B folded is exactly the events after the snapshots of the
@@ -471,10 +474,8 @@ async fn a_standby_answers_when_asked_and_takes_over_without_replaying() {
     setup.extra_env.insert("OMNIFOLD_KAFKA__STANDBY".into(), "all".into());
     setup.create_topics();
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let metrics = format!("127.0.0.1:{port}");
     let a = Service::start(&setup, dir_a.path());
-    let b = Service::start_with(&setup, dir_b.path(), &[("OMNIFOLD_SERVER__METRICS_LISTEN", metrics.as_str())]);
+    let b = Service::start_with_metrics(&setup, dir_b.path());
     owners(&a, 2, 2).await;
     setup.produce(&stream("first"));
     let before = read_all(&a, 3).await;
@@ -558,7 +559,7 @@ async fn a_standby_answers_when_asked_and_takes_over_without_replaying() {
         })
         .await;
     }
-    let page = http_get(port, "/metrics").await;
+    let page = b.metrics().await;
     let (owned, standby) =
         (metric(&page, "omnifold_events_applied_total"), metric(&page, "omnifold_standby_events_applied_total"));
     assert!(standby > 0, "{page}");
@@ -576,9 +577,8 @@ async fn a_stopping_instance_leaves_snapshots_its_successor_starts_from() {
     let mut setup = Setup::new(&broker, "onstop", 2);
     let store = tempfile::tempdir().unwrap();
     setup.extra_env.insert("OMNIFOLD_SNAPSHOTS__URL".into(), store.path().display().to_string());
-    // None on a schedule: only the ones taken at stop.
-    setup.extra_env.insert("OMNIFOLD_SNAPSHOTS__EVERY_RECORDS".into(), "0".into());
-    setup.extra_env.insert("OMNIFOLD_SNAPSHOTS__EVERY_MS".into(), "0".into());
+    // Only the ones taken at stop.
+    no_scheduled_snapshots(&mut setup);
     setup.create_topics();
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = Service::start(&setup, dir_a.path());
@@ -589,12 +589,10 @@ async fn a_stopping_instance_leaves_snapshots_its_successor_starts_from() {
     let listed = setup.run(&["snapshot", "list"]);
     assert_eq!(listed.lines().filter(|l| l.ends_with("yes")).count(), 2, "a latest snapshot per partition:\n{listed}");
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let metrics = format!("127.0.0.1:{port}");
-    let b = Service::start_with(&setup, dir_b.path(), &[("OMNIFOLD_SERVER__METRICS_LISTEN", metrics.as_str())]);
+    let b = Service::start_with_metrics(&setup, dir_b.path());
     owners(&b, 2, 1).await;
     assert_eq!(read_all(&b, 3).await, before);
-    let page = http_get(port, "/metrics").await;
+    let page = b.metrics().await;
     assert_eq!(metric_by(&page, "omnifold_snapshot_restores_total", "partition").len(), 2, "{page}");
     assert_eq!(metric(&page, "omnifold_events_applied_total"), 0, "everything came from the snapshots: {page}");
     assert!(b.stop().success());

@@ -59,13 +59,10 @@ pub(crate) async fn batch(
     if !plan.here.is_empty() {
         let here_addrs: Vec<MemberAddress> = plan.here.iter().map(|(i, ..)| addrs[*i].clone()).collect();
         let wires: Vec<proto::MemberRef> = plan.here.iter().map(|(i, ..)| wire(*i)).collect();
-        let reader = if hop.standby() {
-            std::borrow::Cow::Owned(state.reading_standby())
-        } else {
-            std::borrow::Cow::Borrowed(state)
-        };
-        let local =
-            reader.read(ReadCost::Long, move |state| batch_profiles(state, &here_addrs, wires, &mask, when)).await?;
+        let local = state
+            .reading(hop.standby())
+            .read(ReadCost::Long, move |state| batch_profiles(state, &here_addrs, wires, &mask, when))
+            .await?;
         for ((i, applied, standby_lag), mut result) in plan.here.into_iter().zip(local) {
             result.applied_offset = applied;
             result.standby = standby_lag.is_some();

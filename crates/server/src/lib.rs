@@ -257,9 +257,14 @@ impl AppState {
         }
     }
 
-    /// The same state, reading standby copies too (a request opted in).
-    pub(crate) fn reading_standby(&self) -> AppState {
-        AppState { standby_read: true, ..self.clone() }
+    /// The state a request reads with: this one, or (`standby`: the
+    /// request opted in) one that reads standby copies too.
+    pub(crate) fn reading(&self, standby: bool) -> std::borrow::Cow<'_, AppState> {
+        if standby {
+            std::borrow::Cow::Owned(AppState { standby_read: true, ..self.clone() })
+        } else {
+            std::borrow::Cow::Borrowed(self)
+        }
     }
 }
 

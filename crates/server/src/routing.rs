@@ -83,8 +83,14 @@ pub struct StandbyCopy {
 impl StandbyCopy {
     /// Records behind the partition's end; -1 when the end is not known.
     pub fn lag(&self) -> i64 {
-        self.end.map_or(-1, |end| (end - self.applied).max(0))
+        lag_behind(self.end, self.applied)
     }
+}
+
+/// Records a copy folded to `applied` is behind a partition's `end`; -1
+/// when the end is not known.
+pub(crate) fn lag_behind(end: Option<i64>, applied: i64) -> i64 {
+    end.map_or(-1, |end| (end - applied).max(0))
 }
 
 /// One partition's latest claim, for status.
@@ -304,11 +310,7 @@ impl Served {
     /// The state to read with: one that accepts the standby copy when the
     /// route chose it.
     pub(crate) fn on<'a>(&self, app: &'a crate::AppState) -> std::borrow::Cow<'a, crate::AppState> {
-        if self.standby_lag().is_some() {
-            std::borrow::Cow::Owned(app.reading_standby())
-        } else {
-            std::borrow::Cow::Borrowed(app)
-        }
+        app.reading(self.standby_lag().is_some())
     }
 
     /// The applied offset, when known.

@@ -23,7 +23,7 @@ use crate::commands::{self, Command, Outcome};
 use crate::request::{
     Adjust, AsOf, LedgerQuery, MemberAddress, Merge, ReadMask, Redeem, identifier_address, instant, page_token,
 };
-use crate::routing::{Hop, Route, Served};
+use crate::routing::{Hop, Route, Served, lag_behind};
 use crate::{AppState, Books, Error, ReadCost, convert, now_millis};
 
 /// Most members one `BatchGetProfiles` may ask for.
@@ -564,6 +564,66 @@ async fn holder_as_of<T: Send + 'static>(
         .await
 }
 
+/// A partition as this instance's store and ingest see it.
+fn local_status(
+    state: &AppState,
+    store: &omnifold_store::Store,
+    report: &crate::IngestReport,
+    p: u32,
+    local: bool,
+) -> Result<proto::PartitionStatus, Error> {
+    let next = store.next_offset(&state.topic, p)?;
+    let health = report.partitions.get(&p);
+    let stalled = health.and_then(|h| h.stalled.clone());
+    let state_name = match (health, &stalled) {
+        (_, Some(_)) => "stalled",
+        (Some(_), None) => "ok",
+        (None, None) => "unassigned",
+    };
+    Ok(proto::PartitionStatus {
+        topic: state.topic.clone(),
+        partition: p,
+        next_offset: next.unwrap_or(0),
+        has_state: next.is_some(),
+        state: state_name.into(),
+        error: stalled.as_ref().map(|s| s.0.clone()).unwrap_or_default(),
+        stalled_since: stalled.as_ref().map(|s| to_timestamp(s.1)),
+        retries: stalled.as_ref().map_or(0, |s| s.2),
+        local,
+        ..Default::default()
+    })
+}
+
+/// `status` with the partition's owner (its latest claim), snapshot and
+/// standbys, as the ownership table says.
+fn owner_status(
+    state: &AppState,
+    p: u32,
+    claim: Option<&crate::OwnerClaim>,
+    status: proto::PartitionStatus,
+) -> proto::PartitionStatus {
+    let end = claim.and_then(|c| c.end);
+    let owners = state.routing.as_ref().map(|r| &r.owners);
+    let standbys = owners.map(|o| o.standbys(p)).unwrap_or_default().into_iter();
+    proto::PartitionStatus {
+        high_watermark: end.unwrap_or(-1),
+        owner_instance: claim.map(|c| c.instance.clone()).unwrap_or_default(),
+        owner_address: claim.map(|c| c.address.clone()).unwrap_or_default(),
+        epoch: claim.map_or(0, |c| c.epoch),
+        owner_applied: claim.map_or(0, |c| c.applied),
+        owner_state: claim.map_or_else(|| "unknown".to_owned(), |c| c.state.clone()),
+        owner_seen: claim.filter(|c| c.at_ms > 0).map(|c| to_timestamp(c.at_ms)),
+        lag: claim.map_or(-1, |c| lag_behind(end, c.applied)),
+        snapshot_offset: claim.and_then(|c| c.snapshot).map_or(-1, |s| s.0),
+        snapshot_taken: claim.and_then(|c| c.snapshot).map(|s| to_timestamp(s.1)),
+        standby_applied: owners.and_then(|o| o.standby(p)).filter(|_| !status.local).map_or(-1, |c| c.applied),
+        standbys: standbys
+            .map(|(instance, applied)| proto::PartitionStandby { instance, applied, lag: lag_behind(end, applied) })
+            .collect(),
+        ..status
+    }
+}
+
 pub struct Admin(pub AppState);
 
 const ADMIN: &str = "this admin operation is not available yet";
@@ -648,58 +708,12 @@ impl proto::admin_service_server::AdminService for Admin {
         let claims = state.routing.as_ref().map(|r| r.owners.claims()).unwrap_or_default();
         let mut partitions = Vec::with_capacity(count as usize);
         for p in 0..count {
-            let claim = claims.get(&p);
             let local = match &state.routing {
                 Some(r) => matches!(r.owners.owner(p), crate::Owner::Here { .. }),
                 None => report.partitions.contains_key(&p),
             };
-            let next = store.next_offset(&state.topic, p).map_err(Error::from)?;
-            let health = report.partitions.get(&p);
-            let stalled = health.and_then(|h| h.stalled.clone());
-            let state_name = match (health, &stalled) {
-                (_, Some(_)) => "stalled",
-                (Some(_), None) => "ok",
-                (None, None) => "unassigned",
-            };
-            partitions.push(proto::PartitionStatus {
-                topic: state.topic.clone(),
-                partition: p,
-                next_offset: next.unwrap_or(0),
-                high_watermark: claim.and_then(|c| c.end).unwrap_or(-1),
-                has_state: next.is_some(),
-                state: state_name.into(),
-                error: stalled.as_ref().map(|s| s.0.clone()).unwrap_or_default(),
-                stalled_since: stalled.as_ref().map(|s| to_timestamp(s.1)),
-                retries: stalled.as_ref().map_or(0, |s| s.2),
-                owner_instance: claim.map(|c| c.instance.clone()).unwrap_or_default(),
-                owner_address: claim.map(|c| c.address.clone()).unwrap_or_default(),
-                epoch: claim.map_or(0, |c| c.epoch),
-                owner_applied: claim.map_or(0, |c| c.applied),
-                owner_state: claim.map_or_else(|| "unknown".to_owned(), |c| c.state.clone()),
-                owner_seen: claim.filter(|c| c.at_ms > 0).map(|c| to_timestamp(c.at_ms)),
-                local,
-                lag: claim.and_then(|c| c.end.map(|end| (end - c.applied).max(0))).unwrap_or(-1),
-                snapshot_offset: claim.and_then(|c| c.snapshot).map_or(-1, |s| s.0),
-                snapshot_taken: claim.and_then(|c| c.snapshot).map(|s| to_timestamp(s.1)),
-                standby_applied: state
-                    .routing
-                    .as_ref()
-                    .and_then(|r| r.owners.standby(p))
-                    .filter(|_| !local)
-                    .map_or(-1, |c| c.applied),
-                standbys: state
-                    .routing
-                    .as_ref()
-                    .map(|r| r.owners.standbys(p))
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(instance, applied)| proto::PartitionStandby {
-                        instance,
-                        applied,
-                        lag: claim.and_then(|c| c.end).map_or(-1, |end| (end - applied).max(0)),
-                    })
-                    .collect(),
-            });
+            let status = local_status(state, &store, &report, p, local)?;
+            partitions.push(owner_status(state, p, claims.get(&p), status));
         }
         let broker = match report.broker_up {
             Some(true) => "up",

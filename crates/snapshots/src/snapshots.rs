@@ -231,8 +231,8 @@ impl Snapshots {
             Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {}
             Err(e) => return Err(e.into()),
         }
-        self.advance(&layout, manifest.next_offset()).await?;
-        let retention = self.retain(&layout, topic, p, log_start).await?;
+        let pointed = self.advance(&layout, manifest.next_offset()).await?;
+        let retention = self.retain(&layout, topic, p, pointed, log_start).await?;
         tidy_local(&dir, &manifest.snapshot)?;
         metrics::counter!("omnifold_snapshots_taken_total").increment(1);
         metrics::counter!("omnifold_snapshot_uploaded_bytes_total").increment(uploaded_bytes);
@@ -303,11 +303,12 @@ impl Snapshots {
     /// Moves the pointer to `next_offset` unless it is there or further:
     /// creates the next entry of its history, which fails if another
     /// writer created it first (then reads again). Never moves backwards.
-    async fn advance(&self, layout: &Layout, next_offset: i64) -> Result<bool> {
+    /// Returns the offset the pointer names now.
+    async fn advance(&self, layout: &Layout, next_offset: i64) -> Result<i64> {
         for _ in 0..16 {
             let current = self.pointer(layout).await?;
-            if current.is_some_and(|(_, p)| p.next_offset >= next_offset) {
-                return Ok(false);
+            if let Some((_, p)) = current.filter(|(_, p)| p.next_offset >= next_offset) {
+                return Ok(p.next_offset);
             }
             let seq = current.map_or(0, |(s, _)| s + 1);
             let body = serde_json::to_vec(&Pointer { next_offset }).map_err(|e| Error::Damaged(e.to_string()))?;
@@ -319,7 +320,7 @@ impl Snapshots {
                             Err(e) => warn!(error = %e, "could not delete an old pointer entry"),
                         }
                     }
-                    return Ok(true);
+                    return Ok(next_offset);
                 }
                 Err(object_store::Error::AlreadyExists { .. }) => continue,
                 Err(e) => return Err(e.into()),
@@ -328,11 +329,18 @@ impl Snapshots {
         Err(Error::Damaged("pointer: 16 writers in a row moved it first".into()))
     }
 
-    /// Keeps the newest `retain` snapshots, the one the pointer names, and
-    /// the oldest one the topic's log still reaches back to; deletes the
-    /// other manifests, then the chunks no kept manifest names once they
-    /// are older than the grace period.
-    async fn retain(&self, layout: &Layout, topic: &str, p: u32, log_start: Option<i64>) -> Result<Retention> {
+    /// Keeps the newest `retain` snapshots, the one the pointer names
+    /// (`pointed`), and the oldest one the topic's log still reaches back
+    /// to; deletes the other manifests, then the chunks no kept manifest
+    /// names once they are older than the grace period.
+    async fn retain(
+        &self,
+        layout: &Layout,
+        topic: &str,
+        p: u32,
+        pointed: i64,
+        log_start: Option<i64>,
+    ) -> Result<Retention> {
         let offsets = self.manifest_offsets(layout).await?;
         let mut keep: BTreeSet<i64> = offsets.iter().rev().take(self.cfg.retain).copied().collect();
         if let Some(start) = log_start
@@ -340,9 +348,7 @@ impl Snapshots {
         {
             keep.insert(*oldest_covered);
         }
-        if let Some((_, ptr)) = self.pointer(layout).await? {
-            keep.insert(ptr.next_offset);
-        }
+        keep.insert(pointed);
         let mut deleted = 0;
         for offset in offsets.iter().filter(|o| !keep.contains(o)) {
             match self.objects.delete(&layout.manifest(*offset)).await {

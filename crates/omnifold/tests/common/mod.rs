@@ -293,11 +293,27 @@ impl Stack {
 pub struct Service {
     child: Child,
     pub grpc: String,
+    /// The port of its Prometheus endpoint, when it was started with one.
+    metrics_port: Option<u16>,
 }
 
 impl Service {
     pub fn start(setup: &Setup, data: &Path) -> Service {
         Service::start_with(setup, data, &[])
+    }
+
+    /// Starts with a Prometheus endpoint on a free port ([`Service::metrics`]).
+    pub fn start_with_metrics(setup: &Setup, data: &Path) -> Service {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut service = Service::start_with(setup, data, &[("OMNIFOLD_SERVER__METRICS_LISTEN", listen.as_str())]);
+        service.metrics_port = Some(port);
+        service
+    }
+
+    /// Its Prometheus page.
+    pub async fn metrics(&self) -> String {
+        http_get(self.metrics_port.expect("started with start_with_metrics"), "/metrics").await
     }
 
     /// Starts with extra environment (for example a failpoint).
@@ -324,7 +340,7 @@ impl Service {
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         match line.trim().strip_prefix("omnifold serving gRPC on ") {
-            Some(addr) => Ok(Service { child, grpc: format!("http://{addr}") }),
+            Some(addr) => Ok(Service { child, grpc: format!("http://{addr}"), metrics_port: None }),
             None => Err(child.wait().unwrap()),
         }
     }
