@@ -19,6 +19,14 @@ if [ ! -s "$DATA/internal.secret" ]; then
   (umask 077 && "$BIN" secret >"$DATA/internal.secret")
 fi
 export OMNIFOLD_KAFKA__INTERNAL_SECRET=${OMNIFOLD_KAFKA__INTERNAL_SECRET:-$(cat "$DATA/internal.secret")}
+# A development API key with every scope, made once and kept: every call
+# carries credentials (docs/security.md); the CLI reads OMNIFOLD_API_KEY.
+if [ ! -s "$DATA/dev.key" ] || [ ! -s "$DATA/keys.toml" ]; then
+  rm -f "$DATA/keys.toml"
+  (umask 077 && "$BIN" keys new --name dev --scopes all --file "$DATA/keys.toml" >"$DATA/dev.key" 2>/dev/null)
+fi
+export OMNIFOLD_AUTH__KEYS_FILE=${OMNIFOLD_AUTH__KEYS_FILE:-$DATA/keys.toml}
+export OMNIFOLD_API_KEY=${OMNIFOLD_API_KEY:-$(cat "$DATA/dev.key")}
 
 pids=()
 # Stops omnifold first (it commits its last batch), then the broker.
@@ -59,14 +67,16 @@ wait_port "${GRPC##*:}"
 cat <<MSG
 
 omnifold is serving gRPC on $GRPC with $MEMBERS demo members (m-000001 ... ).
-Try, in another terminal:
+Every call needs credentials; a development key with every scope is in
+$DATA/dev.key (docs/security.md). Try, in another terminal:
 
+  export OMNIFOLD_API_KEY=\$(cat $DATA/dev.key)
   $BIN profile get m-000001
   $BIN profile get m-000042 --fields purchases,channels
   $BIN points balance m-000001
   $BIN points redeem m-000001 --points 100 --request-id demo-1 --channel MOBILE_APP
   $BIN points ledger m-000001 --limit 5
-  grpcurl -plaintext -d '{"member":{"memberId":"m-000001"}}' $GRPC omnifold.v1.ProfileService/GetProfile
+  grpcurl -plaintext -H "authorization: Bearer \$OMNIFOLD_API_KEY" -d '{"member":{"memberId":"m-000001"}}' $GRPC omnifold.v1.ProfileService/GetProfile
 
 Ctrl-C stops omnifold and the broker; data stays in $DATA/ for the next run.
 MSG

@@ -291,7 +291,8 @@ fn main() -> Result<()> {
             omnifold_store::StoreHandle::new(store.clone()),
             &topic,
             Arc::new(FoldConfig::default().validate()?),
-        );
+        )
+        .with_auth(omnifold_benches::authenticator()?);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(omnifold_server::run(listener, state, async {
             let _ = stop_rx.await;
@@ -472,7 +473,8 @@ fn with_ingest_running(
     let result = rt.block_on(async {
         let commands = Commands { log: Arc::new(Log(CommandProducer::new(&cfg, timeout)?)), commits, timeout };
         let state = omnifold_server::AppState::new(omnifold_store::StoreHandle::new(store), topic, fold)
-            .with_commands(commands);
+            .with_commands(commands)
+            .with_auth(omnifold_benches::authenticator()?);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?.to_string();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -480,7 +482,9 @@ fn with_ingest_running(
             let _ = stop_rx.await;
         }));
         // One redemption first, so the consumer group has joined before timing.
-        let mut client = proto::loyalty_service_client::LoyaltyServiceClient::connect(format!("http://{addr}")).await?;
+        let mut client = proto::loyalty_service_client::LoyaltyServiceClient::new(
+            omnifold_benches::connect(&format!("http://{addr}")).await?,
+        );
         client
             .redeem_points(proto::RedeemPointsRequest {
                 member: member_ref("m-0000001"),

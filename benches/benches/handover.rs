@@ -119,6 +119,7 @@ fn omnifold(bin: &Path, brokers: &str) -> Command {
 
 fn start(bin: &Path, brokers: &str, data: &Path, help: Help, snapshots: &Path) -> Result<Instance> {
     let mut c = omnifold(bin, brokers);
+    c.env("OMNIFOLD_AUTH__KEYS_FILE", omnifold_benches::keys_file(data.parent().unwrap_or(data))?);
     match help {
         Help::None => {}
         Help::Snapshot => {
@@ -151,7 +152,7 @@ fn start(bin: &Path, brokers: &str, data: &Path, help: Help, snapshots: &Path) -
 }
 
 async fn status(grpc: &str) -> Option<proto::GetPartitionStatusResponse> {
-    let mut c = proto::admin_service_client::AdminServiceClient::connect(grpc.to_owned()).await.ok()?;
+    let mut c = proto::admin_service_client::AdminServiceClient::new(omnifold_benches::connect(grpc).await.ok()?);
     Some(c.get_partition_status(proto::GetPartitionStatusRequest {}).await.ok()?.into_inner())
 }
 
@@ -233,7 +234,7 @@ async fn run(bin: &Path, events: u64, age: u64, help: Help, kill: bool) -> Resul
     let moving = s.partitions.iter().find(|p| p.owner_address == b.grpc).context("B's partition")?.partition;
     let mut snapshot = None;
     if help == Help::Snapshot {
-        let mut c = proto::admin_service_client::AdminServiceClient::connect(b.grpc.clone()).await?;
+        let mut c = proto::admin_service_client::AdminServiceClient::new(omnifold_benches::connect(&b.grpc).await?);
         let r = c.take_snapshot(proto::TakeSnapshotRequest { partitions: vec![moving] }).await?.into_inner();
         match r.results.first() {
             Some(t) if t.error.is_empty() && t.taken => snapshot = Some(t.next_offset),

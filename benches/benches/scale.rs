@@ -97,6 +97,7 @@ fn serve(bin: &str, brokers: &str, topic: &str, dir: &Path) -> Result<(Serve, St
         .env("OMNIFOLD_KAFKA__INTERNAL_SECRET", SECRET)
         .env("OMNIFOLD_STORE__PATH", dir)
         .env("OMNIFOLD_SERVER__LISTEN", "127.0.0.1:0")
+        .env("OMNIFOLD_AUTH__KEYS_FILE", omnifold_benches::keys_file(dir.parent().unwrap_or(dir))?)
         .env_remove("OMNIFOLD_CONFIG")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -110,8 +111,9 @@ fn serve(bin: &str, brokers: &str, topic: &str, dir: &Path) -> Result<(Serve, St
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         loop {
-            if let Ok(mut c) =
-                proto::profile_service_client::ProfileServiceClient::connect(format!("http://{addr}")).await
+            if let Ok(mut c) = omnifold_benches::connect(&format!("http://{addr}"))
+                .await
+                .map(proto::profile_service_client::ProfileServiceClient::new)
             {
                 let req = proto::GetProfileRequest { member: member_ref("m-0000001"), read_mask: None, as_of: None };
                 if c.get_profile(req).await.is_ok() {

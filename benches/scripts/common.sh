@@ -6,6 +6,10 @@ work=$(mktemp -d)
 cleanup() { kill "${serve:-}" "${tansu:-}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 export OMNIFOLD_BROKERS=127.0.0.1:$PORT OMNIFOLD_KAFKA__INTERNAL_SECRET=$("$B/omnifold" secret)
+# Served with authentication on, as in production: one key with every scope,
+# which omnifold-load sends (binaries from before `[auth]` cannot be compared).
+"$B/omnifold" keys new --name bench --scopes all --file "$work/keys.toml" >"$work/key" 2>/dev/null
+export OMNIFOLD_AUTH__KEYS_FILE=$work/keys.toml OMNIFOLD_API_KEY=$(cat "$work/key")
 ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }   # user+system CPU, 1/100 s
 cents() { awk -v t="$1" 'BEGIN { printf "%.2f", t / 100 }'; }
 # Waits up to 30 s for a command to succeed, else stops with the logs.

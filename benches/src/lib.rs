@@ -165,3 +165,52 @@ pub fn start_tansu() -> Result<(Tansu, String)> {
 
 pub mod load;
 pub mod report;
+
+/// The API key every benchmark client sends (made once per run, every
+/// scope): servers are measured with authentication on, as they run.
+pub fn api_key() -> &'static (String, omnifold_server::auth::KeysFile) {
+    static KEY: std::sync::OnceLock<(String, omnifold_server::auth::KeysFile)> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        let (key, entry) = omnifold_server::auth::new_api_key("bench", &omnifold_server::Scope::ALL);
+        (key, omnifold_server::auth::KeysFile { key: vec![entry] })
+    })
+}
+
+/// An authenticator that knows [`api_key`], for servers run in process.
+pub fn authenticator() -> Result<Arc<omnifold_server::Authenticator>> {
+    Ok(Arc::new(omnifold_server::Authenticator::with_keys(&api_key().1)?))
+}
+
+/// Writes a keys file holding [`api_key`] into `dir`, for `omnifold serve`
+/// (`OMNIFOLD_AUTH__KEYS_FILE`).
+pub fn keys_file(dir: &std::path::Path) -> Result<std::path::PathBuf> {
+    let path = dir.join("bench-keys.toml");
+    std::fs::write(&path, toml::to_string(&api_key().1)?)?;
+    Ok(path)
+}
+
+/// Adds `authorization: Bearer <key>` to every call.
+#[derive(Clone, Debug)]
+pub struct Bearer(pub tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl Bearer {
+    pub fn new(key: &str) -> Result<Bearer> {
+        Ok(Bearer(format!("Bearer {key}").try_into().context("the key is not a header value")?))
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+/// A channel whose calls carry a key.
+pub type Authed = tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>;
+
+/// Connects to `url` sending [`api_key`].
+pub async fn connect(url: &str) -> Result<Authed> {
+    let channel = tonic::transport::Channel::from_shared(url.to_owned())?.tcp_nodelay(true).connect().await?;
+    Ok(tonic::service::interceptor::InterceptedService::new(channel, Bearer::new(&api_key().0)?))
+}

@@ -79,6 +79,7 @@ pub struct LoadRun<'a> {
 impl LoadRun<'_> {
     pub fn run(&self) -> Result<Report> {
         let mut cmd = Command::new(self.exe);
+        cmd.env("OMNIFOLD_API_KEY", &crate::api_key().0);
         cmd.args(["--addr", self.addr, "--target", self.target.name()])
             .args(["--concurrency", &self.concurrency.to_string()])
             .args(["--seconds", &self.seconds.to_string()])

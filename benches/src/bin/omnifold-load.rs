@@ -18,7 +18,7 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 
 use omnifold_benches::load::{Report, Target, cpu_seconds};
-use omnifold_benches::member_ref;
+use omnifold_benches::{Authed, Bearer, member_ref};
 use omnifold_proto::v1 as proto;
 
 #[derive(Parser, Debug)]
@@ -56,13 +56,13 @@ fn nth_member(i: u64, members: u64) -> Option<proto::MemberRef> {
 }
 
 struct Client {
-    profiles: proto::profile_service_client::ProfileServiceClient<tonic::transport::Channel>,
-    loyalty: proto::loyalty_service_client::LoyaltyServiceClient<tonic::transport::Channel>,
-    checks: tonic_health::pb::health_client::HealthClient<tonic::transport::Channel>,
+    profiles: proto::profile_service_client::ProfileServiceClient<Authed>,
+    loyalty: proto::loyalty_service_client::LoyaltyServiceClient<Authed>,
+    checks: tonic_health::pb::health_client::HealthClient<Authed>,
 }
 
 impl Client {
-    fn new(channel: tonic::transport::Channel) -> Self {
+    fn new(channel: Authed) -> Self {
         Client {
             profiles: proto::profile_service_client::ProfileServiceClient::new(channel.clone()),
             loyalty: proto::loyalty_service_client::LoyaltyServiceClient::new(channel.clone()),
@@ -109,12 +109,7 @@ impl Client {
     }
 }
 
-async fn worker(
-    args: Arc<Args>,
-    channel: tonic::transport::Channel,
-    t: u64,
-    deadline: Instant,
-) -> Result<Histogram<u64>> {
+async fn worker(args: Arc<Args>, channel: Authed, t: u64, deadline: Instant) -> Result<Histogram<u64>> {
     let mut hist = Histogram::<u64>::new(3)?;
     let mut client = Client::new(channel);
     let n = args.concurrency as u64;
@@ -147,10 +142,13 @@ async fn worker(
 }
 
 async fn run(args: Arc<Args>) -> Result<Report> {
+    // Every call carries OMNIFOLD_API_KEY, as a real client's would.
+    let key = Bearer::new(&std::env::var("OMNIFOLD_API_KEY").context("OMNIFOLD_API_KEY is not set")?)?;
     let mut channels = Vec::new();
     for _ in 0..args.connections.max(1) {
         let endpoint = tonic::transport::Channel::from_shared(format!("http://{}", args.addr))?.tcp_nodelay(true);
-        channels.push(endpoint.connect().await.context("connecting to the server")?);
+        let channel = endpoint.connect().await.context("connecting to the server")?;
+        channels.push(tonic::service::interceptor::InterceptedService::new(channel, key.clone()));
     }
     let done = Arc::new(AtomicU64::new(0));
     let (cpu0, wall0) = (cpu_seconds(), Instant::now());

@@ -35,6 +35,15 @@ pub struct ServerConfig {
     /// sends it there and returns the answer; `redirect` answers
     /// FAILED_PRECONDITION with the owner's address in `omnifold-owner`.
     pub routing: Routing,
+    /// `SwitchStore` opens only stores in directories under this one.
+    /// Empty: the parent directory of `store.path` (where `omnifold replay
+    /// --data-dir` builds a store next to the live one).
+    pub switch_root: String,
+    /// TLS on the gRPC port, optionally mutual (`[server.tls]`).
+    pub tls: omnifold_server::TlsConfig,
+    /// The largest request message accepted, in bytes; a larger one is
+    /// refused with OUT_OF_RANGE naming its size and the limit.
+    pub max_request_bytes: usize,
 }
 
 /// `server.routing`.
@@ -56,15 +65,27 @@ impl ServerConfig {
         if !self.advertise_address.is_empty() {
             return (self.advertise_address.clone(), false);
         }
+        let scheme = if self.tls.enabled() { "https" } else { "http" };
         if !bound.ip().is_unspecified() {
-            return (format!("http://{bound}"), false);
+            return (format!("{scheme}://{bound}"), false);
         }
         let host = host.filter(|h| !h.is_empty()).unwrap_or("127.0.0.1");
-        (format!("http://{host}:{}", bound.port()), true)
+        (format!("{scheme}://{host}:{}", bound.port()), true)
     }
 }
 
 impl ServerConfig {
+    /// `switch_root` with the default resolved against the store's path.
+    pub fn switch_root(&self, store: &std::path::Path) -> std::path::PathBuf {
+        if !self.switch_root.is_empty() {
+            return self.switch_root.clone().into();
+        }
+        match store.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => ".".into(),
+        }
+    }
+
     /// `read_threads` with 0 resolved.
     pub fn read_threads(&self) -> usize {
         if self.read_threads == 0 { omnifold_server::default_read_threads() } else { self.read_threads }
@@ -80,6 +101,9 @@ impl Default for ServerConfig {
             read_threads: 0,
             advertise_address: String::new(),
             routing: Routing::Forward,
+            switch_root: String::new(),
+            tls: omnifold_server::TlsConfig::default(),
+            max_request_bytes: 4 << 20,
         }
     }
 }
@@ -92,6 +116,8 @@ pub struct Config {
     pub fold: FoldConfig,
     pub server: ServerConfig,
     pub snapshots: SnapshotConfig,
+    pub auth: omnifold_server::AuthConfig,
+    pub privacy: omnifold_server::privacy::PrivacyConfig,
 }
 
 const ENV_PREFIX: &str = "OMNIFOLD_";
@@ -128,6 +154,7 @@ impl Config {
         self.store.validate().context("[store]")?;
         self.kafka.validate().context("[kafka]")?;
         self.snapshots.validate().context("[snapshots]")?;
+        self.privacy.validate().context("[privacy]")?;
         self.server.listen.parse::<std::net::SocketAddr>().with_context(|| {
             format!("[server] listen `{}` is not an address like 127.0.0.1:50051", self.server.listen)
         })?;
@@ -137,6 +164,12 @@ impl Config {
         let advertised = &self.server.advertise_address;
         if !(advertised.is_empty() || advertised.starts_with("http://") || advertised.starts_with("https://")) {
             bail!("[server] advertise_address must be a URL like http://host:50051, got `{advertised}`");
+        }
+        if self.server.tls.enabled() && advertised.starts_with("http://") {
+            bail!("[server] advertise_address must be https://... when server.tls.cert is set, got `{advertised}`");
+        }
+        if !(1024..=(64 << 20)).contains(&self.server.max_request_bytes) {
+            bail!("[server] max_request_bytes must be 1024 to 67108864, got {}", self.server.max_request_bytes);
         }
         if self.server.read_threads > 1024 {
             bail!("[server] read_threads must be 0 (twice the cores) to 1024, got {}", self.server.read_threads);

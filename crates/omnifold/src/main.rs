@@ -2,9 +2,11 @@
 //! `replay`, `dump`, `profile get`, `points ...` and `topics create` are the
 //! tools around it.
 
+mod client;
 mod config;
 mod data;
 mod demo;
+mod keys;
 mod produce;
 mod serve;
 mod snapshot;
@@ -116,6 +118,11 @@ enum Command {
     },
     /// Print a new random secret for `kafka.internal_secret`.
     Secret,
+    /// API keys for callers: `keys new`, `keys list`.
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCommand,
+    },
     /// Manage the topics omnifold uses.
     Topics {
         #[command(subcommand)]
@@ -183,6 +190,7 @@ fn run() -> Result<()> {
         Command::Status { server, json } => runtime.block_on(tools::status(server, json)),
         Command::Topics { command } => runtime.block_on(tools::topics(&config, command)),
         Command::Snapshot { command } => snapshot::run(&config, &runtime, command),
+        Command::Keys { command } => keys::run(command),
         Command::Secret => {
             let bytes: [u8; 32] = rand::random();
             println!("{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>());

@@ -265,6 +265,11 @@ const STORE_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10)
 pub async fn serve(config: Config) -> Result<()> {
     let stop = stop_signal();
     start_metrics(&config)?;
+    let auth = omnifold_server::Authenticator::from_config(&config.auth).context("[auth]")?;
+    let tls = config.server.tls.load().context("[server.tls]")?;
+    if auth.is_none() {
+        warn!("authentication is off (auth.enabled = false): any caller may read personal data and move points");
+    }
     let signer = config.kafka.signer()?;
     let store = Store::open(&config.store).with_context(|| format!("opening store {}", config.store.path.display()))?;
     // Bound before any thread starts: an error from here on returns from
@@ -347,7 +352,7 @@ pub async fn serve(config: Config) -> Result<()> {
         crate::config::Routing::Forward => RoutingMode::Forward,
         crate::config::Routing::Redirect => RoutingMode::Redirect,
     };
-    let routing = Routing::new(Arc::new(Owned(ownership.clone())), mode);
+    let routing = Routing::new(Arc::new(Owned(ownership.clone())), mode).with_peer_tls(tls.as_ref());
 
     // Printed before the wait: a request that comes meanwhile waits in the
     // listener's backlog and is answered once ownership is known.
@@ -359,7 +364,19 @@ pub async fn serve(config: Config) -> Result<()> {
         .with_commands(commands)
         .with_ingest(Arc::new(Health(status.clone())))
         .with_routing(routing)
-        .with_switcher(Switcher { requests: switch_tx, store_config: config.store.clone() });
+        .with_switcher(Switcher {
+            requests: switch_tx,
+            store_config: config.store.clone(),
+            root: config.server.switch_root(&config.store.path),
+        })
+        .with_max_request_bytes(config.server.max_request_bytes);
+    if let Some(auth) = auth {
+        app = app.with_auth(Arc::new(auth));
+    }
+    if let Some(tls) = tls {
+        app = app.with_tls(tls);
+    }
+    app = app.with_privacy(config.privacy.clone());
     if snapshotter.is_some() {
         app = app.with_snapshots(Arc::new(Snapshotter(snapshot_requests)));
     }

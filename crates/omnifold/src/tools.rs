@@ -9,6 +9,7 @@ use omnifold_ingest::TopicOutcome;
 use omnifold_proto::v1 as proto;
 use omnifold_proto::wkt::FieldMask;
 
+use crate::client::{Connection, connect};
 use crate::config::Config;
 
 #[derive(Subcommand)]
@@ -29,9 +30,7 @@ pub enum ProfileCommand {
 pub async fn profile(cmd: ProfileCommand) -> Result<()> {
     match cmd {
         ProfileCommand::Get { member, server, fields } => {
-            let mut client = proto::profile_service_client::ProfileServiceClient::connect(server.clone())
-                .await
-                .with_context(|| format!("connecting to {server}; is `omnifold serve` running?"))?;
+            let mut client = proto::profile_service_client::ProfileServiceClient::new(connect(&server).await?);
             let req = proto::GetProfileRequest {
                 member: Some(proto::MemberRef { r#ref: Some(proto::member_ref::Ref::MemberId(member)) }),
                 read_mask: Some(FieldMask { paths: fields }),
@@ -111,9 +110,7 @@ pub enum PointsCommand {
 }
 
 pub async fn points(server: String, cmd: PointsCommand) -> Result<()> {
-    let mut c = proto::loyalty_service_client::LoyaltyServiceClient::connect(server.clone())
-        .await
-        .with_context(|| format!("connecting to {server}; is `omnifold serve` running?"))?;
+    let mut c = proto::loyalty_service_client::LoyaltyServiceClient::new(connect(&server).await?);
     let status = refused;
     match cmd {
         PointsCommand::Balance { member } => {
@@ -227,10 +224,8 @@ pub async fn report(server: String, cmd: ReportCommand) -> Result<()> {
 }
 
 /// An `AdminService` client of the instance at `server`.
-pub async fn admin(server: &str) -> Result<proto::admin_service_client::AdminServiceClient<tonic::transport::Channel>> {
-    proto::admin_service_client::AdminServiceClient::connect(server.to_owned())
-        .await
-        .with_context(|| format!("connecting to {server}; is `omnifold serve` running?"))
+pub async fn admin(server: &str) -> Result<proto::admin_service_client::AdminServiceClient<Connection>> {
+    Ok(proto::admin_service_client::AdminServiceClient::new(connect(server).await?))
 }
 
 /// A refused request as an error that names its status.

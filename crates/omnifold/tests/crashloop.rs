@@ -74,20 +74,21 @@ async fn redeem_all(grpc: Arc<Mutex<String>>, requests: Vec<(String, String)>) -
         loop {
             assert!(Instant::now() < deadline, "{request} was never decided");
             let addr = grpc.lock().unwrap().clone();
-            let answer = match proto::loyalty_service_client::LoyaltyServiceClient::connect(addr).await {
-                Ok(mut c) => c
-                    .redeem_points(proto::RedeemPointsRequest {
-                        member: member(&member_id),
-                        request_id: request.clone(),
-                        points: 300,
-                        channel: proto::Channel::MiniProgram as i32,
-                        reward: "voucher".into(),
-                    })
-                    .await
-                    .ok()
-                    .map(|r| r.into_inner().status),
-                Err(_) => None,
-            };
+            let answer =
+                match common::connect(&addr).await.map(proto::loyalty_service_client::LoyaltyServiceClient::new) {
+                    Ok(mut c) => c
+                        .redeem_points(proto::RedeemPointsRequest {
+                            member: member(&member_id),
+                            request_id: request.clone(),
+                            points: 300,
+                            channel: proto::Channel::MiniProgram as i32,
+                            reward: "voucher".into(),
+                        })
+                        .await
+                        .ok()
+                        .map(|r| r.into_inner().status),
+                    Err(_) => None,
+                };
             match answer {
                 Some(s) if s == proto::RedemptionStatus::Accepted as i32 => {
                     // Spent by the member the request was for, or by the

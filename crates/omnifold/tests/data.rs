@@ -375,7 +375,9 @@ async fn switching_to_a_rebuilt_store_keeps_every_read_answering_and_never_older
     let reader = {
         let (grpc, stop, reads, members) = (service.grpc.clone(), stop.clone(), reads.clone(), members.clone());
         tokio::spawn(async move {
-            let mut c = omnifold_proto::v1::profile_service_client::ProfileServiceClient::connect(grpc).await.unwrap();
+            let mut c = omnifold_proto::v1::profile_service_client::ProfileServiceClient::new(
+                common::connect(&grpc).await.unwrap(),
+            );
             let mut seen: std::collections::HashMap<String, (i64, u64)> = Default::default();
             while !stop.load(Ordering::SeqCst) {
                 for m in &members {

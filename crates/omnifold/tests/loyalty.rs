@@ -73,7 +73,7 @@ async fn redeem(
     points: i64,
     channel: proto::Channel,
 ) -> proto::RedeemPointsResponse {
-    let mut c = proto::loyalty_service_client::LoyaltyServiceClient::connect(grpc).await.unwrap();
+    let mut c = proto::loyalty_service_client::LoyaltyServiceClient::new(common::connect(&grpc).await.unwrap());
     loop {
         let r = c
             .redeem_points(proto::RedeemPointsRequest {

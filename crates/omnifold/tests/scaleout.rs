@@ -40,7 +40,9 @@ fn stream(round: &str) -> Vec<(String, Vec<u8>)> {
 /// and returns each partition's owner address.
 async fn owners(service: &Service, partitions: usize, instances: usize) -> BTreeMap<u32, String> {
     eventually("every partition served", Duration::from_secs(90), || async {
-        let Ok(mut admin) = proto::admin_service_client::AdminServiceClient::connect(service.grpc.clone()).await else {
+        let Ok(mut admin) =
+            common::connect(&service.grpc).await.map(proto::admin_service_client::AdminServiceClient::new)
+        else {
             return None;
         };
         let status = admin.get_partition_status(proto::GetPartitionStatusRequest {}).await.ok()?.into_inner();

@@ -5,13 +5,16 @@
 //! `omnifold-proto`; requests become validated domain values in `request.rs`,
 //! and every error becomes a `tonic::Status` in one place (`From<Error>`).
 
+pub mod auth;
 mod commands;
 mod convert;
 mod fanout;
 mod health;
+pub mod privacy;
 mod request;
 mod routing;
 mod services;
+mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -20,6 +23,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
 use tonic::Status;
 
+pub use auth::{AuthConfig, Authenticator, Caller, Scope};
 pub use commands::{CommandLog, Commands, Commits};
 pub use health::{IngestHealth, IngestReport, PartitionReport};
 use omnifold_core::{FoldConfig, Member, Millis, partition::partition_for};
@@ -29,6 +33,7 @@ use omnifold_proto::v1::{
 };
 use omnifold_store::{Store, StoreHandle};
 pub use routing::{Elsewhere, Mode as RoutingMode, Owner, OwnerClaim, Owners, Routing, StandbyCopy};
+pub use tls::{Tls, TlsConfig};
 
 /// The crate's one error type; `From<Error> for Status` is the only place
 /// errors become gRPC statuses.
@@ -50,6 +55,12 @@ pub enum Error {
     Elsewhere(Box<Elsewhere>),
     #[error("{0}")]
     Internal(String),
+    /// Authentication is misconfigured (at start; never a request's answer).
+    #[error("auth: {0}")]
+    Auth(String),
+    /// TLS is misconfigured (at start).
+    #[error("tls: {0}")]
+    Tls(String),
     #[error("store: {0}")]
     Store(#[from] omnifold_store::Error),
     #[error("server: {0}")]
@@ -95,6 +106,14 @@ pub struct AppState {
     pub routing: Option<Routing>,
     /// Where `TakeSnapshot` goes (absent: snapshots are off).
     pub snapshots: Option<Arc<dyn SnapshotTaker>>,
+    /// Which traits are plain or sensitive, and the consent sensitive data needs.
+    pub privacy: Arc<privacy::PrivacyConfig>,
+    /// TLS on the gRPC port (absent: plain text).
+    tls: Option<Tls>,
+    /// The largest request message decoded, in bytes.
+    max_request_bytes: usize,
+    /// Who may call (absent: authentication is off).
+    pub auth: Option<Arc<Authenticator>>,
     /// Reads may come from a standby's warm copy (the request opted in).
     standby_read: bool,
     /// Store reads in flight on the blocking pool at most (`read`).
@@ -128,6 +147,9 @@ pub struct TakenSnapshot {
     pub uploaded_bytes: u64,
 }
 
+/// The largest request decoded by default: 4 MiB, tonic's own default.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 4 << 20;
+
 /// Store reads in flight at most by default: twice the cores, so reads that
 /// wait for the disk do not leave a core idle.
 pub fn default_read_threads() -> usize {
@@ -140,6 +162,30 @@ pub fn default_read_threads() -> usize {
 pub struct Switcher {
     pub requests: std::sync::mpsc::SyncSender<omnifold_store::StoreSwitch>,
     pub store_config: omnifold_store::StoreConfig,
+    /// Only stores in directories under this one may be switched to.
+    pub root: std::path::PathBuf,
+}
+
+impl Switcher {
+    /// `dir` resolved (links and `..` followed) when it is a directory
+    /// strictly under the root; a caller cannot make the server open a
+    /// store anywhere else.
+    pub(crate) fn allowed(&self, dir: &str) -> Result<std::path::PathBuf, Error> {
+        let root = self.root.canonicalize().map_err(|e| {
+            Error::FailedPrecondition(format!("server.switch_root {} cannot be used: {e}", self.root.display()))
+        })?;
+        let path = std::path::Path::new(dir)
+            .canonicalize()
+            .map_err(|e| Error::InvalidArgument(format!("data_dir {dir} cannot be used: {e}")))?;
+        if path == root || !path.starts_with(&root) || !path.is_dir() {
+            return Err(Error::InvalidArgument(format!(
+                "data_dir {dir} is not a directory under {} (server.switch_root); rebuild the store there with \
+                 `omnifold replay --data-dir`",
+                root.display()
+            )));
+        }
+        Ok(path)
+    }
 }
 
 impl AppState {
@@ -153,6 +199,10 @@ impl AppState {
             ingest: None,
             routing: None,
             snapshots: None,
+            auth: None,
+            privacy: Arc::default(),
+            tls: None,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             standby_read: false,
             reads: Arc::new(tokio::sync::Semaphore::new(default_read_threads())),
         }
@@ -202,6 +252,28 @@ impl AppState {
 
     pub fn with_snapshots(mut self, snapshots: Arc<dyn SnapshotTaker>) -> Self {
         self.snapshots = Some(snapshots);
+        self
+    }
+
+    /// Requests larger than `n` bytes are refused (RESOURCE_EXHAUSTED).
+    pub fn with_max_request_bytes(mut self, n: usize) -> Self {
+        self.max_request_bytes = n;
+        self
+    }
+
+    pub fn with_privacy(mut self, privacy: privacy::PrivacyConfig) -> Self {
+        self.privacy = Arc::new(privacy);
+        self
+    }
+
+    /// Serves TLS (and forwards to `https://` peers with it).
+    pub fn with_tls(mut self, tls: Tls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    pub fn with_auth(mut self, auth: Arc<Authenticator>) -> Self {
+        self.auth = Some(auth);
         self
     }
 
@@ -318,12 +390,18 @@ pub async fn run(listener: TcpListener, state: AppState, shutdown: impl Future<O
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(omnifold_proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    tonic::transport::Server::builder()
+    let limit = state.max_request_bytes;
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = &state.tls {
+        server = server.tls_config(tls.server.clone())?;
+    }
+    server
+        .layer(auth::AuthLayer(state.auth.clone()))
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(ProfileServiceServer::new(services::Profiles(state.clone())))
-        .add_service(LoyaltyServiceServer::new(services::Loyalty(state.clone())))
-        .add_service(AdminServiceServer::new(services::Admin(state)))
+        .add_service(ProfileServiceServer::new(services::Profiles(state.clone())).max_decoding_message_size(limit))
+        .add_service(LoyaltyServiceServer::new(services::Loyalty(state.clone())).max_decoding_message_size(limit))
+        .add_service(AdminServiceServer::new(services::Admin(state)).max_decoding_message_size(limit))
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await?;
     if let Some(w) = watcher {

@@ -31,10 +31,13 @@ impl TryFrom<Option<proto::MemberRef>> for MemberAddress {
                     Err(invalid("member id must not be empty"))
                 } else if id.len() > 128 {
                     Err(invalid("member id must be at most 128 characters"))
+                } else if id.contains('*') {
+                    Err(masked("member id"))
                 } else {
                     Ok(MemberAddress::Key(id.to_owned()))
                 }
             }
+            Some(Ref::Identifier(i)) if i.value.contains('*') => Err(masked("member.identifier.value")),
             Some(Ref::Identifier(i)) => Identifier::try_from(&i)
                 .map(MemberAddress::Identifier)
                 .map_err(|e| Error::InvalidArgument(format!("member.identifier: {e}"))),
@@ -47,9 +50,20 @@ pub fn identifier_address(i: Option<proto::Identifier>) -> Result<MemberAddress,
     let i = i.ok_or_else(|| {
         Error::InvalidArgument("identifier is required: {type, value}, e.g. {PHONE, \"+8613800000000\"}".into())
     })?;
+    if i.value.contains('*') {
+        return Err(masked("identifier.value"));
+    }
     Identifier::try_from(&i)
         .map(MemberAddress::Identifier)
         .map_err(|e| Error::InvalidArgument(format!("identifier: {e}")))
+}
+
+/// A value that looks masked (privacy.rs) cannot address a member.
+fn masked(field: &str) -> Error {
+    Error::InvalidArgument(format!(
+        "{field} looks masked (it holds `*`): a masked value addresses no one; read the clear value with the \
+         profile:pii scope"
+    ))
 }
 
 /// Top-level `Profile` fields a read mask may name.

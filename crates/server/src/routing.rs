@@ -153,22 +153,42 @@ impl Routing {
         let served_by = MetadataValue::try_from(owners.instance()).ok();
         Routing { owners, mode, peers: Arc::default(), served_by }
     }
+
+    /// Forwards to `https://` peers with this TLS configuration (their CA,
+    /// and this instance's certificate for mutual TLS).
+    pub fn with_peer_tls(mut self, tls: Option<&crate::Tls>) -> Routing {
+        self.peers = Arc::new(Peers { channels: Mutex::default(), tls: tls.and_then(|t| t.peers.clone()) });
+        self
+    }
 }
 
 /// Channels to the other instances, by address, made once and reused.
 #[derive(Debug, Default)]
-struct Peers(Mutex<HashMap<String, Channel>>);
+struct Peers {
+    channels: Mutex<HashMap<String, Channel>>,
+    /// For `https://` peers.
+    tls: Option<tonic::transport::ClientTlsConfig>,
+}
 
 impl Peers {
     fn channel(&self, address: &str) -> Result<Channel, Error> {
-        let mut peers = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut peers = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(c) = peers.get(address) {
             return Ok(c.clone());
         }
-        let endpoint = Endpoint::from_shared(address.to_owned())
+        let mut endpoint = Endpoint::from_shared(address.to_owned())
             .map_err(|e| Error::Unavailable(format!("the owner's address `{address}` is not a URL: {e}")))?
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(2));
+        if address.starts_with("https://") {
+            let tls = self.tls.clone().ok_or_else(|| {
+                Error::Unavailable(format!(
+                    "the owner at {address} speaks TLS, and this instance has no CA to check it with: set \
+                     server.tls.ca"
+                ))
+            })?;
+            endpoint = endpoint.tls_config(tls)?;
+        }
         let channel = endpoint.connect_lazy();
         peers.insert(address.to_owned(), channel.clone());
         Ok(channel)
@@ -206,6 +226,9 @@ pub(crate) struct Hop {
     standby: bool,
     forwarded_by: Option<String>,
     timeout: Option<MetadataValue<tonic::metadata::Ascii>>,
+    /// The caller's credentials: a forwarded request carries them, so the
+    /// owner authenticates the caller and checks its scopes itself.
+    credentials: Option<MetadataValue<tonic::metadata::Ascii>>,
 }
 
 impl Hop {
@@ -224,7 +247,13 @@ impl Hop {
             Some(_) => return Err(Error::InvalidArgument(format!("{READ_STANDBY} must be true or false"))),
         };
         let forwarded_by = meta.get(FORWARDED_BY).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        Ok(Hop { min_offset, standby, forwarded_by, timeout: meta.get("grpc-timeout").cloned() })
+        Ok(Hop {
+            min_offset,
+            standby,
+            forwarded_by,
+            timeout: meta.get("grpc-timeout").cloned(),
+            credentials: meta.get("authorization").cloned(),
+        })
     }
 
     /// Whether the caller accepts an answer from a standby's warm copy.
@@ -255,6 +284,9 @@ impl Hop {
         }
         if let Ok(v) = MetadataValue::try_from(instance) {
             meta.insert(FORWARDED_BY, v);
+        }
+        if let Some(c) = &self.credentials {
+            meta.insert("authorization", c.clone());
         }
         match &self.timeout {
             Some(t) => {

@@ -19,12 +19,13 @@ use omnifold_proto::v1::admin_service_client::AdminServiceClient;
 use omnifold_proto::v1::loyalty_service_client::LoyaltyServiceClient;
 use omnifold_proto::v1::profile_service_client::ProfileServiceClient;
 
+use crate::auth::{self, Caller};
 use crate::commands::{self, Command, Outcome};
 use crate::request::{
     Adjust, AsOf, LedgerQuery, MemberAddress, Merge, ReadMask, Redeem, identifier_address, instant, page_token,
 };
 use crate::routing::{Hop, Route, Served, lag_behind};
-use crate::{AppState, Books, Error, ReadCost, convert, now_millis};
+use crate::{AppState, Books, Error, ReadCost, convert, now_millis, privacy};
 
 /// Most members one `BatchGetProfiles` may ask for.
 pub const MAX_BATCH: usize = 100;
@@ -237,6 +238,13 @@ fn find_for(state: &AppState, addr: &MemberAddress, mask: &ReadMask) -> Result<M
     Ok(resolve_with(state, addr, mask.books())?.member)
 }
 
+/// `m`'s profile as `caller` may see it (privacy.rs).
+fn profile_for(state: &AppState, m: &Member, at: Millis, mask: &ReadMask, caller: &Caller) -> proto::Profile {
+    let mut p = convert::profile(m, at, mask, &state.fold);
+    privacy::profile(&mut p, privacy::view_of(caller, m, &state.privacy), &state.privacy);
+    p
+}
+
 /// Each member's profile, or the status that member alone failed with: a
 /// member not found, or not known at that instant, fails its own result,
 /// not the batch.
@@ -246,12 +254,13 @@ pub(crate) fn batch_profiles(
     wires: Vec<proto::MemberRef>,
     mask: &ReadMask,
     when: AsOf,
+    caller: &Caller,
 ) -> Result<Vec<proto::ProfileResult>, Error> {
     let mut results = Vec::with_capacity(addrs.len());
     for (addr, wire) in addrs.iter().zip(wires) {
         let mut result = proto::ProfileResult { member: Some(wire), ..Default::default() };
         match find_for(state, addr, mask).and_then(|m| as_of(state, m, when)) {
-            Ok(m) => result.profile = Some(convert::profile(&m, when.at, mask, &state.fold)),
+            Ok(m) => result.profile = Some(profile_for(state, &m, when.at, mask, caller)),
             Err(e @ (Error::NotFound(_) | Error::FailedPrecondition(_) | Error::Elsewhere(_))) => {
                 let status = Status::from(e);
                 result.code = status.code() as i32;
@@ -269,7 +278,8 @@ pub struct Profiles(pub AppState);
 #[tonic::async_trait]
 impl proto::profile_service_server::ProfileService for Profiles {
     async fn get_profile(&self, req: Request<proto::GetProfileRequest>) -> Result<Response<proto::Profile>, Status> {
-        let (meta, _, r) = req.into_parts();
+        let (meta, ext, r) = req.into_parts();
+        let caller = auth::caller(&ext);
         let hop = Hop::of(&meta)?;
         let addr = MemberAddress::try_from(r.member.clone())?;
         let mask = ReadMask::try_from(r.read_mask.clone())?;
@@ -279,7 +289,7 @@ impl proto::profile_service_server::ProfileService for Profiles {
             .on(&self.0)
             .read(ReadCost::of(when), move |state| {
                 let member = as_of(state, find_for(state, &addr, &mask)?, when)?;
-                Ok(convert::profile(&member, when.at, &mask, &state.fold))
+                Ok(profile_for(state, &member, when.at, &mask, &caller))
             })
             .await?;
         Ok(served.respond(profile))
@@ -289,7 +299,8 @@ impl proto::profile_service_server::ProfileService for Profiles {
         &self,
         req: Request<proto::BatchGetProfilesRequest>,
     ) -> Result<Response<proto::BatchGetProfilesResponse>, Status> {
-        let (meta, _, r) = req.into_parts();
+        let (meta, ext, r) = req.into_parts();
+        let caller = auth::caller(&ext);
         let hop = Hop::of(&meta)?;
         if r.members.is_empty() || r.members.len() > MAX_BATCH {
             return Err(Error::InvalidArgument(format!(
@@ -309,7 +320,7 @@ impl proto::profile_service_server::ProfileService for Profiles {
                     .map_err(|e| Error::InvalidArgument(format!("members[{i}]: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let results = crate::fanout::batch(&self.0, &hop, &r, addrs, mask, when).await?;
+        let results = crate::fanout::batch(&self.0, &hop, &r, addrs, (mask, when), caller).await?;
         Ok(Response::new(proto::BatchGetProfilesResponse { results }))
     }
 
@@ -317,11 +328,13 @@ impl proto::profile_service_server::ProfileService for Profiles {
         &self,
         req: Request<proto::LookupIdentifierRequest>,
     ) -> Result<Response<proto::LookupIdentifierResponse>, Status> {
-        let (meta, _, msg) = req.into_parts();
+        let (meta, ext, msg) = req.into_parts();
+        let view = privacy::View { personal: auth::caller(&ext).may(crate::Scope::ProfilePii), sensitive: false };
         let hop = Hop::of(&meta)?;
         let addr = identifier_address(msg.identifier.clone())?;
         // The replicated index answers on every instance.
-        if let Some(found) = lookup_index(&self.0, &addr)? {
+        if let Some(mut found) = lookup_index(&self.0, &addr)? {
+            privacy::lookup(&mut found, view);
             return Ok(Response::new(found));
         }
         // Not linked to a member: a provisional or shared profile, on the
@@ -335,12 +348,14 @@ impl proto::profile_service_server::ProfileService for Profiles {
             ))
             .into());
         }
-        Ok(served.respond(proto::LookupIdentifierResponse {
+        let mut found = proto::LookupIdentifierResponse {
             member_id: r.member.key.clone(),
             resolved_via: r.via.to_owned(),
             path: r.path,
             kind: convert::kind(r.member.kind) as i32,
-        }))
+        };
+        privacy::lookup(&mut found, view);
+        Ok(served.respond(found))
     }
 
     type WatchProfileStream = Pin<Box<dyn Stream<Item = Result<proto::Profile, Status>> + Send + 'static>>;
@@ -741,7 +756,8 @@ impl proto::admin_service_server::AdminService for Admin {
         if dir.trim().is_empty() {
             return Err(Error::InvalidArgument("data_dir is required: the rebuilt store's directory".into()).into());
         }
-        let config = omnifold_store::StoreConfig { path: dir.clone().into(), ..switcher.store_config.clone() };
+        let path = switcher.allowed(&dir)?;
+        let config = omnifold_store::StoreConfig { path, ..switcher.store_config.clone() };
         let to = omnifold_store::Store::open(&config).map_err(|e| {
             Error::FailedPrecondition(format!("cannot open the store at {dir}: {e} (is a replay still using it?)"))
         })?;

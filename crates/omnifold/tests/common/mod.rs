@@ -22,6 +22,60 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_omnifold");
 /// The cluster secret every test instance signs its own records with.
 pub const SECRET: &str = "e2e-test-secret-0123456789abcdef0123456789";
 
+/// The API key every test client sends; it holds every scope. Tests of
+/// authentication itself make their own keys.
+pub const API_KEY: &str = "omni_e2eTestKeyEveryScope0123456789abcdefgh";
+
+/// A keys file holding [`API_KEY`] (written once per test binary).
+pub fn keys_file() -> std::path::PathBuf {
+    static FILE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        std::fs::create_dir_all(dir).unwrap();
+        let path = dir.join("e2e-keys.toml");
+        let scopes: Vec<String> = omnifold_server::Scope::ALL.iter().map(|s| format!("\"{}\"", s.name())).collect();
+        let text = format!(
+            "[[key]]\nname = \"e2e\"\nsha256 = \"{}\"\nscopes = [{}]\n",
+            omnifold_server::auth::key_hash(API_KEY),
+            scopes.join(", ")
+        );
+        // Several test binaries write the same text: each through its own file and a rename.
+        let tmp = dir.join(format!("e2e-keys.{}.tmp", std::process::id()));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        path
+    })
+    .clone()
+}
+
+/// Adds `authorization: Bearer <key>` to every call.
+#[derive(Clone)]
+pub struct Key(pub Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Key {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A channel whose calls carry a key.
+pub type Conn = tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Key>;
+
+/// A connection to `url` that sends [`API_KEY`].
+pub async fn connect(url: &str) -> Result<Conn, tonic::transport::Error> {
+    connect_as(url, Some(API_KEY)).await
+}
+
+/// A connection to `url` that sends `token` (an API key or a JWT), or nothing.
+pub async fn connect_as(url: &str, token: Option<&str>) -> Result<Conn, tonic::transport::Error> {
+    let channel = tonic::transport::Channel::from_shared(url.to_owned()).unwrap().connect().await?;
+    let key = token.map(|t| format!("Bearer {t}").try_into().unwrap());
+    Ok(tonic::service::interceptor::InterceptedService::new(channel, Key(key)))
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -132,7 +186,10 @@ impl Setup {
             // These tests fold events from months and years ago next to
             // probes dated now: a dedupe window of ten years keeps every one
             // of them in it (the window itself is tested on its own).
-            extra_env: BTreeMap::from([("OMNIFOLD_STORE__DEDUPE_RETENTION_HOURS".into(), "87600".into())]),
+            extra_env: BTreeMap::from([
+                ("OMNIFOLD_STORE__DEDUPE_RETENTION_HOURS".into(), "87600".into()),
+                ("OMNIFOLD_AUTH__KEYS_FILE".into(), keys_file().display().to_string()),
+            ]),
         }
     }
 
@@ -145,6 +202,7 @@ impl Setup {
             .env("OMNIFOLD_KAFKA__OWNERSHIP_TOPIC", &self.owners)
             .env("OMNIFOLD_KAFKA__GROUP_ID", format!("{}.group", self.topic))
             .env("OMNIFOLD_KAFKA__INTERNAL_SECRET", SECRET)
+            .env("OMNIFOLD_API_KEY", API_KEY)
             .env_remove("OMNIFOLD_CONFIG")
             .envs(&self.extra_env);
         c
@@ -383,16 +441,16 @@ impl Service {
         self.child.try_wait().unwrap().is_none()
     }
 
-    pub async fn profiles(&self) -> proto::profile_service_client::ProfileServiceClient<tonic::transport::Channel> {
-        proto::profile_service_client::ProfileServiceClient::connect(self.grpc.clone()).await.unwrap()
+    pub async fn profiles(&self) -> proto::profile_service_client::ProfileServiceClient<Conn> {
+        proto::profile_service_client::ProfileServiceClient::new(connect(&self.grpc).await.unwrap())
     }
 
-    pub async fn loyalty(&self) -> proto::loyalty_service_client::LoyaltyServiceClient<tonic::transport::Channel> {
-        proto::loyalty_service_client::LoyaltyServiceClient::connect(self.grpc.clone()).await.unwrap()
+    pub async fn loyalty(&self) -> proto::loyalty_service_client::LoyaltyServiceClient<Conn> {
+        proto::loyalty_service_client::LoyaltyServiceClient::new(connect(&self.grpc).await.unwrap())
     }
 
-    pub async fn admin(&self) -> proto::admin_service_client::AdminServiceClient<tonic::transport::Channel> {
-        proto::admin_service_client::AdminServiceClient::connect(self.grpc.clone()).await.unwrap()
+    pub async fn admin(&self) -> proto::admin_service_client::AdminServiceClient<Conn> {
+        proto::admin_service_client::AdminServiceClient::new(connect(&self.grpc).await.unwrap())
     }
 
     /// `AdminService.GetPartitionStatus`.
@@ -418,7 +476,7 @@ impl Service {
 
     /// Records applied so far, summed over partitions (from the store).
     pub async fn consumed(&self) -> i64 {
-        let Ok(mut admin) = proto::admin_service_client::AdminServiceClient::connect(self.grpc.clone()).await else {
+        let Ok(mut admin) = connect(&self.grpc).await.map(proto::admin_service_client::AdminServiceClient::new) else {
             return -1;
         };
         match admin.get_partition_status(proto::GetPartitionStatusRequest {}).await {
@@ -429,7 +487,7 @@ impl Service {
 
     /// The next offset the store holds for each partition.
     pub async fn next_offsets(&self) -> Vec<i64> {
-        let Ok(mut admin) = proto::admin_service_client::AdminServiceClient::connect(self.grpc.clone()).await else {
+        let Ok(mut admin) = connect(&self.grpc).await.map(proto::admin_service_client::AdminServiceClient::new) else {
             return Vec::new();
         };
         match admin.get_partition_status(proto::GetPartitionStatusRequest {}).await {
@@ -552,7 +610,7 @@ pub async fn redeem_until_decided(
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         assert!(Instant::now() < deadline, "{request} was never decided");
-        let Ok(mut c) = proto::loyalty_service_client::LoyaltyServiceClient::connect(grpc.to_owned()).await else {
+        let Ok(mut c) = connect(grpc).await.map(proto::loyalty_service_client::LoyaltyServiceClient::new) else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };

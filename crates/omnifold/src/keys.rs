@@ -1,0 +1,140 @@
+//! `omnifold keys`: API keys for callers. A new key is printed once; the
+//! keys file keeps only its SHA-256, its name and its scopes.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+
+use omnifold_server::Scope;
+use omnifold_server::auth::{KeysFile, new_api_key, read_keys};
+
+#[derive(Subcommand)]
+pub enum KeysCommand {
+    /// Make a key: the key goes to stdout (once; only its hash is kept),
+    /// its entry into the keys file.
+    New {
+        /// Who holds it (shown in logs, the audit topic and errors).
+        #[arg(long)]
+        name: String,
+        /// Comma separated: profile:read, profile:pii, loyalty:read,
+        /// loyalty:write, loyalty:adjust, admin; or `all`.
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+        /// The keys file to add it to (made if missing; `auth.keys_file`).
+        #[arg(long)]
+        file: PathBuf,
+        /// This key's own limit in requests a second (0: none), instead of
+        /// `auth.rate_per_second`.
+        #[arg(long)]
+        rate_per_second: Option<u32>,
+    },
+    /// The keys in a keys file: names and scopes.
+    List {
+        #[arg(long)]
+        file: PathBuf,
+    },
+}
+
+pub fn run(cmd: KeysCommand) -> Result<()> {
+    match cmd {
+        KeysCommand::New { name, scopes, file, rate_per_second } => {
+            let scopes = parse_scopes(&scopes)?;
+            let key = add_key(&file, &name, &scopes, rate_per_second)?;
+            eprintln!(
+                "added `{name}` ({}) to {}; the key is shown only now:",
+                scopes.iter().map(|s| s.name()).collect::<Vec<_>>().join(", "),
+                file.display()
+            );
+            println!("{key}");
+            Ok(())
+        }
+        KeysCommand::List { file } => {
+            let keys = read_keys(&file)?;
+            println!("{:<24} {:<14} scopes", "name", "sha256");
+            for k in &keys.key {
+                println!(
+                    "{:<24} {:<14} {}",
+                    k.name,
+                    format!("{}…", &k.sha256[..12.min(k.sha256.len())]),
+                    k.scopes.join(",")
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn parse_scopes(names: &[String]) -> Result<Vec<Scope>> {
+    if names.iter().any(|n| n == "all") {
+        return Ok(Scope::ALL.to_vec());
+    }
+    names
+        .iter()
+        .map(|n| {
+            Scope::parse(n.trim())
+                .with_context(|| format!("unknown scope `{n}`; scopes are {}, or all", Scope::names()))
+        })
+        .collect()
+}
+
+/// Adds a new key named `name` to `file` (readable by its owner only) and
+/// returns the key.
+pub fn add_key(file: &Path, name: &str, scopes: &[Scope], rate_per_second: Option<u32>) -> Result<String> {
+    let mut keys = if file.exists() { read_keys(file)? } else { KeysFile::default() };
+    if keys.key.iter().any(|k| k.name == name) {
+        bail!("{} already has a key named `{name}`; pick another name", file.display());
+    }
+    let (key, mut entry) = new_api_key(name, scopes);
+    entry.rate_per_second = rate_per_second;
+    keys.key.push(entry);
+    // The whole file, then a rename: a crash leaves the old file or the new one.
+    omnifold_server::Authenticator::with_keys(&keys)?;
+    let text = toml::to_string(&keys)?;
+    let tmp = file.with_extension("tmp");
+    {
+        let mut f = private_file(&tmp)?;
+        f.write_all(b"# omnifold API keys: names, SHA-256 hashes and scopes (`omnifold keys new` adds one).\n")?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, file).with_context(|| format!("writing {}", file.display()))?;
+    Ok(key)
+}
+
+fn private_file(path: &Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_key_is_accepted_by_the_file_it_was_added_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("keys.toml");
+        let crm = add_key(&file, "crm", &[Scope::ProfileRead], None).unwrap();
+        let ops = add_key(&file, "ops", &parse_scopes(&["all".into()]).unwrap(), Some(10)).unwrap();
+        assert!(add_key(&file, "crm", &[], None).unwrap_err().to_string().contains("already has a key named `crm`"));
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(!text.contains(&crm) && !text.contains(&ops), "keys are not written down");
+        let auth = omnifold_server::Authenticator::with_keys(&read_keys(&file).unwrap()).unwrap();
+        let caller = auth.authenticate(Some(format!("Bearer {ops}").as_bytes())).unwrap();
+        assert_eq!(caller.name, "ops");
+        assert!(Scope::ALL.iter().all(|s| caller.may(*s)));
+        assert!(!auth.authenticate(Some(format!("Bearer {crm}").as_bytes())).unwrap().may(Scope::Admin));
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+        let e = parse_scopes(&["profile:write".into()]).unwrap_err().to_string();
+        assert!(e.contains("unknown scope `profile:write`"), "{e}");
+    }
+}
