@@ -33,6 +33,9 @@ pub async fn create_topics(cfg: &IngestConfig, partitions: i32, replication: i32
         // Who owns each partition: one small record per partition, read
         // whole by every instance.
         NewTopic::new(&cfg.ownership_topic, 1, TopicReplication::Fixed(replication)).set("cleanup.policy", "compact"),
+        // The audit trail: appended to, never compacted; keep it as long as
+        // your rules require (retention.ms, docs/security.md).
+        NewTopic::new(&cfg.audit_topic, 1, TopicReplication::Fixed(replication)),
     ];
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     admin

@@ -65,6 +65,9 @@ pub struct IngestConfig {
     /// its gRPC address and how far it has folded; every instance reads it
     /// all (docs/scale-out.md).
     pub ownership_topic: String,
+    /// Append-only topic of the audit trail: every admin and loyalty-write
+    /// call, who made it and how it ended (docs/security.md).
+    pub audit_topic: String,
     /// This instance's stable name. Set, it is also the consumer's
     /// `group.instance.id` (static membership): a restart within the
     /// session timeout keeps the instance's partitions, and it recognises
@@ -141,6 +144,7 @@ impl Default for IngestConfig {
             identity_topic: "omnifold.identity".into(),
             group_id: "omnifold".into(),
             ownership_topic: "omnifold.owners".into(),
+            audit_topic: "omnifold.audit".into(),
             instance_id: String::new(),
             session_timeout_ms: 0,
             ownership_interval_ms: 1_000,
@@ -203,15 +207,17 @@ impl IngestConfig {
             ("identity_topic", &self.identity_topic),
             ("group_id", &self.group_id),
             ("ownership_topic", &self.ownership_topic),
+            ("audit_topic", &self.audit_topic),
         ] {
             if v.trim().is_empty() {
                 return Err(Error::Config(format!("{name} must not be empty")));
             }
         }
-        let others = [&self.dead_letter_topic, &self.identity_topic, &self.ownership_topic];
-        if others.contains(&&self.topic) || self.ownership_topic == self.identity_topic {
+        let topics =
+            [&self.topic, &self.dead_letter_topic, &self.identity_topic, &self.ownership_topic, &self.audit_topic];
+        if topics.iter().enumerate().any(|(i, t)| topics[..i].contains(t)) {
             return Err(Error::Config(
-                "topic, dead_letter_topic, identity_topic and ownership_topic must all differ".into(),
+                "topic, dead_letter_topic, identity_topic, ownership_topic and audit_topic must all differ".into(),
             ));
         }
         if self.session_timeout_ms != 0 && !(1_000..=3_600_000).contains(&self.session_timeout_ms) {

@@ -25,8 +25,25 @@ pub struct StoredDeadLetter {
 /// and then until nothing arrives for `idle` (tansu's high watermarks can lag).
 pub fn read_dead_letters(cfg: &IngestConfig, idle: Duration) -> Result<Vec<StoredDeadLetter>> {
     let topic = cfg.dead_letter_topic.as_str();
+    read_topic(cfg, topic, "dlq-reader", idle, |m| {
+        let letter = proto::DeadLetter::decode(m.payload().unwrap_or_default())
+            .map_err(|e| Error::Config(format!("{topic} holds a record that is not a DeadLetter: {e}")))?;
+        Ok(StoredDeadLetter { partition: m.partition(), offset: m.offset(), letter })
+    })
+}
+
+/// Every record of `topic` through `read`, by partition and offset. Reads
+/// until the end the broker reported and then until nothing arrives for
+/// `idle` (tansu's high watermarks can lag).
+pub(crate) fn read_topic<T>(
+    cfg: &IngestConfig,
+    topic: &str,
+    reader: &str,
+    idle: Duration,
+    mut read: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> Result<T>,
+) -> Result<Vec<T>> {
     let consumer: BaseConsumer = client_config(cfg)
-        .set("group.id", format!("{}.dlq-reader", cfg.group_id))
+        .set("group.id", format!("{}.{reader}", cfg.group_id))
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", cfg.fetch_wait_max_ms.to_string())
         .create()?;
@@ -46,9 +63,7 @@ pub fn read_dead_letters(cfg: &IngestConfig, idle: Duration) -> Result<Vec<Store
             Some(Ok(m)) => {
                 last = Instant::now();
                 positions[m.partition() as usize] = m.offset() + 1;
-                let letter = proto::DeadLetter::decode(m.payload().unwrap_or_default())
-                    .map_err(|e| Error::Config(format!("{topic} holds a record that is not a DeadLetter: {e}")))?;
-                out.push(StoredDeadLetter { partition: m.partition(), offset: m.offset(), letter });
+                out.push(((m.partition(), m.offset()), read(&m)?));
             }
             Some(Err(e)) => return Err(e.into()),
             None => {
@@ -59,6 +74,6 @@ pub fn read_dead_letters(cfg: &IngestConfig, idle: Duration) -> Result<Vec<Store
             }
         }
     }
-    out.sort_by_key(|d| (d.partition, d.offset));
-    Ok(out)
+    out.sort_by_key(|(at, _)| *at);
+    Ok(out.into_iter().map(|(_, t)| t).collect())
 }

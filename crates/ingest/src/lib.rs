@@ -7,6 +7,7 @@
 //! only after the batch's dead letters are acknowledged by the broker.
 
 mod admin;
+mod audit;
 mod config;
 mod consumer;
 mod copy;
@@ -27,6 +28,7 @@ mod standby;
 mod status;
 
 pub use admin::{CommandProducer, EventProducer, TopicOutcome, create_topics};
+pub use audit::{AuditProducer, StoredAudit, read_audit};
 pub use config::{Assignment, IngestConfig, MIN_SECRET_LEN, Secret, Standby};
 pub use consumer::{RunOptions, Shutdown, client_config, partition_count, run};
 pub use copy::{CopyProgress, copy_topic};

@@ -29,6 +29,10 @@ pub enum KeysCommand {
         /// `auth.rate_per_second`.
         #[arg(long)]
         rate_per_second: Option<u32>,
+        /// The consent purpose this key reads for (e.g. marketing): it sees
+        /// only members who granted it.
+        #[arg(long)]
+        purpose: Option<String>,
     },
     /// The keys in a keys file: names and scopes.
     List {
@@ -39,9 +43,9 @@ pub enum KeysCommand {
 
 pub fn run(cmd: KeysCommand) -> Result<()> {
     match cmd {
-        KeysCommand::New { name, scopes, file, rate_per_second } => {
+        KeysCommand::New { name, scopes, file, rate_per_second, purpose } => {
             let scopes = parse_scopes(&scopes)?;
-            let key = add_key(&file, &name, &scopes, rate_per_second)?;
+            let key = add_key(&file, &name, &scopes, KeyLimits { rate_per_second, purpose })?;
             eprintln!(
                 "added `{name}` ({}) to {}; the key is shown only now:",
                 scopes.iter().map(|s| s.name()).collect::<Vec<_>>().join(", "),
@@ -81,13 +85,21 @@ fn parse_scopes(names: &[String]) -> Result<Vec<Scope>> {
 
 /// Adds a new key named `name` to `file` (readable by its owner only) and
 /// returns the key.
-pub fn add_key(file: &Path, name: &str, scopes: &[Scope], rate_per_second: Option<u32>) -> Result<String> {
+/// What a key may do beyond its scopes.
+#[derive(Debug, Default)]
+pub struct KeyLimits {
+    pub rate_per_second: Option<u32>,
+    pub purpose: Option<String>,
+}
+
+pub fn add_key(file: &Path, name: &str, scopes: &[Scope], limits: KeyLimits) -> Result<String> {
     let mut keys = if file.exists() { read_keys(file)? } else { KeysFile::default() };
     if keys.key.iter().any(|k| k.name == name) {
         bail!("{} already has a key named `{name}`; pick another name", file.display());
     }
     let (key, mut entry) = new_api_key(name, scopes);
-    entry.rate_per_second = rate_per_second;
+    entry.rate_per_second = limits.rate_per_second;
+    entry.purpose = limits.purpose;
     keys.key.push(entry);
     // The whole file, then a rename: a crash leaves the old file or the new one.
     omnifold_server::Authenticator::with_keys(&keys)?;
@@ -122,9 +134,20 @@ mod tests {
     fn a_new_key_is_accepted_by_the_file_it_was_added_to() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("keys.toml");
-        let crm = add_key(&file, "crm", &[Scope::ProfileRead], None).unwrap();
-        let ops = add_key(&file, "ops", &parse_scopes(&["all".into()]).unwrap(), Some(10)).unwrap();
-        assert!(add_key(&file, "crm", &[], None).unwrap_err().to_string().contains("already has a key named `crm`"));
+        let crm = add_key(&file, "crm", &[Scope::ProfileRead], KeyLimits::default()).unwrap();
+        let ops = add_key(
+            &file,
+            "ops",
+            &parse_scopes(&["all".into()]).unwrap(),
+            KeyLimits { rate_per_second: Some(10), purpose: None },
+        )
+        .unwrap();
+        assert!(
+            add_key(&file, "crm", &[], KeyLimits::default())
+                .unwrap_err()
+                .to_string()
+                .contains("already has a key named `crm`")
+        );
         let text = std::fs::read_to_string(&file).unwrap();
         assert!(!text.contains(&crm) && !text.contains(&ops), "keys are not written down");
         let auth = omnifold_server::Authenticator::with_keys(&read_keys(&file).unwrap()).unwrap();

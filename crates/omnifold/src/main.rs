@@ -2,6 +2,7 @@
 //! `replay`, `dump`, `profile get`, `points ...` and `topics create` are the
 //! tools around it.
 
+mod audit;
 mod client;
 mod config;
 mod data;
@@ -116,6 +117,20 @@ enum Command {
         #[command(subcommand)]
         command: snapshot::SnapshotCommand,
     },
+    /// The audit trail: every admin and loyalty-write call, who made it and how it ended.
+    Audit(audit::AuditArgs),
+    /// Everything stored about one member, as JSON, to a file readable by
+    /// its owner only (the right of access; needs admin and profile:pii).
+    Export {
+        /// Member id, anonymous id, or an identifier as TYPE:value (e.g. PHONE:+8613800000000).
+        member: String,
+        /// The file to write (`-`: stdout).
+        #[arg(long)]
+        out: PathBuf,
+        /// gRPC address of a running `omnifold serve`.
+        #[arg(long, default_value = tools::DEFAULT_SERVER, env = "OMNIFOLD_SERVER")]
+        server: String,
+    },
     /// Print a new random secret for `kafka.internal_secret`.
     Secret,
     /// API keys for callers: `keys new`, `keys list`.
@@ -191,6 +206,8 @@ fn run() -> Result<()> {
         Command::Topics { command } => runtime.block_on(tools::topics(&config, command)),
         Command::Snapshot { command } => snapshot::run(&config, &runtime, command),
         Command::Keys { command } => keys::run(command),
+        Command::Audit(args) => audit::run(&config, &args),
+        Command::Export { member, out, server } => runtime.block_on(tools::export(server, member, out)),
         Command::Secret => {
             let bytes: [u8; 32] = rand::random();
             println!("{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>());

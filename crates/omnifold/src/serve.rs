@@ -259,6 +259,10 @@ fn snapshot_on_stop(snapshots: &Snapshots, store: &Store, topic: &str, partition
     }
 }
 
+/// How long an audit record may take to reach the broker (through an
+/// outage) before it is counted as lost (`omnifold_audit_failures_total`).
+const AUDIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// How long shutdown waits for the last reads to let go of the store.
 const STORE_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -271,6 +275,7 @@ pub async fn serve(config: Config) -> Result<()> {
         warn!("authentication is off (auth.enabled = false): any caller may read personal data and move points");
     }
     let signer = config.kafka.signer()?;
+    let signer_for_audit = signer.clone();
     let store = Store::open(&config.store).with_context(|| format!("opening store {}", config.store.path.display()))?;
     // Bound before any thread starts: an error from here on returns from
     // `main` with nothing of RocksDB's still running.
@@ -377,6 +382,8 @@ pub async fn serve(config: Config) -> Result<()> {
         app = app.with_tls(tls);
     }
     app = app.with_privacy(config.privacy.clone());
+    let audit = omnifold_ingest::AuditProducer::new(&config.kafka, signer_for_audit, AUDIT_TIMEOUT)?;
+    app = app.with_audit(Arc::new(crate::audit::Audit(audit)));
     if snapshotter.is_some() {
         app = app.with_snapshots(Arc::new(Snapshotter(snapshot_requests)));
     }

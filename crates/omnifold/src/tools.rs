@@ -228,6 +228,45 @@ pub async fn admin(server: &str) -> Result<proto::admin_service_client::AdminSer
     Ok(proto::admin_service_client::AdminServiceClient::new(connect(server).await?))
 }
 
+/// A member address from the command line: `TYPE:value` for an
+/// identifier (PHONE, EMAIL, LOYALTY_CARD, DEVICE_ID, EXTERNAL), else a
+/// member or anonymous id.
+fn address(member: String) -> Option<proto::MemberRef> {
+    use proto::member_ref::Ref;
+    if let Some((kind, value)) = member.split_once(':')
+        && let Some(t) = proto::IdentifierType::from_str_name(kind)
+    {
+        let identifier = proto::Identifier { r#type: t as i32, value: value.to_owned() };
+        return Some(proto::MemberRef { r#ref: Some(Ref::Identifier(identifier)) });
+    }
+    member_ref(member)
+}
+
+/// `omnifold export`: the member's export document into `out`, which only
+/// its owner may read (it holds personal data in clear).
+pub async fn export(server: String, member: String, out: std::path::PathBuf) -> Result<()> {
+    let mut c = admin(&server).await?;
+    let r = c.export_member(proto::ExportMemberRequest { member: address(member) }).await.map_err(refused)?;
+    let json = r.into_inner().json;
+    if out.as_os_str() == "-" {
+        println!("{json}");
+        return Ok(());
+    }
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&out)
+        .with_context(|| format!("writing {}", out.display()))?;
+    f.write_all(json.as_bytes())?;
+    f.sync_all()?;
+    eprintln!("wrote {} ({} bytes)", out.display(), json.len());
+    Ok(())
+}
+
 /// A refused request as an error that names its status.
 pub fn refused(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", s.code(), s.message())

@@ -14,25 +14,25 @@ use common::*;
 use omnifold_proto::v1 as proto;
 use tonic::Code;
 
-/// Every method of the contract and the scope it needs (docs/security.md).
-const METHODS: [(&str, &str); 17] = [
-    ("omnifold.v1.ProfileService/GetProfile", "profile:read"),
-    ("omnifold.v1.ProfileService/BatchGetProfiles", "profile:read"),
-    ("omnifold.v1.ProfileService/LookupIdentifier", "profile:read"),
-    ("omnifold.v1.ProfileService/WatchProfile", "profile:read"),
-    ("omnifold.v1.LoyaltyService/GetBalance", "loyalty:read"),
-    ("omnifold.v1.LoyaltyService/ListLedger", "loyalty:read"),
-    ("omnifold.v1.LoyaltyService/GetBenefits", "loyalty:read"),
-    ("omnifold.v1.LoyaltyService/RedeemPoints", "loyalty:write"),
-    ("omnifold.v1.LoyaltyService/AdjustPoints", "loyalty:adjust"),
-    ("omnifold.v1.AdminService/EraseMember", "admin"),
-    ("omnifold.v1.AdminService/ExportMember", "admin"),
-    ("omnifold.v1.AdminService/MergeMembers", "admin"),
-    ("omnifold.v1.AdminService/GetPartitionStatus", "admin"),
-    ("omnifold.v1.AdminService/GetReplayStatus", "admin"),
-    ("omnifold.v1.AdminService/SwitchStore", "admin"),
-    ("omnifold.v1.AdminService/GetPointsLiability", "admin"),
-    ("omnifold.v1.AdminService/TakeSnapshot", "admin"),
+/// Every method of the contract and the scopes it needs (docs/security.md).
+const METHODS: [(&str, &[&str]); 17] = [
+    ("omnifold.v1.ProfileService/GetProfile", &["profile:read"]),
+    ("omnifold.v1.ProfileService/BatchGetProfiles", &["profile:read"]),
+    ("omnifold.v1.ProfileService/LookupIdentifier", &["profile:read"]),
+    ("omnifold.v1.ProfileService/WatchProfile", &["profile:read"]),
+    ("omnifold.v1.LoyaltyService/GetBalance", &["loyalty:read"]),
+    ("omnifold.v1.LoyaltyService/ListLedger", &["loyalty:read"]),
+    ("omnifold.v1.LoyaltyService/GetBenefits", &["loyalty:read"]),
+    ("omnifold.v1.LoyaltyService/RedeemPoints", &["loyalty:write"]),
+    ("omnifold.v1.LoyaltyService/AdjustPoints", &["loyalty:adjust"]),
+    ("omnifold.v1.AdminService/EraseMember", &["admin"]),
+    ("omnifold.v1.AdminService/ExportMember", &["admin", "profile:pii"]),
+    ("omnifold.v1.AdminService/MergeMembers", &["admin"]),
+    ("omnifold.v1.AdminService/GetPartitionStatus", &["admin"]),
+    ("omnifold.v1.AdminService/GetReplayStatus", &["admin"]),
+    ("omnifold.v1.AdminService/SwitchStore", &["admin"]),
+    ("omnifold.v1.AdminService/GetPointsLiability", &["admin"]),
+    ("omnifold.v1.AdminService/TakeSnapshot", &["admin"]),
 ];
 
 const SCOPES: [&str; 6] = ["profile:read", "profile:pii", "loyalty:read", "loyalty:write", "loyalty:adjust", "admin"];
@@ -90,11 +90,15 @@ async fn every_call_needs_credentials_and_each_method_its_scope() {
     let keys = dir.path().join("keys.toml");
     let jwks = dir.path().join("jwks.json");
     let mut setup = Setup::new(&broker, "auth", 2);
-    // One key per scope holding only it, one per scope holding all the others.
-    let mut only = Vec::new();
+    // One key per set of scopes a method needs, one per scope holding all the others.
+    let mut only = std::collections::BTreeMap::new();
+    for (_, needs) in METHODS {
+        if !only.contains_key(needs) {
+            only.insert(needs, new_key(&setup, &keys, &format!("only-{}", needs.join("+")), needs));
+        }
+    }
     let mut all_but = Vec::new();
     for scope in SCOPES {
-        only.push(new_key(&setup, &keys, &format!("only-{scope}"), &[scope]));
         let rest: Vec<&str> = SCOPES.into_iter().filter(|s| *s != scope).collect();
         all_but.push(new_key(&setup, &keys, &format!("all-but-{scope}"), &rest));
     }
@@ -119,15 +123,17 @@ async fn every_call_needs_credentials_and_each_method_its_scope() {
     let e = profiles.get_profile(proto::GetProfileRequest::default()).await.unwrap_err();
     assert_eq!(e.message(), "the token has expired");
 
-    // Each method: a key holding only its scope gets past the check, a key
-    // holding every other scope is refused with the scope named.
-    for (path, scope) in METHODS {
-        let i = SCOPES.iter().position(|s| *s == scope).unwrap();
-        let with = connect_as(&service.grpc, Some(&only[i])).await.unwrap();
+    // Each method: a key holding only its scopes gets past the check, a key
+    // lacking any one of them is refused with the scope named.
+    for (path, needs) in METHODS {
+        let with = connect_as(&service.grpc, Some(&only[needs])).await.unwrap();
         let code = call(&with, path).await;
-        assert!(!matches!(code, Code::Unauthenticated | Code::PermissionDenied), "{path} with {scope}: {code:?}");
-        let without = connect_as(&service.grpc, Some(&all_but[i])).await.unwrap();
-        assert_eq!(call(&without, path).await, Code::PermissionDenied, "{path} without {scope}");
+        assert!(!matches!(code, Code::Unauthenticated | Code::PermissionDenied), "{path} with {needs:?}: {code:?}");
+        for scope in needs.iter() {
+            let i = SCOPES.iter().position(|s| s == scope).unwrap();
+            let without = connect_as(&service.grpc, Some(&all_but[i])).await.unwrap();
+            assert_eq!(call(&without, path).await, Code::PermissionDenied, "{path} without {scope}");
+        }
     }
     let reader = connect_as(&service.grpc, Some(&all_but[4])).await.unwrap();
     let mut loyalty = proto::loyalty_service_client::LoyaltyServiceClient::new(reader);
@@ -171,6 +177,35 @@ async fn every_call_needs_credentials_and_each_method_its_scope() {
         "{}",
         String::from_utf8_lossy(&status.stderr)
     );
+    // The audit trail: every admin and loyalty-write call, allowed or
+    // refused, with its caller and result, signed; reads are not in it.
+    let records = eventually("the refusals in the audit trail", std::time::Duration::from_secs(30), || async {
+        let out = setup.command().args(["audit", "--json"]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let records: Vec<serde_json::Value> =
+            String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let refused = |m: &str| records.iter().filter(|r| r["method"] == m && r["code"] == "Unauthenticated").count();
+        (refused("omnifold.v1.AdminService/SwitchStore") >= 3).then_some(records)
+    })
+    .await;
+    assert!(records.iter().all(|r| r["signed"] == true), "every record is omnifold's own");
+    let find = |method: &str, caller: &str| {
+        records.iter().find(|r| r["method"] == format!("omnifold.v1.{method}") && r["caller"] == caller)
+    };
+    for (path, needs) in METHODS {
+        let method = path.trim_start_matches("omnifold.v1.");
+        let audited = path.contains("AdminService") || path.ends_with("Points");
+        let allowed = find(method, &format!("only-{}", needs.join("+")));
+        assert_eq!(allowed.is_some(), audited, "{path}: audited is {audited}");
+        if let Some(r) = allowed {
+            assert_ne!(r["code"], "PermissionDenied");
+            assert_eq!((r["via"].as_str(), r["instance"].is_string()), (Some("api_key"), true));
+        }
+    }
+    let denied = find("LoyaltyService/AdjustPoints", "all-but-loyalty:adjust").unwrap();
+    assert_eq!(denied["code"], "PermissionDenied");
+    let adjusted = find("LoyaltyService/AdjustPoints", "only-loyalty:adjust").unwrap();
+    assert_eq!(adjusted["request"]["delta"], 0, "what the call asked is recorded: {adjusted}");
     service.stop();
 }
 
@@ -432,6 +467,7 @@ async fn personal_fields_are_masked_without_pii_and_sensitive_ones_need_consent(
     setup.extra_env.insert("OMNIFOLD_AUTH__KEYS_FILE".into(), keys.display().to_string());
     setup.extra_env.insert("OMNIFOLD_PRIVACY__SENSITIVE_TRAITS".into(), r#"["health"]"#.into());
     setup.extra_env.insert("OMNIFOLD_PRIVACY__PLAIN_TRAITS".into(), r#"["shoe_size"]"#.into());
+    setup.extra_env.insert("OMNIFOLD_STORE__KEEP_HISTORY".into(), "true".into());
     setup.create_topics();
     let at = "2026-06-01T10:00:00Z";
     let member = |m: &str| format!(r#"{{"memberId":"{m}"}}"#);
@@ -463,7 +499,7 @@ async fn personal_fields_are_masked_without_pii_and_sensitive_ones_need_consent(
         member: Some(proto::MemberRef { r#ref: Some(proto::member_ref::Ref::MemberId(m.into())) }),
         ..Default::default()
     };
-    let admin =
+    let mut admin =
         proto::admin_service_client::AdminServiceClient::new(connect_as(&service.grpc, Some(&ops)).await.unwrap());
     eventually("every event folded", std::time::Duration::from_secs(60), || {
         let mut admin = admin.clone();
@@ -538,5 +574,114 @@ async fn personal_fields_are_masked_without_pii_and_sensitive_ones_need_consent(
     assert_eq!(provisional.kind, proto::ProfileKind::Provisional as i32);
     assert_eq!(provisional.member_id, "PHONE:+86139****0009");
     assert_eq!(as_pii.get_profile(by_phone).await.unwrap().into_inner().member_id, "PHONE:+8613900000009");
+
+    // ExportMember: everything held about the member, in clear, with the
+    // events as they were received.
+    let doc = admin.export_member(proto::ExportMemberRequest { member: get("m-2").member }).await.unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&doc.into_inner().json).unwrap();
+    assert_eq!((doc["format"].as_str(), doc["member_id"].as_str()), (Some("omnifold.export.v1"), Some("m-2")));
+    assert!(doc["profile"]["identifiers"].to_string().contains("+8613800000002"), "{}", doc["profile"]);
+    assert_eq!(doc["profile"]["traits"]["health"], "asthma", "sensitive data is the member's own to see");
+    let kept: Vec<&str> =
+        doc["kept_events"].as_array().unwrap().iter().map(|e| e["event"]["eventId"].as_str().unwrap()).collect();
+    assert_eq!(kept, ["m-2-link", "m-2-traits", "m-2-search", "m-2-consent"]);
+    assert!(doc["stored_record"].is_object() && doc["ledger"].is_array());
+    // The CLI writes it to a file only its owner may read, found by any identifier.
+    let file = dir.path().join("m-2.json");
+    let out = setup
+        .command()
+        .env("OMNIFOLD_API_KEY", &ops)
+        .args(["export", "PHONE:+8613800000002", "--server", &service.grpc, "--out", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    let written: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(written["member_id"], "m-2");
+    service.stop();
+}
+
+/// A key bound to a purpose (`keys new --purpose marketing`) sees only the
+/// members who granted it: the others answer exactly as members who do not
+/// exist, in every read, lookups included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_bound_to_a_purpose_sees_only_members_who_granted_it() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.toml");
+    let mut setup = Setup::new(&broker, "purpose", 3);
+    let mut args = vec!["keys", "new", "--name", "campaigns", "--scopes", "profile:read,loyalty:read"];
+    args.extend(["--purpose", "marketing", "--file", keys.to_str().unwrap()]);
+    let campaigns = setup.run(&args).trim().to_owned();
+    let ops = new_key(&setup, &keys, "ops", &["all"]);
+    setup.extra_env.insert("OMNIFOLD_AUTH__KEYS_FILE".into(), keys.display().to_string());
+    setup.create_topics();
+    let at = "2026-06-01T10:00:00Z";
+    let mut events = Vec::new();
+    for (i, consent) in [(1, Some(true)), (2, Some(false)), (3, None)] {
+        let (m, subject) = (format!("m-{i}"), format!(r#"{{"memberId":"m-{i}"}}"#));
+        let link = format!(r#""identityLinked":{{"identifiers":[{{"type":"PHONE","value":"+861380000000{i}"}}]}}"#);
+        events.push((m.clone(), json_event(&format!("{m}-link"), at, "MOBILE_APP", &subject, &link)));
+        if let Some(granted) = consent {
+            let c = format!(r#""consentChanged":{{"purpose":"marketing","granted":{granted}}}"#);
+            events.push((m.clone(), json_event(&format!("{m}-consent"), at, "MOBILE_APP", &subject, &c)));
+        }
+    }
+    setup.produce(&events);
+    let service = Service::start(&setup, &dir.path().join("data"));
+    let profiles = |key: String| {
+        let url = service.grpc.clone();
+        async move { proto::profile_service_client::ProfileServiceClient::new(connect_as(&url, Some(&key)).await.unwrap()) }
+    };
+    let (mut bound, mut free) = (profiles(campaigns.clone()).await, profiles(ops).await);
+    let get = |m: &str| proto::GetProfileRequest {
+        member: Some(proto::MemberRef { r#ref: Some(proto::member_ref::Ref::MemberId(m.into())) }),
+        ..Default::default()
+    };
+    let phone = |i: u32| proto::LookupIdentifierRequest {
+        identifier: Some(proto::Identifier {
+            r#type: proto::IdentifierType::Phone as i32,
+            value: format!("+861380000000{i}"),
+        }),
+    };
+    // Everything is folded and linked when the unbound key finds all three by phone.
+    eventually("every member linked", std::time::Duration::from_secs(60), || {
+        let mut free = free.clone();
+        async move {
+            for i in 1..=3 {
+                if free.lookup_identifier(phone(i)).await.ok()?.into_inner().member_id != format!("m-{i}") {
+                    return None;
+                }
+                let p = free.get_profile(get(&format!("m-{i}"))).await.ok()?.into_inner();
+                if p.consents.len() != usize::from(i != 3) {
+                    return None;
+                }
+            }
+            Some(())
+        }
+    })
+    .await;
+
+    assert_eq!(bound.get_profile(get("m-1")).await.unwrap().into_inner().member_id, "m-1");
+    for m in ["m-2", "m-3", "m-404"] {
+        let e = bound.get_profile(get(m)).await.unwrap_err();
+        assert_eq!((e.code(), e.message()), (Code::NotFound, format!("no profile for member `{m}`").as_str()));
+    }
+    let members = ["m-1", "m-2"].map(|m| get(m).member.unwrap()).to_vec();
+    let batch = bound.batch_get_profiles(proto::BatchGetProfilesRequest { members, ..Default::default() }).await;
+    let codes: Vec<i32> = batch.unwrap().into_inner().results.iter().map(|r| r.code).collect();
+    assert_eq!(codes, [0, Code::NotFound as i32]);
+    assert_eq!(bound.lookup_identifier(phone(1)).await.unwrap().into_inner().member_id, "m-1");
+    let e = bound.lookup_identifier(phone(2)).await.unwrap_err();
+    assert_eq!((e.code(), e.message()), (Code::NotFound, "no profile for identifier `PHONE:+8613800000002`"));
+    let mut loyalty = proto::loyalty_service_client::LoyaltyServiceClient::new(
+        connect_as(&service.grpc, Some(&campaigns)).await.unwrap(),
+    );
+    let balance = |m: &str| proto::GetBalanceRequest { member: get(m).member, as_of: None };
+    assert!(loyalty.get_balance(balance("m-1")).await.is_ok());
+    assert_eq!(loyalty.get_balance(balance("m-2")).await.unwrap_err().code(), Code::NotFound);
+    // The unbound key sees everyone.
+    assert_eq!(free.get_profile(get("m-2")).await.unwrap().into_inner().member_id, "m-2");
     service.stop();
 }

@@ -12,6 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use futures::FutureExt as _;
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
@@ -118,12 +119,15 @@ pub struct Caller {
     pub name: String,
     pub scopes: Scopes,
     pub via: Via,
+    /// The consent purpose this caller reads for (a key's `purpose`, a
+    /// token's `purpose` claim): it sees only members who granted it.
+    pub purpose: Option<String>,
 }
 
 impl Caller {
     /// The caller when authentication is off.
     pub fn unauthenticated() -> Caller {
-        Caller { name: "anonymous".into(), scopes: Scopes::all(), via: Via::Nobody }
+        Caller { name: "anonymous".into(), scopes: Scopes::all(), via: Via::Nobody, purpose: None }
     }
 
     pub fn may(&self, s: Scope) -> bool {
@@ -192,6 +196,10 @@ pub struct KeyEntry {
     /// `auth.rate_per_second`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_per_second: Option<u32>,
+    /// The consent purpose this key reads for: it sees only members who
+    /// granted it (for example `marketing`); absent: every member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
 }
 
 /// The keys file: `[[key]]` tables.
@@ -216,6 +224,7 @@ pub fn new_api_key(name: &str, scopes: &[Scope]) -> (String, KeyEntry) {
         sha256: key_hash(&key),
         scopes: scopes.iter().map(|s| s.name().to_owned()).collect(),
         rate_per_second: None,
+        purpose: None,
     };
     (key, entry)
 }
@@ -362,7 +371,12 @@ impl Authenticator {
                 let limiter = Limits::quota(rate, 0).map(|q| (rate, governor::RateLimiter::direct(q)));
                 limits.keys.insert(k.name.clone(), limiter);
             }
-            let caller = Caller { name: k.name.clone(), scopes, via: Via::ApiKey };
+            if k.purpose.as_ref().is_some_and(|p| p.trim().is_empty()) {
+                return Err(at(
+                    "purpose must not be empty (leave it out for a caller that reads for any purpose)".into()
+                ));
+            }
+            let caller = Caller { name: k.name.clone(), scopes, via: Via::ApiKey, purpose: k.purpose.clone() };
             if keys.insert(k.sha256.clone(), Arc::new(caller)).is_some() {
                 return Err(at("another key has the same hash".into()));
             }
@@ -401,24 +415,36 @@ impl Authenticator {
     /// Whether a call to `path` may go on: its caller when credentials
     /// were needed and good, `None` for an open method.
     pub fn admit(&self, path: &str, authorization: Option<&[u8]>) -> Result<Option<Arc<Caller>>, Status> {
-        let scope = match need(path) {
+        self.check(path, authorization).map_err(|(status, _)| status)
+    }
+
+    /// [`Authenticator::admit`], with the caller of a refused call when it
+    /// was authenticated (for the audit trail).
+    fn check(&self, path: &str, authorization: Option<&[u8]>) -> Result<Option<Arc<Caller>>, Refusal> {
+        let scopes: &[Scope] = match need(path) {
             Need::Health if self.open_health => return Ok(None),
             Need::Reflection if self.open_reflection => return Ok(None),
-            Need::Health | Need::Reflection | Need::Unknown => None,
-            Need::Scope(s) => Some(s),
+            Need::Health | Need::Reflection | Need::Unknown => &[],
+            Need::Scope(s) => s,
         };
-        let caller = self.authenticate(authorization)?;
-        if let Some(s) = scope.filter(|s| !caller.may(*s)) {
-            return Err(Status::permission_denied(format!(
+        let caller = self.authenticate(authorization).map_err(|s| (s, None))?;
+        if let Some(s) = scopes.iter().find(|s| !caller.may(**s)) {
+            let status = Status::permission_denied(format!(
                 "`{}` may not call {}: it needs the scope {s}",
                 caller.name,
                 path.trim_start_matches('/')
-            )));
+            ));
+            return Err((status, Some(caller)));
         }
-        self.limits.check(&caller).map_err(|(wait, rate)| over_limit(&caller, wait, rate))?;
+        if let Err((wait, rate)) = self.limits.check(&caller) {
+            return Err((over_limit(&caller, wait, rate), Some(caller)));
+        }
         Ok(Some(caller))
     }
 }
+
+/// A refused call: its answer, and its caller when it was authenticated.
+type Refusal = (Status, Option<Arc<Caller>>);
 
 /// RESOURCE_EXHAUSTED with the wait in `omnifold-retry-after-ms`.
 fn over_limit(caller: &Caller, wait: std::time::Duration, rate: u32) -> Status {
@@ -443,6 +469,8 @@ pub fn read_keys(path: &Path) -> Result<KeysFile, Error> {
 #[derive(Debug, Deserialize)]
 struct Claims {
     sub: String,
+    #[serde(default)]
+    purpose: Option<String>,
     #[serde(default)]
     scope: Option<ScopeClaim>,
     #[serde(default)]
@@ -555,13 +583,19 @@ fn caller_of(claims: Claims) -> Caller {
             ScopeClaim::List(l) => l,
         })
         .collect();
-    Caller { name: claims.sub, scopes: names.iter().filter_map(|n| Scope::parse(n)).collect(), via: Via::Jwt }
+    Caller {
+        name: claims.sub,
+        scopes: names.iter().filter_map(|n| Scope::parse(n)).collect(),
+        via: Via::Jwt,
+        purpose: claims.purpose.filter(|p| !p.trim().is_empty()),
+    }
 }
 
 /// What a call to a method path needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Need {
-    Scope(Scope),
+    /// Every one of these.
+    Scope(&'static [Scope]),
     /// `grpc.health.v1`: open or authenticated (`auth.open_health`).
     Health,
     /// Server reflection: open or authenticated (`auth.open_reflection`).
@@ -578,16 +612,20 @@ pub(crate) fn need(path: &str) -> Need {
     };
     match (service, method) {
         ("omnifold.v1.ProfileService", "GetProfile" | "BatchGetProfiles" | "LookupIdentifier" | "WatchProfile") => {
-            Need::Scope(Scope::ProfileRead)
+            Need::Scope(&[Scope::ProfileRead])
         }
-        ("omnifold.v1.LoyaltyService", "GetBalance" | "ListLedger" | "GetBenefits") => Need::Scope(Scope::LoyaltyRead),
-        ("omnifold.v1.LoyaltyService", "RedeemPoints") => Need::Scope(Scope::LoyaltyWrite),
-        ("omnifold.v1.LoyaltyService", "AdjustPoints") => Need::Scope(Scope::LoyaltyAdjust),
+        ("omnifold.v1.LoyaltyService", "GetBalance" | "ListLedger" | "GetBenefits") => {
+            Need::Scope(&[Scope::LoyaltyRead])
+        }
+        ("omnifold.v1.LoyaltyService", "RedeemPoints") => Need::Scope(&[Scope::LoyaltyWrite]),
+        ("omnifold.v1.LoyaltyService", "AdjustPoints") => Need::Scope(&[Scope::LoyaltyAdjust]),
+        // Everything held about a person, in clear.
+        ("omnifold.v1.AdminService", "ExportMember") => Need::Scope(&[Scope::Admin, Scope::ProfilePii]),
         (
             "omnifold.v1.AdminService",
-            "EraseMember" | "ExportMember" | "MergeMembers" | "GetPartitionStatus" | "GetReplayStatus" | "SwitchStore"
+            "EraseMember" | "MergeMembers" | "GetPartitionStatus" | "GetReplayStatus" | "SwitchStore"
             | "GetPointsLiability" | "TakeSnapshot",
-        ) => Need::Scope(Scope::Admin),
+        ) => Need::Scope(&[Scope::Admin]),
         ("grpc.health.v1.Health", _) => Need::Health,
         ("grpc.reflection.v1.ServerReflection" | "grpc.reflection.v1alpha.ServerReflection", _) => Need::Reflection,
         _ => Need::Unknown,
@@ -598,13 +636,17 @@ pub(crate) fn need(path: &str) -> Need {
 /// extensions (services read it with [`caller`]), a refusal is answered
 /// here and never reaches a service.
 #[derive(Debug, Clone)]
-pub(crate) struct AuthLayer(pub(crate) Option<Arc<Authenticator>>);
+pub(crate) struct AuthLayer {
+    pub(crate) auth: Option<Arc<Authenticator>>,
+    /// Where refusals of audited methods are recorded, and this instance's name.
+    pub(crate) audit: Option<(Arc<dyn crate::audit::AuditLog>, String)>,
+}
 
 impl<S> tower_layer::Layer<S> for AuthLayer {
     type Service = Admit<S>;
 
     fn layer(&self, inner: S) -> Admit<S> {
-        Admit { inner, auth: self.0.clone() }
+        Admit { inner, auth: self.auth.clone(), audit: self.audit.clone() }
     }
 }
 
@@ -612,6 +654,7 @@ impl<S> tower_layer::Layer<S> for AuthLayer {
 pub(crate) struct Admit<S> {
     inner: S,
     auth: Option<Arc<Authenticator>>,
+    audit: Option<(Arc<dyn crate::audit::AuditLog>, String)>,
 }
 
 impl<S, B> tower_service::Service<http::Request<B>> for Admit<S>
@@ -620,7 +663,13 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = futures::future::Either<std::future::Ready<Result<S::Response, S::Error>>, S::Future>;
+    type Future = futures::future::Either<
+        std::future::Ready<Result<S::Response, S::Error>>,
+        tokio::task::futures::TaskLocalFuture<
+            Arc<Caller>,
+            futures::future::Map<S::Future, fn(Result<S::Response, S::Error>) -> Result<S::Response, S::Error>>,
+        >,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -628,18 +677,27 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let Some(auth) = &self.auth else {
-            req.extensions_mut().insert(Arc::new(Caller::unauthenticated()));
-            return futures::future::Either::Right(self.inner.call(req));
+            let caller = Arc::new(Caller::unauthenticated());
+            req.extensions_mut().insert(caller.clone());
+            let answer = self.inner.call(req).map(undecodable_is_invalid::<S::Error> as fn(_) -> _);
+            return futures::future::Either::Right(CURRENT.scope(caller, answer));
         };
         let header = req.headers().get(http::header::AUTHORIZATION).map(|v| v.as_bytes());
-        match auth.admit(req.uri().path(), header) {
+        match auth.check(req.uri().path(), header) {
             Ok(caller) => {
-                if let Some(c) = caller {
-                    req.extensions_mut().insert(c);
-                }
-                futures::future::Either::Right(self.inner.call(req))
+                // Open methods (health, reflection) run as an anonymous caller
+                // who reads for no purpose; they read no members.
+                let caller = caller.unwrap_or_else(|| Arc::new(Caller::unauthenticated()));
+                req.extensions_mut().insert(caller.clone());
+                let answer = self.inner.call(req).map(undecodable_is_invalid::<S::Error> as fn(_) -> _);
+                futures::future::Either::Right(CURRENT.scope(caller, answer))
             }
-            Err(status) => {
+            Err((status, caller)) => {
+                if let Some((log, instance)) = &self.audit
+                    && crate::audit::audited(req.uri().path())
+                {
+                    crate::audit::refused(log, instance.clone(), req.uri().path(), caller.as_deref(), &status);
+                }
                 let reason = match status.code() {
                     tonic::Code::PermissionDenied => "scope",
                     tonic::Code::ResourceExhausted => "rate",
@@ -651,6 +709,46 @@ where
             }
         }
     }
+}
+
+tokio::task_local! {
+    /// The caller of the request being served, for the reads deep below
+    /// the handlers that depend on who asks (a purpose-bound caller's view).
+    static CURRENT: Arc<Caller>;
+}
+
+/// The caller of the request being served on this task, if any.
+pub(crate) fn current() -> Option<Arc<Caller>> {
+    CURRENT.try_with(Arc::clone).ok()
+}
+
+/// Runs `f` (on a blocking thread) as `caller`'s request.
+pub(crate) fn as_caller<T>(caller: Option<Arc<Caller>>, f: impl FnOnce() -> T) -> T {
+    match caller {
+        Some(c) => CURRENT.sync_scope(c, f),
+        None => f(),
+    }
+}
+
+/// A request body that is not a message of its method is the caller's
+/// mistake: tonic's codec answers it INTERNAL, which this turns into
+/// INVALID_ARGUMENT (the only status rewritten outside `From<Error>`).
+fn undecodable_is_invalid<E>(
+    answer: Result<http::Response<tonic::body::Body>, E>,
+) -> Result<http::Response<tonic::body::Body>, E> {
+    answer.map(|mut response| {
+        if let Some(status) = tonic::Status::from_header_map(response.headers())
+            && status.code() == tonic::Code::Internal
+            && status.message().starts_with("failed to decode Protobuf message")
+        {
+            let fixed = Status::invalid_argument(format!(
+                "the request is not a valid message of this method ({}); send the method's request message",
+                status.message().trim_start_matches("failed to decode Protobuf message: ")
+            ));
+            let _ = fixed.add_header(response.headers_mut());
+        }
+        response
+    })
 }
 
 /// The caller of a request the layer admitted (allowed everything when
@@ -775,7 +873,8 @@ mod tests {
         }
         let mut shared = Authenticator::with_keys(&KeysFile { key: vec![new_api_key("a", &[]).1] }).unwrap();
         shared.limits.shared = Limits::quota(1, 0).map(|q| (1, governor::RateLimiter::keyed(q)));
-        let jwt_caller = |name: &str| Caller { name: name.into(), scopes: Scopes::default(), via: Via::Jwt };
+        let jwt_caller =
+            |name: &str| Caller { name: name.into(), scopes: Scopes::default(), via: Via::Jwt, purpose: None };
         assert!(shared.limits.check(&jwt_caller("x")).is_ok());
         assert_eq!(shared.limits.check(&jwt_caller("x")).unwrap_err().1, 1);
         assert!(shared.limits.check(&jwt_caller("y")).is_ok(), "each caller has its own allowance");
@@ -788,6 +887,7 @@ mod tests {
             sha256: sha.into(),
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
             rate_per_second: None,
+            purpose: None,
         };
         let hash = key_hash("omni_x");
         let err = |key: Vec<KeyEntry>| Authenticator::with_keys(&KeysFile { key }).unwrap_err().to_string();

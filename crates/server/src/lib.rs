@@ -5,9 +5,11 @@
 //! `omnifold-proto`; requests become validated domain values in `request.rs`,
 //! and every error becomes a `tonic::Status` in one place (`From<Error>`).
 
+pub mod audit;
 pub mod auth;
 mod commands;
 mod convert;
+mod export;
 mod fanout;
 mod health;
 pub mod privacy;
@@ -106,6 +108,8 @@ pub struct AppState {
     pub routing: Option<Routing>,
     /// Where `TakeSnapshot` goes (absent: snapshots are off).
     pub snapshots: Option<Arc<dyn SnapshotTaker>>,
+    /// Where admin and loyalty-write calls are recorded (absent: not recorded).
+    pub audit: Option<Arc<dyn audit::AuditLog>>,
     /// Which traits are plain or sensitive, and the consent sensitive data needs.
     pub privacy: Arc<privacy::PrivacyConfig>,
     /// TLS on the gRPC port (absent: plain text).
@@ -200,6 +204,7 @@ impl AppState {
             routing: None,
             snapshots: None,
             auth: None,
+            audit: None,
             privacy: Arc::default(),
             tls: None,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
@@ -233,9 +238,10 @@ impl AppState {
         let permit =
             self.reads.clone().acquire_owned().await.map_err(|_| Error::Unavailable("shutting down".into()))?;
         let state = self.clone();
+        let caller = auth::current();
         let read = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            f(&state)
+            auth::as_caller(caller, || f(&state))
         });
         read.await.map_err(|e| Error::Internal(format!("a store read failed: {e}")))?
     }
@@ -258,6 +264,11 @@ impl AppState {
     /// Requests larger than `n` bytes are refused (RESOURCE_EXHAUSTED).
     pub fn with_max_request_bytes(mut self, n: usize) -> Self {
         self.max_request_bytes = n;
+        self
+    }
+
+    pub fn with_audit(mut self, audit: Arc<dyn audit::AuditLog>) -> Self {
+        self.audit = Some(audit);
         self
     }
 
@@ -396,7 +407,10 @@ pub async fn run(listener: TcpListener, state: AppState, shutdown: impl Future<O
         server = server.tls_config(tls.server.clone())?;
     }
     server
-        .layer(auth::AuthLayer(state.auth.clone()))
+        .layer(auth::AuthLayer {
+            auth: state.auth.clone(),
+            audit: state.audit.clone().map(|log| (log, audit::instance(&state))),
+        })
         .add_service(health_service)
         .add_service(reflection)
         .add_service(ProfileServiceServer::new(services::Profiles(state.clone())).max_decoding_message_size(limit))

@@ -91,6 +91,11 @@ pub const PROFILE_FIELDS: [&str; 16] = [
 pub struct ReadMask(Option<Vec<&'static str>>);
 
 impl ReadMask {
+    /// Every field.
+    pub fn everything() -> ReadMask {
+        ReadMask(None)
+    }
+
     pub fn includes(&self, field: &str) -> bool {
         self.0.as_ref().is_none_or(|f| f.contains(&field))
     }

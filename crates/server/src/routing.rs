@@ -523,6 +523,7 @@ impl Forward {
         let mut req = Request::new(msg);
         to.hop.stamp(&mut req, to.routing.owners.instance());
         metrics::counter!("omnifold_requests_forwarded_total").increment(1);
+        crate::audit::mark_forwarded();
         match call(channel, req).await {
             Ok(resp) => {
                 let (meta, msg, ext) = resp.into_parts();

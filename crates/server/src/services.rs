@@ -19,6 +19,7 @@ use omnifold_proto::v1::admin_service_client::AdminServiceClient;
 use omnifold_proto::v1::loyalty_service_client::LoyaltyServiceClient;
 use omnifold_proto::v1::profile_service_client::ProfileServiceClient;
 
+use crate::audit::{self, Audited};
 use crate::auth::{self, Caller};
 use crate::commands::{self, Command, Outcome};
 use crate::request::{
@@ -87,10 +88,21 @@ fn resolve_with(state: &AppState, addr: &MemberAddress, books: Books) -> Result<
         path.push(std::mem::take(&mut key));
         match &m.routes_to {
             Some(to) => key = to.clone(),
+            None if !visible(&m) => return Err(Error::NotFound(format!("no profile for {asked} `{}`", path[0]))),
             None => return Ok(Resolved { member: m, via, path }),
         }
     }
     Err(Error::Unavailable(format!("`{}` routes through more than {MAX_HOPS} profiles", path[0])))
+}
+
+/// Whether the caller of this request may see `m`: a caller bound to a
+/// purpose sees only members who granted it. A member it may not see
+/// answers exactly as one that does not exist.
+fn visible(m: &Member) -> bool {
+    match auth::current().and_then(|c| c.purpose.clone()) {
+        None => true,
+        Some(purpose) => m.consents.get(&purpose).is_some_and(|c| c.value.granted),
+    }
 }
 
 /// The keys the identity index leads through from `start` (linked
@@ -329,11 +341,29 @@ impl proto::profile_service_server::ProfileService for Profiles {
         req: Request<proto::LookupIdentifierRequest>,
     ) -> Result<Response<proto::LookupIdentifierResponse>, Status> {
         let (meta, ext, msg) = req.into_parts();
-        let view = privacy::View { personal: auth::caller(&ext).may(crate::Scope::ProfilePii), sensitive: false };
+        let caller = auth::caller(&ext);
+        let view = privacy::View { personal: caller.may(crate::Scope::ProfilePii), sensitive: false };
+        let purpose_bound = caller.purpose.is_some();
         let hop = Hop::of(&meta)?;
         let addr = identifier_address(msg.identifier.clone())?;
-        // The replicated index answers on every instance.
+        // The replicated index answers on every instance, but for a caller
+        // bound to a purpose: the member's owner decides whether it may see
+        // the member (the request goes there).
         if let Some(mut found) = lookup_index(&self.0, &addr)? {
+            if purpose_bound {
+                let member = MemberAddress::Key(found.member_id.clone());
+                let served = route_or_forward!(self.0, &member, &hop, msg, ProfileServiceClient, lookup_identifier);
+                if resolve(&served.on(&self.0), &member).is_err() {
+                    // As for an identifier no one holds, whatever the reason.
+                    let asked = match &addr {
+                        MemberAddress::Identifier(i) => i.key(),
+                        MemberAddress::Key(k) => k.clone(),
+                    };
+                    return Err(Error::NotFound(format!("no profile for identifier `{asked}`")).into());
+                }
+                privacy::lookup(&mut found, view);
+                return Ok(served.respond(found));
+            }
             privacy::lookup(&mut found, view);
             return Ok(Response::new(found));
         }
@@ -484,63 +514,85 @@ impl proto::loyalty_service_server::LoyaltyService for Loyalty {
         &self,
         req: Request<proto::RedeemPointsRequest>,
     ) -> Result<Response<proto::RedeemPointsResponse>, Status> {
-        let (meta, _, msg) = req.into_parts();
-        let hop = Hop::of(&meta)?;
-        let r = Redeem::try_from(msg.clone())?;
-        let served = route_or_forward!(self.0, &r.member, &hop.for_write(), msg, LoyaltyServiceClient, redeem_points);
-        let m = points_holder(&self.0, &r.member)?;
-        let cmd = Command {
-            member: m.key.clone(),
-            request_id: r.request_id.clone(),
-            kind: CommandKind::Redeem,
-            points: r.points,
-            channel: r.channel,
-            payload: proto::event::Payload::PointsRedemptionRequested(proto::PointsRedemptionRequested {
-                request_id: r.request_id.clone(),
-                points: r.points,
-                reward: r.reward,
-            }),
-        };
-        let a = self.command(&m, cmd).await?;
-        Ok(served.respond(proto::RedeemPointsResponse {
-            status: a.status as i32,
-            reason: a.reason,
-            balance: a.balance,
-            request_id: r.request_id,
-            event_id: a.event_id,
-        }))
+        let r = req.get_ref();
+        let audit = Audited::of(
+            "LoyaltyService/RedeemPoints",
+            &req,
+            serde_json::json!({"member": audit::member(&r.member), "request_id": r.request_id, "points": r.points, "channel": r.channel, "reward": r.reward}),
+        );
+        audit
+            .run(&self.0, async move {
+                let (meta, _, msg) = req.into_parts();
+                let hop = Hop::of(&meta)?;
+                let r = Redeem::try_from(msg.clone())?;
+                let served =
+                    route_or_forward!(self.0, &r.member, &hop.for_write(), msg, LoyaltyServiceClient, redeem_points);
+                let m = points_holder(&self.0, &r.member)?;
+                let cmd = Command {
+                    member: m.key.clone(),
+                    request_id: r.request_id.clone(),
+                    kind: CommandKind::Redeem,
+                    points: r.points,
+                    channel: r.channel,
+                    payload: proto::event::Payload::PointsRedemptionRequested(proto::PointsRedemptionRequested {
+                        request_id: r.request_id.clone(),
+                        points: r.points,
+                        reward: r.reward,
+                    }),
+                };
+                let a = self.command(&m, cmd).await?;
+                Ok(served.respond(proto::RedeemPointsResponse {
+                    status: a.status as i32,
+                    reason: a.reason,
+                    balance: a.balance,
+                    request_id: r.request_id,
+                    event_id: a.event_id,
+                }))
+            })
+            .await
     }
 
     async fn adjust_points(
         &self,
         req: Request<proto::AdjustPointsRequest>,
     ) -> Result<Response<proto::AdjustPointsResponse>, Status> {
-        let (meta, _, msg) = req.into_parts();
-        let hop = Hop::of(&meta)?;
-        let r = Adjust::try_from(msg.clone())?;
-        let served = route_or_forward!(self.0, &r.member, &hop.for_write(), msg, LoyaltyServiceClient, adjust_points);
-        let m = points_holder(&self.0, &r.member)?;
-        let cmd = Command {
-            member: m.key.clone(),
-            request_id: r.request_id.clone(),
-            kind: CommandKind::Adjust,
-            points: r.delta,
-            channel: r.channel,
-            payload: proto::event::Payload::PointsAdjusted(proto::PointsAdjusted {
-                delta: r.delta,
-                reason: r.reason,
-                actor: r.actor,
-                request_id: r.request_id.clone(),
-            }),
-        };
-        let a = self.command(&m, cmd).await?;
-        Ok(served.respond(proto::AdjustPointsResponse {
-            status: a.status as i32,
-            reason: a.reason,
-            balance: a.balance,
-            request_id: r.request_id,
-            event_id: a.event_id,
-        }))
+        let r = req.get_ref();
+        let audit = Audited::of(
+            "LoyaltyService/AdjustPoints",
+            &req,
+            serde_json::json!({"member": audit::member(&r.member), "request_id": r.request_id, "delta": r.delta, "reason": r.reason, "actor": r.actor}),
+        );
+        audit
+            .run(&self.0, async move {
+                let (meta, _, msg) = req.into_parts();
+                let hop = Hop::of(&meta)?;
+                let r = Adjust::try_from(msg.clone())?;
+                let served =
+                    route_or_forward!(self.0, &r.member, &hop.for_write(), msg, LoyaltyServiceClient, adjust_points);
+                let m = points_holder(&self.0, &r.member)?;
+                let cmd = Command {
+                    member: m.key.clone(),
+                    request_id: r.request_id.clone(),
+                    kind: CommandKind::Adjust,
+                    points: r.delta,
+                    channel: r.channel,
+                    payload: proto::event::Payload::PointsAdjusted(proto::PointsAdjusted {
+                        delta: r.delta,
+                        reason: r.reason,
+                        actor: r.actor,
+                        request_id: r.request_id.clone(),
+                    }),
+                };
+                let a = self.command(&m, cmd).await?;
+                Ok(served.respond(proto::AdjustPointsResponse {
+                    status: a.status as i32,
+                    reason: a.reason,
+                    balance: a.balance,
+                    request_id: r.request_id,
+                    event_id: a.event_id,
+                }))
+            })
+            .await
     }
 }
 
@@ -647,189 +699,262 @@ const ADMIN: &str = "this admin operation is not available yet";
 impl proto::admin_service_server::AdminService for Admin {
     async fn erase_member(
         &self,
-        _: Request<proto::EraseMemberRequest>,
+        req: Request<proto::EraseMemberRequest>,
     ) -> Result<Response<proto::EraseMemberResponse>, Status> {
-        Err(Error::Unimplemented(ADMIN).into())
+        let r = req.get_ref();
+        let audit = Audited::of(
+            "AdminService/EraseMember",
+            &req,
+            serde_json::json!({"member": audit::member(&r.member), "reason": r.reason}),
+        );
+        audit.run(&self.0, async move { Err(Error::Unimplemented(ADMIN).into()) }).await
     }
 
     async fn export_member(
         &self,
-        _: Request<proto::ExportMemberRequest>,
+        req: Request<proto::ExportMemberRequest>,
     ) -> Result<Response<proto::ExportMemberResponse>, Status> {
-        Err(Error::Unimplemented(ADMIN).into())
+        let r = req.get_ref();
+        let audit =
+            Audited::of("AdminService/ExportMember", &req, serde_json::json!({"member": audit::member(&r.member)}));
+        audit
+            .run(&self.0, async move {
+                let (meta, _, msg) = req.into_parts();
+                let hop = Hop::of(&meta)?.for_write();
+                let addr = MemberAddress::try_from(msg.member.clone())?;
+                let served = route_or_forward!(self.0, &addr, &hop, msg, AdminServiceClient, export_member);
+                let doc = served
+                    .on(&self.0)
+                    .read(ReadCost::Long, move |state| crate::export::export(state, &addr, now_millis()))
+                    .await?;
+                let json = serde_json::to_string_pretty(&doc).map_err(|e| Error::Internal(format!("export: {e}")))?;
+                Ok(served.respond(proto::ExportMemberResponse { json }))
+            })
+            .await
     }
 
     async fn merge_members(
         &self,
         req: Request<proto::MergeMembersRequest>,
     ) -> Result<Response<proto::MergeMembersResponse>, Status> {
-        let (meta, _, msg) = req.into_parts();
-        let hop = Hop::of(&meta)?;
-        let r = Merge::try_from(msg.clone())?;
-        let state = &self.0;
-        let survivor = MemberAddress::Key(r.into.clone());
-        let served = route_or_forward!(state, &survivor, &hop.for_write(), msg, AdminServiceClient, merge_members);
-        let into = resolve(state, &survivor)?.member;
-        // The merged member is checked where it is stored; on a partition
-        // another instance answers for, its fold checks it (a merge of a
-        // non-member is refused there, into the dead-letter topic).
-        let from = match state.load(&r.from, Books::Skip) {
-            Err(Error::Elsewhere(_)) => None,
-            other => Some(other?.ok_or_else(|| Error::NotFound(format!("no profile for member `{}`", r.from)))?),
-        };
-        if into.kind != ProfileKind::KnownMember || from.as_ref().is_some_and(|f| f.kind != ProfileKind::KnownMember) {
-            return Err(Error::FailedPrecondition(
-                "only members are merged; link anonymous ids and identifiers with identityLinked".into(),
-            )
-            .into());
-        }
-        if into.key == r.from {
-            return Err(Error::FailedPrecondition(format!("`{}` already resolves to `{}`", r.from, into.key)).into());
-        }
-        if let Some(other) = from.as_ref().and_then(|f| f.routes_to.as_deref()).filter(|to| *to != into.key) {
-            return Err(
-                Error::FailedPrecondition(format!("member `{}` was already merged into `{other}`", r.from)).into()
-            );
-        }
-        let event = proto::Event {
-            event_id: derived_event_id("merge-request", &r.request_id, &format!("{}\0{}", into.key, r.from)),
-            occurred_at: Some(to_timestamp(now_millis())),
-            channel: proto::Channel::CallCenter as i32,
-            store_id: String::new(),
-            subject: Some(proto::Subject { member_id: into.key.clone(), ..Default::default() }),
-            payload: Some(proto::event::Payload::MembersMerged(proto::MembersMerged {
-                from_member_id: r.from.clone(),
-                into_member_id: into.key.clone(),
-            })),
-        };
-        let done = || -> Result<Option<Member>, Error> {
-            Ok(state.load(&into.key, Books::Skip)?.filter(|m| m.merged_members.contains(&r.from)))
-        };
-        let (version, completed) = match commands::append_and_wait(state, &into.key, event, done).await? {
-            Outcome::Decided(m) => (convert::version(&m), true),
-            Outcome::InProgress => (convert::version(&into), false),
-        };
-        Ok(served.respond(proto::MergeMembersResponse { version: Some(version), completed }))
+        let r = req.get_ref();
+        let audit = Audited::of(
+            "AdminService/MergeMembers",
+            &req,
+            serde_json::json!({"from_member_id": r.from_member_id, "into_member_id": r.into_member_id, "request_id": r.request_id}),
+        );
+        audit
+            .run(&self.0, async move {
+                let (meta, _, msg) = req.into_parts();
+                let hop = Hop::of(&meta)?;
+                let r = Merge::try_from(msg.clone())?;
+                let state = &self.0;
+                let survivor = MemberAddress::Key(r.into.clone());
+                let served =
+                    route_or_forward!(state, &survivor, &hop.for_write(), msg, AdminServiceClient, merge_members);
+                let into = resolve(state, &survivor)?.member;
+                // The merged member is checked where it is stored; on a partition
+                // another instance answers for, its fold checks it (a merge of a
+                // non-member is refused there, into the dead-letter topic).
+                let from = match state.load(&r.from, Books::Skip) {
+                    Err(Error::Elsewhere(_)) => None,
+                    other => {
+                        Some(other?.ok_or_else(|| Error::NotFound(format!("no profile for member `{}`", r.from)))?)
+                    }
+                };
+                if into.kind != ProfileKind::KnownMember
+                    || from.as_ref().is_some_and(|f| f.kind != ProfileKind::KnownMember)
+                {
+                    return Err(Error::FailedPrecondition(
+                        "only members are merged; link anonymous ids and identifiers with identityLinked".into(),
+                    )
+                    .into());
+                }
+                if into.key == r.from {
+                    return Err(
+                        Error::FailedPrecondition(format!("`{}` already resolves to `{}`", r.from, into.key)).into()
+                    );
+                }
+                if let Some(other) = from.as_ref().and_then(|f| f.routes_to.as_deref()).filter(|to| *to != into.key) {
+                    return Err(Error::FailedPrecondition(format!(
+                        "member `{}` was already merged into `{other}`",
+                        r.from
+                    ))
+                    .into());
+                }
+                let event = proto::Event {
+                    event_id: derived_event_id("merge-request", &r.request_id, &format!("{}\0{}", into.key, r.from)),
+                    occurred_at: Some(to_timestamp(now_millis())),
+                    channel: proto::Channel::CallCenter as i32,
+                    store_id: String::new(),
+                    subject: Some(proto::Subject { member_id: into.key.clone(), ..Default::default() }),
+                    payload: Some(proto::event::Payload::MembersMerged(proto::MembersMerged {
+                        from_member_id: r.from.clone(),
+                        into_member_id: into.key.clone(),
+                    })),
+                };
+                let done = || -> Result<Option<Member>, Error> {
+                    Ok(state.load(&into.key, Books::Skip)?.filter(|m| m.merged_members.contains(&r.from)))
+                };
+                let (version, completed) = match commands::append_and_wait(state, &into.key, event, done).await? {
+                    Outcome::Decided(m) => (convert::version(&m), true),
+                    Outcome::InProgress => (convert::version(&into), false),
+                };
+                Ok(served.respond(proto::MergeMembersResponse { version: Some(version), completed }))
+            })
+            .await
     }
 
     async fn get_partition_status(
         &self,
-        _: Request<proto::GetPartitionStatusRequest>,
+        req: Request<proto::GetPartitionStatusRequest>,
     ) -> Result<Response<proto::GetPartitionStatusResponse>, Status> {
-        let state = &self.0;
-        let store = state.store();
-        let count = store.partition_count(&state.topic).map_err(Error::from)?.unwrap_or(0);
-        let report = state.ingest.as_ref().map(|i| i.report()).unwrap_or_default();
-        let claims = state.routing.as_ref().map(|r| r.owners.claims()).unwrap_or_default();
-        let mut partitions = Vec::with_capacity(count as usize);
-        for p in 0..count {
-            let local = match &state.routing {
-                Some(r) => matches!(r.owners.owner(p), crate::Owner::Here { .. }),
-                None => report.partitions.contains_key(&p),
-            };
-            let status = local_status(state, &store, &report, p, local)?;
-            partitions.push(owner_status(state, p, claims.get(&p), status));
-        }
-        let broker = match report.broker_up {
-            Some(true) => "up",
-            Some(false) => "down",
-            None => "unknown",
-        };
-        Ok(Response::new(proto::GetPartitionStatusResponse {
-            partitions,
-            broker: broker.into(),
-            broker_since: (report.broker_since_ms > 0).then(|| to_timestamp(report.broker_since_ms)),
-            records_waiting: report.records_waiting,
-            ingest_running: report.running,
-        }))
+        let audit = Audited::of("AdminService/GetPartitionStatus", &req, serde_json::json!({}));
+        audit
+            .run(&self.0, async move {
+                let state = &self.0;
+                let store = state.store();
+                let count = store.partition_count(&state.topic).map_err(Error::from)?.unwrap_or(0);
+                let report = state.ingest.as_ref().map(|i| i.report()).unwrap_or_default();
+                let claims = state.routing.as_ref().map(|r| r.owners.claims()).unwrap_or_default();
+                let mut partitions = Vec::with_capacity(count as usize);
+                for p in 0..count {
+                    let local = match &state.routing {
+                        Some(r) => matches!(r.owners.owner(p), crate::Owner::Here { .. }),
+                        None => report.partitions.contains_key(&p),
+                    };
+                    let status = local_status(state, &store, &report, p, local)?;
+                    partitions.push(owner_status(state, p, claims.get(&p), status));
+                }
+                let broker = match report.broker_up {
+                    Some(true) => "up",
+                    Some(false) => "down",
+                    None => "unknown",
+                };
+                Ok(Response::new(proto::GetPartitionStatusResponse {
+                    partitions,
+                    broker: broker.into(),
+                    broker_since: (report.broker_since_ms > 0).then(|| to_timestamp(report.broker_since_ms)),
+                    records_waiting: report.records_waiting,
+                    ingest_running: report.running,
+                }))
+            })
+            .await
     }
 
     async fn switch_store(
         &self,
         req: Request<proto::SwitchStoreRequest>,
     ) -> Result<Response<proto::SwitchStoreResponse>, Status> {
-        let state = &self.0;
-        let switcher = state.switcher.clone().ok_or_else(|| {
-            Error::Unavailable("this instance does not fold events, so it cannot switch stores".into())
-        })?;
-        let dir = req.into_inner().data_dir;
-        if dir.trim().is_empty() {
-            return Err(Error::InvalidArgument("data_dir is required: the rebuilt store's directory".into()).into());
-        }
-        let path = switcher.allowed(&dir)?;
-        let config = omnifold_store::StoreConfig { path, ..switcher.store_config.clone() };
-        let to = omnifold_store::Store::open(&config).map_err(|e| {
-            Error::FailedPrecondition(format!("cannot open the store at {dir}: {e} (is a replay still using it?)"))
-        })?;
-        if to.partition_count(&state.topic).map_err(Error::from)?.is_none() {
-            return Err(Error::FailedPrecondition(format!(
-                "{dir} holds no state for topic {}; build it with omnifold replay",
-                state.topic
-            ))
-            .into());
-        }
-        let (done, answer) = std::sync::mpsc::channel();
-        switcher
-            .requests
-            .send(omnifold_store::StoreSwitch { to, done })
-            .map_err(|_| Error::Unavailable("ingest is not running".into()))?;
-        let result = tokio::task::spawn_blocking(move || answer.recv())
-            .await
-            .map_err(|e| Error::Unavailable(format!("switch interrupted: {e}")))?
-            .map_err(|_| Error::Unavailable("ingest stopped before the switch finished".into()))?
-            .map_err(|e| Error::Unavailable(format!("switch failed, still serving the old store: {e}")))?;
-        let partitions = result
-            .into_iter()
-            .map(|(p, next)| proto::PartitionStatus {
-                topic: state.topic.clone(),
-                partition: p,
-                next_offset: next,
-                high_watermark: -1,
-                has_state: true,
-                state: "ok".into(),
-                ..Default::default()
+        let r = req.get_ref();
+        let audit = Audited::of("AdminService/SwitchStore", &req, serde_json::json!({"data_dir": r.data_dir}));
+        audit
+            .run(&self.0, async move {
+                let state = &self.0;
+                let switcher = state.switcher.clone().ok_or_else(|| {
+                    Error::Unavailable("this instance does not fold events, so it cannot switch stores".into())
+                })?;
+                let dir = req.into_inner().data_dir;
+                if dir.trim().is_empty() {
+                    return Err(
+                        Error::InvalidArgument("data_dir is required: the rebuilt store's directory".into()).into()
+                    );
+                }
+                let path = switcher.allowed(&dir)?;
+                let config = omnifold_store::StoreConfig { path, ..switcher.store_config.clone() };
+                let to = omnifold_store::Store::open(&config).map_err(|e| {
+                    Error::FailedPrecondition(format!(
+                        "cannot open the store at {dir}: {e} (is a replay still using it?)"
+                    ))
+                })?;
+                if to.partition_count(&state.topic).map_err(Error::from)?.is_none() {
+                    return Err(Error::FailedPrecondition(format!(
+                        "{dir} holds no state for topic {}; build it with omnifold replay",
+                        state.topic
+                    ))
+                    .into());
+                }
+                let (done, answer) = std::sync::mpsc::channel();
+                switcher
+                    .requests
+                    .send(omnifold_store::StoreSwitch { to, done })
+                    .map_err(|_| Error::Unavailable("ingest is not running".into()))?;
+                let result = tokio::task::spawn_blocking(move || answer.recv())
+                    .await
+                    .map_err(|e| Error::Unavailable(format!("switch interrupted: {e}")))?
+                    .map_err(|_| Error::Unavailable("ingest stopped before the switch finished".into()))?
+                    .map_err(|e| Error::Unavailable(format!("switch failed, still serving the old store: {e}")))?;
+                let partitions = result
+                    .into_iter()
+                    .map(|(p, next)| proto::PartitionStatus {
+                        topic: state.topic.clone(),
+                        partition: p,
+                        next_offset: next,
+                        high_watermark: -1,
+                        has_state: true,
+                        state: "ok".into(),
+                        ..Default::default()
+                    })
+                    .collect();
+                Ok(Response::new(proto::SwitchStoreResponse { partitions }))
             })
-            .collect();
-        Ok(Response::new(proto::SwitchStoreResponse { partitions }))
+            .await
     }
 
     async fn take_snapshot(
         &self,
         req: Request<proto::TakeSnapshotRequest>,
     ) -> Result<Response<proto::TakeSnapshotResponse>, Status> {
-        let state = &self.0;
-        let taker = state.snapshots.clone().ok_or_else(|| {
-            Error::FailedPrecondition(
-                "snapshots are off on this instance: set [snapshots] url (docs/scale-out.md)".into(),
-            )
-        })?;
-        let partitions = req.into_inner().partitions;
-        let count = state.store().partition_count(&state.topic).map_err(Error::from)?.unwrap_or(0);
-        if let Some(p) = partitions.iter().find(|p| **p >= count) {
-            return Err(Error::InvalidArgument(format!(
-                "partition {p} does not exist: topic {} has {count} partitions",
-                state.topic
-            ))
-            .into());
-        }
-        let results = taker.take(partitions).await.map_err(Error::Unavailable)?;
-        let results = results.into_iter().map(|r| snapshot_result(state, r)).collect();
-        Ok(Response::new(proto::TakeSnapshotResponse { results }))
+        let r = req.get_ref();
+        let audit = Audited::of("AdminService/TakeSnapshot", &req, serde_json::json!({"partitions": r.partitions}));
+        audit
+            .run(&self.0, async move {
+                let state = &self.0;
+                let taker = state.snapshots.clone().ok_or_else(|| {
+                    Error::FailedPrecondition(
+                        "snapshots are off on this instance: set [snapshots] url (docs/scale-out.md)".into(),
+                    )
+                })?;
+                let partitions = req.into_inner().partitions;
+                let count = state.store().partition_count(&state.topic).map_err(Error::from)?.unwrap_or(0);
+                if let Some(p) = partitions.iter().find(|p| **p >= count) {
+                    return Err(Error::InvalidArgument(format!(
+                        "partition {p} does not exist: topic {} has {count} partitions",
+                        state.topic
+                    ))
+                    .into());
+                }
+                let results = taker.take(partitions).await.map_err(Error::Unavailable)?;
+                let results = results.into_iter().map(|r| snapshot_result(state, r)).collect();
+                Ok(Response::new(proto::TakeSnapshotResponse { results }))
+            })
+            .await
     }
 
     async fn get_points_liability(
         &self,
         req: Request<proto::GetPointsLiabilityRequest>,
     ) -> Result<Response<proto::GetPointsLiabilityResponse>, Status> {
-        let as_of = instant("as_of", req.into_inner().as_of, now_millis())?;
-        Ok(Response::new(self.0.read(ReadCost::Long, move |state| liability(state, as_of)).await?))
+        let r = req.get_ref();
+        let audit = Audited::of(
+            "AdminService/GetPointsLiability",
+            &req,
+            serde_json::json!({"as_of": r.as_of.map(|t| omnifold_core::time::rfc3339(omnifold_core::time::from_timestamp(&t)))}),
+        );
+        audit
+            .run(&self.0, async move {
+                let as_of = instant("as_of", req.into_inner().as_of, now_millis())?;
+                Ok(Response::new(self.0.read(ReadCost::Long, move |state| liability(state, as_of)).await?))
+            })
+            .await
     }
 
     async fn get_replay_status(
         &self,
-        _: Request<proto::GetReplayStatusRequest>,
+        req: Request<proto::GetReplayStatusRequest>,
     ) -> Result<Response<proto::GetReplayStatusResponse>, Status> {
-        Ok(Response::new(proto::GetReplayStatusResponse::default()))
+        let audit = Audited::of("AdminService/GetReplayStatus", &req, serde_json::json!({}));
+        audit.run(&self.0, async move { Ok(Response::new(proto::GetReplayStatusResponse::default())) }).await
     }
 }
 

@@ -200,6 +200,7 @@ impl Setup {
             .env("OMNIFOLD_KAFKA__DEAD_LETTER_TOPIC", &self.dlq)
             .env("OMNIFOLD_KAFKA__IDENTITY_TOPIC", &self.identity)
             .env("OMNIFOLD_KAFKA__OWNERSHIP_TOPIC", &self.owners)
+            .env("OMNIFOLD_KAFKA__AUDIT_TOPIC", format!("{}.audit", self.topic))
             .env("OMNIFOLD_KAFKA__GROUP_ID", format!("{}.group", self.topic))
             .env("OMNIFOLD_KAFKA__INTERNAL_SECRET", SECRET)
             .env("OMNIFOLD_API_KEY", API_KEY)
