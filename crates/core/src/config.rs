@@ -53,8 +53,21 @@ pub struct FoldConfig {
     pub identity: IdentityConfig,
     /// The largest values one event may carry: `[fold.limits]`.
     pub limits: Limits,
+    /// Events for a member erased before: `refuse` them (to the dead-letter
+    /// topic, so an erased person is never rebuilt), or start a `fresh`
+    /// profile under the same id.
+    pub after_erasure: AfterErasure,
     #[serde(skip)]
     rates_micro: BTreeMap<String, i128>,
+}
+
+/// `fold.after_erasure`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AfterErasure {
+    #[default]
+    Refuse,
+    Fresh,
 }
 
 impl Default for FoldConfig {
@@ -71,6 +84,7 @@ impl Default for FoldConfig {
             loyalty: LoyaltyConfig::default(),
             identity: IdentityConfig::default(),
             limits: Limits::default(),
+            after_erasure: AfterErasure::Refuse,
             rates_micro: BTreeMap::new(),
         }
     }

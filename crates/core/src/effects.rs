@@ -21,6 +21,21 @@ pub struct Effects {
     /// keeps: `(key, Some(member))` now routes to the member, `(key, None)`
     /// routes nowhere (a shared device).
     pub routes: Vec<(String, Option<String>)>,
+    /// What an erasure removes of what is stored under the key.
+    pub erase: Erase,
+}
+
+/// What an erasure removes of what is stored under the event's key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Erase {
+    #[default]
+    Nothing,
+    /// Everything but the member's record, which is now its tombstone: the
+    /// ledger, decided requests, kept events, join parts and books.
+    Books,
+    /// The record too: the key forgets everything (a key the erased member
+    /// held).
+    All,
 }
 
 /// An event omnifold writes to the events topic as a consequence of one it

@@ -164,6 +164,8 @@ pub enum Payload {
     },
     ErasureRequested {
         reason: String,
+        /// The erasure job's id: decided once per member, like a command's.
+        request_id: Option<String>,
     },
     /// Internal: `member_id` claims this event's subject key.
     IdentityClaimed {
@@ -187,6 +189,12 @@ pub enum Payload {
         join_id: String,
         index: u32,
         data: Vec<u8>,
+    },
+    /// Internal: `member_id` was erased; this event's key, which it held,
+    /// forgets it (its route and its own profile are deleted).
+    KeyErased {
+        member_id: String,
+        cause_event_id: String,
     },
 }
 
@@ -229,7 +237,10 @@ impl Event {
     pub fn is_internal(&self) -> bool {
         matches!(
             self.payload,
-            Payload::IdentityClaimed { .. } | Payload::ProfileJoined { .. } | Payload::ProfileJoinPart { .. }
+            Payload::IdentityClaimed { .. }
+                | Payload::ProfileJoined { .. }
+                | Payload::ProfileJoinPart { .. }
+                | Payload::KeyErased { .. }
         )
     }
 
@@ -239,6 +250,7 @@ impl Event {
         match &self.payload {
             Payload::PointsRedemptionRequested { request_id, .. } => Some(request_id),
             Payload::PointsAdjusted { request_id, .. } => request_id.as_deref(),
+            Payload::ErasureRequested { request_id, .. } => request_id.as_deref(),
             _ => None,
         }
     }
@@ -467,9 +479,14 @@ impl Event {
                     reward: text("pointsRedemptionRequested.reward", p.reward, false)?,
                 }
             }
-            P::ErasureRequested(p) => {
-                Payload::ErasureRequested { reason: text("erasureRequested.reason", p.reason, false)? }
-            }
+            P::ErasureRequested(p) => Payload::ErasureRequested {
+                reason: text("erasureRequested.reason", p.reason, false)?,
+                request_id: opt_text("erasureRequested.requestId", p.request_id)?,
+            },
+            P::KeyErased(p) => Payload::KeyErased {
+                member_id: text("keyErased.memberId", p.member_id, true)?,
+                cause_event_id: text("keyErased.causeEventId", p.cause_event_id, false)?,
+            },
             P::IdentityClaimed(p) => Payload::IdentityClaimed {
                 member_id: text("identityClaimed.memberId", p.member_id, true)?,
                 merge: p.merge,

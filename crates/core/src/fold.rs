@@ -7,6 +7,7 @@
 use crate::Rejection;
 use crate::config::FoldConfig;
 use crate::effects::Effects;
+use crate::erasure;
 use crate::event::{Event, Line, Payload, ReturnLine, Returned};
 use crate::identity::{self, Claimed};
 use crate::loyalty::{self, collects_points};
@@ -34,6 +35,18 @@ pub fn kind_of(event: &Event) -> ProfileKind {
 /// Applies `event`, read at `pos`, to `member`.
 pub fn apply(member: &mut Member, event: &Event, pos: Position, cfg: &FoldConfig) -> Result<Effects, Rejection> {
     let at = event.occurred_at;
+    match &event.payload {
+        Payload::ErasureRequested { request_id, .. } => {
+            let fx = erasure::erase(member, event, request_id.as_deref());
+            record_position(member, pos, false);
+            return Ok(fx);
+        }
+        Payload::KeyErased { member_id, .. } => return Ok(erasure::forget_key(member, member_id)),
+        _ => {}
+    }
+    if let Some(erased_at) = member.erased_at {
+        erasure::after(member, erased_at, cfg)?;
+    }
     let mut fx = Effects::default();
     let mut claims: Vec<Claimed> = Vec::new();
     match &event.payload {
@@ -130,25 +143,18 @@ pub fn apply(member: &mut Member, event: &Event, pos: Position, cfg: &FoldConfig
             loyalty::room(member, points.unsigned_abs())?;
             loyalty::redeem(member, event, request_id, *points, reward, &mut fx);
         }
-        Payload::ErasureRequested { .. } => {
-            member.identifiers.clear();
-            member.aliases.clear();
-            member.traits.clear();
-            member.consents.clear();
-            member.browse.recent_searches.clear();
-            member.erased_at = Some(at);
+        Payload::ErasureRequested { .. } | Payload::KeyErased { .. } => {
+            return Err(Rejection("an erasure is folded before any other event".into()));
         }
     }
     // A member claims every anonymous id and identifier its events carry;
     // another profile just records the identifiers it was seen with.
-    if !matches!(event.payload, Payload::ErasureRequested { .. }) {
-        if collects_points(member) {
-            for c in identity::claims_of(member, event, &claims) {
-                fx.outbox.push(identity::claim(member, event, &c, false));
-            }
-        } else {
-            member.identifiers.extend(event.subject.identifiers.iter().cloned());
+    if collects_points(member) {
+        for c in identity::claims_of(member, event, &claims) {
+            fx.outbox.push(identity::claim(member, event, &c, false));
         }
+    } else {
+        member.identifiers.extend(event.subject.identifiers.iter().cloned());
     }
     let stats = member.channels.entry(event.channel).or_default();
     stats.events = stats.events.saturating_add(1);

@@ -274,6 +274,7 @@ fn verdict_to_wire(v: &Verdict) -> proto::JoinedVerdict {
         kind: match v.kind {
             CommandKind::Redeem => "redeem",
             CommandKind::Adjust => "adjust",
+            CommandKind::Erase => "erase",
         }
         .into(),
         accepted: v.status == VerdictStatus::Accepted,
@@ -506,6 +507,7 @@ fn verdict_from_wire(v: proto::JoinedVerdict) -> Result<Verdict, Error> {
     let kind = match v.kind.as_str() {
         "redeem" => CommandKind::Redeem,
         "adjust" => CommandKind::Adjust,
+        "erase" => CommandKind::Erase,
         other => return Err(bad("joinedVerdict.kind", format!("unknown kind `{other}`"))),
     };
     if v.request_id.is_empty() {

@@ -9,6 +9,7 @@ pub mod book;
 pub mod config;
 pub mod decode;
 pub mod effects;
+mod erasure;
 pub mod error;
 pub mod event;
 pub mod fold;

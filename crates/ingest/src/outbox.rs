@@ -154,9 +154,15 @@ impl Outbox {
             for (k, v) in &r.headers {
                 headers = headers.insert(Header { key: k, value: Some(v.as_str()) });
             }
-            let mut record = BaseRecord::with_opaque_to(topic, Box::new(i)).payload(&r.value).headers(headers);
+            let mut record = BaseRecord::<[u8], [u8], Box<usize>>::with_opaque_to(topic, Box::new(i)).headers(headers);
+            // An empty value goes as a Kafka tombstone (null): on the compacted
+            // identity topic a key that routes nowhere (erased, shared) is then
+            // removed by compaction, not kept forever; readers treat both alike.
+            if !r.value.is_empty() {
+                record = record.payload(&r.value[..]);
+            }
             if let Some(k) = &r.key {
-                record = record.key(k);
+                record = record.key(&k[..]);
             }
             loop {
                 match self.producer.send(record) {

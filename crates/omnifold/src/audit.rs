@@ -42,7 +42,7 @@ pub fn run(config: &Config, args: &AuditArgs) -> Result<()> {
     let stored = read_audit(&config.kafka, &signer, Duration::from_millis(500))
         .with_context(|| format!("reading the audit topic {}", config.kafka.audit_topic))?;
     if !args.json {
-        println!("{:<25} {:<20} {:<46} {:<18} request", "at", "caller", "method", "result");
+        println!("{:<30} {:<20} {:<46} {:<18} request", "at", "caller", "method", "result");
     }
     for s in stored {
         let record: AuditRecord = match serde_json::from_slice(&s.value) {
@@ -63,7 +63,7 @@ pub fn run(config: &Config, args: &AuditArgs) -> Result<()> {
             println!("{v}");
         } else {
             let result = if s.signed { record.code.clone() } else { format!("{} UNSIGNED", record.code) };
-            println!("{:<25} {:<20} {:<46} {:<18} {}", record.at, record.caller, record.method, result, record.request);
+            println!("{:<30} {:<20} {:<46} {:<18} {}", record.at, record.caller, record.method, result, record.request);
         }
     }
     Ok(())

@@ -87,6 +87,7 @@ impl Command {
         let prefix = match self.kind {
             CommandKind::Redeem => "redeem",
             CommandKind::Adjust => "adjust",
+            CommandKind::Erase => "erase",
         };
         let h = xxh3_128(format!("{}\0{}", self.member, self.request_id).as_bytes());
         format!("{prefix}-{h:032x}")
@@ -109,6 +110,7 @@ impl Command {
             let what = match v.kind {
                 CommandKind::Redeem => format!("a redemption of {} points", v.points),
                 CommandKind::Adjust => format!("an adjustment of {} points", v.points),
+                CommandKind::Erase => "an erasure".to_owned(),
             };
             return Err(Error::InvalidArgument(format!(
                 "request_id `{}` was already used for {what}; use a new request_id for a new request",

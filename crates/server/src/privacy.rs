@@ -94,6 +94,9 @@ pub struct PrivacyConfig {
     pub sensitive_traits: BTreeSet<String>,
     /// The consent purpose a member grants for their sensitive data to be read.
     pub sensitive_purpose: String,
+    /// Days an erasure may take from its request (GDPR: a month; CCPA: 45
+    /// days): each job's deadline, and `omnifold_erasures_overdue_total`.
+    pub erasure_deadline_days: u32,
 }
 
 impl Default for PrivacyConfig {
@@ -102,6 +105,7 @@ impl Default for PrivacyConfig {
             plain_traits: BTreeSet::new(),
             sensitive_traits: BTreeSet::new(),
             sensitive_purpose: "sensitive_data".into(),
+            erasure_deadline_days: 30,
         }
     }
 }
@@ -110,6 +114,9 @@ impl PrivacyConfig {
     pub fn validate(&self) -> Result<(), Error> {
         if let Some(both) = self.plain_traits.intersection(&self.sensitive_traits).next() {
             return Err(Error::InvalidArgument(format!("trait `{both}` is both plain and sensitive")));
+        }
+        if !(1..=365).contains(&self.erasure_deadline_days) {
+            return Err(Error::InvalidArgument("erasure_deadline_days must be 1 to 365".into()));
         }
         if self.sensitive_purpose.trim().is_empty() {
             return Err(Error::InvalidArgument("sensitive_purpose must not be empty".into()));

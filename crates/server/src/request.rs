@@ -275,6 +275,26 @@ impl TryFrom<proto::AdjustPointsRequest> for Adjust {
     }
 }
 
+/// A validated `EraseMember` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Erasure {
+    pub member: MemberAddress,
+    pub request_id: String,
+    pub reason: String,
+}
+
+impl TryFrom<proto::EraseMemberRequest> for Erasure {
+    type Error = Error;
+
+    fn try_from(r: proto::EraseMemberRequest) -> Result<Self, Error> {
+        Ok(Erasure {
+            member: MemberAddress::try_from(r.member)?,
+            request_id: request_id(&r.request_id)?,
+            reason: short_text("reason", &r.reason, false)?,
+        })
+    }
+}
+
 /// A validated `MergeMembers` request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Merge {

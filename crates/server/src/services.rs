@@ -23,7 +23,7 @@ use crate::audit::{self, Audited};
 use crate::auth::{self, Caller};
 use crate::commands::{self, Command, Outcome};
 use crate::request::{
-    Adjust, AsOf, LedgerQuery, MemberAddress, Merge, ReadMask, Redeem, identifier_address, instant, page_token,
+    Adjust, AsOf, Erasure, LedgerQuery, MemberAddress, Merge, ReadMask, Redeem, identifier_address, instant, page_token,
 };
 use crate::routing::{Hop, Route, Served, lag_behind};
 use crate::{AppState, Books, Error, ReadCost, convert, now_millis, privacy};
@@ -88,7 +88,10 @@ fn resolve_with(state: &AppState, addr: &MemberAddress, books: Books) -> Result<
         path.push(std::mem::take(&mut key));
         match &m.routes_to {
             Some(to) => key = to.clone(),
-            None if !visible(&m) => return Err(Error::NotFound(format!("no profile for {asked} `{}`", path[0]))),
+            // An erased member, or one the caller may not see, answers as a missing one.
+            None if m.erased_at.is_some() || !visible(&m) => {
+                return Err(Error::NotFound(format!("no profile for {asked} `{}`", path[0])));
+            }
             None => return Ok(Resolved { member: m, via, path }),
         }
     }
@@ -444,6 +447,59 @@ fn points_holder(state: &AppState, addr: &MemberAddress) -> Result<Member, Error
 /// long ledger still answers quickly (with a token to go on).
 const MAX_SCAN: usize = 10_000;
 
+/// Erases the member `e` addresses through the log and waits for the fold
+/// to do it; a retry of a finished job answers it again.
+async fn erase(state: &AppState, e: Erasure) -> Result<proto::EraseMemberResponse, Error> {
+    let key = match resolve(state, &e.member) {
+        Ok(r) => r.member.key,
+        // Erased already: a retry of the job that did it is answered.
+        Err(Error::NotFound(m)) => match &e.member {
+            MemberAddress::Key(k) => k.clone(),
+            MemberAddress::Identifier(_) => return Err(Error::NotFound(m)),
+        },
+        Err(other) => return Err(other),
+    };
+    let cmd = Command {
+        member: key.clone(),
+        request_id: e.request_id.clone(),
+        kind: CommandKind::Erase,
+        points: 0,
+        channel: omnifold_core::Channel::CallCenter,
+        payload: proto::event::Payload::ErasureRequested(proto::ErasureRequested {
+            reason: e.reason,
+            request_id: e.request_id.clone(),
+        }),
+    };
+    let partition = state.partition(&key)?;
+    let finished = state.store().verdicts(partition, &[(&key, &e.request_id)])?.into_iter().next().flatten();
+    if finished.is_none() && state.load(&key, Books::Skip)?.is_none_or(|m| m.erased_at.is_some()) {
+        return Err(Error::NotFound(format!("no profile for member `{key}`")));
+    }
+    let days = i64::from(state.privacy.erasure_deadline_days) * omnifold_core::time::DAY;
+    let now = now_millis();
+    let mut answer =
+        proto::EraseMemberResponse { request_id: e.request_id, member_id: key.clone(), ..Default::default() };
+    match commands::submit(state, &cmd).await? {
+        Outcome::Decided(v) => {
+            answer.status = proto::ErasureStatus::Done as i32;
+            answer.requested_at = Some(to_timestamp(v.at));
+            // Seen done now; a retry of a finished job reports the erasure's own time.
+            answer.completed_at = Some(to_timestamp(if finished.is_some() { v.at } else { now.max(v.at) }));
+            answer.deadline = Some(to_timestamp(v.at.saturating_add(days)));
+            if now > v.at.saturating_add(days) && finished.is_none() {
+                metrics::counter!("omnifold_erasures_overdue_total").increment(1);
+            }
+            answer.version = state.load(&key, Books::Skip)?.map(|m| convert::version(&m));
+        }
+        Outcome::InProgress => {
+            answer.status = proto::ErasureStatus::Pending as i32;
+            answer.requested_at = Some(to_timestamp(now));
+            answer.deadline = Some(to_timestamp(now.saturating_add(days)));
+        }
+    }
+    Ok(answer)
+}
+
 /// What RedeemPoints and AdjustPoints answer.
 struct CommandAnswer {
     status: proto::RedemptionStatus,
@@ -693,8 +749,6 @@ fn owner_status(
 
 pub struct Admin(pub AppState);
 
-const ADMIN: &str = "this admin operation is not available yet";
-
 #[tonic::async_trait]
 impl proto::admin_service_server::AdminService for Admin {
     async fn erase_member(
@@ -707,7 +761,16 @@ impl proto::admin_service_server::AdminService for Admin {
             &req,
             serde_json::json!({"member": audit::member(&r.member), "reason": r.reason}),
         );
-        audit.run(&self.0, async move { Err(Error::Unimplemented(ADMIN).into()) }).await
+        audit
+            .run(&self.0, async move {
+                let (meta, _, msg) = req.into_parts();
+                let hop = Hop::of(&meta)?.for_write();
+                let e = Erasure::try_from(msg.clone())?;
+                let served = route_or_forward!(self.0, &e.member, &hop, msg, AdminServiceClient, erase_member);
+                let answer = erase(&served.on(&self.0), e).await?;
+                Ok(served.respond(answer))
+            })
+            .await
     }
 
     async fn export_member(

@@ -702,6 +702,23 @@ impl Batch {
         member.purchases.spend.mark_stored();
     }
 
+    /// Deletes everything stored under a member's key but its record (an
+    /// erasure: the record becomes its tombstone): ledger, decided requests,
+    /// kept events, join parts and books.
+    pub fn erase_books(&mut self, store: &Store, member: &str) {
+        let prefix = keys::member_prefix(self.partition, member);
+        let end = keys::prefix_end(&prefix);
+        for cf in [CF_LEDGER, CF_VERDICTS, CF_HISTORY, CF_JOINS, CF_BOOKS] {
+            self.inner.delete_range_cf(store.cf(cf), &prefix, &end);
+        }
+    }
+
+    /// Deletes a member's record and everything stored under its key.
+    pub fn delete_member(&mut self, store: &Store, member: &str) {
+        self.erase_books(store, member);
+        self.inner.delete_cf(store.cf(CF_MEMBERS), keys::scoped(self.partition, member));
+    }
+
     pub fn put_ledger(&mut self, store: &Store, member: &str, entry: &LedgerEntry) {
         self.inner.put_cf(store.cf(CF_LEDGER), keys::sequenced(self.partition, member, entry.seq), entry.encode());
     }

@@ -159,6 +159,8 @@ impl LedgerEntry {
 pub enum CommandKind {
     Redeem,
     Adjust,
+    /// An erasure job (its verdict is the job's record).
+    Erase,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -31,7 +31,8 @@ impl Liability {
 
     /// Adds one member's lots, under the tier it holds at `as_of`.
     pub fn add(&mut self, member: &Member, cfg: &LoyaltyConfig) {
-        if !collects_points(member) || member.routes_to.is_some() {
+        // A joined key's points moved to its member; an erased member's went with it.
+        if !collects_points(member) || member.routes_to.is_some() || member.erased_at.is_some() {
             return;
         }
         let tier = super::tier_at(member, self.as_of, cfg);

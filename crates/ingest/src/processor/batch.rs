@@ -11,6 +11,7 @@ use std::sync::{Arc, PoisonError};
 // and event ids is on every record's path.
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
+use omnifold_core::effects::Erase;
 use omnifold_core::fold::{self, Position, kind_of};
 use omnifold_core::member::{Lineage, ProfileKind};
 use omnifold_core::partition::partition_for;
@@ -54,6 +55,8 @@ pub(super) struct Run<'a> {
     /// The partition's latest applied event time.
     watermark: Option<i64>,
     dirty: HashSet<String>,
+    /// Keys an erasure deleted (their record is removed at the commit).
+    deleted: HashSet<String>,
     dead_letters: Vec<DeadLetter>,
     pub(super) outbox: Vec<OutRecord>,
     index: Vec<OutRecord>,
@@ -134,6 +137,7 @@ impl<'a> Run<'a> {
             decided,
             watermark: store.watermark(&p.topic, partition)?,
             dirty: HashSet::new(),
+            deleted: HashSet::new(),
             dead_letters: Vec::new(),
             outbox: Vec::new(),
             index: Vec::new(),
@@ -193,7 +197,8 @@ impl<'a> Run<'a> {
             }
         };
         let (internal, id, at) = (event.is_internal(), event.event_id.clone(), event.occurred_at);
-        let is_claim = matches!(event.payload, Payload::IdentityClaimed { .. });
+        // Decided at the key it names, route or not (a claim, an erased key).
+        let is_claim = matches!(event.payload, Payload::IdentityClaimed { .. } | Payload::KeyErased { .. });
         let request = event.request_id().map(str::to_owned);
         let part = match &event.payload {
             Payload::ProfileJoinPart { join_id, index, data } => {
@@ -381,7 +386,11 @@ impl<'a> Run<'a> {
                 .enumerate()
                 .map(|(n, (t, r))| (applied_before + 1 + n as u64, *t, Cow::Owned(r.clone())))
                 .collect(),
-            Payload::IdentityClaimed { .. } | Payload::ProfileJoinPart { .. } => Vec::new(),
+            // Bookkeeping, and erasures (which remove the history they would join).
+            Payload::IdentityClaimed { .. }
+            | Payload::ProfileJoinPart { .. }
+            | Payload::ErasureRequested { .. }
+            | Payload::KeyErased { .. } => Vec::new(),
             _ => vec![(
                 member.version.events_applied,
                 event.occurred_at,
@@ -398,6 +407,7 @@ impl<'a> Run<'a> {
     /// Stages what the fold produced: ledger entries, the verdict, routes
     /// for the identity index, and the events it writes (signed).
     fn stage_effects(&mut self, key: &str, effects: Effects) -> Result<()> {
+        self.stage_erase(key, effects.erase);
         let store = self.store();
         for entry in &effects.ledger {
             self.batch.put_ledger(store, key, entry);
@@ -421,6 +431,28 @@ impl<'a> Run<'a> {
             self.send(out)?;
         }
         Ok(())
+    }
+
+    /// Removes what is stored under `key` as an erasure says, before
+    /// anything the erasure itself writes (its verdict) is staged.
+    fn stage_erase(&mut self, key: &str, erase: Erase) {
+        if erase == Erase::Nothing {
+            return;
+        }
+        self.batch.erase_books(self.store(), key);
+        self.batch_ledger.remove(key);
+        self.batch_history.remove(key);
+        self.batch_verdicts.remove(key);
+        self.staged.remove(key);
+        self.decided.retain(|(k, _)| k != key);
+        // The books are gone: the record is written whole at the commit.
+        self.loaded.remove(key);
+        if erase == Erase::All {
+            self.deleted.insert(key.to_owned());
+            if let Some(m) = self.members.get_mut(key) {
+                *m = Member::new(key.to_owned(), m.kind);
+            }
+        }
     }
 
     /// Verdicts a join brought: the member keeps its own answer for a
@@ -456,7 +488,12 @@ impl<'a> Run<'a> {
         dirty.sort_unstable();
         self.prune_histories(&dirty)?;
         for key in &dirty {
-            if let Some(m) = self.members.get_mut(key) {
+            if self.deleted.contains(key) {
+                self.batch.delete_member(store, key);
+            }
+            if let Some(m) = self.members.get_mut(key)
+                && !(self.deleted.contains(key) && m.version.events_applied == 0 && m.routes_to.is_none())
+            {
                 self.batch.put_member(store, m, self.loaded.get(key).copied());
             }
         }
@@ -468,8 +505,13 @@ impl<'a> Run<'a> {
             self.batch.set_watermark(store, w);
         }
         // Members created here but refused every event were never stored.
-        let touched =
-            self.members.into_values().filter(|m| m.version.events_applied > 0 || m.routes_to.is_some()).collect();
+        let touched = self
+            .members
+            .into_iter()
+            .filter(|(k, m)| !self.deleted.contains(k) || m.version.events_applied > 0)
+            .map(|(_, m)| m)
+            .filter(|m| m.version.events_applied > 0 || m.routes_to.is_some() || m.erased_at.is_some())
+            .collect();
         Ok(Processed {
             store: self.store.clone(),
             batch: self.batch,
@@ -542,6 +584,7 @@ fn internal_name(p: &Payload) -> &'static str {
         Payload::IdentityClaimed { .. } => "identityClaimed",
         Payload::ProfileJoined { .. } => "profileJoined",
         Payload::ProfileJoinPart { .. } => "profileJoinPart",
+        Payload::KeyErased { .. } => "keyErased",
         _ => "internal",
     }
 }
