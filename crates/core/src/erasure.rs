@@ -11,7 +11,7 @@ use crate::event::Event;
 use crate::ident::Identifier;
 use crate::identity::derived_event_id;
 use crate::loyalty::{CommandKind, Verdict, VerdictStatus};
-use crate::member::Member;
+use crate::member::{Member, ProfileKind};
 use crate::time::{rfc3339, to_timestamp};
 
 /// What the fold does with an event for an erased member: refuses it, or
@@ -38,6 +38,13 @@ pub(crate) fn after(member: &mut Member, erased_at: i64, cfg: &FoldConfig) -> Re
 /// to forget it. An erasure of an erased member only answers its request.
 pub(crate) fn erase(member: &mut Member, event: &Event, request_id: Option<&str>) -> Effects {
     let mut fx = Effects::default();
+    if member.kind != ProfileKind::KnownMember {
+        // A provisional or anonymous profile's key is itself personal data
+        // (an identifier, a device): it is deleted, not kept as a
+        // tombstone, and no job record is kept under it.
+        fx.erase = Erase::All;
+        return fx;
+    }
     if let Some(r) = request_id {
         fx.verdict = Some(done(event, r));
     }

@@ -60,6 +60,10 @@ async fn an_erased_member_stays_erased_in_every_read_and_across_a_replay() {
     let service = &owned;
     let mut events = member_events("m-1", 1);
     events.extend(member_events("m-2", 2));
+    // A provisional profile: a phone no member holds, seen on the web.
+    let stranger = r#"{"identifiers":[{"type":"PHONE","value":"+8613900000009"}]}"#;
+    let view = r#""productViewed":{"sku":"SKU-9","category":"tea"}"#;
+    events.push(("PHONE:+8613900000009".into(), json_event("p-view", &days_ago(1.0), "ONLINE_WEB", stranger, view)));
     setup.produce(&events);
     service.wait_consumed(&setup, events.len() as i64).await;
     let mut profiles = service.profiles().await;
@@ -100,6 +104,17 @@ async fn an_erased_member_stays_erased_in_every_read_and_across_a_replay() {
     let again = proto::EraseMemberRequest { member: member("m-1"), ..erase.clone() };
     let again = admin.erase_member(again).await.unwrap().into_inner();
     assert_eq!((again.status, again.requested_at), (proto::ErasureStatus::Done as i32, Some(requested)));
+
+    // A provisional profile is erased by its identifier too, and its record
+    // (whose key is the phone) is deleted outright.
+    let stranger = proto::Identifier { r#type: proto::IdentifierType::Phone as i32, value: "+8613900000009".into() };
+    let erase_stranger = proto::EraseMemberRequest {
+        member: by_identifier(stranger),
+        reason: String::new(),
+        request_id: "dsr-2".into(),
+    };
+    let done = admin.erase_member(erase_stranger).await.unwrap().into_inner();
+    assert_eq!((done.status, done.member_id.as_str()), (proto::ErasureStatus::Done as i32, "PHONE:+8613900000009"));
 
     // Every read: not found, as for someone who never existed.
     let missing = |r: Result<tonic::Response<proto::Profile>, tonic::Status>| {
@@ -162,7 +177,7 @@ async fn an_erased_member_stays_erased_in_every_read_and_across_a_replay() {
         (tombstone["ledger"].as_array().unwrap().len(), tombstone["verdicts"].as_array().unwrap().len()),
         (0, 1)
     );
-    for key in ["PHONE:+8613800000001", "EMAIL:m-1@example.com", "ck-m-1"] {
+    for key in ["PHONE:+8613800000001", "EMAIL:m-1@example.com", "ck-m-1", "PHONE:+8613900000009"] {
         assert!(!live.contains_key(key), "{key} is still stored: {}", live[key]);
     }
     assert!(!live.values().any(|v| v.to_string().contains("Li Lei") && v["key"] == "m-1"));

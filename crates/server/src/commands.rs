@@ -93,7 +93,7 @@ impl Command {
         format!("{prefix}-{h:032x}")
     }
 
-    fn event(&self) -> proto::Event {
+    pub(crate) fn event(&self) -> proto::Event {
         proto::Event {
             event_id: self.event_id(),
             occurred_at: Some(to_timestamp(now_millis())),
