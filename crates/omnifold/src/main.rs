@@ -117,6 +117,19 @@ enum Command {
         #[command(subcommand)]
         command: snapshot::SnapshotCommand,
     },
+    /// Erase a member (the right to erasure): a job, answered DONE or PENDING (ask again with the same id).
+    Erase {
+        /// Member id, anonymous id, or an identifier as TYPE:value (e.g. PHONE:+8613800000000).
+        member: String,
+        /// The erasure job's id, e.g. the data-subject request's; asking again with it never erases twice.
+        #[arg(long)]
+        request_id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// gRPC address of a running `omnifold serve`.
+        #[arg(long, default_value = tools::DEFAULT_SERVER, env = "OMNIFOLD_SERVER")]
+        server: String,
+    },
     /// The audit trail: every admin and loyalty-write call, who made it and how it ended.
     Audit(audit::AuditArgs),
     /// Everything stored about one member, as JSON, to a file readable by
@@ -207,6 +220,9 @@ fn run() -> Result<()> {
         Command::Snapshot { command } => snapshot::run(&config, &runtime, command),
         Command::Keys { command } => keys::run(command),
         Command::Audit(args) => audit::run(&config, &args),
+        Command::Erase { member, request_id, reason, server } => {
+            runtime.block_on(tools::erase(server, member, request_id, reason))
+        }
         Command::Export { member, out, server } => runtime.block_on(tools::export(server, member, out)),
         Command::Secret => {
             let bytes: [u8; 32] = rand::random();

@@ -267,6 +267,26 @@ pub async fn export(server: String, member: String, out: std::path::PathBuf) -> 
     Ok(())
 }
 
+/// `omnifold erase`: the erasure job's answer, one line.
+pub async fn erase(server: String, member: String, request_id: String, reason: String) -> Result<()> {
+    let mut c = admin(&server).await?;
+    let req = proto::EraseMemberRequest { member: address(member), reason, request_id };
+    let r = c.erase_member(req).await.map_err(refused)?.into_inner();
+    let status = proto::ErasureStatus::try_from(r.status).map_or("?", |s| s.as_str_name());
+    let when = |t: Option<omnifold_proto::wkt::Timestamp>| {
+        t.map_or_else(|| "-".to_owned(), |t| rfc3339_of(t.seconds.saturating_mul(1000)))
+    };
+    println!(
+        "{status} {} (job {}): requested {}, completed {}, deadline {}",
+        r.member_id,
+        r.request_id,
+        when(r.requested_at),
+        when(r.completed_at),
+        when(r.deadline)
+    );
+    Ok(())
+}
+
 /// A refused request as an error that names its status.
 pub fn refused(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", s.code(), s.message())

@@ -104,6 +104,8 @@ async fn an_erased_member_stays_erased_in_every_read_and_across_a_replay() {
     let again = proto::EraseMemberRequest { member: member("m-1"), ..erase.clone() };
     let again = admin.erase_member(again).await.unwrap().into_inner();
     assert_eq!((again.status, again.requested_at), (proto::ErasureStatus::Done as i32, Some(requested)));
+    let said = setup.run(&["erase", "m-1", "--request-id", "dsr-1", "--server", &service.grpc]);
+    assert!(said.starts_with("DONE m-1 (job dsr-1): requested "), "the CLI asks the same: {said}");
 
     // A provisional profile is erased by its identifier too, and its record
     // (whose key is the phone) is deleted outright.
