@@ -220,6 +220,10 @@ impl KeyKind {
     }
 }
 
+/// The prefix of the keys under which omnifold remembers erased keys (an
+/// HMAC of the key): no subject may use it.
+pub const ERASED_PREFIX: &str = "erased:";
+
 /// A validated event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
@@ -358,6 +362,14 @@ impl Event {
         };
         if subject.member_id.is_none() && subject.anonymous_id.is_none() && subject.identifiers.is_empty() {
             return Err(Error::invalid("subject", "needs memberId, anonymousId or an identifier"));
+        }
+        for (field, id) in [("subject.memberId", &subject.member_id), ("subject.anonymousId", &subject.anonymous_id)] {
+            if id.as_deref().is_some_and(|i| i.starts_with(ERASED_PREFIX)) {
+                return Err(Error::invalid(
+                    field,
+                    format!("must not start with `{ERASED_PREFIX}` (omnifold's own keys)"),
+                ));
+            }
         }
         use proto::event::Payload as P;
         let payload = match e.payload.ok_or(Error::Missing("payload"))? {

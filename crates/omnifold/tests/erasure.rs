@@ -156,17 +156,30 @@ async fn an_erased_member_stays_erased_in_every_read_and_across_a_replay() {
     assert!(after < before && after > 0, "{after} of {before}");
     assert!(get(service, "m-2").await.is_ok(), "the other member is untouched");
 
-    // Later events for the erased member start nothing: refused, with the reason.
-    let late = json_event(
-        "m-1-late",
-        &days_ago(0.0),
-        "MOBILE_APP",
-        r#"{"memberId":"m-1"}"#,
-        r#""searchPerformed":{"query":"tea"}"#,
-    );
-    setup.produce(&[("m-1".to_owned(), late)]);
-    let letters = setup.dead_letters(1);
-    assert!(letters[0].reason.contains("`m-1` was erased"), "{}", letters[0].reason);
+    // Later events for the erased member, and for the keys they held, start
+    // nothing: each is refused, with the reason (fold.after_erasure).
+    let now = days_ago(0.0);
+    let search = r#""searchPerformed":{"query":"tea"}"#;
+    let late = [
+        ("m-1", r#"{"memberId":"m-1"}"#),
+        ("PHONE:+8613800000001", r#"{"identifiers":[{"type":"PHONE","value":"+8613800000001"}]}"#),
+        ("ck-m-1", r#"{"anonymousId":"ck-m-1"}"#),
+        ("PHONE:+8613900000009", r#"{"identifiers":[{"type":"PHONE","value":"+8613900000009"}]}"#),
+    ];
+    let late: Vec<(String, Vec<u8>)> = late
+        .iter()
+        .enumerate()
+        .map(|(n, (key, subject))| {
+            ((*key).to_owned(), json_event(&format!("late-{n}"), &now, "MOBILE_APP", subject, search))
+        })
+        .collect();
+    setup.produce(&late);
+    let letters = setup.dead_letters(late.len());
+    assert_eq!(letters.len(), late.len());
+    assert!(letters.iter().any(|l| l.reason.contains("`m-1` was erased")), "{letters:?}");
+    let keys = letters.iter().filter(|l| l.reason.contains("belonged to an erased profile")).count();
+    assert_eq!(keys, 3, "the phone, the cookie and the erased provisional profile's phone: {letters:?}");
+    assert!(letters.iter().all(|l| !l.reason.contains("+86")), "a reason names no identifier: {letters:?}");
     service.wait_consumed(&setup, 0).await;
     missing(profiles.get_profile(proto::GetProfileRequest { member: member("m-1"), ..Default::default() }).await);
 

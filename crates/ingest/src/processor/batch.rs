@@ -11,7 +11,9 @@ use std::sync::{Arc, PoisonError};
 // and event ids is on every record's path.
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
+use omnifold_core::config::AfterErasure;
 use omnifold_core::effects::Erase;
+use omnifold_core::event::ERASED_PREFIX;
 use omnifold_core::fold::{self, Position, kind_of};
 use omnifold_core::member::{Lineage, ProfileKind};
 use omnifold_core::partition::partition_for;
@@ -57,6 +59,9 @@ pub(super) struct Run<'a> {
     dirty: HashSet<String>,
     /// Keys an erasure deleted (their record is removed at the commit).
     deleted: HashSet<String>,
+    /// Keys with no record that an erasure deleted before (their marker is
+    /// stored): events for them are refused under `after_erasure = refuse`.
+    erased: HashSet<String>,
     dead_letters: Vec<DeadLetter>,
     pub(super) outbox: Vec<OutRecord>,
     index: Vec<OutRecord>,
@@ -94,6 +99,7 @@ impl<'a> Run<'a> {
             .map(|(d, r)| d.as_ref().ok().map(|e| r.route.map_or_else(|| e.subject.key(), str::to_owned)))
             .collect();
         let members = load_members(p, store, partition, &keys)?;
+        let erased = erased_keys(p, store, partition, &keys, &members)?;
         let loaded = members.iter().map(|(k, m)| (k.clone(), m.lineage())).collect();
         let partitions = store.partition_count(&p.topic)?;
         // Each event id, and where it may have been forwarded from here, the
@@ -138,6 +144,7 @@ impl<'a> Run<'a> {
             watermark: store.watermark(&p.topic, partition)?,
             dirty: HashSet::new(),
             deleted: HashSet::new(),
+            erased,
             dead_letters: Vec::new(),
             outbox: Vec::new(),
             index: Vec::new(),
@@ -329,6 +336,13 @@ impl<'a> Run<'a> {
         let Ok(event) = &self.decoded[i] else {
             return Ok(());
         };
+        if self.erased.contains(&key) && !event.is_internal() && self.p.fold.after_erasure == AfterErasure::Refuse {
+            // The reason does not repeat the key: it may be an identifier.
+            let reason = "the event's key belonged to an erased profile; events for it are refused \
+                          (fold.after_erasure = \"refuse\")";
+            self.dead_letter(i, "rule", reason.to_owned());
+            return Ok(());
+        }
         let kind = if record.route.is_some() { ProfileKind::KnownMember } else { kind_of(event) };
         // Looked up before inserting, so a member already here costs no key copy.
         if !self.members.contains_key(&key) {
@@ -352,7 +366,7 @@ impl<'a> Run<'a> {
         let (id, at) = (event.event_id.clone(), event.occurred_at);
         let is_join = matches!(event.payload, Payload::ProfileJoined { .. });
         self.keep_history(i, &key, applied_before);
-        self.stage_effects(&key, effects)?;
+        self.stage_effects(&key, effects, at)?;
         if is_join {
             self.finish_join(i, &key)?;
         }
@@ -406,8 +420,8 @@ impl<'a> Run<'a> {
 
     /// Stages what the fold produced: ledger entries, the verdict, routes
     /// for the identity index, and the events it writes (signed).
-    fn stage_effects(&mut self, key: &str, effects: Effects) -> Result<()> {
-        self.stage_erase(key, effects.erase);
+    fn stage_effects(&mut self, key: &str, effects: Effects, at: i64) -> Result<()> {
+        self.stage_erase(key, effects.erase, at);
         let store = self.store();
         for entry in &effects.ledger {
             self.batch.put_ledger(store, key, entry);
@@ -435,7 +449,7 @@ impl<'a> Run<'a> {
 
     /// Removes what is stored under `key` as an erasure says, before
     /// anything the erasure itself writes (its verdict) is staged.
-    fn stage_erase(&mut self, key: &str, erase: Erase) {
+    fn stage_erase(&mut self, key: &str, erase: Erase, at: i64) {
         if erase == Erase::Nothing {
             return;
         }
@@ -452,7 +466,21 @@ impl<'a> Run<'a> {
             if let Some(m) = self.members.get_mut(key) {
                 *m = Member::new(key.to_owned(), m.kind);
             }
+            self.remember_erased(key, at);
         }
+    }
+
+    /// Stores the marker of a deleted key: a record under a name made from
+    /// the key with the cluster secret (HMAC), so the key itself is not kept
+    /// and cannot be guessed back from the marker (a phone number could be
+    /// from a plain hash).
+    fn remember_erased(&mut self, key: &str, at: i64) {
+        let marker = marker_key(self.p, key);
+        let mut m = Member::new(marker.clone(), ProfileKind::Provisional);
+        m.erased_at = Some(at);
+        self.members.insert(marker.clone(), m);
+        self.dirty.insert(marker);
+        self.erased.insert(key.to_owned());
     }
 
     /// Verdicts a join brought: the member keeps its own answer for a
@@ -548,6 +576,33 @@ impl<'a> Run<'a> {
         }
         Ok(())
     }
+}
+
+/// Where the marker of an erased key is stored: `erased:` and the HMAC of
+/// the key under the cluster secret.
+fn marker_key(p: &Processor, key: &str) -> String {
+    format!("{ERASED_PREFIX}{}", p.signer.sign(Some(key.as_bytes()), None, b"erased-key"))
+}
+
+/// The batch's keys with no record whose marker says an erasure deleted them.
+fn erased_keys(
+    p: &Processor,
+    store: &Store,
+    partition: u32,
+    keys: &[Option<String>],
+    members: &HashMap<String, Member>,
+) -> Result<HashSet<String>> {
+    let mut absent: Vec<&str> =
+        keys.iter().flatten().map(String::as_str).filter(|k| !members.contains_key(*k)).collect();
+    absent.sort_unstable();
+    absent.dedup();
+    if absent.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let markers: Vec<String> = absent.iter().map(|k| marker_key(p, k)).collect();
+    let refs: Vec<&str> = markers.iter().map(String::as_str).collect();
+    let found = store.members(partition, &refs)?;
+    Ok(absent.into_iter().zip(found).filter(|(_, m)| m.is_some()).map(|(k, _)| k.to_owned()).collect())
 }
 
 /// Members of the batch's keys: from the cache (taken out until the
