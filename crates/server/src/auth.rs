@@ -266,14 +266,16 @@ impl Limits {
 
     /// Ok, or how long the caller must wait, and the rate it is over.
     fn check(&self, caller: &Caller) -> Result<(), (std::time::Duration, u32)> {
+        // The limiter's own clock, read only when a caller is over: making a
+        // clock per call (CPU feature probes in quanta) cost a third of a
+        // read's CPU (docs/benchmarks.md).
         use governor::clock::Clock as _;
-        let now = governor::clock::DefaultClock::default().now();
         if caller.via == Via::ApiKey
             && let Some(own) = self.keys.get(&caller.name)
         {
             return match own {
                 None => Ok(()),
-                Some((rate, l)) => l.check().map_err(|n| (n.wait_time_from(now), *rate)),
+                Some((rate, l)) => l.check().map_err(|n| (n.wait_time_from(l.clock().now()), *rate)),
             };
         }
         let Some((rate, shared)) = &self.shared else {
@@ -283,7 +285,7 @@ impl Limits {
             shared.retain_recent();
         }
         let key = format!("{:?}/{}", caller.via, caller.name);
-        shared.check_key(&key).map_err(|n| (n.wait_time_from(now), *rate))
+        shared.check_key(&key).map_err(|n| (n.wait_time_from(shared.clock().now()), *rate))
     }
 }
 
