@@ -9,6 +9,7 @@ pub mod audit;
 pub mod auth;
 mod commands;
 mod convert;
+mod erasure;
 mod export;
 mod fanout;
 mod health;

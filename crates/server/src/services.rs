@@ -447,90 +447,6 @@ fn points_holder(state: &AppState, addr: &MemberAddress) -> Result<Member, Error
 /// long ledger still answers quickly (with a token to go on).
 const MAX_SCAN: usize = 10_000;
 
-/// Erases the member `e` addresses through the log and waits for the fold
-/// to do it; a retry of a finished job answers it again.
-async fn erase(state: &AppState, e: Erasure) -> Result<proto::EraseMemberResponse, Error> {
-    let (key, member) = match resolve(state, &e.member) {
-        Ok(r) => (r.member.key.clone(), r.member.kind == ProfileKind::KnownMember),
-        // Erased already: a retry of the job that did it is answered.
-        Err(Error::NotFound(m)) => match &e.member {
-            MemberAddress::Key(k) => (k.clone(), true),
-            MemberAddress::Identifier(_) => return Err(Error::NotFound(m)),
-        },
-        Err(other) => return Err(other),
-    };
-    let cmd = Command {
-        member: key.clone(),
-        request_id: e.request_id.clone(),
-        kind: CommandKind::Erase,
-        points: 0,
-        channel: omnifold_core::Channel::CallCenter,
-        payload: proto::event::Payload::ErasureRequested(proto::ErasureRequested {
-            reason: e.reason,
-            request_id: e.request_id.clone(),
-        }),
-    };
-    if !member {
-        return erase_profile(state, &cmd, days_of(state)).await;
-    }
-    let partition = state.partition(&key)?;
-    let finished = state.store().verdicts(partition, &[(&key, &e.request_id)])?.into_iter().next().flatten();
-    if finished.is_none() && state.load(&key, Books::Skip)?.is_none_or(|m| m.erased_at.is_some()) {
-        return Err(Error::NotFound(format!("no profile for member `{key}`")));
-    }
-    let days = days_of(state);
-    let now = now_millis();
-    let mut answer =
-        proto::EraseMemberResponse { request_id: e.request_id, member_id: key.clone(), ..Default::default() };
-    match commands::submit(state, &cmd).await? {
-        Outcome::Decided(v) => {
-            answer.status = proto::ErasureStatus::Done as i32;
-            answer.requested_at = Some(to_timestamp(v.at));
-            // Seen done now; a retry of a finished job reports the erasure's own time.
-            answer.completed_at = Some(to_timestamp(if finished.is_some() { v.at } else { now.max(v.at) }));
-            answer.deadline = Some(to_timestamp(v.at.saturating_add(days)));
-            if now > v.at.saturating_add(days) && finished.is_none() {
-                metrics::counter!("omnifold_erasures_overdue_total").increment(1);
-            }
-            answer.version = state.load(&key, Books::Skip)?.map(|m| convert::version(&m));
-        }
-        Outcome::InProgress => {
-            answer.status = proto::ErasureStatus::Pending as i32;
-            answer.requested_at = Some(to_timestamp(now));
-            answer.deadline = Some(to_timestamp(now.saturating_add(days)));
-        }
-    }
-    Ok(answer)
-}
-
-/// `privacy.erasure_deadline_days` in milliseconds.
-fn days_of(state: &AppState) -> i64 {
-    i64::from(state.privacy.erasure_deadline_days) * omnifold_core::time::DAY
-}
-
-/// Erases a provisional or anonymous profile: its record is deleted (its
-/// key is an identifier or a device), so the job is done when it is gone.
-async fn erase_profile(state: &AppState, cmd: &Command, days: i64) -> Result<proto::EraseMemberResponse, Error> {
-    let key = cmd.member.clone();
-    let gone = || -> Result<Option<()>, Error> { Ok(state.load(&key, Books::Skip)?.is_none().then_some(())) };
-    let now = now_millis();
-    let mut answer = proto::EraseMemberResponse {
-        request_id: cmd.request_id.clone(),
-        member_id: cmd.member.clone(),
-        requested_at: Some(to_timestamp(now)),
-        deadline: Some(to_timestamp(now.saturating_add(days))),
-        ..Default::default()
-    };
-    answer.status = match commands::append_and_wait(state, &cmd.member, cmd.event(), gone).await? {
-        Outcome::Decided(()) => {
-            answer.completed_at = Some(to_timestamp(now_millis()));
-            proto::ErasureStatus::Done
-        }
-        Outcome::InProgress => proto::ErasureStatus::Pending,
-    } as i32;
-    Ok(answer)
-}
-
 /// What RedeemPoints and AdjustPoints answer.
 struct CommandAnswer {
     status: proto::RedemptionStatus,
@@ -798,7 +714,7 @@ impl proto::admin_service_server::AdminService for Admin {
                 let hop = Hop::of(&meta)?.for_write();
                 let e = Erasure::try_from(msg.clone())?;
                 let served = route_or_forward!(self.0, &e.member, &hop, msg, AdminServiceClient, erase_member);
-                let answer = erase(&served.on(&self.0), e).await?;
+                let answer = crate::erasure::erase(&served.on(&self.0), e).await?;
                 Ok(served.respond(answer))
             })
             .await
