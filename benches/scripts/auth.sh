@@ -19,10 +19,7 @@ for i in $(seq 1 "$RUNS"); do
   for auth in on off; do
     if [ "$auth" = off ]; then export OMNIFOLD_AUTH__ENABLED=false; else unset OMNIFOLD_AUTH__ENABLED; fi
     start_serve "$B/omnifold"
-    "$B/omnifold-load" --addr "$addr" --target "$TARGET" --concurrency "$CONCURRENCY" --seconds 1 --members 5000 >/dev/null
-    s0=$(ticks "$serve")
-    r=$("$B/omnifold-load" --addr "$addr" --target "$TARGET" --concurrency "$CONCURRENCY" --seconds 5 --members 5000)
-    echo "run $i auth=$auth: $r serve_cpu_s=$(cents $(( $(ticks "$serve") - s0 )))"
+    measure "run $i auth=$auth"
     stop_serve
   done
 done

@@ -41,3 +41,13 @@ stop_serve() { kill "$serve"; wait "$serve" 2>/dev/null || true; }
 wait_caught_up() {
   wait_for "$B/omnifold-load" --addr "$addr" --target redeem --concurrency 1 --seconds "$1" --members 5000
 }
+# One measured round against the serve at $addr: 1 s of warm-up, then 5 s
+# of `omnifold-load --target $TARGET` at $CONCURRENCY; prints "$1: " and
+# the load report with the CPU serve used.
+measure() {
+  "$B/omnifold-load" --addr "$addr" --target "$TARGET" --concurrency "$CONCURRENCY" --seconds 1 --members 5000 >/dev/null
+  local s0 r
+  s0=$(ticks "$serve")
+  r=$("$B/omnifold-load" --addr "$addr" --target "$TARGET" --concurrency "$CONCURRENCY" --seconds 5 --members 5000)
+  echo "$1: $r serve_cpu_s=$(cents $(( $(ticks "$serve") - s0 )))"
+}

@@ -20,10 +20,7 @@ stop_serve
 for i in $(seq 1 "$RUNS"); do
   for bin in $SERVE_BINS; do
     start_serve "$bin"
-    "$B/omnifold-load" --addr "$addr" --target "$TARGET" --concurrency "$CONCURRENCY" --seconds 1 --members 5000 >/dev/null
-    s0=$(ticks "$serve")
-    r=$("$B/omnifold-load" --addr "$addr" --target "$TARGET" --concurrency "$CONCURRENCY" --seconds 5 --members 5000)
-    echo "run $i $bin: $r serve_cpu_s=$(cents $(( $(ticks "$serve") - s0 )))"
+    measure "run $i $bin"
     stop_serve
   done
 done
