@@ -389,7 +389,7 @@ async fn a_new_instance_starts_from_the_snapshots(name: &str, snapshots: &[(Stri
     no_scheduled_snapshots(&mut setup);
     setup.create_topics();
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = Service::start(&setup, dir_a.path());
+    let a = Service::start(&setup, &dir_a.path().join("store"));
     owners(&a, 2, 1).await;
     setup.produce(&stream("first"));
     read_all(&a, 3).await;
@@ -429,7 +429,7 @@ async fn a_new_instance_starts_from_the_snapshots(name: &str, snapshots: &[(Stri
     let before = read_all(&a, 6).await;
 
     // B joins with nothing, and counts what it folds.
-    let b = Service::start_with_metrics(&setup, dir_b.path());
+    let b = Service::start_with_metrics(&setup, &dir_b.path().join("store"));
     owners(&a, 2, 2).await;
     assert_eq!(read_all(&b, 6).await, before, "B answers as A did");
     let page = b.metrics().await;
@@ -476,8 +476,8 @@ async fn a_standby_answers_when_asked_and_takes_over_without_replaying() {
     setup.extra_env.insert("OMNIFOLD_KAFKA__STANDBY".into(), "all".into());
     setup.create_topics();
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = Service::start(&setup, dir_a.path());
-    let b = Service::start_with_metrics(&setup, dir_b.path());
+    let a = Service::start(&setup, &dir_a.path().join("store"));
+    let b = Service::start_with_metrics(&setup, &dir_b.path().join("store"));
     owners(&a, 2, 2).await;
     setup.produce(&stream("first"));
     let before = read_all(&a, 3).await;
@@ -583,7 +583,7 @@ async fn a_stopping_instance_leaves_snapshots_its_successor_starts_from() {
     no_scheduled_snapshots(&mut setup);
     setup.create_topics();
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = Service::start(&setup, dir_a.path());
+    let a = Service::start(&setup, &dir_a.path().join("store"));
     owners(&a, 2, 1).await;
     setup.produce(&stream("first"));
     let before = read_all(&a, 3).await;
@@ -591,7 +591,7 @@ async fn a_stopping_instance_leaves_snapshots_its_successor_starts_from() {
     let listed = setup.run(&["snapshot", "list"]);
     assert_eq!(listed.lines().filter(|l| l.ends_with("yes")).count(), 2, "a latest snapshot per partition:\n{listed}");
 
-    let b = Service::start_with_metrics(&setup, dir_b.path());
+    let b = Service::start_with_metrics(&setup, &dir_b.path().join("store"));
     owners(&b, 2, 1).await;
     assert_eq!(read_all(&b, 3).await, before);
     let page = b.metrics().await;
