@@ -189,28 +189,18 @@ pub fn keys_file(dir: &std::path::Path) -> Result<std::path::PathBuf> {
     Ok(path)
 }
 
-/// Adds `authorization: Bearer <key>` to every call.
-#[derive(Clone, Debug)]
-pub struct Bearer(pub tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
-
-impl Bearer {
-    pub fn new(key: &str) -> Result<Bearer> {
-        Ok(Bearer(format!("Bearer {key}").try_into().context("the key is not a header value")?))
-    }
-}
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        req.metadata_mut().insert("authorization", self.0.clone());
-        Ok(req)
-    }
-}
-
 /// A channel whose calls carry a key.
 pub type Authed = tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>;
+
+pub use omnifold_server::auth::Bearer;
+
+/// Credentials for `key`, or why it cannot be sent.
+pub fn bearer(key: &str) -> Result<Bearer> {
+    Bearer::new(key).context("the key is not a header value")
+}
 
 /// Connects to `url` sending [`api_key`].
 pub async fn connect(url: &str) -> Result<Authed> {
     let channel = tonic::transport::Channel::from_shared(url.to_owned())?.tcp_nodelay(true).connect().await?;
-    Ok(tonic::service::interceptor::InterceptedService::new(channel, Bearer::new(&api_key().0)?))
+    Ok(tonic::service::interceptor::InterceptedService::new(channel, bearer(&api_key().0)?))
 }

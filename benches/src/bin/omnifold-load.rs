@@ -18,7 +18,7 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 
 use omnifold_benches::load::{Report, Target, cpu_seconds};
-use omnifold_benches::{Authed, Bearer, member_ref};
+use omnifold_benches::{Authed, bearer, member_ref};
 use omnifold_proto::v1 as proto;
 
 #[derive(Parser, Debug)]
@@ -143,7 +143,7 @@ async fn worker(args: Arc<Args>, channel: Authed, t: u64, deadline: Instant) -> 
 
 async fn run(args: Arc<Args>) -> Result<Report> {
     // Every call carries OMNIFOLD_API_KEY, as a real client's would.
-    let key = Bearer::new(&std::env::var("OMNIFOLD_API_KEY").context("OMNIFOLD_API_KEY is not set")?)?;
+    let key = bearer(&std::env::var("OMNIFOLD_API_KEY").context("OMNIFOLD_API_KEY is not set")?)?;
     let mut channels = Vec::new();
     for _ in 0..args.connections.max(1) {
         let endpoint = tonic::transport::Channel::from_shared(format!("http://{}", args.addr))?.tcp_nodelay(true);

@@ -2,7 +2,7 @@
 //! credentials every call carries (`OMNIFOLD_API_KEY`: an API key or a JWT).
 
 use anyhow::{Context, Result};
-use tonic::metadata::{Ascii, MetadataValue};
+use omnifold_server::auth::Bearer;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
@@ -10,37 +10,18 @@ use tonic::transport::Channel;
 /// flag: a flag's value shows in `ps` and in shell history).
 pub const API_KEY_ENV: &str = "OMNIFOLD_API_KEY";
 
-/// Adds `authorization: Bearer <credentials>` to every call.
-#[derive(Clone, Debug, Default)]
-pub struct Credentials(Option<MetadataValue<Ascii>>);
-
-impl Credentials {
-    /// From `OMNIFOLD_API_KEY`; none when it is unset.
-    pub fn from_env() -> Result<Credentials> {
-        match std::env::var(API_KEY_ENV) {
-            Ok(k) if !k.trim().is_empty() => Credentials::bearer(k.trim()),
-            _ => Ok(Credentials(None)),
+/// The credentials in `OMNIFOLD_API_KEY`; none when it is unset.
+fn credentials_from_env() -> Result<Bearer> {
+    match std::env::var(API_KEY_ENV) {
+        Ok(k) if !k.trim().is_empty() => {
+            Bearer::new(k.trim()).with_context(|| format!("{API_KEY_ENV} holds characters a header cannot carry"))
         }
-    }
-
-    pub fn bearer(token: &str) -> Result<Credentials> {
-        let v = MetadataValue::try_from(format!("Bearer {token}"))
-            .with_context(|| format!("{API_KEY_ENV} holds characters a header cannot carry"))?;
-        Ok(Credentials(Some(v)))
-    }
-}
-
-impl tonic::service::Interceptor for Credentials {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(req)
+        _ => Ok(Bearer::none()),
     }
 }
 
 /// A connection to a running instance that authenticates every call.
-pub type Connection = InterceptedService<Channel, Credentials>;
+pub type Connection = InterceptedService<Channel, Bearer>;
 
 /// The CA that signed the server's certificate (PEM), for `https://` servers.
 pub const TLS_CA_ENV: &str = "OMNIFOLD_TLS_CA";
@@ -81,5 +62,5 @@ pub async fn connect(server: &str) -> Result<Connection> {
     }
     let channel =
         endpoint.connect().await.with_context(|| format!("connecting to {server}; is `omnifold serve` running?"))?;
-    Ok(InterceptedService::new(channel, Credentials::from_env()?))
+    Ok(InterceptedService::new(channel, credentials_from_env()?))
 }

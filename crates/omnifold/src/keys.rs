@@ -1,7 +1,6 @@
 //! `omnifold keys`: API keys for callers. A new key is printed once; the
 //! keys file keeps only its SHA-256, its name and its scopes.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -105,25 +104,10 @@ pub fn add_key(file: &Path, name: &str, scopes: &[Scope], limits: KeyLimits) -> 
     omnifold_server::Authenticator::with_keys(&keys)?;
     let text = toml::to_string(&keys)?;
     let tmp = file.with_extension("tmp");
-    {
-        let mut f = private_file(&tmp)?;
-        f.write_all(b"# omnifold API keys: names, SHA-256 hashes and scopes (`omnifold keys new` adds one).\n")?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-    }
+    let header = "# omnifold API keys: names, SHA-256 hashes and scopes (`omnifold keys new` adds one).\n";
+    crate::tools::write_private(&tmp, format!("{header}{text}").as_bytes())?;
     std::fs::rename(&tmp, file).with_context(|| format!("writing {}", file.display()))?;
     Ok(key)
-}
-
-fn private_file(path: &Path) -> Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

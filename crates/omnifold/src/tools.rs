@@ -252,17 +252,7 @@ pub async fn export(server: String, member: String, out: std::path::PathBuf) -> 
         println!("{json}");
         return Ok(());
     }
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&out)
-        .with_context(|| format!("writing {}", out.display()))?;
-    f.write_all(json.as_bytes())?;
-    f.sync_all()?;
+    write_private(&out, json.as_bytes())?;
     eprintln!("wrote {} ({} bytes)", out.display(), json.len());
     Ok(())
 }
@@ -284,6 +274,23 @@ pub async fn erase(server: String, member: String, request_id: String, reason: S
         when(r.completed_at),
         when(r.deadline)
     );
+    Ok(())
+}
+
+/// Writes `bytes` to a file only its owner may read (mode 0600), synced:
+/// exports and keys files hold personal data and secrets.
+pub fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
     Ok(())
 }
 

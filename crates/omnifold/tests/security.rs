@@ -77,10 +77,20 @@ impl Issuer {
 
 /// A key from `omnifold keys new` (the CLI a user runs), added to `file`.
 fn new_key(setup: &Setup, file: &Path, name: &str, scopes: &[&str]) -> String {
-    let scopes = if scopes.is_empty() { String::new() } else { scopes.join(",") };
-    let mut args = vec!["keys", "new", "--name", name, "--file", file.to_str().unwrap(), "--scopes"];
-    args.push(&scopes);
+    new_key_with(setup, file, name, scopes, &[])
+}
+
+/// The same with more flags of `keys new` (`--rate-per-second`, `--purpose`).
+fn new_key_with(setup: &Setup, file: &Path, name: &str, scopes: &[&str], flags: &[&str]) -> String {
+    let scopes = scopes.join(",");
+    let mut args = vec!["keys", "new", "--name", name, "--file", file.to_str().unwrap(), "--scopes", &scopes];
+    args.extend(flags);
     setup.run(&args).trim().to_owned()
+}
+
+/// Serves with the keys in `file` instead of the harness's.
+fn use_keys(setup: &mut Setup, file: &Path) {
+    setup.extra_env.insert("OMNIFOLD_AUTH__KEYS_FILE".into(), file.display().to_string());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,7 +114,7 @@ async fn every_call_needs_credentials_and_each_method_its_scope() {
     }
     let admin_key = new_key(&setup, &keys, "ops", &["all"]);
     let issuer = Issuer::new(&jwks);
-    setup.extra_env.insert("OMNIFOLD_AUTH__KEYS_FILE".into(), keys.display().to_string());
+    use_keys(&mut setup, &keys);
     setup.extra_env.insert("OMNIFOLD_AUTH__JWKS_FILE".into(), jwks.display().to_string());
     setup.extra_env.insert("OMNIFOLD_AUTH__JWT_ISSUER".into(), "https://idp.test".into());
     setup.create_topics();
@@ -237,10 +247,8 @@ async fn limits_keep_each_caller_in_its_lane() {
     std::os::unix::fs::symlink(dir.path().join("outside"), root.join("link")).unwrap();
     let mut setup = Setup::new(&broker, "limits", 1);
     let ops = new_key(&setup, &keys, "ops", &["all"]);
-    let mut args = vec!["keys", "new", "--name", "slow", "--scopes", "profile:read", "--rate-per-second", "1"];
-    args.extend(["--file", keys.to_str().unwrap()]);
-    let slow = setup.run(&args).trim().to_owned();
-    setup.extra_env.insert("OMNIFOLD_AUTH__KEYS_FILE".into(), keys.display().to_string());
+    let slow = new_key_with(&setup, &keys, "slow", &["profile:read"], &["--rate-per-second", "1"]);
+    use_keys(&mut setup, &keys);
     setup.extra_env.insert("OMNIFOLD_SERVER__SWITCH_ROOT".into(), root.display().to_string());
     setup.extra_env.insert("OMNIFOLD_SERVER__MAX_REQUEST_BYTES".into(), "4096".into());
     setup.create_topics();
@@ -358,8 +366,8 @@ async fn tls_get_profile(
     }
     let endpoint = tonic::transport::Channel::from_shared(url.to_owned()).unwrap().tls_config(tls).unwrap();
     let channel = endpoint.connect().await.map_err(|e| format!("connect: {e:?}"))?;
-    let key = key.map(|t| format!("Bearer {t}").try_into().unwrap());
-    let conn = tonic::service::interceptor::InterceptedService::new(channel, Key(key));
+    let key = key.map_or_else(Bearer::none, |t| Bearer::new(t).unwrap());
+    let conn = tonic::service::interceptor::InterceptedService::new(channel, key);
     let mut profiles = proto::profile_service_client::ProfileServiceClient::new(conn);
     let req = proto::GetProfileRequest {
         member: Some(proto::MemberRef { r#ref: Some(proto::member_ref::Ref::MemberId(member.into())) }),
@@ -464,7 +472,7 @@ async fn personal_fields_are_masked_without_pii_and_sensitive_ones_need_consent(
     let reader = new_key(&setup, &keys, "reader", &["profile:read"]);
     let pii = new_key(&setup, &keys, "pii", &["profile:read", "profile:pii"]);
     let ops = new_key(&setup, &keys, "ops", &["all"]);
-    setup.extra_env.insert("OMNIFOLD_AUTH__KEYS_FILE".into(), keys.display().to_string());
+    use_keys(&mut setup, &keys);
     setup.extra_env.insert("OMNIFOLD_PRIVACY__SENSITIVE_TRAITS".into(), r#"["health"]"#.into());
     setup.extra_env.insert("OMNIFOLD_PRIVACY__PLAIN_TRAITS".into(), r#"["shoe_size"]"#.into());
     setup.extra_env.insert("OMNIFOLD_STORE__KEEP_HISTORY".into(), "true".into());
@@ -611,11 +619,10 @@ async fn a_client_bound_to_a_purpose_sees_only_members_who_granted_it() {
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys.toml");
     let mut setup = Setup::new(&broker, "purpose", 3);
-    let mut args = vec!["keys", "new", "--name", "campaigns", "--scopes", "profile:read,loyalty:read"];
-    args.extend(["--purpose", "marketing", "--file", keys.to_str().unwrap()]);
-    let campaigns = setup.run(&args).trim().to_owned();
+    let campaigns =
+        new_key_with(&setup, &keys, "campaigns", &["profile:read", "loyalty:read"], &["--purpose", "marketing"]);
     let ops = new_key(&setup, &keys, "ops", &["all"]);
-    setup.extra_env.insert("OMNIFOLD_AUTH__KEYS_FILE".into(), keys.display().to_string());
+    use_keys(&mut setup, &keys);
     setup.create_topics();
     let at = "2026-06-01T10:00:00Z";
     let mut events = Vec::new();

@@ -85,7 +85,7 @@ impl Audited {
     pub(crate) fn of<T>(method: &'static str, req: &Request<T>, request: serde_json::Value) -> Audited {
         Audited {
             method,
-            caller: crate::auth::caller(req.extensions()),
+            caller: crate::auth::caller(),
             forwarded_by: req
                 .metadata()
                 .get(crate::routing::FORWARDED_BY)
@@ -112,41 +112,50 @@ impl Audited {
             })
             .await;
         if !forwarded {
-            let (code, message) = match &result {
-                Ok(_) => (tonic::Code::Ok, String::new()),
-                Err(s) => (s.code(), s.message().to_owned()),
-            };
-            let record = AuditRecord {
-                at: omnifold_core::time::rfc3339(crate::now_millis()),
-                caller: self.caller.name.clone(),
-                via: via(self.caller.via).into(),
-                method: format!("omnifold.v1.{}", self.method),
-                request: self.request,
-                code: format!("{code:?}"),
-                message,
-                instance: instance(state),
-                forwarded_by: self.forwarded_by,
-            };
+            let record = AuditRecord::of(
+                Some(&self.caller),
+                format!("omnifold.v1.{}", self.method),
+                self.request,
+                result.as_ref().err(),
+                instance(state),
+                self.forwarded_by,
+            );
             append(log, record).await;
         }
         result
     }
 }
 
+impl AuditRecord {
+    /// The record of a call by `caller` (`None`: not authenticated) that
+    /// ended with `refused` (`None`: answered).
+    fn of(
+        caller: Option<&Caller>,
+        method: String,
+        request: serde_json::Value,
+        refused: Option<&Status>,
+        instance: String,
+        forwarded_by: Option<String>,
+    ) -> AuditRecord {
+        AuditRecord {
+            at: omnifold_core::time::rfc3339(crate::now_millis()),
+            caller: caller.map_or_else(|| "unauthenticated".to_owned(), |c| c.name.clone()),
+            via: caller.map_or("unknown", |c| via(c.via)).into(),
+            method,
+            request,
+            code: format!("{:?}", refused.map_or(tonic::Code::Ok, Status::code)),
+            message: refused.map_or_else(String::new, |s| s.message().to_owned()),
+            instance,
+            forwarded_by,
+        }
+    }
+}
+
 /// A refusal by the auth layer, recorded in the background.
 pub(crate) fn refused(log: &Arc<dyn AuditLog>, instance: String, path: &str, caller: Option<&Caller>, status: &Status) {
-    let record = AuditRecord {
-        at: omnifold_core::time::rfc3339(crate::now_millis()),
-        caller: caller.map_or_else(|| "unauthenticated".to_owned(), |c| c.name.clone()),
-        via: caller.map_or("unknown", |c| via(c.via)).into(),
-        method: path.trim_start_matches('/').to_owned(),
-        request: serde_json::Value::Null,
-        code: format!("{:?}", status.code()),
-        message: status.message().to_owned(),
-        instance,
-        forwarded_by: None,
-    };
-    tokio::spawn(append(log.clone(), record));
+    let method = path.trim_start_matches('/').to_owned();
+    let record = AuditRecord::of(caller, method, serde_json::Value::Null, Some(status), instance, None);
+    deliver(log.clone(), record);
 }
 
 /// How long a call's answer waits for its audit record to be taken by the
@@ -155,23 +164,31 @@ pub(crate) fn refused(log: &Arc<dyn AuditLog>, instance: String, path: &str, cal
 /// not hold every admin call and redemption up.
 const AUDIT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Appends `record`, waiting at most [`AUDIT_WAIT`] for the broker.
 async fn append(log: Arc<dyn AuditLog>, record: AuditRecord) {
+    if let Some(delivery) = deliver(log, record)
+        && tokio::time::timeout(AUDIT_WAIT, delivery).await.is_err()
+    {
+        tracing::debug!("an audit record is still on its way to the broker");
+    }
+}
+
+/// Starts sending `record` in the background; the task ends once the
+/// broker took it or it was counted lost.
+fn deliver(log: Arc<dyn AuditLog>, record: AuditRecord) -> Option<tokio::task::JoinHandle<()>> {
     let value = match serde_json::to_vec(&record) {
         Ok(v) => v,
         Err(e) => {
             tracing::error!(error = %e, "an audit record could not be written as JSON");
-            return;
+            return None;
         }
     };
-    let delivery = tokio::spawn(async move {
+    Some(tokio::spawn(async move {
         if let Err(e) = log.append(&record.caller, value).await {
             metrics::counter!("omnifold_audit_failures_total").increment(1);
             tracing::error!(error = %e, method = record.method, caller = record.caller, "an audit record was lost");
         }
-    });
-    if tokio::time::timeout(AUDIT_WAIT, delivery).await.is_err() {
-        tracing::debug!("an audit record is still on its way to the broker");
-    }
+    }))
 }
 
 fn via(v: Via) -> &'static str {

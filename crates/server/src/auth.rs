@@ -445,6 +445,33 @@ impl Authenticator {
     }
 }
 
+/// The client side: adds `authorization: Bearer <token>` (an API key or a
+/// JWT) to every call, or nothing. The CLI, the tests and the load
+/// generator all send their credentials with it.
+#[derive(Clone, Debug, Default)]
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl Bearer {
+    /// `None` when `token` holds characters a header cannot carry.
+    pub fn new(token: &str) -> Option<Bearer> {
+        format!("Bearer {token}").try_into().ok().map(|v| Bearer(Some(v)))
+    }
+
+    /// Sends no credentials.
+    pub fn none() -> Bearer {
+        Bearer(None)
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
 /// A refused call: its answer, and its caller when it was authenticated.
 type Refusal = (Status, Option<Arc<Caller>>);
 
@@ -634,9 +661,9 @@ pub(crate) fn need(path: &str) -> Need {
     }
 }
 
-/// The tower layer that admits calls: the caller goes into the request's
-/// extensions (services read it with [`caller`]), a refusal is answered
-/// here and never reaches a service.
+/// The tower layer that admits calls: the rest of the call runs as its
+/// caller (services read it with [`caller`]), a refusal is answered here
+/// and never reaches a service.
 #[derive(Debug, Clone)]
 pub(crate) struct AuthLayer {
     pub(crate) auth: Option<Arc<Authenticator>>,
@@ -677,20 +704,19 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        let Some(auth) = &self.auth else {
-            let caller = Arc::new(Caller::unauthenticated());
-            req.extensions_mut().insert(caller.clone());
-            let answer = self.inner.call(req).map(undecodable_is_invalid::<S::Error> as fn(_) -> _);
-            return futures::future::Either::Right(CURRENT.scope(caller, answer));
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let admitted = match &self.auth {
+            None => Ok(None),
+            Some(auth) => {
+                let header = req.headers().get(http::header::AUTHORIZATION).map(|v| v.as_bytes());
+                auth.check(req.uri().path(), header)
+            }
         };
-        let header = req.headers().get(http::header::AUTHORIZATION).map(|v| v.as_bytes());
-        match auth.check(req.uri().path(), header) {
+        match admitted {
+            // Authentication off, or an open method (health, reflection):
+            // an anonymous caller who reads for no purpose.
             Ok(caller) => {
-                // Open methods (health, reflection) run as an anonymous caller
-                // who reads for no purpose; they read no members.
                 let caller = caller.unwrap_or_else(|| Arc::new(Caller::unauthenticated()));
-                req.extensions_mut().insert(caller.clone());
                 let answer = self.inner.call(req).map(undecodable_is_invalid::<S::Error> as fn(_) -> _);
                 futures::future::Either::Right(CURRENT.scope(caller, answer))
             }
@@ -724,6 +750,12 @@ pub(crate) fn current() -> Option<Arc<Caller>> {
     CURRENT.try_with(Arc::clone).ok()
 }
 
+/// The caller of the request being served (set by the layer for every
+/// call; everything is allowed outside one, as with authentication off).
+pub(crate) fn caller() -> Arc<Caller> {
+    current().unwrap_or_else(|| Arc::new(Caller::unauthenticated()))
+}
+
 /// Runs `f` (on a blocking thread) as `caller`'s request.
 pub(crate) fn as_caller<T>(caller: Option<Arc<Caller>>, f: impl FnOnce() -> T) -> T {
     match caller {
@@ -751,12 +783,6 @@ fn undecodable_is_invalid<E>(
         }
         response
     })
-}
-
-/// The caller of a request the layer admitted (allowed everything when
-/// authentication is off).
-pub(crate) fn caller(extensions: &tonic::Extensions) -> Arc<Caller> {
-    extensions.get::<Arc<Caller>>().cloned().unwrap_or_else(|| Arc::new(Caller::unauthenticated()))
 }
 
 #[cfg(test)]

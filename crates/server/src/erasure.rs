@@ -16,11 +16,11 @@ use crate::{AppState, Books, Error, convert, now_millis};
 /// Erases the member `e` addresses through the log and waits for the fold
 /// to do it; a retry of a finished job answers it again.
 pub(crate) async fn erase(state: &AppState, e: Erasure) -> Result<proto::EraseMemberResponse, Error> {
-    let (key, member) = match resolve(state, &e.member) {
-        Ok(r) => (r.member.key.clone(), r.member.kind == ProfileKind::KnownMember),
-        // Erased already: a retry of the job that did it is answered.
+    // `None`: not found by its member id, perhaps erased by this very job.
+    let (key, kind) = match resolve(state, &e.member) {
+        Ok(r) => (r.member.key, Some(r.member.kind)),
         Err(Error::NotFound(m)) => match &e.member {
-            MemberAddress::Key(k) => (k.clone(), true),
+            MemberAddress::Key(k) => (k.clone(), None),
             MemberAddress::Identifier(_) => return Err(Error::NotFound(m)),
         },
         Err(other) => return Err(other),
@@ -36,12 +36,12 @@ pub(crate) async fn erase(state: &AppState, e: Erasure) -> Result<proto::EraseMe
             request_id: e.request_id.clone(),
         }),
     };
-    if !member {
-        return erase_profile(state, &cmd, days_of(state)).await;
+    if kind.is_some_and(|k| k != ProfileKind::KnownMember) {
+        return erase_profile(state, &cmd).await;
     }
     let partition = state.partition(&key)?;
     let finished = state.store().verdicts(partition, &[(&key, &e.request_id)])?.into_iter().next().flatten();
-    if finished.is_none() && state.load(&key, Books::Skip)?.is_none_or(|m| m.erased_at.is_some()) {
+    if kind.is_none() && finished.is_none() {
         return Err(Error::NotFound(format!("no profile for member `{key}`")));
     }
     let days = days_of(state);
@@ -76,8 +76,8 @@ fn days_of(state: &AppState) -> i64 {
 
 /// Erases a provisional or anonymous profile: its record is deleted (its
 /// key is an identifier or a device), so the job is done when it is gone.
-async fn erase_profile(state: &AppState, cmd: &Command, days: i64) -> Result<proto::EraseMemberResponse, Error> {
-    let key = cmd.member.clone();
+async fn erase_profile(state: &AppState, cmd: &Command) -> Result<proto::EraseMemberResponse, Error> {
+    let (key, days) = (cmd.member.clone(), days_of(state));
     let gone = || -> Result<Option<()>, Error> { Ok(state.load(&key, Books::Skip)?.is_none().then_some(())) };
     let now = now_millis();
     let mut answer = proto::EraseMemberResponse {

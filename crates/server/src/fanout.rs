@@ -34,8 +34,8 @@ pub(crate) async fn batch(
     hop: &Hop,
     request: &proto::BatchGetProfilesRequest,
     addrs: Vec<MemberAddress>,
-    (mask, when): (ReadMask, AsOf),
-    caller: std::sync::Arc<crate::Caller>,
+    mask: ReadMask,
+    when: AsOf,
 ) -> Result<Vec<proto::ProfileResult>, Error> {
     let plan = plan(state, hop, &addrs).await?;
     let wire = |i: usize| request.members[i].clone();
@@ -61,7 +61,7 @@ pub(crate) async fn batch(
         let wires: Vec<proto::MemberRef> = plan.here.iter().map(|(i, ..)| wire(*i)).collect();
         let local = state
             .reading(hop.standby())
-            .read(ReadCost::Long, move |state| batch_profiles(state, &here_addrs, wires, &mask, when, &caller))
+            .read(ReadCost::Long, move |state| batch_profiles(state, &here_addrs, wires, &mask, when))
             .await?;
         for ((i, applied, standby_lag), mut result) in plan.here.into_iter().zip(local) {
             result.applied_offset = applied;

@@ -20,7 +20,7 @@ use omnifold_proto::v1::loyalty_service_client::LoyaltyServiceClient;
 use omnifold_proto::v1::profile_service_client::ProfileServiceClient;
 
 use crate::audit::{self, Audited};
-use crate::auth::{self, Caller};
+use crate::auth;
 use crate::commands::{self, Command, Outcome};
 use crate::request::{
     Adjust, AsOf, Erasure, LedgerQuery, MemberAddress, Merge, ReadMask, Redeem, identifier_address, instant, page_token,
@@ -102,10 +102,8 @@ fn resolve_with(state: &AppState, addr: &MemberAddress, books: Books) -> Result<
 /// purpose sees only members who granted it. A member it may not see
 /// answers exactly as one that does not exist.
 fn visible(m: &Member) -> bool {
-    match auth::current().and_then(|c| c.purpose.clone()) {
-        None => true,
-        Some(purpose) => m.consents.get(&purpose).is_some_and(|c| c.value.granted),
-    }
+    let caller = auth::caller();
+    caller.purpose.as_ref().is_none_or(|p| m.consents.get(p).is_some_and(|c| c.value.granted))
 }
 
 /// The keys the identity index leads through from `start` (linked
@@ -253,10 +251,10 @@ fn find_for(state: &AppState, addr: &MemberAddress, mask: &ReadMask) -> Result<M
     Ok(resolve_with(state, addr, mask.books())?.member)
 }
 
-/// `m`'s profile as `caller` may see it (privacy.rs).
-fn profile_for(state: &AppState, m: &Member, at: Millis, mask: &ReadMask, caller: &Caller) -> proto::Profile {
+/// `m`'s profile as the request's caller may see it (privacy.rs).
+fn profile_for(state: &AppState, m: &Member, at: Millis, mask: &ReadMask) -> proto::Profile {
     let mut p = convert::profile(m, at, mask, &state.fold);
-    privacy::profile(&mut p, privacy::view_of(caller, m, &state.privacy), &state.privacy);
+    privacy::profile(&mut p, privacy::view_of(&auth::caller(), m, &state.privacy), &state.privacy);
     p
 }
 
@@ -269,13 +267,12 @@ pub(crate) fn batch_profiles(
     wires: Vec<proto::MemberRef>,
     mask: &ReadMask,
     when: AsOf,
-    caller: &Caller,
 ) -> Result<Vec<proto::ProfileResult>, Error> {
     let mut results = Vec::with_capacity(addrs.len());
     for (addr, wire) in addrs.iter().zip(wires) {
         let mut result = proto::ProfileResult { member: Some(wire), ..Default::default() };
         match find_for(state, addr, mask).and_then(|m| as_of(state, m, when)) {
-            Ok(m) => result.profile = Some(profile_for(state, &m, when.at, mask, caller)),
+            Ok(m) => result.profile = Some(profile_for(state, &m, when.at, mask)),
             Err(e @ (Error::NotFound(_) | Error::FailedPrecondition(_) | Error::Elsewhere(_))) => {
                 let status = Status::from(e);
                 result.code = status.code() as i32;
@@ -293,8 +290,7 @@ pub struct Profiles(pub AppState);
 #[tonic::async_trait]
 impl proto::profile_service_server::ProfileService for Profiles {
     async fn get_profile(&self, req: Request<proto::GetProfileRequest>) -> Result<Response<proto::Profile>, Status> {
-        let (meta, ext, r) = req.into_parts();
-        let caller = auth::caller(&ext);
+        let (meta, _, r) = req.into_parts();
         let hop = Hop::of(&meta)?;
         let addr = MemberAddress::try_from(r.member.clone())?;
         let mask = ReadMask::try_from(r.read_mask.clone())?;
@@ -304,7 +300,7 @@ impl proto::profile_service_server::ProfileService for Profiles {
             .on(&self.0)
             .read(ReadCost::of(when), move |state| {
                 let member = as_of(state, find_for(state, &addr, &mask)?, when)?;
-                Ok(profile_for(state, &member, when.at, &mask, &caller))
+                Ok(profile_for(state, &member, when.at, &mask))
             })
             .await?;
         Ok(served.respond(profile))
@@ -314,8 +310,7 @@ impl proto::profile_service_server::ProfileService for Profiles {
         &self,
         req: Request<proto::BatchGetProfilesRequest>,
     ) -> Result<Response<proto::BatchGetProfilesResponse>, Status> {
-        let (meta, ext, r) = req.into_parts();
-        let caller = auth::caller(&ext);
+        let (meta, _, r) = req.into_parts();
         let hop = Hop::of(&meta)?;
         if r.members.is_empty() || r.members.len() > MAX_BATCH {
             return Err(Error::InvalidArgument(format!(
@@ -335,7 +330,7 @@ impl proto::profile_service_server::ProfileService for Profiles {
                     .map_err(|e| Error::InvalidArgument(format!("members[{i}]: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let results = crate::fanout::batch(&self.0, &hop, &r, addrs, (mask, when), caller).await?;
+        let results = crate::fanout::batch(&self.0, &hop, &r, addrs, mask, when).await?;
         Ok(Response::new(proto::BatchGetProfilesResponse { results }))
     }
 
@@ -343,8 +338,8 @@ impl proto::profile_service_server::ProfileService for Profiles {
         &self,
         req: Request<proto::LookupIdentifierRequest>,
     ) -> Result<Response<proto::LookupIdentifierResponse>, Status> {
-        let (meta, ext, msg) = req.into_parts();
-        let caller = auth::caller(&ext);
+        let (meta, _, msg) = req.into_parts();
+        let caller = auth::caller();
         let view = privacy::View { personal: caller.may(crate::Scope::ProfilePii), sensitive: false };
         let purpose_bound = caller.purpose.is_some();
         let hop = Hop::of(&meta)?;

@@ -205,7 +205,7 @@ impl<'a> Run<'a> {
         };
         let (internal, id, at) = (event.is_internal(), event.event_id.clone(), event.occurred_at);
         // Decided at the key it names, route or not (a claim, an erased key).
-        let is_claim = matches!(event.payload, Payload::IdentityClaimed { .. } | Payload::KeyErased { .. });
+        let at_key = matches!(event.payload, Payload::IdentityClaimed { .. } | Payload::KeyErased { .. });
         let request = event.request_id().map(str::to_owned);
         let part = match &event.payload {
             Payload::ProfileJoinPart { join_id, index, data } => {
@@ -247,7 +247,7 @@ impl<'a> Run<'a> {
         };
         // Marked as forwarded from here (not as applied: it may go to this
         // same partition, where it is applied under its own id).
-        if self.send_on(i, &key, is_claim) {
+        if self.send_on(i, &key, at_key) {
             self.mark_seen(&forwarded_marker(&id), at);
             return Ok(());
         }
@@ -310,7 +310,7 @@ impl<'a> Run<'a> {
 
     /// Forwards record `i` when it does not belong here: to the partition
     /// that owns its key, or to the member its key joined. True if sent on.
-    fn send_on(&mut self, i: usize, key: &str, is_claim: bool) -> bool {
+    fn send_on(&mut self, i: usize, key: &str, at_key: bool) -> bool {
         let record = self.records[i];
         let value = || record.value.unwrap_or_default().to_vec();
         if let Some(n) = self.partitions
@@ -321,8 +321,8 @@ impl<'a> Run<'a> {
             self.outbox.push(out);
             return true;
         }
-        // A claim is decided at the key it claims, route or not.
-        if !is_claim && let Some(to) = self.members.get(key).and_then(|m| m.routes_to.clone()) {
+        // A claim, or an erased key, is decided at its key, route or not.
+        if !at_key && let Some(to) = self.members.get(key).and_then(|m| m.routes_to.clone()) {
             self.forwarded += 1;
             self.outbox.push(OutRecord::signed(&self.p.signer, to.clone().into_bytes(), value(), Some(&to)));
             return true;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use omnifold_core::partition::partition_for;
 use omnifold_proto::v1 as proto;
+pub use omnifold_server::auth::Bearer;
 use prost::Message;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -48,21 +49,8 @@ pub fn keys_file() -> std::path::PathBuf {
     .clone()
 }
 
-/// Adds `authorization: Bearer <key>` to every call.
-#[derive(Clone)]
-pub struct Key(pub Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
-
-impl tonic::service::Interceptor for Key {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(req)
-    }
-}
-
 /// A channel whose calls carry a key.
-pub type Conn = tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Key>;
+pub type Conn = tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>;
 
 /// A connection to `url` that sends [`API_KEY`].
 pub async fn connect(url: &str) -> Result<Conn, tonic::transport::Error> {
@@ -72,8 +60,8 @@ pub async fn connect(url: &str) -> Result<Conn, tonic::transport::Error> {
 /// A connection to `url` that sends `token` (an API key or a JWT), or nothing.
 pub async fn connect_as(url: &str, token: Option<&str>) -> Result<Conn, tonic::transport::Error> {
     let channel = tonic::transport::Channel::from_shared(url.to_owned()).unwrap().connect().await?;
-    let key = token.map(|t| format!("Bearer {t}").try_into().unwrap());
-    Ok(tonic::service::interceptor::InterceptedService::new(channel, Key(key)))
+    let key = token.map_or_else(Bearer::none, |t| Bearer::new(t).unwrap());
+    Ok(tonic::service::interceptor::InterceptedService::new(channel, key))
 }
 
 fn free_port() -> u16 {
