@@ -450,8 +450,36 @@ struct CommandAnswer {
     event_id: String,
 }
 
+/// What a points command asks: its request id, kind and points (a
+/// redemption's, or an adjustment's delta).
+struct Asked<'a> {
+    request_id: &'a str,
+    kind: CommandKind,
+    points: i64,
+}
+
 impl Loyalty {
-    /// What `answer` makes of a points holder as of `when`.
+    /// A points command for the member `addr` leads to: appended through the
+    /// log, then its verdict.
+    async fn points_command(
+        &self,
+        addr: &MemberAddress,
+        asked: Asked<'_>,
+        channel: omnifold_core::Channel,
+        payload: proto::event::Payload,
+    ) -> Result<CommandAnswer, Error> {
+        let m = points_holder(&self.0, addr)?;
+        let cmd = Command {
+            member: m.key.clone(),
+            request_id: asked.request_id.to_owned(),
+            kind: asked.kind,
+            points: asked.points,
+            channel,
+            payload,
+        };
+        self.command(&m, cmd).await
+    }
+
     /// Appends a command, waits for its verdict, and reads the balance after it.
     async fn command(&self, member: &Member, cmd: Command) -> Result<CommandAnswer, Error> {
         let state = &self.0;
@@ -525,20 +553,13 @@ impl proto::loyalty_service_server::LoyaltyService for Loyalty {
                 let r = Redeem::try_from(msg.clone())?;
                 let served =
                     route_or_forward!(self.0, &r.member, &hop.for_write(), msg, LoyaltyServiceClient, redeem_points);
-                let m = points_holder(&self.0, &r.member)?;
-                let cmd = Command {
-                    member: m.key.clone(),
+                let payload = proto::event::Payload::PointsRedemptionRequested(proto::PointsRedemptionRequested {
                     request_id: r.request_id.clone(),
-                    kind: CommandKind::Redeem,
                     points: r.points,
-                    channel: r.channel,
-                    payload: proto::event::Payload::PointsRedemptionRequested(proto::PointsRedemptionRequested {
-                        request_id: r.request_id.clone(),
-                        points: r.points,
-                        reward: r.reward,
-                    }),
-                };
-                let a = self.command(&m, cmd).await?;
+                    reward: r.reward,
+                });
+                let asked = Asked { request_id: &r.request_id, kind: CommandKind::Redeem, points: r.points };
+                let a = self.points_command(&r.member, asked, r.channel, payload).await?;
                 Ok(served.respond(proto::RedeemPointsResponse {
                     status: a.status as i32,
                     reason: a.reason,
@@ -567,21 +588,14 @@ impl proto::loyalty_service_server::LoyaltyService for Loyalty {
                 let r = Adjust::try_from(msg.clone())?;
                 let served =
                     route_or_forward!(self.0, &r.member, &hop.for_write(), msg, LoyaltyServiceClient, adjust_points);
-                let m = points_holder(&self.0, &r.member)?;
-                let cmd = Command {
-                    member: m.key.clone(),
+                let payload = proto::event::Payload::PointsAdjusted(proto::PointsAdjusted {
+                    delta: r.delta,
+                    reason: r.reason,
+                    actor: r.actor,
                     request_id: r.request_id.clone(),
-                    kind: CommandKind::Adjust,
-                    points: r.delta,
-                    channel: r.channel,
-                    payload: proto::event::Payload::PointsAdjusted(proto::PointsAdjusted {
-                        delta: r.delta,
-                        reason: r.reason,
-                        actor: r.actor,
-                        request_id: r.request_id.clone(),
-                    }),
-                };
-                let a = self.command(&m, cmd).await?;
+                });
+                let asked = Asked { request_id: &r.request_id, kind: CommandKind::Adjust, points: r.delta };
+                let a = self.points_command(&r.member, asked, r.channel, payload).await?;
                 Ok(served.respond(proto::AdjustPointsResponse {
                     status: a.status as i32,
                     reason: a.reason,
