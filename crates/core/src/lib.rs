@@ -36,6 +36,6 @@ pub use fold::{Position, apply};
 pub use ident::{IdType, Identifier};
 pub use limits::Limits;
 pub use loyalty::{LedgerEntry, Tier, Verdict};
-pub use member::{Member, ProfileKind};
+pub use member::{Change, Member, ProfileKind};
 pub use time::Millis;
 pub use windows::Windows;

@@ -272,6 +272,16 @@ pub struct HistoryMark {
     pub oldest_kept: Option<Millis>,
 }
 
+/// One profile a committed batch of the fold changed (the change stream).
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub key: String,
+    /// The next offset after the event that produced the change: its version.
+    pub next_offset: i64,
+    /// The profile as committed; none when its record was deleted (an erasure).
+    pub member: Option<std::sync::Arc<Member>>,
+}
+
 /// How far the fold had read when it last changed this member.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Version {

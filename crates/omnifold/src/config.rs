@@ -44,6 +44,13 @@ pub struct ServerConfig {
     /// The largest request message accepted, in bytes; a larger one is
     /// refused with OUT_OF_RANGE naming its size and the limit.
     pub max_request_bytes: usize,
+    /// The change stream: the bytes of recent changes kept for watchers to
+    /// resume from (a resume point older answers OUT_OF_RANGE).
+    pub watch_buffer_bytes: usize,
+    /// `WatchProfile` streams served at once; more answer RESOURCE_EXHAUSTED.
+    pub max_watchers: usize,
+    /// A quiet watch gets a progress message this often.
+    pub watch_progress_ms: u64,
 }
 
 /// `server.routing`.
@@ -104,6 +111,9 @@ impl Default for ServerConfig {
             switch_root: String::new(),
             tls: omnifold_server::TlsConfig::default(),
             max_request_bytes: 4 << 20,
+            watch_buffer_bytes: omnifold_server::DEFAULT_WATCH_BUFFER_BYTES,
+            max_watchers: omnifold_server::DEFAULT_MAX_WATCHERS,
+            watch_progress_ms: omnifold_server::DEFAULT_WATCH_PROGRESS.as_millis() as u64,
         }
     }
 }
@@ -170,6 +180,9 @@ impl Config {
         }
         if !(1024..=(64 << 20)).contains(&self.server.max_request_bytes) {
             bail!("[server] max_request_bytes must be 1024 to 67108864, got {}", self.server.max_request_bytes);
+        }
+        if !(10..=3_600_000).contains(&self.server.watch_progress_ms) {
+            bail!("[server] watch_progress_ms must be 10 to 3600000, got {}", self.server.watch_progress_ms);
         }
         if self.server.read_threads > 1024 {
             bail!("[server] read_threads must be 0 (twice the cores) to 1024, got {}", self.server.read_threads);

@@ -228,6 +228,11 @@ fn advertise(config: &Config, bound: std::net::SocketAddr) -> String {
     advertised
 }
 
+/// Hands a committed batch's changes to the change stream.
+fn publish(changes: &omnifold_server::Changes, c: omnifold_ingest::Committed) {
+    changes.publish(c.partition, c.first_offset, c.next_offset, c.changes);
+}
+
 /// How long `serve` waits, before answering, to learn who owns what.
 const OWNERSHIP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -291,10 +296,18 @@ pub async fn serve(config: Config) -> Result<()> {
     let committed = commits.clone();
     // The store served and folded into; a switch or a reopen replaces it.
     let stores = StoreHandle::new(store);
+    // What each commit changed, for WatchProfile.
+    let changes = omnifold_server::Changes::new(
+        config.server.watch_buffer_bytes,
+        config.server.max_watchers,
+        std::time::Duration::from_millis(config.server.watch_progress_ms),
+    );
+    let published = changes.clone();
     let processor =
         Processor::on_handle(stores.clone(), fold.clone(), &config.kafka.topic, config.kafka.max_event_bytes, signer)
             .with_member_cache(config.kafka.member_cache_entries, config.kafka.member_cache_bytes)
-            .with_on_commit(Arc::new(move |partition| committed.committed(partition)));
+            .with_on_commit(Arc::new(move |partition| committed.committed(partition)))
+            .with_on_changes(Arc::new(move |c| publish(&published, c)));
     // The standby fold shares the member cache: the two never fold one
     // partition at once (omnifold_ingest::Standbys).
     let standby =
@@ -374,7 +387,8 @@ pub async fn serve(config: Config) -> Result<()> {
             store_config: config.store.clone(),
             root: config.server.switch_root(&config.store.path),
         })
-        .with_max_request_bytes(config.server.max_request_bytes);
+        .with_max_request_bytes(config.server.max_request_bytes)
+        .with_changes(changes);
     if let Some(auth) = auth {
         app = app.with_auth(Arc::new(auth));
     }

@@ -25,10 +25,49 @@ pub enum ProfileCommand {
         #[arg(long, value_delimiter = ',')]
         fields: Vec<String>,
     },
+    /// Print the member's profile, then every change to it, one JSON line
+    /// each (with its version, `PARTITION:NEXT_OFFSET`), until interrupted.
+    Watch {
+        /// Member id (or anonymous id).
+        member: String,
+        #[arg(long, default_value = DEFAULT_SERVER, env = "OMNIFOLD_SERVER")]
+        server: String,
+        #[arg(long, value_delimiter = ',')]
+        fields: Vec<String>,
+        /// Resume after this version (`PARTITION:NEXT_OFFSET` of the last
+        /// change or progress seen) instead of starting with the profile now.
+        #[arg(long, value_parser = parse_cursor)]
+        from: Option<proto::WatchCursor>,
+    },
+}
+
+/// `PARTITION:NEXT_OFFSET`.
+fn parse_cursor(s: &str) -> Result<proto::WatchCursor, String> {
+    let bad = || format!("`{s}` is not PARTITION:NEXT_OFFSET (e.g. 3:1042), the version of a change");
+    let (p, n) = s.split_once(':').ok_or_else(bad)?;
+    Ok(proto::WatchCursor { partition: p.parse().map_err(|_| bad())?, next_offset: n.parse().map_err(|_| bad())? })
+}
+
+/// Prints each message of a watch as one JSON line.
+async fn watch(server: &str, member: String, fields: Vec<String>, from: Option<proto::WatchCursor>) -> Result<()> {
+    let mut client = proto::profile_service_client::ProfileServiceClient::new(connect(server).await?);
+    let req = proto::WatchProfileRequest {
+        member: member_ref(member),
+        read_mask: Some(FieldMask { paths: fields }),
+        resume_from: from.into_iter().collect(),
+        ..Default::default()
+    };
+    let status_error = |status: tonic::Status| anyhow::anyhow!("{:?}: {}", status.code(), status.message());
+    let mut stream = client.watch_profile(req).await.map_err(status_error)?.into_inner();
+    while let Some(msg) = stream.message().await.map_err(status_error)? {
+        println!("{}", serde_json::to_string(&msg)?);
+    }
+    Ok(())
 }
 
 pub async fn profile(cmd: ProfileCommand) -> Result<()> {
     match cmd {
+        ProfileCommand::Watch { member, server, fields, from } => watch(&server, member, fields, from).await,
         ProfileCommand::Get { member, server, fields } => {
             let mut client = proto::profile_service_client::ProfileServiceClient::new(connect(&server).await?);
             let req = proto::GetProfileRequest {

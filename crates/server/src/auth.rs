@@ -756,6 +756,12 @@ pub(crate) fn caller() -> Arc<Caller> {
     current().unwrap_or_else(|| Arc::new(Caller::unauthenticated()))
 }
 
+/// Runs `f` (a task spawned for the request, such as a stream's) as
+/// `caller`'s request.
+pub(crate) async fn scoped<F: std::future::Future>(caller: Arc<Caller>, f: F) -> F::Output {
+    CURRENT.scope(caller, f).await
+}
+
 /// Runs `f` (on a blocking thread) as `caller`'s request.
 pub(crate) fn as_caller<T>(caller: Option<Arc<Caller>>, f: impl FnOnce() -> T) -> T {
     match caller {

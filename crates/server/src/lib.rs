@@ -18,6 +18,7 @@ mod request;
 mod routing;
 mod services;
 mod tls;
+mod watch;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -37,6 +38,7 @@ use omnifold_proto::v1::{
 use omnifold_store::{Store, StoreHandle};
 pub use routing::{Elsewhere, Mode as RoutingMode, Owner, OwnerClaim, Owners, Routing, StandbyCopy};
 pub use tls::{Tls, TlsConfig};
+pub use watch::{Changes, DEFAULT_MAX_WATCHERS, DEFAULT_WATCH_BUFFER_BYTES, DEFAULT_WATCH_PROGRESS};
 
 /// The crate's one error type; `From<Error> for Status` is the only place
 /// errors become gRPC statuses.
@@ -52,6 +54,13 @@ pub enum Error {
     Unavailable(String),
     #[error("{0}")]
     Unimplemented(&'static str),
+    #[error("{0}")]
+    OutOfRange(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// The client of a stream went away (ends the stream's task; never an answer).
+    #[error("the client went away")]
+    Gone,
     /// Not answered here: another instance owns the member's partition,
     /// or it is moving.
     #[error("{}", .0.message)]
@@ -80,6 +89,9 @@ impl From<Error> for Status {
             Error::FailedPrecondition(m) => Status::failed_precondition(m),
             Error::Unavailable(m) => Status::unavailable(m),
             Error::Unimplemented(m) => Status::unimplemented(m),
+            Error::OutOfRange(m) => Status::out_of_range(m),
+            Error::ResourceExhausted(m) => Status::resource_exhausted(m),
+            Error::Gone => Status::cancelled("the client went away"),
             Error::Elsewhere(e) => e.into_status(),
             other => {
                 tracing::error!(error = %other, "internal error");
@@ -109,6 +121,9 @@ pub struct AppState {
     pub routing: Option<Routing>,
     /// Where `TakeSnapshot` goes (absent: snapshots are off).
     pub snapshots: Option<Arc<dyn SnapshotTaker>>,
+    /// What the fold committed here, for `WatchProfile` (absent: nothing
+    /// is folded here to watch).
+    pub changes: Option<watch::Changes>,
     /// Where admin and loyalty-write calls are recorded (absent: not recorded).
     pub audit: Option<Arc<dyn audit::AuditLog>>,
     /// Which traits are plain or sensitive, and the consent sensitive data needs.
@@ -206,6 +221,7 @@ impl AppState {
             snapshots: None,
             auth: None,
             audit: None,
+            changes: None,
             privacy: Arc::default(),
             tls: None,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
@@ -265,6 +281,12 @@ impl AppState {
     /// Requests larger than `n` bytes are refused (RESOURCE_EXHAUSTED).
     pub fn with_max_request_bytes(mut self, n: usize) -> Self {
         self.max_request_bytes = n;
+        self
+    }
+
+    /// Serves `WatchProfile` from what the fold publishes to `changes`.
+    pub fn with_changes(mut self, changes: watch::Changes) -> Self {
+        self.changes = Some(changes);
         self
     }
 

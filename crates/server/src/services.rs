@@ -1,9 +1,6 @@
 //! The three omnifold services. Handlers validate (request.rs), read the
 //! store, and convert (convert.rs); nothing else.
 
-use std::pin::Pin;
-
-use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use omnifold_core::fold::{Position, apply};
@@ -101,7 +98,7 @@ fn resolve_with(state: &AppState, addr: &MemberAddress, books: Books) -> Result<
 /// Whether the caller of this request may see `m`: a caller bound to a
 /// purpose sees only members who granted it. A member it may not see
 /// answers exactly as one that does not exist.
-fn visible(m: &Member) -> bool {
+pub(crate) fn visible(m: &Member) -> bool {
     let caller = auth::caller();
     caller.purpose.as_ref().is_none_or(|p| m.consents.get(p).is_some_and(|c| c.value.granted))
 }
@@ -247,12 +244,12 @@ fn find(state: &AppState, addr: &MemberAddress) -> Result<Member, Error> {
 }
 
 /// The member a profile read returns, with only what `mask` needs loaded.
-fn find_for(state: &AppState, addr: &MemberAddress, mask: &ReadMask) -> Result<Member, Error> {
+pub(crate) fn find_for(state: &AppState, addr: &MemberAddress, mask: &ReadMask) -> Result<Member, Error> {
     Ok(resolve_with(state, addr, mask.books())?.member)
 }
 
 /// `m`'s profile as the request's caller may see it (privacy.rs).
-fn profile_for(state: &AppState, m: &Member, at: Millis, mask: &ReadMask) -> proto::Profile {
+pub(crate) fn profile_for(state: &AppState, m: &Member, at: Millis, mask: &ReadMask) -> proto::Profile {
     let mut p = convert::profile(m, at, mask, &state.fold);
     privacy::profile(&mut p, privacy::view_of(&auth::caller(), m, &state.privacy), &state.privacy);
     p
@@ -386,13 +383,29 @@ impl proto::profile_service_server::ProfileService for Profiles {
         Ok(served.respond(found))
     }
 
-    type WatchProfileStream = Pin<Box<dyn Stream<Item = Result<proto::Profile, Status>> + Send + 'static>>;
+    type WatchProfileStream = crate::watch::WatchStream;
 
     async fn watch_profile(
         &self,
-        _req: Request<proto::WatchProfileRequest>,
+        req: Request<proto::WatchProfileRequest>,
     ) -> Result<Response<Self::WatchProfileStream>, Status> {
-        Err(Error::Unimplemented("WatchProfile is not available yet; poll GetProfile and compare version").into())
+        let (meta, _, r) = req.into_parts();
+        let hop = Hop::of(&meta)?;
+        // One member's watch goes to the instance that folds it.
+        if r.partitions.is_none()
+            && r.members.is_empty()
+            && let Some(member) = &r.member
+        {
+            let addr = MemberAddress::try_from(Some(member.clone()))?;
+            if let Route::There(to) = self.0.route(&addr, &hop).await? {
+                return to
+                    .send(r, |c, req| async move { ProfileServiceClient::new(c).watch_profile(req).await })
+                    .await
+                    .map(|resp| resp.map(|s| Box::pin(s) as Self::WatchProfileStream));
+            }
+        }
+        let stream = crate::watch::start(self.0.clone(), r).await?;
+        Ok(Response::new(stream))
     }
 }
 

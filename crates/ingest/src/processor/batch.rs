@@ -18,7 +18,7 @@ use omnifold_core::fold::{self, Position, kind_of};
 use omnifold_core::member::{Lineage, ProfileKind};
 use omnifold_core::partition::partition_for;
 use omnifold_core::time::DAY;
-use omnifold_core::{Effects, Event, LedgerEntry, Member, Payload, Verdict, decode_event};
+use omnifold_core::{Change, Effects, Event, LedgerEntry, Member, Payload, Verdict, decode_event};
 use omnifold_store::{Batch, JoinPart, Store};
 
 use super::{OutRecord, Processed, Processor, Record};
@@ -525,6 +525,7 @@ impl<'a> Run<'a> {
                 self.batch.put_member(store, m, self.loaded.get(key).copied());
             }
         }
+        let changes = if self.p.on_changes.is_some() { self.changes(&dirty) } else { Vec::new() };
         let next_offset = self.records.last().map_or(0, |r| r.offset + 1);
         if !self.records.is_empty() {
             self.batch.set_next_offset(store, next_offset);
@@ -544,6 +545,7 @@ impl<'a> Run<'a> {
             store: self.store.clone(),
             batch: self.batch,
             touched,
+            changes,
             partition: self.partition,
             dead_letters: self.dead_letters,
             outbox: self.outbox,
@@ -552,8 +554,26 @@ impl<'a> Run<'a> {
             duplicates: self.duplicates,
             misrouted: self.misrouted,
             forwarded: self.forwarded,
+            first_offset: self.records.first().map_or(0, |r| r.offset),
             next_offset,
         })
+    }
+
+    /// What the batch changed, for the change stream: each changed
+    /// profile as committed (none when its record is deleted), in fold
+    /// order. Erasure markers are omnifold's own and are left out.
+    fn changes(&self, dirty: &[String]) -> Vec<Change> {
+        let mut changes: Vec<Change> = dirty
+            .iter()
+            .filter(|k| !k.starts_with(ERASED_PREFIX))
+            .filter_map(|key| {
+                let m = self.members.get(key)?;
+                let member = (!self.deleted.contains(key)).then(|| Arc::new(m.clone()));
+                Some(Change { key: key.clone(), next_offset: m.version.next_offset, member })
+            })
+            .collect();
+        changes.sort_by(|a, b| (a.next_offset, &a.key).cmp(&(b.next_offset, &b.key)));
+        changes
     }
 
     fn prune_histories(&mut self, dirty: &[String]) -> Result<()> {

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tracing::error;
 
-use omnifold_core::{FoldConfig, Member};
+use omnifold_core::{Change, FoldConfig, Member};
 use omnifold_store::{Batch, Store, StoreHandle};
 
 use crate::Result;
@@ -82,6 +82,9 @@ pub struct Processed {
     /// The members the batch read, as they are after it: they go back into
     /// the cache only once the batch is committed.
     touched: Vec<Member>,
+    /// What the batch changed, for the change stream (empty unless the
+    /// processor reports changes: [`Processor::with_on_changes`]).
+    changes: Vec<Change>,
     partition: u32,
     pub dead_letters: Vec<DeadLetter>,
     /// Events for the events topic: forwards to the partition that owns
@@ -96,7 +99,19 @@ pub struct Processed {
     pub misrouted: u64,
     /// Events forwarded to the member their key joined.
     pub forwarded: u64,
+    /// The offset of the batch's first record.
+    pub first_offset: i64,
     pub next_offset: i64,
+}
+
+/// A committed batch's changes: the records `first_offset..next_offset`
+/// of `partition`.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub partition: u32,
+    pub first_offset: i64,
+    pub next_offset: i64,
+    pub changes: Vec<Change>,
 }
 
 impl Processed {
@@ -121,6 +136,9 @@ pub const DEFAULT_MEMBER_CACHE_BYTES: usize = 128 << 20;
 /// requests waiting for a verdict).
 pub type OnCommit = Arc<dyn Fn(u32) + Send + Sync>;
 
+/// Called with each committed batch's changes (the change stream).
+pub type OnChanges = Arc<dyn Fn(Committed) + Send + Sync>;
+
 /// Folds records of one topic into the store.
 #[derive(Clone)]
 pub struct Processor {
@@ -137,6 +155,7 @@ pub struct Processor {
     /// them back only after its commit, so the cache is never ahead of the store.
     cache: Cache,
     on_commit: Option<OnCommit>,
+    on_changes: Option<OnChanges>,
 }
 
 impl Processor {
@@ -170,6 +189,7 @@ impl Processor {
             signer,
             cache: None,
             on_commit: None,
+            on_changes: None,
         }
     }
 
@@ -203,6 +223,12 @@ impl Processor {
         self
     }
 
+    /// Calls `f` with what each batch changed, after its commit.
+    pub fn with_on_changes(mut self, f: OnChanges) -> Self {
+        self.on_changes = Some(f);
+        self
+    }
+
     /// Forgets every cached member (the store behind the handle changed).
     pub fn clear_cache(&self) {
         if let Some(cache) = &self.cache {
@@ -215,6 +241,16 @@ impl Processor {
         processed.store.commit(processed.batch)?;
         if let Some(f) = &self.on_commit {
             f(processed.partition);
+        }
+        if let Some(f) = &self.on_changes
+            && processed.next_offset > processed.first_offset
+        {
+            f(Committed {
+                partition: processed.partition,
+                first_offset: processed.first_offset,
+                next_offset: processed.next_offset,
+                changes: processed.changes,
+            });
         }
         if let Some(cache) = &self.cache {
             let mut cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
