@@ -143,16 +143,11 @@ impl Config {
             }
             None => toml::Table::new(),
         };
+        let defaults = toml::Table::try_from(Config::default()).context("the defaults as TOML")?;
         for (name, value) in env {
-            let Some(path) = name.strip_prefix(ENV_PREFIX) else {
-                continue;
-            };
-            // Variables the CLI reads itself are not config paths.
-            if !path.contains("__") {
-                continue;
-            }
-            let keys: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
-            set_path(&mut table, &keys, parse_value(value)).with_context(|| format!("applying {name}"))?;
+            let Some(keys) = env_path(name) else { continue };
+            let value = typed_value(&defaults, &keys, value);
+            set_path(&mut table, &keys, value).with_context(|| format!("applying {name}"))?;
         }
         let config: Config = toml::Value::Table(table).try_into().context("invalid configuration")?;
         config.validate()
@@ -191,12 +186,83 @@ impl Config {
     }
 }
 
+/// The configuration path an `OMNIFOLD_SECTION__KEY` variable sets; none
+/// for other variables (those the CLI reads itself have no `__`).
+///
+/// librdkafka's properties hold dots, which a variable name cannot: under
+/// `kafka.librdkafka`, `_` stands for `.`
+/// (`OMNIFOLD_KAFKA__LIBRDKAFKA__SECURITY_PROTOCOL` sets `security.protocol`).
+fn env_path(name: &str) -> Option<Vec<String>> {
+    let path = name.strip_prefix(ENV_PREFIX).filter(|p| p.contains("__"))?;
+    let mut keys: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
+    if let [kafka, librdkafka, property] = keys.as_mut_slice()
+        && kafka == "kafka"
+        && librdkafka == "librdkafka"
+    {
+        *property = property.replace('_', ".");
+    }
+    Some(keys)
+}
+
+/// An environment value as the type the option at `keys` has: a string
+/// option takes the text as it is (`OMNIFOLD_KAFKA__GROUP_ID=2024` is the
+/// group "2024"); a number, boolean or list option parses it as TOML. A
+/// new entry of a map takes the type of the map's other entries (currency
+/// rates are numbers), and is text in a map with none (librdkafka
+/// properties, object store options).
+fn typed_value(defaults: &toml::Table, keys: &[String], raw: &str) -> toml::Value {
+    let Some((last, parents)) = keys.split_last() else {
+        return toml::Value::String(raw.to_owned());
+    };
+    let parent = parents.iter().try_fold(defaults, |t, k| t.get(k).and_then(toml::Value::as_table));
+    let like = parent.and_then(|t| t.get(last).or_else(|| t.values().next()));
+    match like {
+        Some(toml::Value::String(_) | toml::Value::Table(_)) | None => toml::Value::String(raw.to_owned()),
+        Some(_) => parse_value(raw),
+    }
+}
+
 fn parse_value(raw: &str) -> toml::Value {
-    // Numbers and booleans keep their type; anything else is a string.
+    // Numbers and booleans keep their type; anything else is a string
+    // (and the option's own type then says what is wrong).
     match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
         Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_owned())),
         Err(_) => toml::Value::String(raw.to_owned()),
     }
+}
+
+/// The configuration as TOML with every secret replaced by `<hidden>`:
+/// the internal secrets, and any option or property whose name says it
+/// holds one (passwords, secret keys, tokens, private keys).
+pub fn redacted(config: &Config) -> Result<String> {
+    let mut table = toml::Table::try_from(config).context("the configuration as TOML")?;
+    redact(&mut table);
+    toml::to_string(&table).context("printing the configuration")
+}
+
+const HIDDEN: &str = "<hidden>";
+
+fn redact(table: &mut toml::Table) {
+    for (name, value) in table.iter_mut() {
+        match value {
+            toml::Value::Table(inner) => redact(inner),
+            _ if !secret_name(name) => {}
+            toml::Value::String(s) if !s.is_empty() => *s = HIDDEN.into(),
+            toml::Value::Array(items) => {
+                for item in items.iter_mut() {
+                    *item = toml::Value::String(HIDDEN.into());
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn secret_name(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["secret", "password", "token", "credential", "private", "key.pem", "access_key", "sas_key"]
+        .iter()
+        .any(|s| name.contains(s))
 }
 
 fn set_path(table: &mut toml::Table, keys: &[String], value: toml::Value) -> Result<()> {
@@ -303,6 +369,52 @@ mod tests {
             format!("{err:#}").contains("[snapshots]: invalid snapshot config: retain must be 1 to 1000"),
             "{err:#}"
         );
+    }
+
+    #[test]
+    fn env_values_take_the_type_of_their_option() {
+        let c = Config::load(
+            None,
+            &env(&[
+                ("OMNIFOLD_KAFKA__GROUP_ID", "2024"),
+                ("OMNIFOLD_KAFKA__TOPIC", "true"),
+                ("OMNIFOLD_SERVER__MAX_WATCHERS", "7"),
+                ("OMNIFOLD_KAFKA__LIBRDKAFKA__SECURITY_PROTOCOL", "SASL_SSL"),
+                ("OMNIFOLD_KAFKA__LIBRDKAFKA__SOCKET_TIMEOUT_MS", "30000"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.kafka.group_id, "2024");
+        assert_eq!(c.kafka.topic, "true");
+        assert_eq!(c.server.max_watchers, 7);
+        assert_eq!(c.kafka.librdkafka["security.protocol"], "SASL_SSL");
+        assert_eq!(c.kafka.librdkafka["socket.timeout.ms"], "30000");
+        let err = Config::load(None, &env(&[("OMNIFOLD_SERVER__MAX_WATCHERS", "many")])).unwrap_err();
+        assert!(format!("{err:#}").contains("max_watchers"), "{err:#}");
+    }
+
+    #[test]
+    fn the_printed_configuration_hides_secrets() {
+        let secret = "s".repeat(40);
+        let c = Config::load(
+            None,
+            &env(&[
+                ("OMNIFOLD_KAFKA__INTERNAL_SECRET", secret.as_str()),
+                ("OMNIFOLD_KAFKA__LIBRDKAFKA__SASL_PASSWORD", "hunter2"),
+                ("OMNIFOLD_SNAPSHOTS__OPTIONS__AWS_SECRET_ACCESS_KEY", "wJalr"),
+                ("OMNIFOLD_KAFKA__GROUP_ID", "visible-group"),
+            ]),
+        )
+        .unwrap();
+        let printed = redacted(&c).unwrap();
+        for s in [secret.as_str(), "hunter2", "wJalr"] {
+            assert!(!printed.contains(s), "{s} printed:\n{printed}");
+        }
+        assert!(printed.contains("visible-group"));
+        assert_eq!(printed.matches(HIDDEN).count(), 3, "{printed}");
+        // What is printed is a configuration file that loads.
+        let back: Config = toml::from_str(&printed).unwrap();
+        assert_eq!(back.kafka.group_id, "visible-group");
     }
 
     #[test]

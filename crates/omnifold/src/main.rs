@@ -151,11 +151,36 @@ enum Command {
         #[command(subcommand)]
         command: keys::KeysCommand,
     },
+    /// The configuration: `config check FILE` validates a file (with the
+    /// `OMNIFOLD_*` overrides) and prints the effective configuration,
+    /// secrets hidden.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Manage the topics omnifold uses.
     Topics {
         #[command(subcommand)]
         command: tools::TopicsCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate FILE with the environment's overrides; print the result as TOML, secrets hidden.
+    Check { file: PathBuf },
+}
+
+/// `config check`: the file as `serve` would take it.
+fn config_command(command: ConfigCommand, env: &BTreeMap<String, String>) -> Result<()> {
+    match command {
+        ConfigCommand::Check { file } => {
+            let config = Config::load(Some(&file), env)?;
+            print!("{}", config::redacted(&config)?);
+            eprintln!("{} is valid", file.display());
+            Ok(())
+        }
+    }
 }
 
 fn init_logging(verbose: u8, json: bool) {
@@ -187,12 +212,16 @@ fn run() -> Result<()> {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.log_json);
     let env: BTreeMap<String, String> = std::env::vars().collect();
+    let command = match cli.command {
+        Command::Config { command } => return config_command(command, &env),
+        other => other,
+    };
     let mut config = Config::load(cli.config.as_deref(), &env)?;
     if let Some(b) = cli.brokers {
         config.kafka.brokers = b;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    match cli.command {
+    match command {
         Command::Serve { listen, data_dir, metrics_listen } => {
             if let Some(l) = listen {
                 config.server.listen = l;
@@ -219,6 +248,7 @@ fn run() -> Result<()> {
         Command::Topics { command } => runtime.block_on(tools::topics(&config, command)),
         Command::Snapshot { command } => snapshot::run(&config, &runtime, command),
         Command::Keys { command } => keys::run(command),
+        Command::Config { command } => config_command(command, &env),
         Command::Audit(args) => audit::run(&config, &args),
         Command::Erase { member, request_id, reason, server } => {
             runtime.block_on(tools::erase(server, member, request_id, reason))

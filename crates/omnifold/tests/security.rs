@@ -50,6 +50,24 @@ async fn call(conn: &Conn, path: &str) -> Code {
     }
 }
 
+/// The services server reflection lists.
+async fn reflected_services(conn: Conn) -> Vec<String> {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let ask = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers =
+        ServerReflectionClient::new(conn).server_reflection_info(tokio_stream::iter([ask])).await.unwrap().into_inner();
+    match answers.message().await.unwrap().and_then(|a| a.message_response) {
+        Some(MessageResponse::ListServicesResponse(list)) => list.service.into_iter().map(|s| s.name).collect(),
+        other => panic!("expected a list of services, got {other:?}"),
+    }
+}
+
 /// An Ed25519 signing key and its JWKS file.
 struct Issuer {
     key: jsonwebtoken::EncodingKey,
@@ -170,6 +188,16 @@ async fn every_call_needs_credentials_and_each_method_its_scope() {
         call(&anonymous, "grpc.reflection.v1.ServerReflection/ServerReflectionInfo").await,
         Code::Unauthenticated
     );
+    // With a key, reflection lists every service, health included (grpcurl's `list`).
+    let services = reflected_services(connect_as(&service.grpc, Some(&admin_key)).await.unwrap()).await;
+    for s in [
+        "grpc.health.v1.Health",
+        "omnifold.v1.ProfileService",
+        "omnifold.v1.LoyaltyService",
+        "omnifold.v1.AdminService",
+    ] {
+        assert!(services.iter().any(|l| l == s), "{s} not in {services:?}");
+    }
 
     // The CLI sends OMNIFOLD_API_KEY: with the key it works, without it it says why.
     let status = setup

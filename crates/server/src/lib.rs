@@ -423,6 +423,7 @@ pub async fn run(listener: TcpListener, state: AppState, shutdown: impl Future<O
     let watcher = state.ingest.clone().map(|ingest| tokio::spawn(health::watch(ingest, health.clone())));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(omnifold_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let limit = state.max_request_bytes;
     let mut server = tonic::transport::Server::builder();
