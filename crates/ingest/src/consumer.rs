@@ -319,6 +319,7 @@ pub fn run(cfg: &IngestConfig, processor: Processor, shutdown: Shutdown, opts: R
     // Before the client starts its threads, so they inherit it.
     crate::priority::lower_this_thread(cfg.fold_nice);
     let status = opts.status.clone();
+    status.set_source(&cfg.group_id, &cfg.topic);
     status.set_running(true);
     let result = run_inner(cfg, processor, shutdown, opts);
     status.set_running(false);
@@ -570,7 +571,9 @@ impl Ingest<'_> {
             if let Some(o) = self.deliver(&self.cfg.dead_letter_topic.clone(), &letters) {
                 return Some(o);
             }
-            metrics::counter!("omnifold_dead_letters_total").increment(letters.len() as u64);
+            for d in &processed.dead_letters {
+                metrics::counter!("omnifold_dead_letters_total", "reason" => d.kind).increment(1);
+            }
         }
         if !processed.index.is_empty()
             && let Some(o) = self.deliver(&self.cfg.identity_topic.clone(), &processed.index)
@@ -788,10 +791,14 @@ fn commit(processor: &Processor, status: &IngestStatus, partition: u32, processe
     metrics::counter!("omnifold_events_misrouted_total").increment(processed.misrouted);
     metrics::counter!("omnifold_events_forwarded_total").increment(processed.forwarded);
     let (next, applied, duplicates) = (processed.next_offset, processed.applied, processed.duplicates);
+    let records = processed.next_offset - processed.first_offset;
     failpoint::hit("before_commit");
+    let started = std::time::Instant::now();
     if let Err(e) = processor.commit(processed) {
         return Outcome::Fault { reason: format!("the store refused the batch: {e}"), store: true };
     }
+    metrics::histogram!("omnifold_commit_seconds").record(started.elapsed().as_secs_f64());
+    metrics::histogram!("omnifold_batch_records").record(records as f64);
     failpoint::hit("after_commit");
     status.committed(partition, next);
     status.healthy(partition);

@@ -45,6 +45,8 @@ pub struct Snapshot {
     /// Warm copies of partitions other instances own (`kafka.standby`):
     /// the next offset each has folded to.
     pub standby: BTreeMap<u32, i64>,
+    /// The consumer group and topic, the labels of the lag metrics.
+    pub source: Option<(String, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +70,11 @@ pub struct PartitionHealth {
     /// The partition's end (high watermark) at the consumer's last
     /// statistics, for lag.
     pub end: Option<i64>,
+    /// Ends seen that the fold has not reached yet, each with when it was
+    /// first seen (Unix ms), oldest first: the first one's time is when
+    /// the oldest record not folded yet was there (lag in seconds, as
+    /// kafka-lag-exporter estimates it from offsets and times).
+    pub ends_seen: std::collections::VecDeque<(i64, i64)>,
     /// Not assigned (yet): kept from this instance's own last ownership
     /// after a restart, answered from the store until the group assigns
     /// the partition or another instance claims it.
@@ -84,10 +91,62 @@ pub struct SnapshotMark {
     pub taken_at_ms: i64,
 }
 
+/// Ends remembered per partition for the lag in seconds; when more
+/// arrive, the second oldest is dropped, so the oldest time stays exact.
+const ENDS_SEEN: usize = 64;
+
 impl PartitionHealth {
     /// Caught up far enough to answer for the partition.
     pub fn serving(&self) -> bool {
         self.target.is_some_and(|t| self.applied >= t)
+    }
+
+    /// Records behind the partition's end (0 when the end is not known).
+    pub fn lag(&self) -> i64 {
+        self.end.map_or(0, |end| (end - self.applied).max(0))
+    }
+
+    /// How long the oldest record not folded yet has been in the
+    /// partition, in milliseconds (0 when caught up).
+    pub fn lag_ms(&self, now_ms: i64) -> i64 {
+        match self.ends_seen.front() {
+            Some((_, at)) if self.lag() > 0 => (now_ms - at).max(0),
+            _ => 0,
+        }
+    }
+
+    fn saw_end(&mut self, end: i64, at: i64) {
+        if end > self.applied && self.ends_seen.back().is_none_or(|(last, _)| end > *last) {
+            if self.ends_seen.len() >= ENDS_SEEN {
+                self.ends_seen.remove(1);
+            }
+            self.ends_seen.push_back((end, at));
+        }
+    }
+
+    /// Drops the ends the fold has reached.
+    fn forget_folded_ends(&mut self) {
+        while self.ends_seen.front().is_some_and(|(end, _)| *end <= self.applied) {
+            self.ends_seen.pop_front();
+        }
+    }
+}
+
+impl Snapshot {
+    /// The lag of every partition folded here, named and labelled as
+    /// kafka-lag-exporter does, so its dashboards and alerts apply.
+    fn export_lag(&self, now_ms: i64) {
+        let Some((group, topic)) = &self.source else { return };
+        for (p, h) in self.partitions.iter().filter(|(_, h)| !h.resting) {
+            let labels = [("group", group.clone()), ("topic", topic.clone()), ("partition", p.to_string())];
+            metrics::gauge!("kafka_consumergroup_group_lag", &labels).set(h.lag() as f64);
+            metrics::gauge!("kafka_consumergroup_group_lag_seconds", &labels).set(h.lag_ms(now_ms) as f64 / 1e3);
+            metrics::gauge!("kafka_consumergroup_group_offset", &labels).set(h.applied as f64);
+            if let Some(end) = h.end {
+                let labels = [("topic", topic.clone()), ("partition", p.to_string())];
+                metrics::gauge!("kafka_partition_latest_offset", &labels).set(end as f64);
+            }
+        }
     }
 }
 
@@ -166,8 +225,10 @@ impl IngestStatus {
                 };
                 if let Some(h) = s.partitions.get_mut(&p) {
                     h.end = Some(part.hi_offset);
+                    h.saw_end(part.hi_offset, now_ms());
                 }
             }
+            s.export_lag(now_ms());
         });
     }
 
@@ -210,8 +271,14 @@ impl IngestStatus {
         self.with(|s| {
             if let Some(h) = s.partitions.get_mut(&partition) {
                 h.applied = h.applied.max(next);
+                h.forget_folded_ends();
             }
         });
+    }
+
+    /// The consumer group and topic ingest reads (the lag metrics' labels).
+    pub(crate) fn set_source(&self, group: &str, topic: &str) {
+        self.with(|s| s.source = Some((group.to_owned(), topic.to_owned())));
     }
 
     /// Sets where `partition` must reach before it is answered for.
@@ -314,3 +381,39 @@ impl rdkafka::ClientContext for Quiet {
 }
 
 impl rdkafka::consumer::ConsumerContext for Quiet {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_in_seconds_is_the_age_of_the_oldest_record_not_folded() {
+        let mut h = PartitionHealth { applied: 10, end: Some(10), ..PartitionHealth::default() };
+        h.saw_end(10, 1_000);
+        assert_eq!((h.lag(), h.lag_ms(5_000)), (0, 0), "caught up");
+        // Records arrive at 2 s and 3 s; the fold is still at 10.
+        h.end = Some(12);
+        h.saw_end(12, 2_000);
+        h.end = Some(15);
+        h.saw_end(15, 3_000);
+        assert_eq!((h.lag(), h.lag_ms(6_000)), (5, 4_000), "waiting since 2 s");
+        // The fold passes 12: the oldest left arrived at 3 s.
+        h.applied = 13;
+        h.forget_folded_ends();
+        assert_eq!((h.lag(), h.lag_ms(6_000)), (2, 3_000));
+        h.applied = 15;
+        h.forget_folded_ends();
+        assert_eq!((h.lag(), h.lag_ms(6_000)), (0, 0));
+    }
+
+    #[test]
+    fn many_ends_keep_the_oldest_time() {
+        let mut h = PartitionHealth { applied: 0, ..PartitionHealth::default() };
+        for i in 1..=(ENDS_SEEN as i64 * 3) {
+            h.end = Some(i);
+            h.saw_end(i, i * 100);
+        }
+        assert_eq!(h.ends_seen.len(), ENDS_SEEN);
+        assert_eq!(h.lag_ms(100_000), 100_000 - 100);
+    }
+}

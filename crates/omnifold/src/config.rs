@@ -51,6 +51,9 @@ pub struct ServerConfig {
     pub max_watchers: usize,
     /// A quiet watch gets a progress message this often.
     pub watch_progress_ms: u64,
+    /// Not ready (health of reads, `/readyz`) while a partition folded here
+    /// is more than this many records behind its end.
+    pub ready_max_lag: i64,
 }
 
 /// `server.routing`.
@@ -114,6 +117,7 @@ impl Default for ServerConfig {
             watch_buffer_bytes: omnifold_server::DEFAULT_WATCH_BUFFER_BYTES,
             max_watchers: omnifold_server::DEFAULT_MAX_WATCHERS,
             watch_progress_ms: omnifold_server::DEFAULT_WATCH_PROGRESS.as_millis() as u64,
+            ready_max_lag: omnifold_server::DEFAULT_READY_MAX_LAG,
         }
     }
 }
@@ -178,6 +182,9 @@ impl Config {
         }
         if !(10..=3_600_000).contains(&self.server.watch_progress_ms) {
             bail!("[server] watch_progress_ms must be 10 to 3600000, got {}", self.server.watch_progress_ms);
+        }
+        if self.server.ready_max_lag < 0 {
+            bail!("[server] ready_max_lag must be 0 or more records, got {}", self.server.ready_max_lag);
         }
         if self.server.read_threads > 1024 {
             bail!("[server] read_threads must be 0 (twice the cores) to 1024, got {}", self.server.read_threads);

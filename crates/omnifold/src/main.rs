@@ -8,6 +8,7 @@ mod config;
 mod data;
 mod demo;
 mod keys;
+mod ops;
 mod produce;
 mod serve;
 mod snapshot;
@@ -39,8 +40,8 @@ struct Cli {
     /// More log output (-v info, -vv debug). RUST_LOG takes precedence.
     #[arg(long, short, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
-    /// Log as JSON lines.
-    #[arg(long, global = true)]
+    /// Log as JSON lines (for log shippers).
+    #[arg(long, global = true, env = "OMNIFOLD_LOG_JSON")]
     log_json: bool,
     #[command(subcommand)]
     command: Command,

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
@@ -71,7 +72,8 @@ impl IngestHealth for Health {
                 .into_iter()
                 .filter(|(_, h)| !h.resting)
                 .map(|(p, h)| {
-                    (p, PartitionReport { stalled: h.stalled.map(|st| (st.reason, st.since_ms, st.retries)) })
+                    let lag = h.end.map(|_| h.lag());
+                    (p, PartitionReport { stalled: h.stalled.map(|st| (st.reason, st.since_ms, st.retries)), lag })
                 })
                 .collect(),
         }
@@ -173,15 +175,15 @@ fn open_snapshots(config: &Config, instance: &str) -> Result<Option<Arc<Snapshot
     Ok(Some(Arc::new(snapshots)))
 }
 
-fn start_metrics(config: &Config) -> Result<()> {
-    if !config.server.metrics_listen.is_empty() {
-        let addr: std::net::SocketAddr = config.server.metrics_listen.parse().context("server.metrics_listen")?;
-        metrics_exporter_prometheus::PrometheusBuilder::new()
-            .with_http_listener(addr)
-            .install()
-            .context("starting the metrics endpoint")?;
+/// The operator's HTTP port, bound at start, and the metrics recorder.
+async fn start_metrics(config: &Config) -> Result<Option<(tokio::net::TcpListener, PrometheusHandle)>> {
+    if config.server.metrics_listen.is_empty() {
+        return Ok(None);
     }
-    Ok(())
+    let addr: std::net::SocketAddr = config.server.metrics_listen.parse().context("server.metrics_listen")?;
+    let handle = crate::ops::install()?;
+    let listener = TcpListener::bind(addr).await.with_context(|| format!("binding server.metrics_listen {addr}"))?;
+    Ok(Some((listener, handle)))
 }
 
 /// A thread beside ingest that runs until shutdown (the identity index,
@@ -273,7 +275,7 @@ const STORE_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10)
 
 pub async fn serve(config: Config) -> Result<()> {
     let stop = stop_signal();
-    start_metrics(&config)?;
+    let metrics = start_metrics(&config).await?;
     let auth = omnifold_server::Authenticator::from_config(&config.auth).context("[auth]")?;
     let tls = config.server.tls.load().context("[server.tls]")?;
     if auth.is_none() {
@@ -388,6 +390,7 @@ pub async fn serve(config: Config) -> Result<()> {
             root: config.server.switch_root(&config.store.path),
         })
         .with_max_request_bytes(config.server.max_request_bytes)
+        .with_ready_max_lag(config.server.ready_max_lag)
         .with_changes(changes);
     if let Some(auth) = auth {
         app = app.with_auth(Arc::new(auth));
@@ -404,6 +407,20 @@ pub async fn serve(config: Config) -> Result<()> {
     let server = tokio::spawn(omnifold_server::run(listener, app, async {
         let _ = stop_rx.await;
     }));
+    // The operator's port: metrics and probes, until the process ends.
+    let ops = metrics.map(|(listener, handle)| {
+        let health = Arc::new(Health(status.clone()));
+        let served =
+            crate::ops::serve(listener, handle.clone(), health, config.server.ready_max_lag, std::future::pending());
+        [
+            tokio::spawn(async move {
+                if let Err(e) = served.await {
+                    warn!(error = %e, "the metrics endpoint stopped")
+                }
+            }),
+            tokio::spawn(crate::ops::sample(handle, stores.clone(), status.clone())),
+        ]
+    });
 
     let mut folded = Vec::new();
     let ingest = tokio::select! {
@@ -420,6 +437,9 @@ pub async fn serve(config: Config) -> Result<()> {
     };
     shutdown.trigger();
     let _ = stop_tx.send(());
+    for task in ops.into_iter().flatten() {
+        task.abort();
+    }
     // Its error is returned only once the threads are joined and the store closed.
     let served = server.await.context("gRPC server task").and_then(|r| r.context("gRPC server"));
     let mut background = vec![index.ended().await, owners.ended().await];

@@ -85,7 +85,10 @@ async fn a_broker_away_for_30_s_loses_nothing_and_redemptions_answer_unavailable
     })
     .await;
     service.wait_health("omnifold.ingest", NOT_SERVING).await;
+    // Redemptions go through the log: not served; reads answer from the store: served.
+    service.wait_health("omnifold.v1.LoyaltyService", NOT_SERVING).await;
     assert_eq!(service.health("").await, SERVING, "the server itself serves");
+    assert_eq!(service.health("omnifold.v1.ProfileService").await, SERVING);
     // Reads answer from the store.
     let p = get(&service, "m-0").await.expect("a read during the outage");
     assert_eq!(p.purchases.unwrap().orders, 1);
@@ -129,6 +132,7 @@ async fn a_broker_away_for_30_s_loses_nothing_and_redemptions_answer_unavailable
     let total = (first.len() + n) as i64;
     service.wait_consumed(&setup, total).await;
     service.wait_health("omnifold.ingest", SERVING).await;
+    service.wait_health("omnifold.v1.LoyaltyService", SERVING).await;
     for m in 0..n {
         let p = get(&service, &format!("m-{m}")).await.unwrap();
         assert_eq!(p.browse.unwrap().product_views, 1, "m-{m}: the cookie's history joined");

@@ -183,7 +183,7 @@ async fn every_call_needs_credentials_and_each_method_its_scope() {
     assert!(e.message().starts_with("`ops-portal` may not call"), "{}", e.message());
 
     // Health answers probes without credentials; reflection does not.
-    assert_eq!(service.health("").await, 1);
+    service.wait_health("", 1).await;
     assert_eq!(
         call(&anonymous, "grpc.reflection.v1.ServerReflection/ServerReflectionInfo").await,
         Code::Unauthenticated

@@ -17,6 +17,7 @@ pub mod privacy;
 mod request;
 mod routing;
 mod services;
+mod telemetry;
 mod tls;
 mod watch;
 
@@ -29,7 +30,7 @@ use tonic::Status;
 
 pub use auth::{AuthConfig, Authenticator, Caller, Scope};
 pub use commands::{CommandLog, Commands, Commits};
-pub use health::{IngestHealth, IngestReport, PartitionReport};
+pub use health::{DEFAULT_READY_MAX_LAG, IngestHealth, IngestReport, PartitionReport};
 use omnifold_core::{FoldConfig, Member, Millis, partition::partition_for};
 use omnifold_proto::v1::{
     admin_service_server::AdminServiceServer, loyalty_service_server::LoyaltyServiceServer,
@@ -136,6 +137,9 @@ pub struct AppState {
     pub auth: Option<Arc<Authenticator>>,
     /// Reads may come from a standby's warm copy (the request opted in).
     standby_read: bool,
+    /// Records a partition may be behind before the instance is not ready
+    /// (health; `server.ready_max_lag`).
+    ready_max_lag: i64,
     /// Store reads in flight on the blocking pool at most (`read`).
     reads: Arc<tokio::sync::Semaphore>,
 }
@@ -226,6 +230,7 @@ impl AppState {
             tls: None,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             standby_read: false,
+            ready_max_lag: DEFAULT_READY_MAX_LAG,
             reads: Arc::new(tokio::sync::Semaphore::new(default_read_threads())),
         }
     }
@@ -281,6 +286,12 @@ impl AppState {
     /// Requests larger than `n` bytes are refused (RESOURCE_EXHAUSTED).
     pub fn with_max_request_bytes(mut self, n: usize) -> Self {
         self.max_request_bytes = n;
+        self
+    }
+
+    /// Not ready while a partition is more than `records` behind its end.
+    pub fn with_ready_max_lag(mut self, records: i64) -> Self {
+        self.ready_max_lag = records;
         self
     }
 
@@ -420,7 +431,8 @@ pub async fn run(listener: TcpListener, state: AppState, shutdown: impl Future<O
     health.set_serving::<ProfileServiceServer<services::Profiles>>().await;
     health.set_serving::<LoyaltyServiceServer<services::Loyalty>>().await;
     health.set_serving::<AdminServiceServer<services::Admin>>().await;
-    let watcher = state.ingest.clone().map(|ingest| tokio::spawn(health::watch(ingest, health.clone())));
+    let max_lag = state.ready_max_lag;
+    let watcher = state.ingest.clone().map(|ingest| tokio::spawn(health::watch(ingest, health.clone(), max_lag)));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(omnifold_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -431,6 +443,8 @@ pub async fn run(listener: TcpListener, state: AppState, shutdown: impl Future<O
         server = server.tls_config(tls.server.clone())?;
     }
     server
+        .trace_fn(telemetry::span)
+        .layer(telemetry::GrpcMetricsLayer)
         .layer(auth::AuthLayer {
             auth: state.auth.clone(),
             audit: state.audit.clone().map(|log| (log, audit::instance(&state))),

@@ -65,6 +65,16 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// An open store. Cheap to share behind an `Arc`; reads and commits may run
 /// from several threads.
+/// RocksDB's figures for monitoring ([`Store::figures`]), in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Figures {
+    pub block_cache_usage_bytes: u64,
+    pub pending_compaction_bytes: u64,
+    pub live_data_bytes: u64,
+    pub sst_files_bytes: u64,
+    pub memtable_bytes: u64,
+}
+
 pub struct Store {
     db: DB,
     /// Opened read-only (dump, verify, or while a reopen is under way).
@@ -575,6 +585,24 @@ impl Store {
     }
 
     /// Flushes memtables to disk (used at shutdown so restarts replay less WAL).
+    /// RocksDB's own figures, for monitoring (summed over column families;
+    /// the block cache is shared).
+    pub fn figures(&self) -> Figures {
+        let sum = |name: &str| -> u64 {
+            ALL_CFS.iter().filter_map(|cf| self.db.property_int_value_cf(self.cf(cf), name).ok().flatten()).sum()
+        };
+        let cache = ALL_CFS
+            .first()
+            .and_then(|cf| self.db.property_int_value_cf(self.cf(cf), "rocksdb.block-cache-usage").ok().flatten());
+        Figures {
+            block_cache_usage_bytes: cache.unwrap_or(0),
+            pending_compaction_bytes: sum("rocksdb.estimate-pending-compaction-bytes"),
+            live_data_bytes: sum("rocksdb.estimate-live-data-size"),
+            sst_files_bytes: sum("rocksdb.total-sst-files-size"),
+            memtable_bytes: sum("rocksdb.cur-size-all-mem-tables"),
+        }
+    }
+
     pub fn flush(&self) -> Result<()> {
         for cf in ALL_CFS {
             self.db.flush_cf(self.cf(cf))?;

@@ -289,6 +289,8 @@ impl Processor {
     /// sent to the dead-letter topic (kind `bug`), and so on for each
     /// record that panics.
     pub fn process(&self, partition: u32, records: &[Record<'_>]) -> Result<Processed> {
+        let first_offset = records.first().map_or(-1, |r| r.offset);
+        let _span = tracing::info_span!("batch", partition, first_offset, records = records.len()).entered();
         let mut poisoned: BTreeSet<usize> = BTreeSet::new();
         loop {
             let at = std::cell::Cell::new(None);

@@ -358,6 +358,11 @@ impl Service {
         service
     }
 
+    /// The port of its operator HTTP endpoint (`start_with_metrics`).
+    pub fn metrics_port(&self) -> u16 {
+        self.metrics_port.expect("started with start_with_metrics")
+    }
+
     /// Its Prometheus page.
     pub async fn metrics(&self) -> String {
         http_get(self.metrics_port.expect("started with start_with_metrics"), "/metrics").await
