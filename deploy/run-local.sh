@@ -7,6 +7,8 @@ set -euo pipefail
 DATA=${OMNIFOLD_DATA:-.omnifold}
 PORT=${BROKER_PORT:-9092}
 GRPC=${GRPC_LISTEN:-127.0.0.1:50051}
+HTTP=${HTTP_LISTEN:-127.0.0.1:8080}
+OPS=${METRICS_LISTEN:-127.0.0.1:9464}
 BIN=${OMNIFOLD_BIN:-target/release/omnifold}
 MEMBERS=${DEMO_MEMBERS:-1000}
 BIN=$(realpath "$BIN")
@@ -14,6 +16,9 @@ mkdir -p "$DATA"
 export OMNIFOLD_BROKERS=127.0.0.1:$PORT
 # One instance on this machine: it reads every partition, no group to wait for.
 export OMNIFOLD_KAFKA__ASSIGNMENT=${OMNIFOLD_KAFKA__ASSIGNMENT:-all}
+# The HTTP API for partners, and the operator's port (metrics, probes).
+export OMNIFOLD_SERVER__HTTP_LISTEN=${OMNIFOLD_SERVER__HTTP_LISTEN:-$HTTP}
+export OMNIFOLD_SERVER__METRICS_LISTEN=${OMNIFOLD_SERVER__METRICS_LISTEN:-$OPS}
 # The secret omnifold signs its own records with, made once and kept.
 if [ ! -s "$DATA/internal.secret" ]; then
   (umask 077 && "$BIN" secret >"$DATA/internal.secret")
@@ -66,7 +71,8 @@ wait_port "${GRPC##*:}"
 
 cat <<MSG
 
-omnifold is serving gRPC on $GRPC with $MEMBERS demo members (m-000001 ... ).
+omnifold is serving gRPC on $GRPC, HTTP on $HTTP and metrics on $OPS,
+with $MEMBERS demo members (m-000001 ... ).
 Every call needs credentials; a development key with every scope is in
 $DATA/dev.key (docs/security.md). Try, in another terminal:
 
@@ -76,6 +82,9 @@ $DATA/dev.key (docs/security.md). Try, in another terminal:
   $BIN points balance m-000001
   $BIN points redeem m-000001 --points 100 --request-id demo-1 --channel MOBILE_APP
   $BIN points ledger m-000001 --limit 5
+  $BIN profile watch m-000001
+  curl -H "authorization: Bearer \$OMNIFOLD_API_KEY" http://$HTTP/v1/profiles/m-000001
+  curl http://$OPS/metrics
   grpcurl -plaintext -H "authorization: Bearer \$OMNIFOLD_API_KEY" -d '{"member":{"memberId":"m-000001"}}' $GRPC omnifold.v1.ProfileService/GetProfile
 
 Ctrl-C stops omnifold and the broker; data stays in $DATA/ for the next run.

@@ -114,6 +114,13 @@ impl CommandProducer {
         Ok(CommandProducer { producer, topic: cfg.topic.clone(), timeout })
     }
 
+    /// Sends one event (no one waits for its verdict) and waits for the
+    /// broker's acknowledgement: the HTTP collector's.
+    pub async fn append_event(&self, key: &[u8], payload: &[u8]) -> Result<()> {
+        let record = FutureRecord::to(&self.topic).key(key).payload(payload);
+        self.producer.send(record, self.timeout).await.map(|_| ()).map_err(|(e, _)| Error::Kafka(e))
+    }
+
     /// Sends one record and waits for the broker's acknowledgement.
     pub async fn append(&self, key: &[u8], payload: &[u8]) -> Result<()> {
         // The header only tells ingest that someone is waiting for this

@@ -17,6 +17,11 @@ use omnifold_store::StoreConfig;
 pub struct ServerConfig {
     /// gRPC listen address; port 0 picks a free port (printed at start).
     pub listen: String,
+    /// The HTTP API for partners (JSON gateway and event collector,
+    /// docs/http.md); empty disables it.
+    pub http_listen: String,
+    /// The largest HTTP request body, in bytes (413 above it).
+    pub http_max_body_bytes: usize,
     /// Prometheus `/metrics` listen address; empty disables it.
     pub metrics_listen: String,
     /// How long RedeemPoints and AdjustPoints wait for the fold's verdict
@@ -106,6 +111,8 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: "127.0.0.1:50051".into(),
+            http_listen: String::new(),
+            http_max_body_bytes: omnifold_server::http::DEFAULT_HTTP_MAX_BODY_BYTES,
             metrics_listen: String::new(),
             command_timeout_ms: 5_000,
             read_threads: 0,
@@ -182,6 +189,14 @@ impl Config {
         }
         if !(10..=3_600_000).contains(&self.server.watch_progress_ms) {
             bail!("[server] watch_progress_ms must be 10 to 3600000, got {}", self.server.watch_progress_ms);
+        }
+        if !self.server.http_listen.is_empty() {
+            self.server.http_listen.parse::<std::net::SocketAddr>().with_context(|| {
+                format!("[server] http_listen `{}` is not an address like 127.0.0.1:8080", self.server.http_listen)
+            })?;
+        }
+        if !(1024..=(64 << 20)).contains(&self.server.http_max_body_bytes) {
+            bail!("[server] http_max_body_bytes must be 1024 to 67108864, got {}", self.server.http_max_body_bytes);
         }
         if self.server.ready_max_lag < 0 {
             bail!("[server] ready_max_lag must be 0 or more records, got {}", self.server.ready_max_lag);

@@ -18,7 +18,7 @@ pub enum KeysCommand {
         #[arg(long)]
         name: String,
         /// Comma separated: profile:read, profile:pii, loyalty:read,
-        /// loyalty:write, loyalty:adjust, admin; or `all`.
+        /// loyalty:write, loyalty:adjust, admin, events:write; or `all`.
         #[arg(long, value_delimiter = ',', required = true)]
         scopes: Vec<String>,
         /// The keys file to add it to (made if missing; `auth.keys_file`).

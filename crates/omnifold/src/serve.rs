@@ -2,6 +2,7 @@
 //! and shuts them down in order: stop ingest (last batch committed), flush,
 //! then stop serving.
 
+use std::io::Write as _;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -28,6 +29,10 @@ struct Log(CommandProducer);
 impl CommandLog for Log {
     async fn append(&self, key: &str, value: Vec<u8>) -> Result<(), String> {
         self.0.append(key.as_bytes(), &value).await.map_err(|e| e.to_string())
+    }
+
+    async fn append_event(&self, key: &str, value: Vec<u8>) -> Result<(), String> {
+        self.0.append_event(key.as_bytes(), &value).await.map_err(|e| e.to_string())
     }
 }
 
@@ -289,6 +294,10 @@ pub async fn serve(config: Config) -> Result<()> {
     let listener =
         TcpListener::bind(&config.server.listen).await.with_context(|| format!("binding {}", config.server.listen))?;
     let addr = listener.local_addr()?;
+    let http = match config.server.http_listen.as_str() {
+        "" => None,
+        at => Some(TcpListener::bind(at).await.with_context(|| format!("binding server.http_listen {at}"))?),
+    };
     let advertised = advertise(&config, addr);
     let name = omnifold_ingest::instance_name(&config.kafka, &store).context("naming this instance")?;
     let fold = Arc::new(config.fold.clone());
@@ -391,6 +400,7 @@ pub async fn serve(config: Config) -> Result<()> {
         })
         .with_max_request_bytes(config.server.max_request_bytes)
         .with_ready_max_lag(config.server.ready_max_lag)
+        .with_max_event_bytes(config.kafka.max_event_bytes)
         .with_changes(changes);
     if let Some(auth) = auth {
         app = app.with_auth(Arc::new(auth));
@@ -404,6 +414,19 @@ pub async fn serve(config: Config) -> Result<()> {
     if snapshotter.is_some() {
         app = app.with_snapshots(Arc::new(Snapshotter(snapshot_requests)));
     }
+    let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let http = match http {
+        Some(l) => {
+            // Not println!: whoever started the process may have stopped
+            // reading its output after the first line.
+            let _ = writeln!(std::io::stdout(), "omnifold serving HTTP on {}", l.local_addr()?);
+            let served = omnifold_server::http::serve_http(l, app.clone(), config.server.http_max_body_bytes, async {
+                let _ = http_stop_rx.await;
+            });
+            Some(tokio::spawn(served))
+        }
+        None => None,
+    };
     let server = tokio::spawn(omnifold_server::run(listener, app, async {
         let _ = stop_rx.await;
     }));
@@ -437,6 +460,12 @@ pub async fn serve(config: Config) -> Result<()> {
     };
     shutdown.trigger();
     let _ = stop_tx.send(());
+    let _ = http_stop_tx.send(());
+    if let Some(task) = http
+        && let Ok(Err(e)) = task.await
+    {
+        warn!(error = %e, "the HTTP API stopped with an error");
+    }
     for task in ops.into_iter().flatten() {
         task.abort();
     }

@@ -271,14 +271,7 @@ pub async fn admin(server: &str) -> Result<proto::admin_service_client::AdminSer
 /// identifier (PHONE, EMAIL, LOYALTY_CARD, DEVICE_ID, EXTERNAL), else a
 /// member or anonymous id.
 fn address(member: String) -> Option<proto::MemberRef> {
-    use proto::member_ref::Ref;
-    if let Some((kind, value)) = member.split_once(':')
-        && let Some(t) = proto::IdentifierType::from_str_name(kind)
-    {
-        let identifier = proto::Identifier { r#type: t as i32, value: value.to_owned() };
-        return Some(proto::MemberRef { r#ref: Some(Ref::Identifier(identifier)) });
-    }
-    member_ref(member)
+    Some(omnifold_server::member_ref(&member))
 }
 
 /// `omnifold export`: the member's export document into `out`, which only

@@ -36,16 +36,19 @@ pub enum Scope {
     LoyaltyAdjust,
     /// `AdminService`: merges, erasure, export, status, stores, snapshots.
     Admin,
+    /// Send events through the HTTP collector (`POST /v1/events`).
+    EventsWrite,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 6] = [
+    pub const ALL: [Scope; 7] = [
         Scope::ProfileRead,
         Scope::ProfilePii,
         Scope::LoyaltyRead,
         Scope::LoyaltyWrite,
         Scope::LoyaltyAdjust,
         Scope::Admin,
+        Scope::EventsWrite,
     ];
 
     pub fn name(self) -> &'static str {
@@ -56,6 +59,7 @@ impl Scope {
             Scope::LoyaltyWrite => "loyalty:write",
             Scope::LoyaltyAdjust => "loyalty:adjust",
             Scope::Admin => "admin",
+            Scope::EventsWrite => "events:write",
         }
     }
 
@@ -422,7 +426,7 @@ impl Authenticator {
 
     /// [`Authenticator::admit`], with the caller of a refused call when it
     /// was authenticated (for the audit trail).
-    fn check(&self, path: &str, authorization: Option<&[u8]>) -> Result<Option<Arc<Caller>>, Refusal> {
+    pub(crate) fn check(&self, path: &str, authorization: Option<&[u8]>) -> Result<Option<Arc<Caller>>, Refusal> {
         let scopes: &[Scope] = match need(path) {
             Need::Health if self.open_health => return Ok(None),
             Need::Reflection if self.open_reflection => return Ok(None),
@@ -634,6 +638,10 @@ pub(crate) enum Need {
     Unknown,
 }
 
+/// The name the HTTP event collector is checked, limited and counted under.
+pub(crate) const HTTP_EVENTS_SERVICE: &str = "omnifold.http.Events";
+pub(crate) const HTTP_EVENTS_METHOD: &str = "Collect";
+
 /// The scope each method needs.
 pub(crate) fn need(path: &str) -> Need {
     let Some((service, method)) = path.strip_prefix('/').and_then(|p| p.split_once('/')) else {
@@ -655,6 +663,8 @@ pub(crate) fn need(path: &str) -> Need {
             "EraseMember" | "MergeMembers" | "GetPartitionStatus" | "GetReplayStatus" | "SwitchStore"
             | "GetPointsLiability" | "TakeSnapshot",
         ) => Need::Scope(&[Scope::Admin]),
+        // Not a gRPC method: the HTTP event collector, checked by the same table.
+        (HTTP_EVENTS_SERVICE, HTTP_EVENTS_METHOD) => Need::Scope(&[Scope::EventsWrite]),
         ("grpc.health.v1.Health", _) => Need::Health,
         ("grpc.reflection.v1.ServerReflection" | "grpc.reflection.v1alpha.ServerReflection", _) => Need::Reflection,
         _ => Need::Unknown,
@@ -721,22 +731,33 @@ where
                 futures::future::Either::Right(CURRENT.scope(caller, answer))
             }
             Err((status, caller)) => {
-                if let Some((log, instance)) = &self.audit
-                    && crate::audit::audited(req.uri().path())
-                {
-                    crate::audit::refused(log, instance.clone(), req.uri().path(), caller.as_deref(), &status);
-                }
-                let reason = match status.code() {
-                    tonic::Code::PermissionDenied => "scope",
-                    tonic::Code::ResourceExhausted => "rate",
-                    _ => "credentials",
-                };
-                metrics::counter!("omnifold_requests_refused_total", "reason" => reason).increment(1);
-                tracing::debug!(path = req.uri().path(), code = ?status.code(), message = status.message(), "refused");
+                refused(self.audit.as_ref(), req.uri().path(), caller.as_deref(), &status);
                 futures::future::Either::Left(std::future::ready(Ok(status.into_http())))
             }
         }
     }
+}
+
+/// Records a refused call: in the audit trail when its method is audited,
+/// in `omnifold_requests_refused_total`, and in the debug log.
+pub(crate) fn refused(
+    audit: Option<&(Arc<dyn crate::audit::AuditLog>, String)>,
+    path: &str,
+    caller: Option<&Caller>,
+    status: &Status,
+) {
+    if let Some((log, instance)) = audit
+        && crate::audit::audited(path)
+    {
+        crate::audit::refused(log, instance.clone(), path, caller, status);
+    }
+    let reason = match status.code() {
+        tonic::Code::PermissionDenied => "scope",
+        tonic::Code::ResourceExhausted => "rate",
+        _ => "credentials",
+    };
+    metrics::counter!("omnifold_requests_refused_total", "reason" => reason).increment(1);
+    tracing::debug!(path, code = ?status.code(), message = status.message(), "refused");
 }
 
 tokio::task_local! {

@@ -25,6 +25,12 @@ use crate::{AppState, Error, now_millis};
 pub trait CommandLog: Send + Sync + 'static {
     /// Appends one record and returns once the broker has acknowledged it.
     async fn append(&self, key: &str, value: Vec<u8>) -> Result<(), String>;
+
+    /// Appends one event no one waits on (the HTTP collector's); by
+    /// default as a command.
+    async fn append_event(&self, key: &str, value: Vec<u8>) -> Result<(), String> {
+        self.append(key, value).await
+    }
 }
 
 /// Commit counters per partition: a request waiting for a verdict is woken

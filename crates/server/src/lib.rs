@@ -13,6 +13,7 @@ mod erasure;
 mod export;
 mod fanout;
 mod health;
+pub mod http;
 pub mod privacy;
 mod request;
 mod routing;
@@ -37,6 +38,7 @@ use omnifold_proto::v1::{
     profile_service_server::ProfileServiceServer,
 };
 use omnifold_store::{Store, StoreHandle};
+pub use request::member_ref;
 pub use routing::{Elsewhere, Mode as RoutingMode, Owner, OwnerClaim, Owners, Routing, StandbyCopy};
 pub use tls::{Tls, TlsConfig};
 pub use watch::{Changes, DEFAULT_MAX_WATCHERS, DEFAULT_WATCH_BUFFER_BYTES, DEFAULT_WATCH_PROGRESS};
@@ -140,6 +142,8 @@ pub struct AppState {
     /// Records a partition may be behind before the instance is not ready
     /// (health; `server.ready_max_lag`).
     ready_max_lag: i64,
+    /// The largest event the HTTP collector takes (`kafka.max_event_bytes`).
+    pub(crate) max_event_bytes: usize,
     /// Store reads in flight on the blocking pool at most (`read`).
     reads: Arc<tokio::sync::Semaphore>,
 }
@@ -231,6 +235,7 @@ impl AppState {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             standby_read: false,
             ready_max_lag: DEFAULT_READY_MAX_LAG,
+            max_event_bytes: 1 << 20,
             reads: Arc::new(tokio::sync::Semaphore::new(default_read_threads())),
         }
     }
@@ -292,6 +297,12 @@ impl AppState {
     /// Not ready while a partition is more than `records` behind its end.
     pub fn with_ready_max_lag(mut self, records: i64) -> Self {
         self.ready_max_lag = records;
+        self
+    }
+
+    /// The largest event the HTTP collector takes, in bytes.
+    pub fn with_max_event_bytes(mut self, bytes: usize) -> Self {
+        self.max_event_bytes = bytes;
         self
     }
 

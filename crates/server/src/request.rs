@@ -397,6 +397,20 @@ impl TryFrom<proto::ListLedgerRequest> for LedgerQuery {
     }
 }
 
+/// A member address written as text (a URL path, a command line):
+/// `TYPE:value` for an identifier (PHONE, EMAIL, LOYALTY_CARD, DEVICE_ID,
+/// EXTERNAL), else a member or anonymous id.
+pub fn member_ref(text: &str) -> proto::MemberRef {
+    use proto::member_ref::Ref;
+    if let Some((kind, value)) = text.split_once(':')
+        && let Some(t) = proto::IdentifierType::from_str_name(kind)
+    {
+        let identifier = proto::Identifier { r#type: t as i32, value: value.to_owned() };
+        return proto::MemberRef { r#ref: Some(Ref::Identifier(identifier)) };
+    }
+    proto::MemberRef { r#ref: Some(Ref::MemberId(text.to_owned())) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
