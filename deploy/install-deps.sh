@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs what omnifold needs beyond the Rust toolchain, idempotently:
 # libclang (bindgen for RocksDB), a C/C++ toolchain (RocksDB, librdkafka),
-# the tansu Kafka-compatible broker used by `make run` and the tests, and
-# moto's S3-compatible server, which the snapshot store's tests run.
+# the tansu Kafka-compatible broker used by `make run` and the tests,
+# moto's S3-compatible server, which the snapshot store's tests run, and
+# grpcio with grpcio-tools for the Python example client's test.
 set -euo pipefail
 
 TANSU_VERSION=0.6.0
 MOTO_VERSION=5.2.1
+GRPCIO_VERSION=1.76.0
 
 missing=()
 for pkg in libclang-dev build-essential; do
@@ -28,4 +30,9 @@ fi
 if ! python3 -c "import moto, flask; assert moto.__version__ == '$MOTO_VERSION'" 2>/dev/null; then
   echo "installing moto[server] $MOTO_VERSION (an S3-compatible server for the snapshot tests)"
   python3 -m pip install --quiet "moto[server]==$MOTO_VERSION"
+fi
+
+if ! python3 -c "import grpc, grpc_tools; assert grpc.__version__ == '$GRPCIO_VERSION'" 2>/dev/null; then
+  echo "installing grpcio and grpcio-tools $GRPCIO_VERSION (the Python example client)"
+  python3 -m pip install --quiet "grpcio==$GRPCIO_VERSION" "grpcio-tools==$GRPCIO_VERSION"
 fi
