@@ -10,6 +10,7 @@ mod demo;
 mod keys;
 mod ops;
 mod produce;
+mod render;
 mod serve;
 mod snapshot;
 mod tools;
@@ -84,6 +85,9 @@ enum Command {
         /// gRPC address of a running `omnifold serve`.
         #[arg(long, default_value = tools::DEFAULT_SERVER, env = "OMNIFOLD_SERVER")]
         server: String,
+        /// Print the proto JSON instead of a summary.
+        #[arg(long, global = true)]
+        json: bool,
         #[command(subcommand)]
         command: tools::PointsCommand,
     },
@@ -242,7 +246,10 @@ fn run() -> Result<()> {
         Command::Dump(args) => data::dump(&config, args),
         Command::Verify(args) => data::verify(&config, args),
         Command::Dlq { command } => data::dlq(&config, command),
-        Command::Points { server, command } => runtime.block_on(tools::points(server, command)),
+        Command::Points { server, json, command } => {
+            let out = tools::Output { json, currency: config.fold.program_currency.clone() };
+            runtime.block_on(tools::points(server, out, command))
+        }
         Command::Switch { server, data_dir } => runtime.block_on(tools::switch(server, data_dir)),
         Command::Report { server, command } => runtime.block_on(tools::report(server, command)),
         Command::Status { server, json } => runtime.block_on(tools::status(server, json)),

@@ -14,7 +14,8 @@ use crate::config::Config;
 
 #[derive(Subcommand)]
 pub enum ProfileCommand {
-    /// Print one member's profile as JSON.
+    /// Print one member's profile: a summary (money in the program currency,
+    /// times in local time), or the proto JSON with --json.
     Get {
         /// Member id (or anonymous id).
         member: String,
@@ -24,6 +25,9 @@ pub enum ProfileCommand {
         /// Only these top-level fields, comma separated (e.g. purchases,channels).
         #[arg(long, value_delimiter = ',')]
         fields: Vec<String>,
+        /// Print the proto JSON instead of a summary.
+        #[arg(long)]
+        json: bool,
     },
     /// Print the member's profile, then every change to it, one JSON line
     /// each (with its version, `PARTITION:NEXT_OFFSET`), until interrupted.
@@ -68,7 +72,7 @@ async fn watch(server: &str, member: String, fields: Vec<String>, from: Option<p
 pub async fn profile(cmd: ProfileCommand) -> Result<()> {
     match cmd {
         ProfileCommand::Watch { member, server, fields, from } => watch(&server, member, fields, from).await,
-        ProfileCommand::Get { member, server, fields } => {
+        ProfileCommand::Get { member, server, fields, json } => {
             let mut client = proto::profile_service_client::ProfileServiceClient::new(connect(&server).await?);
             let req = proto::GetProfileRequest {
                 member: Some(proto::MemberRef { r#ref: Some(proto::member_ref::Ref::MemberId(member)) }),
@@ -76,8 +80,9 @@ pub async fn profile(cmd: ProfileCommand) -> Result<()> {
                 as_of: None,
             };
             match client.get_profile(req).await {
+                Ok(resp) if json => print_json(&resp.into_inner()),
                 Ok(resp) => {
-                    println!("{}", serde_json::to_string_pretty(&resp.into_inner())?);
+                    print!("{}", crate::render::profile(&resp.into_inner()));
                     Ok(())
                 }
                 Err(status) => bail!("{:?}: {}", status.code(), status.message()),
@@ -148,13 +153,30 @@ pub enum PointsCommand {
     },
 }
 
-pub async fn points(server: String, cmd: PointsCommand) -> Result<()> {
+/// How the points commands print: a summary, or the proto JSON.
+pub struct Output {
+    pub json: bool,
+    /// The program currency, for money in summaries.
+    pub currency: String,
+}
+
+impl Output {
+    fn print<T: serde::Serialize>(&self, v: &T, summary: impl FnOnce(&T) -> String) -> Result<()> {
+        if self.json {
+            return print_json(v);
+        }
+        print!("{}", summary(v));
+        Ok(())
+    }
+}
+
+pub async fn points(server: String, out: Output, cmd: PointsCommand) -> Result<()> {
     let mut c = proto::loyalty_service_client::LoyaltyServiceClient::new(connect(&server).await?);
     let status = refused;
     match cmd {
         PointsCommand::Balance { member } => {
             let r = c.get_balance(proto::GetBalanceRequest { member: member_ref(member), as_of: None }).await;
-            print_json(&r.map_err(status)?.into_inner())
+            out.print(&r.map_err(status)?.into_inner(), crate::render::balance)
         }
         PointsCommand::Ledger { member, limit, kinds } => {
             let kinds = kinds
@@ -167,11 +189,11 @@ pub async fn points(server: String, cmd: PointsCommand) -> Result<()> {
                 .collect::<Result<Vec<_>>>()?;
             let req =
                 proto::ListLedgerRequest { member: member_ref(member), page_size: limit, kinds, ..Default::default() };
-            print_json(&c.list_ledger(req).await.map_err(status)?.into_inner())
+            out.print(&c.list_ledger(req).await.map_err(status)?.into_inner(), crate::render::ledger)
         }
         PointsCommand::Benefits { member } => {
             let r = c.get_benefits(proto::GetBenefitsRequest { member: member_ref(member), as_of: None }).await;
-            print_json(&r.map_err(status)?.into_inner())
+            out.print(&r.map_err(status)?.into_inner(), |b| crate::render::benefits(b, &out.currency))
         }
         PointsCommand::Redeem { member, points, request_id, channel: ch, reward } => {
             let req = proto::RedeemPointsRequest {
@@ -181,12 +203,16 @@ pub async fn points(server: String, cmd: PointsCommand) -> Result<()> {
                 channel: channel(&ch)?,
                 reward,
             };
-            print_json(&c.redeem_points(req).await.map_err(status)?.into_inner())
+            out.print(&c.redeem_points(req).await.map_err(status)?.into_inner(), |r| {
+                crate::render::verdict(r.status, &r.reason, &r.request_id, r.balance.as_ref())
+            })
         }
         PointsCommand::Adjust { member, delta, request_id, reason, actor } => {
             let req =
                 proto::AdjustPointsRequest { member: member_ref(member), request_id, delta, reason, actor, channel: 0 };
-            print_json(&c.adjust_points(req).await.map_err(status)?.into_inner())
+            out.print(&c.adjust_points(req).await.map_err(status)?.into_inner(), |r| {
+                crate::render::verdict(r.status, &r.reason, &r.request_id, r.balance.as_ref())
+            })
         }
     }
 }

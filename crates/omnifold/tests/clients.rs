@@ -1,6 +1,7 @@
 //! The Python example client (docs/clients/python/example.py, grpcio with
 //! stubs generated from proto/ as it runs) against a real server: it reads
-//! a profile, watches it, redeems points and sees the change.
+//! a profile, watches it, redeems points and sees the change; and the
+//! CLI's own summary of the same profile.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test fails loudly on what it did not expect")]
 
@@ -35,4 +36,16 @@ async fn the_python_example_reads_watches_and_redeems() {
     // The server agrees.
     let p = get(&service, "m-1").await.unwrap();
     assert_eq!(p.loyalty.unwrap().active_points, 250);
+
+    // The CLI for people: a summary, money in yuan with the currency.
+    let out =
+        setup.command().env("TZ", "UTC").args(["profile", "get", "m-1", "--server", &service.grpc]).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.starts_with("m-1  (KNOWN_MEMBER)"), "{text}");
+    assert!(text.contains("Purchases: 1 orders, 300.00 CNY net"), "{text}");
+    assert!(text.contains("250 active points"), "{text}");
+    let json = setup.command().args(["profile", "get", "m-1", "--json", "--server", &service.grpc]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["purchases"]["netMinor"], "30000");
 }

@@ -51,7 +51,12 @@ fn strings(v: &Value) -> Vec<String> {
 /// The flags parse: clap refuses an unknown one before it prints help.
 fn assert_flags_parse(args: &[String], what: &str) {
     let out = Command::new(BIN).args(args).arg("--help").output().unwrap();
-    assert!(out.status.success(), "{what}: `omnifold {}` does not parse: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{what}: `omnifold {}` does not parse: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Variables named `OMNIFOLD_*` without `__` are the CLI's own (`[env: ...]` in its help).
@@ -145,11 +150,17 @@ fn the_compose_file_runs_the_binary_as_it_is() {
         let effective = assert_config_checks(&deploy(&source), &env, &name);
         assert!(target(&env["OMNIFOLD_AUTH__KEYS_FILE"]).is_some(), "{name}: the keys file is not mounted");
         let dir = data_dir(&effective, &args);
-        assert!(mounts.iter().any(|(src, t)| !src.starts_with('.') && under(&dir, t)), "{name}: {dir} is not on a volume");
+        assert!(
+            mounts.iter().any(|(src, t)| !src.starts_with('.') && under(&dir, t)),
+            "{name}: {dir} is not on a volume"
+        );
         let listening = listen_ports(&effective, &args);
         for p in strings(&service["ports"]) {
             let inside: u16 = p.rsplit(':').next().unwrap().parse().unwrap();
-            assert!(listening.contains(&inside), "{name}: port {inside} is not one omnifold listens on ({listening:?})");
+            assert!(
+                listening.contains(&inside),
+                "{name}: port {inside} is not one omnifold listens on ({listening:?})"
+            );
         }
         let instance = &env["OMNIFOLD_KAFKA__INSTANCE_ID"];
         assert_eq!(env["OMNIFOLD_SERVER__ADVERTISE_ADDRESS"], format!("http://{instance}:{}", listening[0]), "{name}");
@@ -263,7 +274,11 @@ fn the_dockerfile_and_the_systemd_unit_run_the_binary_as_it_is() {
     assert_cli_variables(&env, "the Dockerfile");
     assert_flags_parse(&args, "the Dockerfile");
     let copied = lines.iter().find(|l| l.starts_with("COPY deploy/omnifold.toml ")).unwrap();
-    assert_eq!(copied.split_whitespace().nth(2), Some(env["OMNIFOLD_CONFIG"].as_str()), "the config is where OMNIFOLD_CONFIG says");
+    assert_eq!(
+        copied.split_whitespace().nth(2),
+        Some(env["OMNIFOLD_CONFIG"].as_str()),
+        "the config is where OMNIFOLD_CONFIG says"
+    );
     let effective = assert_config_checks(&deploy("omnifold.toml"), &env, "the Dockerfile");
     let exposed: Vec<u16> = lines
         .iter()
@@ -279,9 +294,10 @@ fn the_dockerfile_and_the_systemd_unit_run_the_binary_as_it_is() {
     let user = lines.iter().find(|l| l.starts_with("USER ")).unwrap();
     assert!(!user.contains("root") && !user.ends_with(" 0"), "not root: {user}");
     // The builder's Rust is the one the workspace says it needs.
-    let manifest: toml::Table =
-        toml::from_str(&std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml")).unwrap())
-            .unwrap();
+    let manifest: toml::Table = toml::from_str(
+        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml")).unwrap(),
+    )
+    .unwrap();
     let rust = manifest["workspace"]["package"]["rust-version"].as_str().unwrap();
     assert!(dockerfile.contains(&format!("FROM rust:{rust}-")), "the build image is Rust {rust}");
 

@@ -296,11 +296,13 @@ async fn balance_ledger_benefits_and_adjustments() {
     assert_eq!(err.code(), Code::FailedPrecondition);
 
     // The CLI for humans: redeem at a till, then read the balance.
-    let cli = |args: &[&str]| {
-        let out = setup.command().args(["points", "--server", &service.grpc]).args(args).output().unwrap();
+    let run = |args: &[&str]| {
+        let out =
+            setup.command().env("TZ", "UTC").args(["points", "--server", &service.grpc]).args(args).output().unwrap();
         assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+        String::from_utf8(out.stdout).unwrap()
     };
+    let cli = |args: &[&str]| serde_json::from_str::<serde_json::Value>(&run(&[args, &["--json"]].concat())).unwrap();
     let v = cli(&["redeem", "m-7", "--points", "100", "--request-id", "till-1", "--channel", "store_pos"]);
     assert_eq!(v["status"], "ACCEPTED");
     let v = cli(&["balance", "m-7"]);
@@ -308,6 +310,16 @@ async fn balance_ledger_benefits_and_adjustments() {
     let v = cli(&["ledger", "m-7", "--kinds", "redeem"]);
     assert_eq!(v["entries"][0]["requestId"], "till-1");
     assert_eq!(v["entries"][0]["channel"], "STORE_POS");
+    // Without --json: a summary for people, numbers as numbers, local times.
+    let text = run(&["balance", "m-7"]);
+    assert!(text.contains("active 400") && text.contains("redeemed 100"), "{text}");
+    assert!(!text.contains('"'), "not JSON: {text}");
+    let text = run(&["ledger", "m-7", "--kinds", "redeem"]);
+    assert!(
+        text.lines().next().unwrap().starts_with('#') && text.contains("REDEEM") && text.contains("-100"),
+        "{text}"
+    );
+    assert!(text.contains(" +00:00"), "instants in the local zone (UTC here): {text}");
 
     // The liability report: the redemption took o-1's lot (expiring first).
     let out = setup.command().args(["report", "--server", &service.grpc, "liability", "--json"]).output().unwrap();
