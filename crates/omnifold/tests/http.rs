@@ -217,3 +217,54 @@ async fn redeem_over_http(http: &Http, body: &[u8]) -> Value {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_instance_answers_over_http_for_members_another_owns() {
+    let broker = Broker::start();
+    let setup = Setup::new(&broker, "http-pair", 4);
+    setup.create_topics();
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let ports = [free_port(), free_port()];
+    let with_http = |i: usize| {
+        let listen = format!("127.0.0.1:{}", ports[i]);
+        Service::start_with(&setup, dirs[i].path(), &[("OMNIFOLD_SERVER__HTTP_LISTEN", listen.as_str())])
+    };
+    let (a, _b) = (with_http(0), with_http(1));
+    // Both own partitions before anything is asked.
+    eventually("the partitions shared by both instances", Duration::from_secs(60), || async {
+        let status = a.status().await;
+        let owners: std::collections::BTreeSet<&str> = status
+            .partitions
+            .iter()
+            .filter(|p| p.owner_state == "serving")
+            .map(|p| p.owner_instance.as_str())
+            .collect();
+        (owners.len() == 2 && status.partitions.iter().all(|p| p.owner_state == "serving")).then_some(())
+    })
+    .await;
+    let here: Vec<u32> = a.status().await.partitions.iter().filter(|p| p.local).map(|p| p.partition).collect();
+    let members: Vec<String> = (0..8).map(|i| format!("m-{i}")).collect();
+    let subject = |m: &str| format!(r#"{{"memberId":"{m}"}}"#);
+    let view = r#""productViewed":{"sku":"SKU-1","category":"shoes"}"#;
+    setup.produce(
+        &members
+            .iter()
+            .map(|m| (m.clone(), json_event(&format!("{m}-v"), &days_ago(1.0), "ONLINE_WEB", &subject(m), view)))
+            .collect::<Vec<_>>(),
+    );
+    let elsewhere =
+        members.iter().filter(|m| !here.contains(&omnifold_core::partition::partition_for(m.as_bytes(), 4))).count();
+    assert!(elsewhere > 0, "some members are owned by the other instance");
+    // Through the first instance's HTTP port: every member, those of the
+    // other instance forwarded there with the caller's credentials.
+    let bearer = format!("Bearer {API_KEY}");
+    for m in &members {
+        eventually(&format!("{m} over HTTP"), Duration::from_secs(60), || async {
+            let (status, _, body) =
+                http_request(ports[0], "GET", &format!("/v1/profiles/{m}"), &[("authorization", &bearer)], b"").await;
+            assert!(status != 401 && status != 403, "{m}: {status} {}", String::from_utf8_lossy(&body));
+            (status == 200).then_some(())
+        })
+        .await;
+    }
+}

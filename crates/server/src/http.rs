@@ -122,7 +122,15 @@ where
         Ok(c) => c,
         Err(refused) => return counted(method, refused),
     };
-    let answer = auth::scoped(caller, f(http.state.clone(), tonic::Request::new(msg))).await;
+    // The credentials go along: a request forwarded to the member's owner
+    // is authenticated there as this caller.
+    let mut request = tonic::Request::new(msg);
+    if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
+        && let Ok(v) = v.parse()
+    {
+        request.metadata_mut().insert("authorization", v);
+    }
+    let answer = auth::scoped(caller, f(http.state.clone(), request)).await;
     let response = match answer {
         Ok(r) => (StatusCode::OK, axum::Json(r.into_inner())).into_response(),
         Err(s) => status_response(&s),
