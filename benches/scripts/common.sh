@@ -19,12 +19,12 @@ wait_for() {
 }
 # Starts tansu (memory storage) and produces the events; sets $tansu.
 start_tansu_with_events() {
-  echo "starting tansu on :$PORT and producing 100,000 events of 5,000 members" >&2
+  echo "starting tansu on :$PORT and producing ${EVENTS:-100000} events of 5,000 members" >&2
   tansu broker --listener-url "tcp://127.0.0.1:$PORT" --advertised-listener-url "tcp://127.0.0.1:$PORT" \
     --storage-engine memory://tansu/ >"$work/tansu.log" 2>&1 &
   tansu=$!
   wait_for "$B/omnifold" topics create --partitions 4
-  "$B/omnifold-produce" --file "$work/events.jsonl" --count 100000 --members 5000 >/dev/null
+  "$B/omnifold-produce" --file "$work/events.jsonl" --count "${EVENTS:-100000}" --members 5000 >/dev/null
   "$B/omnifold" produce --file "$work/events.jsonl" >/dev/null
 }
 # `$1 serve` on the one store; sets $serve and $addr.

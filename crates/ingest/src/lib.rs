@@ -37,7 +37,9 @@ pub use dlq::{StoredDeadLetter, read_dead_letters};
 pub use index::run_index;
 pub use local::{LocalLog, LocalReplay};
 pub use ownership::{Claim, OwnerState, OwnerView, Ownership, instance_name, run_ownership};
-pub use processor::{Committed, OnChanges, OnCommit, OutRecord, Processed, Processor, ROUTE_HEADER, Record};
+pub use processor::{
+    ChangeSink, Committed, OnChanges, OnCommit, OutRecord, Processed, Processor, ROUTE_HEADER, Record,
+};
 pub use replay::{ReplayEnd, ReplayProgress, replay};
 pub use sign::{SIGNATURE_HEADER, Signer};
 pub use snapshotting::{SnapshotOutcome, SnapshotQueue, SnapshotRequests, run_snapshots, snapshot_requests};

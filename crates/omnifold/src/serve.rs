@@ -235,9 +235,17 @@ fn advertise(config: &Config, bound: std::net::SocketAddr) -> String {
     advertised
 }
 
-/// Hands a committed batch's changes to the change stream.
-fn publish(changes: &omnifold_server::Changes, c: omnifold_ingest::Committed) {
-    changes.publish(c.partition, c.first_offset, c.next_offset, c.changes);
+/// The change stream, as the fold's sink of committed changes.
+struct Published(omnifold_server::Changes);
+
+impl omnifold_ingest::ChangeSink for Published {
+    fn wants(&self, partition: u32) -> bool {
+        self.0.wants(partition)
+    }
+
+    fn committed(&self, c: omnifold_ingest::Committed) {
+        self.0.publish(c.partition, c.first_offset, c.next_offset, c.changes);
+    }
 }
 
 /// How long `serve` waits, before answering, to learn who owns what.
@@ -307,18 +315,21 @@ pub async fn serve(config: Config) -> Result<()> {
     let committed = commits.clone();
     // The store served and folded into; a switch or a reopen replaces it.
     let stores = StoreHandle::new(store);
-    // What each commit changed, for WatchProfile.
-    let changes = omnifold_server::Changes::new(
-        config.server.watch_buffer_bytes,
-        config.server.max_watchers,
-        std::time::Duration::from_millis(config.server.watch_progress_ms),
-    );
-    let published = changes.clone();
-    let processor =
+    // What each commit changed, for WatchProfile (server.watch_buffer_bytes = 0: off).
+    let changes = (config.server.watch_buffer_bytes > 0).then(|| {
+        omnifold_server::Changes::new(
+            config.server.watch_buffer_bytes,
+            config.server.max_watchers,
+            std::time::Duration::from_millis(config.server.watch_progress_ms),
+        )
+    });
+    let mut processor =
         Processor::on_handle(stores.clone(), fold.clone(), &config.kafka.topic, config.kafka.max_event_bytes, signer)
             .with_member_cache(config.kafka.member_cache_entries, config.kafka.member_cache_bytes)
-            .with_on_commit(Arc::new(move |partition| committed.committed(partition)))
-            .with_on_changes(Arc::new(move |c| publish(&published, c)));
+            .with_on_commit(Arc::new(move |partition| committed.committed(partition)));
+    if let Some(published) = changes.clone() {
+        processor = processor.with_on_changes(Arc::new(Published(published)));
+    }
     // The standby fold shares the member cache: the two never fold one
     // partition at once (omnifold_ingest::Standbys).
     let standby =
@@ -400,8 +411,10 @@ pub async fn serve(config: Config) -> Result<()> {
         })
         .with_max_request_bytes(config.server.max_request_bytes)
         .with_ready_max_lag(config.server.ready_max_lag)
-        .with_max_event_bytes(config.kafka.max_event_bytes)
-        .with_changes(changes);
+        .with_max_event_bytes(config.kafka.max_event_bytes);
+    if let Some(changes) = changes {
+        app = app.with_changes(changes);
+    }
     if let Some(auth) = auth {
         app = app.with_auth(Arc::new(auth));
     }

@@ -32,8 +32,13 @@ pub enum ProfileCommand {
     /// Print the member's profile, then every change to it, one JSON line
     /// each (with its version, `PARTITION:NEXT_OFFSET`), until interrupted.
     Watch {
-        /// Member id (or anonymous id).
-        member: String,
+        /// Member id (or anonymous id); or --partitions.
+        #[arg(required_unless_present = "partitions")]
+        member: Option<String>,
+        /// Every profile of these partitions instead (`FIRST-LAST`, e.g. 0-3),
+        /// on the instance that folds them, from now.
+        #[arg(long, value_parser = parse_range, conflicts_with = "member")]
+        partitions: Option<proto::PartitionRange>,
         #[arg(long, default_value = DEFAULT_SERVER, env = "OMNIFOLD_SERVER")]
         server: String,
         #[arg(long, value_delimiter = ',')]
@@ -45,6 +50,13 @@ pub enum ProfileCommand {
     },
 }
 
+/// `FIRST-LAST` (or one partition).
+fn parse_range(s: &str) -> Result<proto::PartitionRange, String> {
+    let bad = || format!("`{s}` is not a partition range like 0-3");
+    let (first, last) = s.split_once('-').unwrap_or((s, s));
+    Ok(proto::PartitionRange { first: first.parse().map_err(|_| bad())?, last: last.parse().map_err(|_| bad())? })
+}
+
 /// `PARTITION:NEXT_OFFSET`.
 fn parse_cursor(s: &str) -> Result<proto::WatchCursor, String> {
     let bad = || format!("`{s}` is not PARTITION:NEXT_OFFSET (e.g. 3:1042), the version of a change");
@@ -53,10 +65,17 @@ fn parse_cursor(s: &str) -> Result<proto::WatchCursor, String> {
 }
 
 /// Prints each message of a watch as one JSON line.
-async fn watch(server: &str, member: String, fields: Vec<String>, from: Option<proto::WatchCursor>) -> Result<()> {
+async fn watch(
+    server: &str,
+    member: Option<String>,
+    partitions: Option<proto::PartitionRange>,
+    fields: Vec<String>,
+    from: Option<proto::WatchCursor>,
+) -> Result<()> {
     let mut client = proto::profile_service_client::ProfileServiceClient::new(connect(server).await?);
     let req = proto::WatchProfileRequest {
-        member: member_ref(member),
+        member: member.and_then(member_ref),
+        partitions,
         read_mask: Some(FieldMask { paths: fields }),
         resume_from: from.into_iter().collect(),
         ..Default::default()
@@ -71,7 +90,9 @@ async fn watch(server: &str, member: String, fields: Vec<String>, from: Option<p
 
 pub async fn profile(cmd: ProfileCommand) -> Result<()> {
     match cmd {
-        ProfileCommand::Watch { member, server, fields, from } => watch(&server, member, fields, from).await,
+        ProfileCommand::Watch { member, partitions, server, fields, from } => {
+            watch(&server, member, partitions, fields, from).await
+        }
         ProfileCommand::Get { member, server, fields, json } => {
             let mut client = proto::profile_service_client::ProfileServiceClient::new(connect(&server).await?);
             let req = proto::GetProfileRequest {

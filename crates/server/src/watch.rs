@@ -67,7 +67,13 @@ struct Window {
     /// The partition of each change held, oldest first (what to evict).
     order: VecDeque<u32>,
     bytes: usize,
+    /// Per partition: watches following it now, and when the last one ended.
+    watched: HashMap<u32, (usize, Option<std::time::Instant>)>,
 }
+
+/// How long a partition's changes are still kept after its last watch
+/// ended, so a client that reconnects resumes without reading again.
+pub const KEEP_AFTER_LAST_WATCH: Duration = Duration::from_secs(300);
 
 #[derive(Debug)]
 struct Log {
@@ -98,13 +104,34 @@ impl Changes {
         }
     }
 
+    /// Whether changes of `partition` are kept: while a watch follows it,
+    /// and for [`KEEP_AFTER_LAST_WATCH`] after the last one ended. Keeping
+    /// costs a copy of each changed profile, which a partition nobody
+    /// watches does not pay.
+    pub fn wants(&self, partition: u32) -> bool {
+        let window = self.window.lock().unwrap_or_else(PoisonError::into_inner);
+        window
+            .watched
+            .get(&partition)
+            .is_some_and(|(active, ended)| *active > 0 || ended.is_some_and(|at| at.elapsed() < KEEP_AFTER_LAST_WATCH))
+    }
+
     /// Records a committed batch of `partition`: the records
     /// `first_offset..next_offset` and the profiles they changed, in fold
-    /// order.
-    pub fn publish(&self, partition: u32, first_offset: i64, next_offset: i64, changes: Vec<Change>) {
+    /// order; none when they were not taken (nobody watched), after which
+    /// the window starts again at `next_offset`.
+    pub fn publish(&self, partition: u32, first_offset: i64, next_offset: i64, changes: Option<Vec<Change>>) {
         {
             let mut window = self.window.lock().unwrap_or_else(PoisonError::into_inner);
-            let Window { logs, order, bytes } = &mut *window;
+            let Window { logs, order, bytes, .. } = &mut *window;
+            let Some(changes) = changes else {
+                if let Some(log) = logs.get_mut(&partition) {
+                    *bytes -= log.entries.drain(..).map(|(_, w)| w).sum::<usize>();
+                    *log = Log::at(next_offset);
+                    order.retain(|q| *q != partition);
+                }
+                return;
+            };
             let log = logs.entry(partition).or_insert_with(|| Log::at(first_offset));
             if log.applied != first_offset {
                 // What came between was not folded here: start over.
@@ -123,6 +150,14 @@ impl Changes {
             metrics::gauge!("omnifold_watch_buffer_bytes").set(*bytes as f64);
         }
         self.published.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Counts a watch of `partition` until the returned guard is dropped;
+    /// from now on its commits keep their changes.
+    fn watch(&self, partition: u32) -> Watching {
+        let mut window = self.window.lock().unwrap_or_else(PoisonError::into_inner);
+        window.watched.entry(partition).or_default().0 += 1;
+        Watching { changes: self.clone(), partition }
     }
 
     /// Opens `partition`'s window if nothing was published for it yet:
@@ -164,6 +199,23 @@ impl Changes {
     }
 }
 
+/// A watch of one partition, counted while it lives.
+#[derive(Debug)]
+struct Watching {
+    changes: Changes,
+    partition: u32,
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        let mut window = self.changes.window.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((active, ended)) = window.watched.get_mut(&self.partition) {
+            *active = active.saturating_sub(1);
+            *ended = Some(std::time::Instant::now());
+        }
+    }
+}
+
 impl Log {
     fn at(offset: i64) -> Log {
         Log { from: offset, applied: offset, entries: VecDeque::new() }
@@ -200,6 +252,8 @@ struct Plan {
     /// version each was last sent at (none: every profile of the partition).
     partitions: BTreeMap<u32, Watched>,
     mask: ReadMask,
+    /// The partitions counted as watched while the watch lives.
+    _watching: Vec<Watching>,
 }
 
 #[derive(Debug)]
@@ -217,7 +271,9 @@ pub(crate) type WatchStream = Pin<Box<dyn Stream<Item = Result<proto::WatchProfi
 /// here): checks the request, sends the initial profiles, then follows.
 pub(crate) async fn start(state: AppState, r: proto::WatchProfileRequest) -> Result<WatchStream, Error> {
     let changes = state.changes.clone().ok_or_else(|| {
-        Error::FailedPrecondition("this instance folds nothing, so it has no changes to watch".into())
+        Error::FailedPrecondition(
+            "this instance keeps no changes to watch (server.watch_buffer_bytes = 0, or it folds nothing)".into(),
+        )
     })?;
     let permit = changes.watchers.clone().try_acquire_owned().map_err(|_| {
         Error::ResourceExhausted(
@@ -286,9 +342,13 @@ async fn plan(
         )));
     }
     let mut partitions = BTreeMap::new();
+    let mut watching = Vec::new();
     if let Some(range) = r.partitions {
         for p in partition_range(state, &range)? {
             here(state, p)?;
+            // Counted before the store is read: every commit after the
+            // read keeps its changes (the fold asks after committing).
+            watching.push(changes.watch(p));
             let applied = changes.open(p, store_applied(state, p)?);
             let cursor = match resume.get(&p) {
                 Some(c) => check_cursor(changes, p, *c)?,
@@ -296,7 +356,7 @@ async fn plan(
             };
             partitions.insert(p, Watched { cursor, members: None });
         }
-        return Ok(Plan { partitions, mask });
+        return Ok(Plan { partitions, mask, _watching: watching });
     }
     let mut first: Vec<(u32, Member)> = Vec::new();
     for (i, m) in refs.drain(..).enumerate() {
@@ -305,6 +365,9 @@ async fn plan(
         let key = services::resolve(state, &addr)?.member.key;
         let p = state.partition(&key)?;
         here(state, p)?;
+        if !partitions.contains_key(&p) {
+            watching.push(changes.watch(p));
+        }
         let applied = changes.open(p, store_applied(state, p)?);
         // Read after the window is open: later changes are all in it.
         let member = services::find_for(state, &addr, &mask)?;
@@ -328,7 +391,7 @@ async fn plan(
             send(tx, proto::watch_profile_response::Event::Change(msg)).await?;
         }
     }
-    Ok(Plan { partitions, mask })
+    Ok(Plan { partitions, mask, _watching: watching })
 }
 
 /// A resume point of a member watch: served when the window holds every
@@ -541,8 +604,8 @@ mod tests {
     #[test]
     fn a_window_holds_every_change_after_its_start_and_says_when_a_cursor_is_older() {
         let changes = Changes::new(3 * weight(&change("a", 0)), 10, DEFAULT_WATCH_PROGRESS);
-        changes.publish(0, 0, 2, vec![change("a", 1), change("b", 2)]);
-        changes.publish(0, 2, 4, vec![change("a", 4)]);
+        changes.publish(0, 0, 2, Some(vec![change("a", 1), change("b", 2)]));
+        changes.publish(0, 2, 4, Some(vec![change("a", 4)]));
         let (taken, next) = changes.take(0, 0).expect("all held");
         assert_eq!(
             taken.iter().map(|c| (c.key.as_str(), c.next_offset)).collect::<Vec<_>>(),
@@ -550,7 +613,7 @@ mod tests {
         );
         assert_eq!(next, 4);
         // A fourth change evicts the oldest: a cursor before it is too old.
-        changes.publish(0, 4, 5, vec![change("c", 5)]);
+        changes.publish(0, 4, 5, Some(vec![change("c", 5)]));
         assert_eq!(changes.take(0, 0).map(|_| ()), Err(1));
         let (taken, next) = changes.take(0, 1).expect("held from 1");
         assert_eq!(taken.len(), 3);
@@ -562,9 +625,9 @@ mod tests {
     #[test]
     fn a_batch_that_does_not_follow_the_last_one_starts_the_window_over() {
         let changes = Changes::new(1 << 20, 10, DEFAULT_WATCH_PROGRESS);
-        changes.publish(3, 0, 2, vec![change("a", 2)]);
+        changes.publish(3, 0, 2, Some(vec![change("a", 2)]));
         // Offsets 2..10 were folded elsewhere: changes before 10 are not here.
-        changes.publish(3, 10, 12, vec![change("b", 11)]);
+        changes.publish(3, 10, 12, Some(vec![change("b", 11)]));
         assert_eq!(changes.take(3, 2).map(|_| ()), Err(10));
         let (taken, next) = changes.take(3, 10).expect("held from 10");
         assert_eq!(taken.len(), 1);
@@ -574,10 +637,25 @@ mod tests {
     #[test]
     fn a_window_keeps_each_partitions_latest_change_however_small_its_budget() {
         let changes = Changes::new(0, 10, DEFAULT_WATCH_PROGRESS);
-        changes.publish(0, 0, 1, vec![change("a", 1)]);
-        changes.publish(1, 0, 1, vec![change("b", 1)]);
+        changes.publish(0, 0, 1, Some(vec![change("a", 1)]));
+        changes.publish(1, 0, 1, Some(vec![change("b", 1)]));
         assert_eq!(changes.take(0, 0).map(|(t, _)| t.len()), Ok(1));
         assert_eq!(changes.take(1, 0).map(|(t, _)| t.len()), Ok(1));
+    }
+
+    #[test]
+    fn changes_are_kept_while_a_partition_is_watched_and_a_while_after() {
+        let changes = Changes::new(1 << 20, 10, DEFAULT_WATCH_PROGRESS);
+        assert!(!changes.wants(0), "nobody ever watched");
+        let watching = changes.watch(0);
+        assert!(changes.wants(0) && !changes.wants(1));
+        drop(watching);
+        assert!(changes.wants(0), "kept a while after the last watch ends");
+        // A batch not taken: the window starts again after it.
+        changes.publish(0, 0, 1, Some(vec![change("a", 1)]));
+        changes.publish(0, 1, 3, None);
+        assert_eq!(changes.take(0, 0).map(|_| ()), Err(3));
+        assert_eq!(changes.take(0, 3).map(|(t, n)| (t.len(), n)), Ok((0, 3)));
     }
 
     #[test]
@@ -586,7 +664,7 @@ mod tests {
         let mut batch: Vec<Change> = (1..TAKE as i64).map(|i| change(&format!("k{i}"), i)).collect();
         batch.push(change("from", TAKE as i64));
         batch.push(change("into", TAKE as i64));
-        changes.publish(0, 0, TAKE as i64 + 1, batch);
+        changes.publish(0, 0, TAKE as i64 + 1, Some(batch));
         let (taken, next) = changes.take(0, 0).expect("held");
         assert_eq!(taken.len(), TAKE + 1);
         assert_eq!(next, TAKE as i64 + 1);

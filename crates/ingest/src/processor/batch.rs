@@ -18,10 +18,10 @@ use omnifold_core::fold::{self, Position, kind_of};
 use omnifold_core::member::{Lineage, ProfileKind};
 use omnifold_core::partition::partition_for;
 use omnifold_core::time::DAY;
-use omnifold_core::{Change, Effects, Event, LedgerEntry, Member, Payload, Verdict, decode_event};
+use omnifold_core::{Effects, Event, LedgerEntry, Member, Payload, Verdict, decode_event};
 use omnifold_store::{Batch, JoinPart, Store};
 
-use super::{OutRecord, Processed, Processor, Record};
+use super::{Changed, OutRecord, Processed, Processor, Record};
 use crate::Result;
 use crate::dead_letter::DeadLetter;
 
@@ -525,7 +525,7 @@ impl<'a> Run<'a> {
                 self.batch.put_member(store, m, self.loaded.get(key).copied());
             }
         }
-        let changes = if self.p.on_changes.is_some() { self.changes(&dirty) } else { Vec::new() };
+        let changed = if self.p.on_changes.is_some() { self.changed(&dirty) } else { Vec::new() };
         let next_offset = self.records.last().map_or(0, |r| r.offset + 1);
         if !self.records.is_empty() {
             self.batch.set_next_offset(store, next_offset);
@@ -545,7 +545,7 @@ impl<'a> Run<'a> {
             store: self.store.clone(),
             batch: self.batch,
             touched,
-            changes,
+            changed,
             partition: self.partition,
             dead_letters: self.dead_letters,
             outbox: self.outbox,
@@ -560,20 +560,25 @@ impl<'a> Run<'a> {
     }
 
     /// What the batch changed, for the change stream: each changed
-    /// profile as committed (none when its record is deleted), in fold
-    /// order. Erasure markers are omnifold's own and are left out.
-    fn changes(&self, dirty: &[String]) -> Vec<Change> {
-        let mut changes: Vec<Change> = dirty
+    /// profile's key and version, and whether its record is deleted, in
+    /// fold order. Erasure markers are omnifold's own and are left out.
+    /// (The profiles themselves are taken at the commit, and only when
+    /// someone watches the partition.)
+    fn changed(&self, dirty: &[String]) -> Vec<Changed> {
+        let mut changed: Vec<Changed> = dirty
             .iter()
             .filter(|k| !k.starts_with(ERASED_PREFIX))
             .filter_map(|key| {
                 let m = self.members.get(key)?;
-                let member = (!self.deleted.contains(key)).then(|| Arc::new(m.clone()));
-                Some(Change { key: key.clone(), next_offset: m.version.next_offset, member })
+                Some(Changed {
+                    key: key.clone(),
+                    next_offset: m.version.next_offset,
+                    deleted: self.deleted.contains(key),
+                })
             })
             .collect();
-        changes.sort_by(|a, b| (a.next_offset, &a.key).cmp(&(b.next_offset, &b.key)));
-        changes
+        changed.sort_by(|a, b| (a.next_offset, &a.key).cmp(&(b.next_offset, &b.key)));
+        changed
     }
 
     fn prune_histories(&mut self, dirty: &[String]) -> Result<()> {

@@ -84,7 +84,7 @@ pub struct Processed {
     touched: Vec<Member>,
     /// What the batch changed, for the change stream (empty unless the
     /// processor reports changes: [`Processor::with_on_changes`]).
-    changes: Vec<Change>,
+    changed: Vec<Changed>,
     partition: u32,
     pub dead_letters: Vec<DeadLetter>,
     /// Events for the events topic: forwards to the partition that owns
@@ -104,14 +104,31 @@ pub struct Processed {
     pub next_offset: i64,
 }
 
+/// One profile a batch changed, before its commit.
+#[derive(Debug, Clone)]
+pub(crate) struct Changed {
+    key: String,
+    next_offset: i64,
+    deleted: bool,
+}
+
 /// A committed batch's changes: the records `first_offset..next_offset`
-/// of `partition`.
+/// of `partition`, and the profiles they changed when the sink wanted them
+/// (none: not taken, so a window of changes must start again after it).
 #[derive(Debug, Clone)]
 pub struct Committed {
     pub partition: u32,
     pub first_offset: i64,
     pub next_offset: i64,
-    pub changes: Vec<Change>,
+    pub changes: Option<Vec<Change>>,
+}
+
+/// Where committed batches' changes go (the change stream).
+pub trait ChangeSink: Send + Sync {
+    /// Whether anyone may want the changed profiles of `partition`: taking
+    /// them costs a copy of each, so a partition nobody watches gets none.
+    fn wants(&self, partition: u32) -> bool;
+    fn committed(&self, c: Committed);
 }
 
 impl Processed {
@@ -137,7 +154,7 @@ pub const DEFAULT_MEMBER_CACHE_BYTES: usize = 128 << 20;
 pub type OnCommit = Arc<dyn Fn(u32) + Send + Sync>;
 
 /// Called with each committed batch's changes (the change stream).
-pub type OnChanges = Arc<dyn Fn(Committed) + Send + Sync>;
+pub type OnChanges = Arc<dyn ChangeSink>;
 
 /// Folds records of one topic into the store.
 #[derive(Clone)]
@@ -156,6 +173,19 @@ pub struct Processor {
     cache: Cache,
     on_commit: Option<OnCommit>,
     on_changes: Option<OnChanges>,
+}
+
+/// The changed profiles as committed (copies of the batch's members).
+fn changes_of(changed: &[Changed], touched: &[Member]) -> Vec<Change> {
+    let by_key: std::collections::HashMap<&str, &Member> = touched.iter().map(|m| (m.key.as_str(), m)).collect();
+    changed
+        .iter()
+        .map(|c| Change {
+            key: c.key.clone(),
+            next_offset: c.next_offset,
+            member: (!c.deleted).then(|| by_key.get(c.key.as_str()).map(|m| Arc::new((*m).clone()))).flatten(),
+        })
+        .collect()
 }
 
 impl Processor {
@@ -223,9 +253,9 @@ impl Processor {
         self
     }
 
-    /// Calls `f` with what each batch changed, after its commit.
-    pub fn with_on_changes(mut self, f: OnChanges) -> Self {
-        self.on_changes = Some(f);
+    /// Hands what each batch changed to `sink`, after its commit.
+    pub fn with_on_changes(mut self, sink: OnChanges) -> Self {
+        self.on_changes = Some(sink);
         self
     }
 
@@ -242,14 +272,17 @@ impl Processor {
         if let Some(f) = &self.on_commit {
             f(processed.partition);
         }
-        if let Some(f) = &self.on_changes
+        if let Some(sink) = &self.on_changes
             && processed.next_offset > processed.first_offset
         {
-            f(Committed {
+            // Asked after the commit: a watcher that starts after this
+            // answer reads the store with this batch in it.
+            let changes = sink.wants(processed.partition).then(|| changes_of(&processed.changed, &processed.touched));
+            sink.committed(Committed {
                 partition: processed.partition,
                 first_offset: processed.first_offset,
                 next_offset: processed.next_offset,
-                changes: processed.changes,
+                changes,
             });
         }
         if let Some(cache) = &self.cache {

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# What the change stream costs ingest: a fresh `omnifold serve` (a fresh
+# store and consumer group) folds the same 500,000 events (EVENTS; 5,000 members,
+# 4 partitions) with the change stream off (`server.watch_buffer_bytes =
+# 0`) and on with nobody watching (the default), alternating, RUNS rounds;
+# prints the time from start until every event is folded, and serve's CPU.
+# (A watched partition's cost is not measured here: a fresh instance
+# refuses watches until it has caught up, which is the whole fold.)
+# Needs `make build` first.
+#
+#   benches/scripts/watch.sh
+#   RUNS=5 benches/scripts/watch.sh
+set -euo pipefail
+RUNS=${RUNS:-3} PORT=${PORT:-19095} EVENTS=${EVENTS:-500000}
+. "$(dirname "$0")/common.sh"
+
+# Records folded so far, summed over the partitions.
+folded() {
+  "$B/omnifold" status --server "http://$addr" --json 2>/dev/null \
+    | grep -o '"nextOffset": *"[0-9]*"' | grep -o '[0-9]*' | awk '{ s += $1 } END { print s + 0 }'
+}
+
+start_tansu_with_events
+for i in $(seq 1 "$RUNS"); do
+  for watch in off unwatched; do
+    if [ "$watch" = off ]; then export OMNIFOLD_SERVER__WATCH_BUFFER_BYTES=0; else unset OMNIFOLD_SERVER__WATCH_BUFFER_BYTES; fi
+    rm -rf "$work/data"
+    export OMNIFOLD_KAFKA__GROUP_ID=bench-$i-$watch   # nothing committed: every event is folded
+    started=$(date +%s.%N)
+    start_serve "$B/omnifold"
+    for _ in $(seq 6000); do [ "$(folded || true)" -ge "$EVENTS" ] 2>/dev/null && break; sleep 0.05; done
+    took=$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
+    echo "run $i watch=$watch: $EVENTS events folded in ${took} s ($(awk -v t="$took" -v n="$EVENTS" 'BEGIN { printf "%.0f", n / t }') events/s), serve_cpu_s=$(cents "$(ticks "$serve")")"
+    stop_serve
+  done
+done
