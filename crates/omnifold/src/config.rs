@@ -139,6 +139,27 @@ pub struct Config {
     pub snapshots: SnapshotConfig,
     pub auth: omnifold_server::AuthConfig,
     pub privacy: omnifold_server::privacy::PrivacyConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+/// `[telemetry]`: traces to an OpenTelemetry collector (logs are
+/// `--log-json` / `OMNIFOLD_LOG_JSON`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// OTLP over HTTP (protobuf) traces endpoint, e.g.
+    /// `http://otel-collector:4318/v1/traces`; empty: no export.
+    pub otlp_endpoint: String,
+    /// The `service.name` of exported spans.
+    pub service_name: String,
+    /// The share of traces exported, 0 to 1 (a caller's sampled trace is followed).
+    pub sample_ratio: f64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig { otlp_endpoint: String::new(), service_name: "omnifold".into(), sample_ratio: 1.0 }
+    }
 }
 
 const ENV_PREFIX: &str = "OMNIFOLD_";
@@ -198,6 +219,19 @@ impl Config {
         if !(1024..=(64 << 20)).contains(&self.server.http_max_body_bytes) {
             bail!("[server] http_max_body_bytes must be 1024 to 67108864, got {}", self.server.http_max_body_bytes);
         }
+        let t = &self.telemetry;
+        if !(t.otlp_endpoint.is_empty()
+            || t.otlp_endpoint.starts_with("http://")
+            || t.otlp_endpoint.starts_with("https://"))
+        {
+            bail!(
+                "[telemetry] otlp_endpoint must be a URL like http://otel-collector:4318/v1/traces, got `{}`",
+                t.otlp_endpoint
+            );
+        }
+        if !(0.0..=1.0).contains(&t.sample_ratio) || t.service_name.trim().is_empty() {
+            bail!("[telemetry] sample_ratio must be 0 to 1 and service_name not empty");
+        }
         if self.server.ready_max_lag < 0 {
             bail!("[server] ready_max_lag must be 0 or more records, got {}", self.server.ready_max_lag);
         }
@@ -239,7 +273,12 @@ fn typed_value(defaults: &toml::Table, keys: &[String], raw: &str) -> toml::Valu
     let parent = parents.iter().try_fold(defaults, |t, k| t.get(k).and_then(toml::Value::as_table));
     let like = parent.and_then(|t| t.get(last).or_else(|| t.values().next()));
     match like {
-        Some(toml::Value::String(_) | toml::Value::Table(_)) | None => toml::Value::String(raw.to_owned()),
+        // A quoted value is a TOML string (as before types came from the
+        // defaults): `"1000"` is the text 1000.
+        Some(toml::Value::String(_) | toml::Value::Table(_)) | None => match parse_value(raw) {
+            toml::Value::String(s) if raw.starts_with('"') => toml::Value::String(s),
+            _ => toml::Value::String(raw.to_owned()),
+        },
         Some(_) => parse_value(raw),
     }
 }
@@ -403,6 +442,7 @@ mod tests {
                 ("OMNIFOLD_SERVER__MAX_WATCHERS", "7"),
                 ("OMNIFOLD_KAFKA__LIBRDKAFKA__SECURITY_PROTOCOL", "SASL_SSL"),
                 ("OMNIFOLD_KAFKA__LIBRDKAFKA__SOCKET_TIMEOUT_MS", "30000"),
+                ("OMNIFOLD_KAFKA__LIBRDKAFKA__CLIENT_RACK", "\"zone-a\""),
             ]),
         )
         .unwrap();
@@ -411,6 +451,7 @@ mod tests {
         assert_eq!(c.server.max_watchers, 7);
         assert_eq!(c.kafka.librdkafka["security.protocol"], "SASL_SSL");
         assert_eq!(c.kafka.librdkafka["socket.timeout.ms"], "30000");
+        assert_eq!(c.kafka.librdkafka["client.rack"], "zone-a", "a quoted value is a TOML string");
         let err = Config::load(None, &env(&[("OMNIFOLD_SERVER__MAX_WATCHERS", "many")])).unwrap_err();
         assert!(format!("{err:#}").contains("max_watchers"), "{err:#}");
     }

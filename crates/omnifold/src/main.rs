@@ -8,6 +8,7 @@ mod config;
 mod data;
 mod demo;
 mod keys;
+mod logging;
 mod ops;
 mod produce;
 mod render;
@@ -20,7 +21,6 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 
 use crate::config::Config;
 
@@ -188,21 +188,6 @@ fn config_command(command: ConfigCommand, env: &BTreeMap<String, String>) -> Res
     }
 }
 
-fn init_logging(verbose: u8, json: bool) {
-    let default = match verbose {
-        0 => "warn",
-        1 => "info",
-        _ => "debug",
-    };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 fn main() -> std::process::ExitCode {
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -215,13 +200,17 @@ fn main() -> std::process::ExitCode {
 
 fn run() -> Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.verbose, cli.log_json);
     let env: BTreeMap<String, String> = std::env::vars().collect();
     let command = match cli.command {
-        Command::Config { command } => return config_command(command, &env),
+        Command::Config { command } => {
+            let _logs = logging::init(cli.verbose, cli.log_json, None)?;
+            return config_command(command, &env);
+        }
         other => other,
     };
     let mut config = Config::load(cli.config.as_deref(), &env)?;
+    // Flushes exported spans when `run` returns.
+    let _tracing = logging::init(cli.verbose, cli.log_json, Some(&config.telemetry))?;
     if let Some(b) = cli.brokers {
         config.kafka.brokers = b;
     }

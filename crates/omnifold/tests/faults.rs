@@ -228,7 +228,8 @@ async fn a_record_the_broker_refuses_stalls_its_partition_not_the_process() {
     let broker = Broker::start();
     let mut setup = Setup::new(&broker, "refused", 2);
     setup.extra_env.insert("OMNIFOLD_KAFKA__ASSIGNMENT".into(), "all".into());
-    setup.extra_env.insert("OMNIFOLD_KAFKA__LIBRDKAFKA__TOPIC.METADATA.PROPAGATION.MAX.MS".into(), "\"1000\"".into());
+    // librdkafka's topic.metadata.propagation.max.ms, in its environment spelling.
+    setup.extra_env.insert("OMNIFOLD_KAFKA__LIBRDKAFKA__TOPIC_METADATA_PROPAGATION_MAX_MS".into(), "1000".into());
     setup.create_topics();
     // The dead-letter topic it is told to use does not exist: every dead
     // letter is refused.

@@ -138,3 +138,81 @@ fn dashboard_series() -> Vec<String> {
     assert!(names.len() > 10, "{names:?}");
     names
 }
+
+/// A stand-in OpenTelemetry collector: accepts OTLP/HTTP posts and hands
+/// over each request's path and body.
+async fn collector() -> (u16, tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut conn = BufReader::new(socket);
+                // One request after another on the connection (keep-alive).
+                loop {
+                    let mut line = String::new();
+                    if conn.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let path = line.split_whitespace().nth(1).unwrap_or_default().to_owned();
+                    let mut length = 0;
+                    loop {
+                        let mut header = String::new();
+                        conn.read_line(&mut header).await.unwrap();
+                        if header.trim().is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = header.split_once(':')
+                            && k.eq_ignore_ascii_case("content-length")
+                        {
+                            length = v.trim().parse().unwrap();
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    conn.read_exact(&mut body).await.unwrap();
+                    let _ = tx.send((path, body));
+                    conn.get_mut().write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await.unwrap();
+                }
+            });
+        }
+    });
+    (port, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_of_calls_and_batches_go_to_the_configured_collector() {
+    let (port, mut received) = collector().await;
+    let broker = Broker::start();
+    let mut setup = Setup::new(&broker, "observe-otlp", 1);
+    let endpoint = format!("http://127.0.0.1:{port}/v1/traces");
+    setup.extra_env.insert("OMNIFOLD_TELEMETRY__OTLP_ENDPOINT".into(), endpoint);
+    setup.extra_env.insert("OMNIFOLD_TELEMETRY__SERVICE_NAME".into(), "omnifold-under-test".into());
+    // Export every 100 ms instead of every 5 s.
+    setup.extra_env.insert("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into());
+    setup.create_topics();
+    let data = tempfile::tempdir().unwrap();
+    let service = Service::start(&setup, data.path());
+    setup.produce(&[view("m-1", 1)]);
+    service.wait_consumed(&setup, 1).await;
+    get(&service, "m-1").await.unwrap();
+
+    // What the collector got: OTLP protobuf with the service's name, a
+    // span of the call with its method, and a span of a folded batch.
+    let mut seen = Vec::new();
+    let wanted: [&[u8]; 3] = [b"omnifold-under-test", b"/omnifold.v1.ProfileService/GetProfile", b"batch"];
+    let found = tokio::time::timeout(WAIT, async {
+        while let Some((path, body)) = received.recv().await {
+            assert_eq!(path, "/v1/traces");
+            seen.extend(body);
+            if wanted.iter().all(|w| seen.windows(w.len()).any(|x| x == *w)) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(found, Ok(true), "the collector got every span it should");
+}
