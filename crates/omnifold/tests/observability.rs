@@ -15,12 +15,6 @@ use omnifold_proto::v1 as proto;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-fn view(member: &str, n: u32) -> (String, Vec<u8>) {
-    let subject = format!(r#"{{"memberId":"{member}"}}"#);
-    let payload = format!(r#""productViewed":{{"sku":"SKU-{n}","category":"shoes"}}"#);
-    (member.to_owned(), json_event(&format!("{member}-view-{n}"), &days_ago(0.01), "MOBILE_APP", &subject, &payload))
-}
-
 /// A labelled series' value, by every label it has.
 fn series(page: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     page.lines().filter(|l| l.starts_with(&format!("{name}{{"))).find_map(|l| {

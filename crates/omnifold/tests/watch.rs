@@ -17,13 +17,6 @@ use tonic::{Code, Streaming};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// One product view of `member`, its `n`th.
-fn view(member: &str, n: u32) -> (String, Vec<u8>) {
-    let subject = format!(r#"{{"memberId":"{member}"}}"#);
-    let payload = format!(r#""productViewed":{{"sku":"SKU-{n}","category":"shoes"}}"#);
-    (member.to_owned(), json_event(&format!("{member}-view-{n}"), &days_ago(0.01), "MOBILE_APP", &subject, &payload))
-}
-
 /// Produces one event and waits until it (and everything before) is folded.
 async fn fold_one(stack: &Stack, event: (String, Vec<u8>), total: &mut i64) {
     stack.setup.produce(&[event]);

@@ -316,27 +316,42 @@ struct AsOfQuery {
     as_of: Option<String>,
 }
 
-/// The member of the path and the `as_of` of the query, or the answer to a bad one.
-fn member_at(
-    member: &str,
-    query: Result<Query<AsOfQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<(Option<proto::MemberRef>, Option<omnifold_proto::wkt::Timestamp>), Response> {
-    let Query(q) = query.map_err(|e| invalid(format!("query: {e}; use as_of=RFC 3339")))?;
-    Ok((Some(request::member_ref(member)), instant("as_of", q.as_of.as_deref())?))
+type AsOfQueryResult = Result<Query<AsOfQuery>, axum::extract::rejection::QueryRejection>;
+
+/// A read of the member in the path at the query's `as_of`: `make` builds
+/// the request from them, `f` calls the method.
+async fn member_read<T, R, F, Fut>(
+    http: &Http,
+    headers: &HeaderMap,
+    (member, query): (String, AsOfQueryResult),
+    method: &str,
+    make: fn(Option<proto::MemberRef>, Option<omnifold_proto::wkt::Timestamp>) -> T,
+    f: F,
+) -> Response
+where
+    F: FnOnce(AppState, tonic::Request<T>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<R>, Status>>,
+    R: serde::Serialize,
+{
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => return invalid(format!("query: {e}; use as_of=RFC 3339")),
+    };
+    let as_of = match instant("as_of", q.as_of.as_deref()) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    call(http, headers, method, make(Some(request::member_ref(&member)), as_of), f).await
 }
 
 async fn get_balance(
     State(http): State<Http>,
     Path(member): Path<String>,
-    query: Result<Query<AsOfQuery>, axum::extract::rejection::QueryRejection>,
+    query: AsOfQueryResult,
     headers: HeaderMap,
 ) -> Response {
-    let (member, as_of) = match member_at(&member, query) {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
-    let msg = proto::GetBalanceRequest { member, as_of };
-    call(&http, &headers, "omnifold.v1.LoyaltyService/GetBalance", msg, |s, r| async move {
+    let make = |member, as_of| proto::GetBalanceRequest { member, as_of };
+    member_read(&http, &headers, (member, query), "omnifold.v1.LoyaltyService/GetBalance", make, |s, r| async move {
         Loyalty(s).get_balance(r).await
     })
     .await
@@ -345,15 +360,11 @@ async fn get_balance(
 async fn get_benefits(
     State(http): State<Http>,
     Path(member): Path<String>,
-    query: Result<Query<AsOfQuery>, axum::extract::rejection::QueryRejection>,
+    query: AsOfQueryResult,
     headers: HeaderMap,
 ) -> Response {
-    let (member, as_of) = match member_at(&member, query) {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
-    let msg = proto::GetBenefitsRequest { member, as_of };
-    call(&http, &headers, "omnifold.v1.LoyaltyService/GetBenefits", msg, |s, r| async move {
+    let make = |member, as_of| proto::GetBenefitsRequest { member, as_of };
+    member_read(&http, &headers, (member, query), "omnifold.v1.LoyaltyService/GetBenefits", make, |s, r| async move {
         Loyalty(s).get_benefits(r).await
     })
     .await

@@ -593,6 +593,14 @@ pub fn metric_by(page: &str, name: &str, label: &str) -> BTreeMap<String, u64> {
         .collect()
 }
 
+/// One product view of `member`, its `n`th (event id `{member}-view-{n}`), a
+/// quarter of an hour ago.
+pub fn view(member: &str, n: u32) -> (String, Vec<u8>) {
+    let subject = format!(r#"{{"memberId":"{member}"}}"#);
+    let payload = format!(r#""productViewed":{{"sku":"SKU-{n}","category":"shoes"}}"#);
+    (member.to_owned(), json_event(&format!("{member}-view-{n}"), &days_ago(0.01), "MOBILE_APP", &subject, &payload))
+}
+
 pub fn member(id: &str) -> Option<proto::MemberRef> {
     Some(proto::MemberRef { r#ref: Some(proto::member_ref::Ref::MemberId(id.into())) })
 }
