@@ -407,6 +407,52 @@ async fn tls_get_profile(
     }
 }
 
+/// A GET over HTTPS trusting `ca`, presenting `identity`, with the harness key:
+/// the status and the body, or why the connection failed.
+async fn https_get(
+    port: u16,
+    ca: &Path,
+    identity: Option<&(std::path::PathBuf, std::path::PathBuf)>,
+    path: &str,
+) -> Result<(u16, String), String> {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match identity {
+        Some((c, k)) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_file_iter(c).unwrap().map(Result::unwrap).collect(),
+                PrivateKeyDer::from_pem_file(k).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.map_err(|e| format!("handshake: {e}"))?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAuthorization: Bearer {API_KEY}\r\n\r\n"
+    );
+    tls.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    tls.read_to_end(&mut out).await.map_err(|e| format!("reading: {e}"))?;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status =
+        text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| format!("no answer: {text}"))?;
+    Ok((status, text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned()))
+}
+
 /// Two instances speaking only mutual TLS: a caller needs a certificate
 /// from the CA and still its credentials; a request for the other
 /// instance's partition is forwarded over mutual TLS and answered.
@@ -439,7 +485,12 @@ async fn mutual_tls_on_the_port_and_between_instances() {
         })
         .collect();
     setup.produce(&events);
-    let a = Service::start(&setup, &dir.path().join("a"));
+    let https = free_port();
+    let a = Service::start_with(
+        &setup,
+        &dir.path().join("a"),
+        &[("OMNIFOLD_SERVER__HTTP_LISTEN", format!("127.0.0.1:{https}").as_str())],
+    );
     let b = Service::start(&setup, &dir.path().join("b"));
     let url = a.grpc.replace("http://", "https://");
 
@@ -468,6 +519,24 @@ async fn mutual_tls_on_the_port_and_between_instances() {
     };
     assert!(plain.is_err(), "a plain-text client was answered");
     assert!(tls_get_profile(&url, &pki.ca, None, Some(API_KEY), "m-0").await.is_err(), "no client certificate");
+
+    // The HTTP port speaks the same TLS: with the CA and a client
+    // certificate it answers; without the certificate, or in plain text, not.
+    let (status, body) = https_get(https, &pki.ca, Some(&client), "/v1/profiles/m-0").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"memberId\":\"m-0\""), "{body}");
+    assert!(https_get(https, &pki.ca, None, "/v1/profiles/m-0").await.is_err(), "HTTPS without a client certificate");
+    let plain = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", https)).await.unwrap();
+        s.write_all(b"GET /v1/openapi.json HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        out
+    })
+    .await
+    .unwrap();
+    assert!(!plain.starts_with(b"HTTP/1.1 200"), "plain HTTP was answered on the TLS port");
     assert!(tls_get_profile(&url, &pki.ca, Some(&stranger), Some(API_KEY), "m-0").await.is_err(), "another CA");
     // A certificate is not a credential: the call still needs its key.
     let e = tls_get_profile(&url, &pki.ca, Some(&client), None, "m-0").await.unwrap_err();

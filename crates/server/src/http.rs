@@ -53,14 +53,23 @@ struct Http {
     max_body: usize,
 }
 
-/// Serves the gateway and the collector on `listener` until `shutdown`.
+/// Serves the gateway and the collector on `listener` until `shutdown`:
+/// HTTPS with the gRPC port's certificate (and client CA) when TLS is on.
 pub async fn serve_http(
     listener: TcpListener,
     state: AppState,
     max_body: usize,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state, max_body)).with_graceful_shutdown(shutdown).await
+    let tls = state.tls.as_ref().map(|t| tokio_rustls::TlsAcceptor::from(t.http.clone()));
+    let app = router(state, max_body);
+    match tls {
+        Some(acceptor) => {
+            let listener = crate::tls::TlsListener { tcp: listener, acceptor };
+            axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+        }
+        None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await,
+    }
 }
 
 /// Every route: method, path (as in the OpenAPI document) and handler.

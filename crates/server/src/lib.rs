@@ -132,7 +132,7 @@ pub struct AppState {
     /// Which traits are plain or sensitive, and the consent sensitive data needs.
     pub privacy: Arc<privacy::PrivacyConfig>,
     /// TLS on the gRPC port (absent: plain text).
-    tls: Option<Tls>,
+    pub(crate) tls: Option<Tls>,
     /// The largest request message decoded, in bytes.
     max_request_bytes: usize,
     /// Who may call (absent: authentication is off).

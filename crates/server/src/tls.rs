@@ -1,6 +1,6 @@
-//! TLS on the gRPC port (rustls), optionally mutual: callers then present a
-//! certificate from the configured CA. The same certificate identifies
-//! this instance when it forwards a request to another.
+//! TLS on the gRPC and HTTP ports (rustls), optionally mutual: callers
+//! then present a certificate from the configured CA. The same certificate
+//! identifies this instance when it forwards a request to another.
 
 use serde::{Deserialize, Serialize};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
@@ -31,6 +31,8 @@ pub struct Tls {
     pub(crate) server: ServerTlsConfig,
     /// For requests forwarded to other instances (`https://` addresses).
     pub(crate) peers: Option<ClientTlsConfig>,
+    /// The HTTP port's: the same certificate and client CA.
+    pub(crate) http: std::sync::Arc<tokio_rustls::rustls::ServerConfig>,
 }
 
 impl TlsConfig {
@@ -59,7 +61,73 @@ impl TlsConfig {
             let name = if self.ca.is_empty() { "client_ca" } else { "ca" };
             Ok(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem(name, peer_ca)?)).identity(identity))
         });
-        Ok(Some(Tls { server, peers: peers.transpose()? }))
+        let http = std::sync::Arc::new(self.http_config()?);
+        Ok(Some(Tls { server, peers: peers.transpose()?, http }))
+    }
+
+    /// The rustls configuration of the HTTP port.
+    fn http_config(&self) -> Result<tokio_rustls::rustls::ServerConfig, Error> {
+        use rustls_pki_types::pem::PemObject as _;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        use tokio_rustls::rustls;
+        let bad = |field: &str, e: &dyn std::fmt::Display| Error::Tls(format!("server.tls.{field}: {e}"));
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.cert)
+            .and_then(|i| i.collect::<Result<_, _>>())
+            .map_err(|e| bad("cert", &e))?;
+        let key = PrivateKeyDer::from_pem_file(&self.key).map_err(|e| bad("key", &e))?;
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad("cert", &e))?;
+        let builder = if self.client_ca.is_empty() {
+            builder.with_no_client_auth()
+        } else {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(&self.client_ca).map_err(|e| bad("client_ca", &e))? {
+                roots.add(c.map_err(|e| bad("client_ca", &e))?).map_err(|e| bad("client_ca", &e))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                .build()
+                .map_err(|e| bad("client_ca", &e))?;
+            builder.with_client_cert_verifier(verifier)
+        };
+        let mut config = builder.with_single_cert(certs, key).map_err(|e| bad("cert", &e))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(config)
+    }
+}
+
+/// The HTTP port's listener with TLS: each accepted connection is
+/// handshaken before axum sees it; a failed handshake is logged and
+/// dropped, never served.
+pub(crate) struct TlsListener {
+    pub(crate) tcp: tokio::net::TcpListener,
+    pub(crate) acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (stream, addr) = match self.tcp.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting an HTTP connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            match self.acceptor.accept(stream).await {
+                Ok(tls) => return (tls, addr),
+                Err(e) => tracing::debug!(%addr, error = %e, "a TLS handshake on the HTTP port failed"),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
     }
 }
 
