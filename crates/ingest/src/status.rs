@@ -132,20 +132,42 @@ impl PartitionHealth {
     }
 }
 
+/// One partition's lag, as the metrics name it.
+struct Lag {
+    partition: u32,
+    records: i64,
+    millis: i64,
+    applied: i64,
+    end: Option<i64>,
+}
+
 impl Snapshot {
-    /// The lag of every partition folded here, named and labelled as
-    /// kafka-lag-exporter does, so its dashboards and alerts apply.
-    fn export_lag(&self, now_ms: i64) {
-        let Some((group, topic)) = &self.source else { return };
-        for (p, h) in self.partitions.iter().filter(|(_, h)| !h.resting) {
-            let labels = [("group", group.clone()), ("topic", topic.clone()), ("partition", p.to_string())];
-            metrics::gauge!("kafka_consumergroup_group_lag", &labels).set(h.lag() as f64);
-            metrics::gauge!("kafka_consumergroup_group_lag_seconds", &labels).set(h.lag_ms(now_ms) as f64 / 1e3);
-            metrics::gauge!("kafka_consumergroup_group_offset", &labels).set(h.applied as f64);
-            if let Some(end) = h.end {
-                let labels = [("topic", topic.clone()), ("partition", p.to_string())];
-                metrics::gauge!("kafka_partition_latest_offset", &labels).set(end as f64);
-            }
+    /// The lag of every partition folded here.
+    fn lags(&self, now_ms: i64) -> Vec<Lag> {
+        let folded = self.partitions.iter().filter(|(_, h)| !h.resting);
+        folded
+            .map(|(p, h)| Lag {
+                partition: *p,
+                records: h.lag(),
+                millis: h.lag_ms(now_ms),
+                applied: h.applied,
+                end: h.end,
+            })
+            .collect()
+    }
+}
+
+/// The lags as gauges, named and labelled as kafka-lag-exporter does, so
+/// its dashboards and alerts apply.
+fn export_lag(group: &str, topic: &str, lags: &[Lag]) {
+    for l in lags {
+        let labels = [("group", group.to_owned()), ("topic", topic.to_owned()), ("partition", l.partition.to_string())];
+        metrics::gauge!("kafka_consumergroup_group_lag", &labels).set(l.records as f64);
+        metrics::gauge!("kafka_consumergroup_group_lag_seconds", &labels).set(l.millis as f64 / 1e3);
+        metrics::gauge!("kafka_consumergroup_group_offset", &labels).set(l.applied as f64);
+        if let Some(end) = l.end {
+            let labels = [("topic", topic.to_owned()), ("partition", l.partition.to_string())];
+            metrics::gauge!("kafka_partition_latest_offset", &labels).set(end as f64);
         }
     }
 }
@@ -218,18 +240,23 @@ impl IngestStatus {
     /// The ends of the partitions this instance folds, from its consumer's
     /// statistics (it consumes the events topic only).
     fn observe_ends(&self, stats: &Statistics) {
-        self.with(|s| {
+        let now = now_ms();
+        let lags = self.with(|s| {
             for part in stats.topics.values().flat_map(|t| t.partitions.values()) {
                 let (Ok(p), true) = (u32::try_from(part.partition), part.hi_offset >= 0) else {
                     continue;
                 };
                 if let Some(h) = s.partitions.get_mut(&p) {
                     h.end = Some(part.hi_offset);
-                    h.saw_end(part.hi_offset, now_ms());
+                    h.saw_end(part.hi_offset, now);
                 }
             }
-            s.export_lag(now_ms());
+            s.source.clone().map(|source| (source, s.lags(now)))
         });
+        // Outside the lock the fold's commits take.
+        if let Some(((group, topic), lags)) = lags {
+            export_lag(&group, &topic, &lags);
+        }
     }
 
     pub(crate) fn set_waiting(&self, waiting: Option<usize>) {

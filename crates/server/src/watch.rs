@@ -370,7 +370,8 @@ async fn plan(
         }
         let applied = changes.open(p, store_applied(state, p)?);
         // Read after the window is open: later changes are all in it.
-        let member = services::find_for(state, &addr, &mask)?;
+        // By its key: the index was followed once, above.
+        let member = services::find_for(state, &MemberAddress::Key(key.clone()), &mask)?;
         let w = partitions.entry(p).or_insert(Watched { cursor: applied, members: Some(HashMap::new()) });
         let seen = member.version.next_offset;
         w.members.get_or_insert_default().insert(key, seen);
@@ -397,25 +398,17 @@ async fn plan(
 /// A resume point of a member watch: served when the window holds every
 /// change after it, or when none of the watched members changed since.
 fn resume_members(changes: &Changes, p: u32, cursor: i64, w: &mut Watched) -> Result<i64, Error> {
-    match check_cursor(changes, p, cursor) {
-        Ok(c) => {
-            for seen in w.members.iter_mut().flat_map(HashMap::values_mut) {
-                *seen = cursor;
-            }
-            Ok(c)
-        }
-        Err(e) => {
-            let members = w.members.get_or_insert_default();
-            if members.values().any(|version| *version > cursor) {
-                return Err(e);
-            }
-            // Unchanged since the resume point: follow from the window's start.
-            for seen in members.values_mut() {
-                *seen = cursor;
-            }
-            Ok(changes.from(p).unwrap_or(cursor))
-        }
+    let members = w.members.get_or_insert_default();
+    let start = match check_cursor(changes, p, cursor) {
+        Ok(c) => c,
+        // Unchanged since the resume point: follow from the window's start.
+        Err(_) if members.values().all(|version| *version <= cursor) => changes.from(p).unwrap_or(cursor),
+        Err(e) => return Err(e),
+    };
+    for seen in members.values_mut() {
+        *seen = cursor;
     }
+    Ok(start)
 }
 
 /// `cursor` when the window of `p` holds every change after it.
