@@ -41,9 +41,10 @@ bench: build
 fmt:
 	cargo fmt --all
 
-lint:
+lint: deps
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	$${OMNIFOLD_TOOLS:-$$HOME/.cache/omnifold/tools}/node_modules/.bin/buf lint
 
 clean:
 	rm -rf .omnifold

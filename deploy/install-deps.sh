@@ -3,15 +3,20 @@
 # libclang (bindgen for RocksDB), a C/C++ toolchain (RocksDB, librdkafka),
 # the tansu Kafka-compatible broker used by `make run` and the tests,
 # moto's S3-compatible server, which the snapshot store's tests run, and
-# grpcio with grpcio-tools for the Python example client's test.
+# grpcio with grpcio-tools for the Python example client's test, and buf
+# (from the npm registry) for the contract's lint.
 set -euo pipefail
 
 TANSU_VERSION=0.6.0
 MOTO_VERSION=5.2.1
 GRPCIO_VERSION=1.76.0
+BUF_VERSION=1.75.0
+BUF_DIR="${OMNIFOLD_TOOLS:-$HOME/.cache/omnifold/tools}"
 
 missing=()
-for pkg in libclang-dev build-essential; do
+pkgs=(libclang-dev build-essential)
+command -v npm >/dev/null || pkgs+=(nodejs npm)
+for pkg in "${pkgs[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if ((${#missing[@]})); then
@@ -35,4 +40,9 @@ fi
 if ! python3 -c "import grpc, grpc_tools; assert grpc.__version__ == '$GRPCIO_VERSION'" 2>/dev/null; then
   echo "installing grpcio and grpcio-tools $GRPCIO_VERSION (the Python example client)"
   python3 -m pip install --quiet "grpcio==$GRPCIO_VERSION" "grpcio-tools==$GRPCIO_VERSION"
+fi
+
+if ! "$BUF_DIR/node_modules/.bin/buf" --version 2>/dev/null | grep -qx "$BUF_VERSION"; then
+  echo "installing buf $BUF_VERSION into $BUF_DIR (the proto lint)"
+  npm install --silent --no-audit --no-fund --prefix "$BUF_DIR" "@bufbuild/buf@$BUF_VERSION"
 fi
