@@ -19,12 +19,13 @@ pub enum TopicOutcome {
     AlreadyExists(String),
 }
 
-/// Creates the events topic (`partitions`), the dead-letter topic, and the
-/// compacted identity-index and ownership topics (one partition each);
-/// existing topics are left alone.
+/// Creates the events topic (`partitions`), the dead-letter topic, the
+/// compacted identity-index and ownership topics (one partition each), the
+/// audit topic and, when configured, the compacted profile-changes topic
+/// (`partitions`); existing topics are left alone.
 pub async fn create_topics(cfg: &IngestConfig, partitions: i32, replication: i32) -> Result<Vec<TopicOutcome>> {
     let admin: AdminClient<DefaultClientContext> = client_config(cfg).create()?;
-    let topics = [
+    let mut topics = vec![
         NewTopic::new(&cfg.topic, partitions, TopicReplication::Fixed(replication)),
         NewTopic::new(&cfg.dead_letter_topic, 1, TopicReplication::Fixed(replication)),
         // The identity index: small, read whole by every instance, latest
@@ -37,6 +38,13 @@ pub async fn create_topics(cfg: &IngestConfig, partitions: i32, replication: i32
         // your rules require (retention.ms, docs/security.md).
         NewTopic::new(&cfg.audit_topic, 1, TopicReplication::Fixed(replication)),
     ];
+    // Changed profiles, latest per member: as many partitions as events.
+    if !cfg.changes_topic.is_empty() {
+        topics.push(
+            NewTopic::new(&cfg.changes_topic, partitions, TopicReplication::Fixed(replication))
+                .set("cleanup.policy", "compact"),
+        );
+    }
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     admin
         .create_topics(&topics, &opts)

@@ -68,6 +68,15 @@ pub struct IngestConfig {
     /// Append-only topic of the audit trail: every admin and loyalty-write
     /// call, who made it and how it ended (docs/security.md).
     pub audit_topic: String,
+    /// Compacted topic of changed profiles for tools that read Kafka
+    /// (docs/api.md, "Changes on Kafka"): key the member id, value the
+    /// profile as proto3 JSON, a tombstone when it is gone. Written before
+    /// each batch commits, so no change is lost. Empty (default): off.
+    pub changes_topic: String,
+    /// The profile-changes topic carries personal data in clear (as for a
+    /// caller with `profile:pii`) and anonymous and provisional profiles
+    /// too. Default false: personal fields masked, members only.
+    pub changes_pii: bool,
     /// This instance's stable name. Set, it is also the consumer's
     /// `group.instance.id` (static membership): a restart within the
     /// session timeout keeps the instance's partitions, and it recognises
@@ -145,6 +154,8 @@ impl Default for IngestConfig {
             group_id: "omnifold".into(),
             ownership_topic: "omnifold.owners".into(),
             audit_topic: "omnifold.audit".into(),
+            changes_topic: String::new(),
+            changes_pii: false,
             instance_id: String::new(),
             session_timeout_ms: 0,
             ownership_interval_ms: 1_000,
@@ -213,12 +224,22 @@ impl IngestConfig {
                 return Err(Error::Config(format!("{name} must not be empty")));
             }
         }
-        let topics =
-            [&self.topic, &self.dead_letter_topic, &self.identity_topic, &self.ownership_topic, &self.audit_topic];
-        if topics.iter().enumerate().any(|(i, t)| topics[..i].contains(t)) {
+        let topics = [
+            &self.topic,
+            &self.dead_letter_topic,
+            &self.identity_topic,
+            &self.ownership_topic,
+            &self.audit_topic,
+            &self.changes_topic,
+        ];
+        if topics.iter().enumerate().any(|(i, t)| !t.is_empty() && topics[..i].contains(t)) {
             return Err(Error::Config(
-                "topic, dead_letter_topic, identity_topic, ownership_topic and audit_topic must all differ".into(),
+                "topic, dead_letter_topic, identity_topic, ownership_topic, audit_topic and changes_topic must all differ"
+                    .into(),
             ));
+        }
+        if self.changes_topic != self.changes_topic.trim() {
+            return Err(Error::Config("changes_topic must not start or end with spaces".into()));
         }
         if self.session_timeout_ms != 0 && !(1_000..=3_600_000).contains(&self.session_timeout_ms) {
             return Err(Error::Config("session_timeout_ms must be 0 (librdkafka's default) or 1000 to 3600000".into()));

@@ -561,8 +561,8 @@ impl Ingest<'_> {
     }
 
     /// Writes what a folded batch produced, in order: its dead letters,
-    /// its identity-index updates, its outbox. `Some` when the batch
-    /// cannot commit.
+    /// its identity-index updates, its outbox, its changed profiles. `Some`
+    /// when the batch cannot commit.
     fn deliver_outputs(&mut self, processed: &Processed) -> Option<Outcome> {
         if !processed.dead_letters.is_empty() {
             let now = now_ms();
@@ -596,6 +596,12 @@ impl Ingest<'_> {
                 return Some(o);
             }
             failpoint::hit("after_outbox");
+        }
+        if !processed.changes.is_empty() {
+            if let Some(o) = self.deliver(&self.cfg.changes_topic.clone(), &processed.changes) {
+                return Some(o);
+            }
+            metrics::counter!("omnifold_profile_changes_published_total").increment(processed.changes.len() as u64);
         }
         None
     }

@@ -38,7 +38,7 @@ pub use index::run_index;
 pub use local::{LocalLog, LocalReplay};
 pub use ownership::{Claim, OwnerState, OwnerView, Ownership, instance_name, run_ownership};
 pub use processor::{
-    ChangeSink, Committed, OnChanges, OnCommit, OutRecord, Processed, Processor, ROUTE_HEADER, Record,
+    ChangeSink, ChangeTopic, Committed, OnChanges, OnCommit, OutRecord, Processed, Processor, ROUTE_HEADER, Record,
 };
 pub use replay::{ReplayEnd, ReplayProgress, replay};
 pub use sign::{SIGNATURE_HEADER, Signer};

@@ -248,6 +248,22 @@ impl omnifold_ingest::ChangeSink for Published {
     }
 }
 
+/// The profile-changes topic's records, rendered by the server's masking.
+struct Feed(omnifold_server::feed::ChangeFeed);
+
+impl omnifold_ingest::ChangeTopic for Feed {
+    fn record(
+        &self,
+        partition: u32,
+        key: &str,
+        next_offset: i64,
+        member: Option<&omnifold_core::Member>,
+    ) -> Option<omnifold_ingest::OutRecord> {
+        let r = self.0.record(partition, key, next_offset, member)?;
+        Some(omnifold_ingest::OutRecord { key: Some(r.key.into_bytes()), value: r.value, headers: r.headers })
+    }
+}
+
 /// How long `serve` waits, before answering, to learn who owns what.
 const OWNERSHIP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -334,6 +350,13 @@ pub async fn serve(config: Config) -> Result<()> {
     // partition at once (omnifold_ingest::Standbys).
     let standby =
         (config.kafka.standby == omnifold_ingest::Standby::All).then(|| (Standbys::default(), processor.clone()));
+    // Changed profiles to the profile-changes topic (only the owner's fold:
+    // the standby copy above writes nothing to Kafka).
+    if !config.kafka.changes_topic.is_empty() {
+        let privacy = Arc::new(config.privacy.clone());
+        let feed = omnifold_server::feed::ChangeFeed::new(fold.clone(), privacy, config.kafka.changes_pii);
+        processor = processor.with_change_topic(Arc::new(Feed(feed)));
+    }
     let status = IngestStatus::default();
     let timeout = std::time::Duration::from_millis(config.server.command_timeout_ms);
     let producer = CommandProducer::new(&config.kafka, timeout).context("creating the command producer")?;

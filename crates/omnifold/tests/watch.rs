@@ -250,3 +250,162 @@ async fn a_watcher_that_does_not_read_ends_out_of_range_instead_of_holding_chang
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
     assert!(changes < events.len(), "what was buffered is bounded: {changes} changes");
 }
+
+/// One record of the profile-changes topic.
+#[derive(Debug, Clone)]
+struct Published {
+    key: String,
+    partition: i32,
+    /// The `ProfileChange` as JSON; none for a tombstone.
+    change: Option<serde_json::Value>,
+    version: String,
+    routes_to: Option<String>,
+}
+
+/// Every record of `topic` (all partitions, from the start): read at
+/// least to each partition's end as the broker tells it (tansu's may lag
+/// behind, never run ahead), then until the topic has been quiet a moment.
+fn read_topic(setup: &Setup, topic: &str) -> Vec<Published> {
+    use rdkafka::Message as _;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Headers;
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &setup.brokers)
+        .set("group.id", format!("{topic}.reader"))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    let mut ends = std::collections::BTreeMap::new();
+    for p in 0..setup.partitions {
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning).unwrap();
+        ends.insert(p, c.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap().1);
+    }
+    c.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let mut read_to: std::collections::BTreeMap<i32, i64> = ends.keys().map(|p| (*p, 0)).collect();
+    let mut quiet_since = std::time::Instant::now();
+    let deadline = std::time::Instant::now() + WAIT;
+    while ends.iter().any(|(p, end)| read_to[p] < *end) || quiet_since.elapsed() < Duration::from_millis(500) {
+        assert!(std::time::Instant::now() < deadline, "{topic} read to {read_to:?}, not to {ends:?}");
+        let Some(m) = c.poll(Duration::from_millis(50)) else { continue };
+        let m = m.unwrap();
+        let header = |name: &str| {
+            m.headers()
+                .and_then(|h| h.iter().find(|h| h.key == name))
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8(v.to_vec()).unwrap())
+        };
+        out.push(Published {
+            key: String::from_utf8(m.key().unwrap().to_vec()).unwrap(),
+            partition: m.partition(),
+            change: m.payload().map(|v| serde_json::from_slice(v).unwrap()),
+            version: header("omnifold-version").expect("every record has its version"),
+            routes_to: header("omnifold-routes-to"),
+        });
+        read_to.insert(m.partition(), m.offset() + 1);
+        quiet_since = std::time::Instant::now();
+    }
+    out
+}
+
+/// The records of `key`, in the order written.
+fn of<'a>(records: &'a [Published], key: &str) -> Vec<&'a Published> {
+    records.iter().filter(|r| r.key == key).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_go_to_the_compacted_topic_masked_with_a_tombstone_for_an_erased_member() {
+    let topic = "changes-topic.profile-changes";
+    let stack = fast_progress("changes-topic", 2, &[("OMNIFOLD_KAFKA__CHANGES_TOPIC", topic)]);
+    let mut total = 0;
+    for n in 1..=3 {
+        fold_one(&stack, view("m-1", n), &mut total).await;
+    }
+    let named = json_event(
+        "m-2-named",
+        &days_ago(0.01),
+        "MOBILE_APP",
+        r#"{"memberId":"m-2"}"#,
+        r#""profileUpdated":{"traits":{"name":"Zhang San"}}"#,
+    );
+    fold_one(&stack, ("m-2".into(), named), &mut total).await;
+    let anonymous = json_event(
+        "anon-view",
+        &days_ago(0.01),
+        "ONLINE_WEB",
+        r#"{"anonymousId":"ck-anon-1"}"#,
+        r#""productViewed":{"sku":"SKU-9"}"#,
+    );
+    fold_one(&stack, ("ck-anon-1".into(), anonymous), &mut total).await;
+    let erase = proto::EraseMemberRequest { member: member("m-2"), reason: String::new(), request_id: "dsr-1".into() };
+    let done = stack.service.admin().await.erase_member(erase).await.unwrap().into_inner();
+    assert_eq!(done.status, proto::ErasureStatus::Done as i32);
+
+    let records = eventually("the erasure on the topic", WAIT, || async {
+        let records = read_topic(&stack.setup, topic);
+        of(&records, "m-2").last().is_some_and(|r| r.change.is_none()).then_some(records)
+    })
+    .await;
+    // Every change of m-1, in fold order, on one partition (compaction
+    // keeps its latest), each stamped with the version that produced it.
+    let m1 = of(&records, "m-1");
+    // proto3 JSON writes 64-bit integers as strings.
+    let views: Vec<&str> =
+        m1.iter().map(|r| r.change.as_ref().unwrap()["profile"]["browse"]["productViews"].as_str().unwrap()).collect();
+    assert_eq!(views, ["1", "2", "3"]);
+    assert!(m1.iter().all(|r| r.partition == m1[0].partition));
+    for r in &m1 {
+        let v = &r.change.as_ref().unwrap()["version"];
+        assert_eq!(r.version, format!("{}:{}", v["partition"].as_u64().unwrap(), v["nextOffset"].as_str().unwrap()));
+    }
+    // The latest is the profile a read gives, at the same version.
+    let read = get(&stack.service, "m-1").await.unwrap();
+    let version = read.version.unwrap();
+    assert_eq!(m1.last().unwrap().version, format!("{}:{}", version.partition, version.next_offset));
+    // Personal data is masked (kafka.changes_pii = false), then the erased
+    // member is a tombstone; an anonymous profile's key (a cookie) is not
+    // published at all.
+    let m2 = of(&records, "m-2");
+    let name = m2[0].change.as_ref().unwrap()["profile"]["traits"]["name"].as_str().unwrap().to_owned();
+    assert!(!name.is_empty() && name != "Zhang San", "masked: {name}");
+    assert!(m2.last().unwrap().change.is_none() && m2.last().unwrap().routes_to.is_none());
+    assert!(of(&records, "ck-anon-1").is_empty(), "{records:?}");
+    assert!(records.iter().all(|r| r.change.as_ref().is_none_or(|c| !c.to_string().contains("Zhang San"))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_right_after_a_commit_loses_no_change_on_the_topic() {
+    // One partition, batches of 5: each member's only event is in one
+    // batch; the process aborts right after its second commit, so the
+    // members of that batch never change again. Their records reached the
+    // topic before the commit, or they would be lost for good.
+    let topic = "changes-crash.profile-changes";
+    let broker = Broker::start();
+    let mut setup = Setup::new(&broker, "changes-crash", 1);
+    setup.extra_env.insert("OMNIFOLD_KAFKA__CHANGES_TOPIC".into(), topic.into());
+    setup.extra_env.insert("OMNIFOLD_KAFKA__BATCH_MAX_RECORDS".into(), "5".into());
+    setup.create_topics();
+    let data = tempfile::tempdir().unwrap();
+    let members: Vec<String> = (0..20).map(|i| format!("m-{i}")).collect();
+    setup.produce(&members.iter().map(|m| view(m, 1)).collect::<Vec<_>>());
+    let crashing = Service::start_with(&setup, data.path(), &[("OMNIFOLD_FAILPOINT", "after_commit:2")]);
+    let status = crashing.wait_exit(Duration::from_secs(60));
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(6), "aborted by the failpoint: {status}");
+    let at_crash = setup.events_applied(data.path());
+    assert!((1..20).contains(&at_crash.len()), "the crash landed mid-stream: {at_crash:?}");
+
+    let service = Service::start(&setup, data.path());
+    service.wait_consumed(&setup, members.len() as i64).await;
+    let records = read_topic(&setup, topic);
+    for m in &members {
+        let r = of(&records, m);
+        let version = get(&service, m).await.unwrap().version.unwrap();
+        let latest = r.last().unwrap_or_else(|| panic!("no record of {m}: {records:?}"));
+        assert_eq!(latest.version, format!("0:{}", version.next_offset), "{m}");
+        // A batch written again after a crash repeats its records with the
+        // same version: a reader keeps the latest and loses nothing.
+        assert!(r.iter().all(|x| x.version == latest.version), "{m}: {r:?}");
+    }
+}

@@ -12,6 +12,7 @@ mod convert;
 mod erasure;
 mod export;
 mod fanout;
+pub mod feed;
 mod health;
 pub mod http;
 pub mod privacy;

@@ -222,7 +222,12 @@ fn keep(value: &str, head: usize, tail: usize) -> String {
 
 /// What `caller` may see of `member`.
 pub(crate) fn view_of(caller: &Caller, member: &Member, privacy: &PrivacyConfig) -> View {
-    let personal = caller.may(Scope::ProfilePii);
+    view(caller.may(Scope::ProfilePii), member, privacy)
+}
+
+/// What a reader who may (`personal`) or may not see personal data sees
+/// of `member`: sensitive data also needs the member's consent.
+pub(crate) fn view(personal: bool, member: &Member, privacy: &PrivacyConfig) -> View {
     let consented = member.consents.get(&privacy.sensitive_purpose).is_some_and(|c| c.value.granted);
     View { personal, sensitive: personal && consented }
 }

@@ -525,7 +525,9 @@ impl<'a> Run<'a> {
                 self.batch.put_member(store, m, self.loaded.get(key).copied());
             }
         }
-        let changed = if self.p.on_changes.is_some() { self.changed(&dirty) } else { Vec::new() };
+        let reported = self.p.on_changes.is_some() || self.p.change_topic.is_some();
+        let changed = if reported { self.changed(&dirty) } else { Vec::new() };
+        let changes = self.change_records(&changed);
         let next_offset = self.records.last().map_or(0, |r| r.offset + 1);
         if !self.records.is_empty() {
             self.batch.set_next_offset(store, next_offset);
@@ -550,6 +552,7 @@ impl<'a> Run<'a> {
             dead_letters: self.dead_letters,
             outbox: self.outbox,
             index: self.index,
+            changes,
             applied: self.applied,
             duplicates: self.duplicates,
             misrouted: self.misrouted,
@@ -579,6 +582,18 @@ impl<'a> Run<'a> {
             .collect();
         changed.sort_by(|a, b| (a.next_offset, &a.key).cmp(&(b.next_offset, &b.key)));
         changed
+    }
+
+    /// The profile-changes topic's records of `changed`, in fold order.
+    fn change_records(&self, changed: &[Changed]) -> Vec<OutRecord> {
+        let Some(topic) = &self.p.change_topic else { return Vec::new() };
+        changed
+            .iter()
+            .filter_map(|c| {
+                let member = if c.deleted { None } else { self.members.get(&c.key) };
+                topic.record(self.partition, &c.key, c.next_offset, member)
+            })
+            .collect()
     }
 
     fn prune_histories(&mut self, dirty: &[String]) -> Result<()> {

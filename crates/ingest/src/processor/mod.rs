@@ -93,6 +93,9 @@ pub struct Processed {
     pub outbox: Vec<OutRecord>,
     /// Identity-index updates for the identity topic, written before the commit.
     pub index: Vec<OutRecord>,
+    /// The changed profiles for the profile-changes topic
+    /// (`kafka.changes_topic`), written before the commit.
+    pub changes: Vec<OutRecord>,
     pub applied: u64,
     pub duplicates: u64,
     /// Events that arrived on a partition that does not own their key.
@@ -156,6 +159,13 @@ pub type OnCommit = Arc<dyn Fn(u32) + Send + Sync>;
 /// Called with each committed batch's changes (the change stream).
 pub type OnChanges = Arc<dyn ChangeSink>;
 
+/// Renders a changed profile as its record on the profile-changes topic;
+/// `None` leaves it out. `member` is the profile as the batch leaves it,
+/// none when its record is deleted.
+pub trait ChangeTopic: Send + Sync {
+    fn record(&self, partition: u32, key: &str, next_offset: i64, member: Option<&Member>) -> Option<OutRecord>;
+}
+
 /// Folds records of one topic into the store.
 #[derive(Clone)]
 pub struct Processor {
@@ -173,6 +183,8 @@ pub struct Processor {
     cache: Cache,
     on_commit: Option<OnCommit>,
     on_changes: Option<OnChanges>,
+    /// Renders each batch's changes for the profile-changes topic.
+    change_topic: Option<Arc<dyn ChangeTopic>>,
 }
 
 /// The changed profiles as committed (copies of the batch's members).
@@ -220,6 +232,7 @@ impl Processor {
             cache: None,
             on_commit: None,
             on_changes: None,
+            change_topic: None,
         }
     }
 
@@ -256,6 +269,20 @@ impl Processor {
     /// Hands what each batch changed to `sink`, after its commit.
     pub fn with_on_changes(mut self, sink: OnChanges) -> Self {
         self.on_changes = Some(sink);
+        self
+    }
+
+    /// Renders what each batch changed with `topic`, for the profile-changes
+    /// topic ([`Processed::changes`]).
+    pub fn with_change_topic(mut self, topic: Arc<dyn ChangeTopic>) -> Self {
+        self.change_topic = Some(topic);
+        self
+    }
+
+    /// The same processor without the profile-changes topic (a standby
+    /// copy's fold, which writes nothing to Kafka).
+    pub fn without_change_topic(mut self) -> Self {
+        self.change_topic = None;
         self
     }
 
