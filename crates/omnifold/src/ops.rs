@@ -23,12 +23,33 @@ const RECORDS: [f64; 9] = [1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0,
 /// Installs the Prometheus recorder (before anything records), with
 /// histograms as histograms: latencies in seconds, batch sizes in records.
 pub fn install() -> Result<PrometheusHandle> {
-    PrometheusBuilder::new()
+    let handle = PrometheusBuilder::new()
         .set_buckets(&SECONDS)
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full("omnifold_batch_records".into()), &RECORDS))
         .context("metric buckets")?
         .install_recorder()
-        .context("installing the metrics recorder")
+        .context("installing the metrics recorder")?;
+    counters_at_zero();
+    Ok(handle)
+}
+
+/// Counters an alert watches, exported at 0 before anything happens:
+/// `rate()` and `increase()` need a first sample, and an absent series
+/// cannot tell "never happened" from "not exported".
+fn counters_at_zero() {
+    for name in [
+        "omnifold_events_applied_total",
+        "omnifold_events_duplicate_total",
+        "omnifold_partition_stalls_total",
+        "omnifold_audit_failures_total",
+        "omnifold_erasures_overdue_total",
+        "omnifold_profile_changes_published_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    for reason in ["decode", "validation", "too_large", "rule", "too_late", "forged", "bug"] {
+        metrics::counter!("omnifold_dead_letters_total", "reason" => reason).increment(0);
+    }
 }
 
 /// What the probes read.

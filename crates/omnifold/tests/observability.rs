@@ -98,6 +98,10 @@ async fn the_metrics_page_moves_with_ingest_and_requests() {
     for name in dashboard_series() {
         assert!(page.lines().any(|l| l.starts_with(&name)), "the dashboard queries {name}, which is not exported");
     }
+    // Every series the shipped alerting rules watch is on the page too.
+    for name in alert_series() {
+        assert!(page.lines().any(|l| l.starts_with(&name)), "an alert watches {name}, which is not exported");
+    }
     // Never a member in a label.
     assert!(!page.contains("m-1"), "a member id on the metrics page");
 
@@ -130,6 +134,35 @@ fn dashboard_series() -> Vec<String> {
         }
     }
     assert!(names.len() > 10, "{names:?}");
+    names
+}
+
+/// The metric names in the expressions of deploy/prometheus-alerts.yaml.
+fn alert_series() -> Vec<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/prometheus-alerts.yaml");
+    let rules: serde_norway::Value = serde_norway::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut names = Vec::new();
+    for group in rules["groups"].as_sequence().unwrap() {
+        for rule in group["rules"].as_sequence().unwrap() {
+            assert!(rule["alert"].as_str().is_some() && rule["labels"]["severity"].as_str().is_some(), "{rule:?}");
+            // Without label selectors and `by (...)` groupings, what is
+            // left that looks like a series name is one.
+            let mut expr = rule["expr"].as_str().unwrap().to_owned();
+            for (open, close) in [("{", "}"), ("by (", ")")] {
+                while let Some(i) = expr.find(open) {
+                    let j = i + expr[i..].find(close).unwrap();
+                    expr.replace_range(i..=j, " ");
+                }
+            }
+            let words = expr.split(|c: char| !(c.is_alphanumeric() || c == '_'));
+            names.extend(
+                words
+                    .filter(|w| w.starts_with("omnifold_") || w.starts_with("kafka_") || w.starts_with("grpc_"))
+                    .map(str::to_owned),
+            );
+        }
+    }
+    assert!(names.len() >= 8, "{names:?}");
     names
 }
 
