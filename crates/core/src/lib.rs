@@ -5,6 +5,7 @@
 //! has no async runtime, database or Kafka client. The same events in the same
 //! order give byte-identical aggregates ([`Member::encode`]).
 
+pub mod audience;
 pub mod book;
 pub mod config;
 pub mod decode;
