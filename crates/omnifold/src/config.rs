@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use omnifold_core::FoldConfig;
 use omnifold_ingest::IngestConfig;
+use omnifold_server::privacy::Class;
 use omnifold_snapshots::SnapshotConfig;
 use omnifold_store::StoreConfig;
 
@@ -140,6 +141,8 @@ pub struct Config {
     pub auth: omnifold_server::AuthConfig,
     pub privacy: omnifold_server::privacy::PrivacyConfig,
     pub telemetry: TelemetryConfig,
+    /// `[audiences.NAME]`: audiences shown in profiles (docs/audiences.md).
+    pub audiences: BTreeMap<String, omnifold_core::audience::AudienceConfig>,
 }
 
 /// `[telemetry]`: traces to an OpenTelemetry collector (logs are
@@ -165,6 +168,22 @@ impl Default for TelemetryConfig {
 const ENV_PREFIX: &str = "OMNIFOLD_";
 
 impl Config {
+    /// The audiences compiled. A rule may not read a sensitive trait:
+    /// memberships are shown to every profile reader, and would tell it.
+    pub fn audiences(&self) -> Result<omnifold_core::audience::Audiences> {
+        let audiences = omnifold_core::audience::Audiences::compile(&self.audiences)?;
+        for a in audiences.iter() {
+            if let Some(t) = a.rule.traits().into_iter().find(|t| self.privacy.trait_class(t) == Class::Sensitive) {
+                bail!(
+                    "audience `{}` reads the sensitive trait `{t}` (privacy.sensitive_traits): memberships are shown \
+                     to every profile reader, so an audience may not tell a sensitive trait",
+                    a.name
+                );
+            }
+        }
+        Ok(audiences)
+    }
+
     /// Reads `file` (if any), applies overrides from `env` (for example
     /// `OMNIFOLD_KAFKA__BROKERS=host:9092` sets `kafka.brokers`), validates.
     pub fn load(file: Option<&Path>, env: &BTreeMap<String, String>) -> Result<Config> {
@@ -192,6 +211,7 @@ impl Config {
         self.kafka.validate().context("[kafka]")?;
         self.snapshots.validate().context("[snapshots]")?;
         self.privacy.validate().context("[privacy]")?;
+        self.audiences().context("[audiences]")?;
         self.server.listen.parse::<std::net::SocketAddr>().with_context(|| {
             format!("[server] listen `{}` is not an address like 127.0.0.1:50051", self.server.listen)
         })?;

@@ -106,6 +106,9 @@ pub fn profile(p: &proto::Profile) -> String {
     }
     let _ =
         writeln!(o, "  first seen    {}   last seen {}", when(p.first_seen_at.as_ref()), when(p.last_seen_at.as_ref()));
+    if !p.audiences.is_empty() {
+        let _ = writeln!(o, "  audiences     {}", p.audiences.join(", "));
+    }
     if let Some(l) = &p.loyalty {
         let _ = writeln!(
             o,

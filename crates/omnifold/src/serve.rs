@@ -354,7 +354,8 @@ pub async fn serve(config: Config) -> Result<()> {
     // the standby copy above writes nothing to Kafka).
     if !config.kafka.changes_topic.is_empty() {
         let privacy = Arc::new(config.privacy.clone());
-        let feed = omnifold_server::feed::ChangeFeed::new(fold.clone(), privacy, config.kafka.changes_pii);
+        let audiences = Arc::new(config.audiences()?);
+        let feed = omnifold_server::feed::ChangeFeed::new(fold.clone(), privacy, audiences, config.kafka.changes_pii);
         processor = processor.with_change_topic(Arc::new(Feed(feed)));
     }
     let status = IngestStatus::default();
@@ -444,7 +445,7 @@ pub async fn serve(config: Config) -> Result<()> {
     if let Some(tls) = tls {
         app = app.with_tls(tls);
     }
-    app = app.with_privacy(config.privacy.clone());
+    app = app.with_privacy(config.privacy.clone()).with_audiences(config.audiences()?);
     let audit = omnifold_ingest::AuditProducer::new(&config.kafka, signer_for_audit, AUDIT_TIMEOUT)?;
     app = app.with_audit(Arc::new(crate::audit::Audit(audit)));
     if snapshotter.is_some() {

@@ -548,3 +548,94 @@ async fn without_kept_history_a_past_as_of_says_why_and_later_reads_still_answer
     let b = b.into_inner();
     assert_eq!((b.active_points, b.pending_points), (100, 200));
 }
+
+/// The configured audiences for the audience tests: a window, a recency
+/// threshold, and one that needs the marketing consent.
+const AUDIENCES: &str = r#"
+[audiences.recent_buyers]
+rule = "orders(within=7d) > 0"
+
+[audiences.lapsed]
+rule = "since_last_order > 30d"
+
+[audiences.marketable_buyers]
+rule = "orders > 0"
+purpose = "marketing"
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn profiles_show_the_audiences_their_member_is_in_at_their_as_of() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("omnifold.toml");
+    std::fs::write(&file, AUDIENCES).unwrap();
+    let broker = Broker::start();
+    let mut setup = Setup::new(&broker, "audiences", 2);
+    setup.extra_env.insert("OMNIFOLD_CONFIG".into(), file.display().to_string());
+    setup.extra_env.insert("OMNIFOLD_STORE__KEEP_HISTORY".into(), "true".into());
+    setup.create_topics();
+    let data = tempfile::tempdir().unwrap();
+    let service = Service::start(&setup, data.path());
+    let consent =
+        proto::event::Payload::ConsentChanged(proto::ConsentChanged { purpose: "marketing".into(), granted: true });
+    let records = vec![
+        event("c1", "m-1", 20, proto::Channel::MobileApp, consent),
+        event("o1", "m-1", 10, proto::Channel::MobileApp, order("o-1", 10_000)),
+        event("o2", "m-1", 2, proto::Channel::StorePos, order("o-2", 5_000)),
+        event("o3", "m-2", 40, proto::Channel::OnlineWeb, order("o-3", 8_000)),
+    ];
+    setup.produce(&records);
+    service.wait_consumed(&setup, records.len() as i64).await;
+
+    let read = |id: &'static str, hours_ago: Option<i64>, mask: Option<&'static str>| {
+        let service = &service;
+        async move {
+            let r = proto::GetProfileRequest {
+                member: member(id),
+                read_mask: mask.map(|m| omnifold_proto::wkt::FieldMask { paths: vec![m.into()] }),
+                as_of: hours_ago.map(|h| to_timestamp(now() - h * omnifold_core::time::HOUR)),
+            };
+            service.profiles().await.get_profile(r).await.unwrap().into_inner().audiences
+        }
+    };
+    // Now: an order this week, and the consent the marketing audience needs.
+    assert_eq!(read("m-1", None, None).await, ["marketable_buyers", "recent_buyers"]);
+    // Only the field asked for still reads what the rules need.
+    assert_eq!(read("m-1", None, Some("audiences")).await, ["marketable_buyers", "recent_buyers"]);
+    // Eight days ago the first order was two days old; sixty hours ago it
+    // was more than a week old and the second not placed yet; fifteen days
+    // ago m-1 had ordered nothing.
+    assert_eq!(read("m-1", Some(8 * 24), None).await, ["marketable_buyers", "recent_buyers"]);
+    assert_eq!(read("m-1", Some(60), None).await, ["marketable_buyers"]);
+    assert!(read("m-1", Some(15 * 24), None).await.is_empty());
+    // m-2 bought 40 days ago and never consented: lapsed, not marketable;
+    // 20 days ago its order was 20 days old, not lapsed yet.
+    assert_eq!(read("m-2", None, None).await, ["lapsed"]);
+    assert!(read("m-2", Some(20 * 24), None).await.is_empty());
+    // The CLI's summary names them.
+    let said = setup.run(&["profile", "get", "m-1", "--server", &service.grpc]);
+    assert!(said.contains("audiences     marketable_buyers, recent_buyers"), "{said}");
+}
+
+#[test]
+fn a_configured_audience_that_cannot_work_is_refused_with_what_to_fix() {
+    let broker_less = Setup::on("127.0.0.1:9", "audiences-check", 1);
+    let dir = tempfile::tempdir().unwrap();
+    for (toml, says) in [
+        (
+            "[audiences.x]\nrule = \"tier >= BRONZE\"\n",
+            "audience `x`: rule `tier >= BRONZE`: at character 8: unknown tier",
+        ),
+        ("[audiences.\"Big Spenders\"]\nrule = \"spend > 1\"\n", "a name is 1 to 64 of a-z"),
+        (
+            "[privacy]\nsensitive_traits = [\"health\"]\n[audiences.x]\nrule = 'trait(\"health\") == \"diabetic\"'\n",
+            "reads the sensitive trait `health`",
+        ),
+        ("[audiences.x]\nrule = \"orders > 0\"\ncolour = \"red\"\n", "unknown field `colour`"),
+    ] {
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, toml).unwrap();
+        let out = broker_less.command().args(["config", "check", file.to_str().unwrap()]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says), "{toml}: {err}");
+    }
+}

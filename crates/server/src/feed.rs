@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use omnifold_core::audience::Audiences;
 use omnifold_core::member::ProfileKind;
 use omnifold_core::{FoldConfig, Member};
 use omnifold_proto::v1 as proto;
@@ -35,13 +36,14 @@ pub struct FeedRecord {
 pub struct ChangeFeed {
     fold: Arc<FoldConfig>,
     privacy: Arc<PrivacyConfig>,
+    audiences: Arc<Audiences>,
     /// Personal data in clear, and profiles that are not members'.
     pii: bool,
 }
 
 impl ChangeFeed {
-    pub fn new(fold: Arc<FoldConfig>, privacy: Arc<PrivacyConfig>, pii: bool) -> ChangeFeed {
-        ChangeFeed { fold, privacy, pii }
+    pub fn new(fold: Arc<FoldConfig>, privacy: Arc<PrivacyConfig>, audiences: Arc<Audiences>, pii: bool) -> ChangeFeed {
+        ChangeFeed { fold, privacy, audiences, pii }
     }
 
     /// The record of the profile at `key` as a batch left it (`member`;
@@ -68,7 +70,9 @@ impl ChangeFeed {
 
     /// A live profile's `ProfileChange`, masked as configured.
     fn message(&self, partition: u32, next_offset: i64, m: &Member) -> Vec<u8> {
-        let mut profile = convert::profile(m, now_millis(), &ReadMask::everything(), &self.fold);
+        let at = now_millis();
+        let mut profile = convert::profile(m, at, &ReadMask::everything(), &self.fold);
+        profile.audiences = self.audiences.of(m, at, &self.fold).into_iter().map(str::to_owned).collect();
         privacy::profile(&mut profile, privacy::view(self.pii, m, &self.privacy), &self.privacy);
         let change = proto::ProfileChange {
             member_id: profile.member_id.clone(),
@@ -85,7 +89,7 @@ mod tests {
     use super::*;
 
     fn feed(pii: bool) -> ChangeFeed {
-        ChangeFeed::new(Arc::new(FoldConfig::default()), Arc::new(PrivacyConfig::default()), pii)
+        ChangeFeed::new(Arc::new(FoldConfig::default()), Arc::new(PrivacyConfig::default()), Arc::default(), pii)
     }
 
     fn header<'a>(r: &'a FeedRecord, name: &str) -> Option<&'a str> {

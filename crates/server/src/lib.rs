@@ -132,6 +132,8 @@ pub struct AppState {
     pub audit: Option<Arc<dyn audit::AuditLog>>,
     /// Which traits are plain or sensitive, and the consent sensitive data needs.
     pub privacy: Arc<privacy::PrivacyConfig>,
+    /// The configured audiences, shown in profiles (docs/audiences.md).
+    pub audiences: Arc<omnifold_core::audience::Audiences>,
     /// TLS on the gRPC port (absent: plain text).
     pub(crate) tls: Option<Tls>,
     /// The largest request message decoded, in bytes.
@@ -232,6 +234,7 @@ impl AppState {
             audit: None,
             changes: None,
             privacy: Arc::default(),
+            audiences: Arc::default(),
             tls: None,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             standby_read: false,
@@ -320,6 +323,12 @@ impl AppState {
 
     pub fn with_privacy(mut self, privacy: privacy::PrivacyConfig) -> Self {
         self.privacy = Arc::new(privacy);
+        self
+    }
+
+    /// The audiences profiles show their members' memberships in.
+    pub fn with_audiences(mut self, audiences: omnifold_core::audience::Audiences) -> Self {
+        self.audiences = Arc::new(audiences);
         self
     }
 

@@ -75,6 +75,7 @@ pub const PROFILE_FIELDS: &[(&str, Class, &str)] = &[
     ("as_of", Class::Plain, ""),
     ("enrolled_at", Class::Plain, ""),
     ("merged_member_ids", Class::Plain, "member ids, pseudonymous keys"),
+    ("audiences", Class::Plain, "names of configured audiences; rules may not read sensitive traits"),
 ];
 
 /// The class of a field path of [`PROFILE_FIELDS`].

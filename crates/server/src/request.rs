@@ -67,7 +67,7 @@ fn masked(field: &str) -> Error {
 }
 
 /// Top-level `Profile` fields a read mask may name.
-pub const PROFILE_FIELDS: [&str; 16] = [
+pub const PROFILE_FIELDS: [&str; 17] = [
     "member_id",
     "kind",
     "identifiers",
@@ -84,6 +84,7 @@ pub const PROFILE_FIELDS: [&str; 16] = [
     "as_of",
     "enrolled_at",
     "merged_member_ids",
+    "audiences",
 ];
 
 /// A validated read mask: `None` means every field.
@@ -101,10 +102,11 @@ impl ReadMask {
     }
 
     /// Which of the member's books the fields asked for are drawn from:
-    /// `loyalty` (lots, tier) and `purchases` (windows) read the dated spend
-    /// and the open lots; no field needs the kept orders.
+    /// `loyalty` (lots, tier), `purchases` (windows) and `audiences` (their
+    /// rules) read the dated spend and the open lots; no field needs the
+    /// kept orders.
     pub(crate) fn books(&self) -> crate::Books {
-        if self.includes("purchases") || self.includes("loyalty") {
+        if self.includes("purchases") || self.includes("loyalty") || self.includes("audiences") {
             crate::Books::SpendAndLots
         } else {
             crate::Books::Skip

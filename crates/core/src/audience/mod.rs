@@ -15,6 +15,7 @@ mod parse;
 use crate::Channel;
 use crate::ident::IdType;
 use crate::loyalty::Tier;
+use crate::member::Member;
 use crate::time::Millis;
 
 /// The longest rule text accepted.
@@ -140,3 +141,87 @@ impl Rule {
 }
 
 pub use eval::{holds, next_change};
+
+/// `[audiences.NAME]`: one audience's definition as configured.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AudienceConfig {
+    /// The rule (docs/audiences.md).
+    pub rule: String,
+    /// A consent purpose (for example `marketing`): only members whose
+    /// latest word on it is yes are in the audience; empty: none needed.
+    pub purpose: String,
+    /// For people.
+    pub description: String,
+}
+
+/// The most audiences one configuration defines.
+pub const MAX_AUDIENCES: usize = 1_000;
+
+/// One compiled audience.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Audience {
+    pub name: String,
+    pub rule: Rule,
+    pub purpose: Option<String>,
+    pub description: String,
+}
+
+/// Every configured audience, compiled, in name order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Audiences(Vec<Audience>);
+
+impl Audiences {
+    /// Compiles every definition; the first that cannot work is the error,
+    /// named.
+    pub fn compile(defs: &std::collections::BTreeMap<String, AudienceConfig>) -> Result<Audiences, crate::Error> {
+        if defs.len() > MAX_AUDIENCES {
+            return Err(crate::Error::Config(format!("at most {MAX_AUDIENCES} audiences, got {}", defs.len())));
+        }
+        let mut all = Vec::with_capacity(defs.len());
+        for (name, def) in defs {
+            let fine = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-';
+            if name.is_empty() || name.len() > 64 || !name.chars().all(fine) {
+                return Err(crate::Error::Config(format!(
+                    "audience `{name}`: a name is 1 to 64 of a-z, 0-9, `_` and `-`"
+                )));
+            }
+            let rule = Rule::compile(&def.rule)
+                .map_err(|e| crate::Error::Config(format!("audience `{name}`: rule `{}`: {e}", def.rule)))?;
+            let purpose = Some(def.purpose.trim().to_owned()).filter(|p| !p.is_empty());
+            all.push(Audience { name: name.clone(), rule, purpose, description: def.description.clone() });
+        }
+        Ok(Audiences(all))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Audience> {
+        self.0.iter()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The names of the audiences `member` is in at `at`, in name order: its
+    /// rule holds and, for an audience with a purpose, the member granted it.
+    pub fn of<'a>(&'a self, member: &Member, at: Millis, cfg: &crate::FoldConfig) -> Vec<&'a str> {
+        self.0
+            .iter()
+            .filter(|a| a.purpose.as_ref().is_none_or(|p| member.consents.get(p).is_some_and(|c| c.value.granted)))
+            .filter(|a| holds(&a.rule, member, at, cfg))
+            .map(|a| a.name.as_str())
+            .collect()
+    }
+}
+
+impl Rule {
+    /// The traits the rule reads (`trait(...)`, `has_trait(...)`).
+    pub fn traits(&self) -> Vec<&str> {
+        match self {
+            Rule::And(all) | Rule::Or(all) => all.iter().flat_map(Rule::traits).collect(),
+            Rule::Not(inner) => inner.traits(),
+            Rule::Test(Test::HasTrait(t)) | Rule::Compare(Measure::Trait(t), ..) => vec![t.as_str()],
+            _ => Vec::new(),
+        }
+    }
+}
