@@ -291,3 +291,36 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn a_member_enters_and_leaves_with_numbers_and_a_timer() {
+    use omnifold_core::audience::{AudienceConfig, AudienceState, Audiences};
+    let def =
+        |rule: &str, purpose: &str| AudienceConfig { rule: rule.into(), purpose: purpose.into(), ..Default::default() };
+    let mut defs = std::collections::BTreeMap::from([
+        ("buyers".to_owned(), def("orders(within=7d) > 0", "")),
+        ("marketable".to_owned(), def("orders > 0", "marketing")),
+    ]);
+    let audiences = Audiences::compile(&defs).unwrap();
+    let cfg = cfg();
+    let m = fold(&[order("o-1", T0, StorePos, 300)]);
+    let mut state = AudienceState::default();
+    let t = audiences.evaluate(&mut state, &m, T0, &cfg);
+    assert_eq!(t.iter().map(|t| (t.audience.as_str(), t.entered, t.seq)).collect::<Vec<_>>(), [("buyers", true, 1)]);
+    assert_eq!(state.timer, Some(T0 + 7 * DAY), "the order leaves the window then");
+    assert!(audiences.evaluate(&mut state, &m, T0 + DAY, &cfg).is_empty(), "nothing changed: nothing written");
+    let t = audiences.evaluate(&mut state, &m, T0 + 7 * DAY, &cfg);
+    assert_eq!((t[0].entered, t[0].seq, t[0].at), (false, 2, T0 + 7 * DAY));
+    assert_eq!(state.timer, None);
+    // An audience removed from the configuration ends its memberships.
+    let again = fold(&[order("o-1", T0, StorePos, 300), order("o-2", T0 + 8 * DAY, StorePos, 300)]);
+    audiences.evaluate(&mut state, &again, T0 + 8 * DAY, &cfg);
+    assert_eq!(state.names().collect::<Vec<_>>(), ["buyers"]);
+    defs.remove("buyers");
+    let fewer = Audiences::compile(&defs).unwrap();
+    let t = fewer.evaluate(&mut state, &again, T0 + 8 * DAY, &cfg);
+    assert_eq!((t[0].audience.as_str(), t[0].entered, t[0].seq), ("buyers", false, 4));
+    // The state survives its encoding.
+    assert_eq!(AudienceState::decode(&state.encode()).unwrap(), state);
+    assert!(AudienceState::decode(&[9, 1, 2]).is_err());
+}

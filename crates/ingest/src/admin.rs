@@ -38,6 +38,10 @@ pub async fn create_topics(cfg: &IngestConfig, partitions: i32, replication: i32
         // your rules require (retention.ms, docs/security.md).
         NewTopic::new(&cfg.audit_topic, 1, TopicReplication::Fixed(replication)),
     ];
+    // Audience entries and exits, keyed by member: an event stream.
+    if !cfg.audience_topic.is_empty() {
+        topics.push(NewTopic::new(&cfg.audience_topic, partitions, TopicReplication::Fixed(replication)));
+    }
     // Changed profiles, latest per member: as many partitions as events.
     if !cfg.changes_topic.is_empty() {
         topics.push(

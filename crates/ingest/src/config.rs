@@ -77,6 +77,11 @@ pub struct IngestConfig {
     /// caller with `profile:pii`) and anonymous and provisional profiles
     /// too. Default false: personal fields masked, members only.
     pub changes_pii: bool,
+    /// Topic of audience entries and exits (docs/audiences.md): key the
+    /// member id, JSON with the audience, `entered` or `exited`, its
+    /// sequence number and instant. Written before each batch commits.
+    /// Empty (default): not written (memberships are still kept).
+    pub audience_topic: String,
     /// This instance's stable name. Set, it is also the consumer's
     /// `group.instance.id` (static membership): a restart within the
     /// session timeout keeps the instance's partitions, and it recognises
@@ -156,6 +161,7 @@ impl Default for IngestConfig {
             audit_topic: "omnifold.audit".into(),
             changes_topic: String::new(),
             changes_pii: false,
+            audience_topic: String::new(),
             instance_id: String::new(),
             session_timeout_ms: 0,
             ownership_interval_ms: 1_000,
@@ -231,10 +237,12 @@ impl IngestConfig {
             &self.ownership_topic,
             &self.audit_topic,
             &self.changes_topic,
+            &self.audience_topic,
         ];
         if topics.iter().enumerate().any(|(i, t)| !t.is_empty() && topics[..i].contains(t)) {
             return Err(Error::Config(
-                "topic, dead_letter_topic, identity_topic, ownership_topic, audit_topic and changes_topic must all differ"
+                "topic, dead_letter_topic, identity_topic, ownership_topic, audit_topic, changes_topic and audience_topic \
+                 must all differ"
                     .into(),
             ));
         }

@@ -561,8 +561,8 @@ impl Ingest<'_> {
     }
 
     /// Writes what a folded batch produced, in order: its dead letters,
-    /// its identity-index updates, its outbox, its changed profiles. `Some`
-    /// when the batch cannot commit.
+    /// its identity-index updates, its outbox, its changed profiles, its
+    /// audience entries and exits. `Some` when the batch cannot commit.
     fn deliver_outputs(&mut self, processed: &Processed) -> Option<Outcome> {
         if !processed.dead_letters.is_empty() {
             let now = now_ms();
@@ -602,6 +602,12 @@ impl Ingest<'_> {
                 return Some(o);
             }
             metrics::counter!("omnifold_profile_changes_published_total").increment(processed.changes.len() as u64);
+        }
+        if !processed.audiences.is_empty() {
+            if let Some(o) = self.deliver(&self.cfg.audience_topic.clone(), &processed.audiences) {
+                return Some(o);
+            }
+            metrics::counter!("omnifold_audience_transitions_total").increment(processed.audiences.len() as u64);
         }
         None
     }

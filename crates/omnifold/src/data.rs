@@ -143,7 +143,8 @@ fn replay_files(config: &Config, args: &ReplayArgs) -> Result<()> {
         config.kafka.max_event_bytes,
         signer,
     )
-    .with_member_cache(config.kafka.member_cache_entries, config.kafka.member_cache_bytes);
+    .with_member_cache(config.kafka.member_cache_entries, config.kafka.member_cache_bytes)
+    .with_audiences(Arc::new(config.audiences()?), false);
     let mut log = omnifold_ingest::LocalLog::new(
         &processor,
         &config.kafka.topic,
@@ -200,7 +201,8 @@ fn rebuild(
     let signer = config.kafka.signer().context("replaying checks omnifold's signatures on the topic")?;
     let processor =
         Processor::new(store, Arc::new(config.fold.clone()), &config.kafka.topic, config.kafka.max_event_bytes, signer)
-            .with_member_cache(config.kafka.member_cache_entries, config.kafka.member_cache_bytes);
+            .with_member_cache(config.kafka.member_cache_entries, config.kafka.member_cache_bytes)
+            .with_audiences(Arc::new(config.audiences()?), false);
     let bar = progress(0, "replaying");
     let done = omnifold_ingest::replay(&config.kafka, &processor, end, from_time, &Shutdown::default(), |p| {
         bar.set_length(p.expected.max(p.records));
@@ -341,6 +343,7 @@ fn line(store: &Store, partition: u32, member: &omnifold_core::Member) -> Result
     let ledger: Vec<omnifold_core::LedgerEntry> =
         store.ledger(partition, &member.key, None).collect::<Result<Vec<_>, _>>()?.into_iter().rev().collect();
     let verdicts = store.member_verdicts(partition, &member.key)?;
+    let audiences = store.audience_states(partition, &[member.key.as_str()])?.pop().flatten();
     let mut v = serde_json::json!({
         "partition": partition,
         "key": member.key,
@@ -348,6 +351,10 @@ fn line(store: &Store, partition: u32, member: &omnifold_core::Member) -> Result
         "ledger": ledger,
         "verdicts": verdicts,
     });
+    // Only when the fold evaluated audiences, so stores of before compare.
+    if let Some(a) = audiences {
+        v["audiences"] = serde_json::to_value(&a)?;
+    }
     // A log position, not content: it depends on what else is in the log
     // (other subjects, retries, the fold's own records), so stores built
     // from a topic and from a file of the same events compare equal.

@@ -346,10 +346,15 @@ pub async fn serve(config: Config) -> Result<()> {
     if let Some(published) = changes.clone() {
         processor = processor.with_on_changes(Arc::new(Published(published)));
     }
+    // Audiences are evaluated by every fold (a standby's copy keeps them
+    // too); only the owner's writes their entries and exits.
+    let audiences = Arc::new(config.audiences()?);
+    processor = processor.with_audiences(audiences.clone(), false);
     // The standby fold shares the member cache: the two never fold one
     // partition at once (omnifold_ingest::Standbys).
     let standby =
         (config.kafka.standby == omnifold_ingest::Standby::All).then(|| (Standbys::default(), processor.clone()));
+    processor = processor.with_audiences(audiences, !config.kafka.audience_topic.is_empty());
     // Changed profiles to the profile-changes topic (only the owner's fold:
     // the standby copy above writes nothing to Kafka).
     if !config.kafka.changes_topic.is_empty() {

@@ -639,3 +639,155 @@ fn a_configured_audience_that_cannot_work_is_refused_with_what_to_fix() {
         assert!(!out.status.success() && err.contains(says), "{toml}: {err}");
     }
 }
+
+/// Every record of the audience topic, in order: (member, audience,
+/// event, seq, instant).
+fn transitions(setup: &Setup, topic: &str) -> Vec<(String, String, String, u64, String)> {
+    use rdkafka::Message as _;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &setup.brokers)
+        .set("group.id", format!("{topic}.reader"))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning).unwrap();
+    let end = c.fetch_watermarks(topic, 0, Duration::from_secs(10)).unwrap().1;
+    c.assign(&tpl).unwrap();
+    let (mut out, mut next) = (Vec::new(), 0);
+    let mut quiet = std::time::Instant::now();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while next < end || quiet.elapsed() < Duration::from_millis(500) {
+        assert!(std::time::Instant::now() < deadline, "{topic} read to {next}, not to {end}");
+        let Some(m) = c.poll(Duration::from_millis(50)) else { continue };
+        let m = m.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        let s = |k: &str| v[k].as_str().unwrap().to_owned();
+        out.push((s("memberId"), s("audience"), s("event"), v["seq"].as_u64().unwrap(), s("at")));
+        next = m.offset() + 1;
+        quiet = std::time::Instant::now();
+    }
+    out
+}
+
+/// A stack on one partition (one event-time clock) with the audiences of
+/// `config` evaluated in the fold and their entries and exits on `topic`.
+fn audience_stack(name: &str, config: &str, env: &[(&str, &str)]) -> (Stack, tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("omnifold.toml");
+    std::fs::write(&file, config).unwrap();
+    let topic = format!("{name}.audiences");
+    let broker = Broker::start();
+    let mut setup = Setup::new(&broker, name, 1);
+    setup.extra_env.insert("OMNIFOLD_CONFIG".into(), file.display().to_string());
+    setup.extra_env.insert("OMNIFOLD_KAFKA__AUDIENCE_TOPIC".into(), topic.clone());
+    setup.extra_env.extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    setup.create_topics();
+    let data = tempfile::tempdir().unwrap();
+    let service = Service::start(&setup, data.path());
+    (Stack { broker, data, setup, service }, dir, topic)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_fold_writes_each_entry_and_exit_once_through_events_time_and_late_events() {
+    let (Stack { broker: _broker, data, setup, service }, _dir, topic) =
+        audience_stack("audience-fold", AUDIENCES, &[]);
+    let t = now() - 30 * DAY;
+    let at = |d: i64| omnifold_core::time::rfc3339(t + d * DAY);
+    let consent =
+        |granted| proto::event::Payload::ConsentChanged(proto::ConsentChanged { purpose: "marketing".into(), granted });
+    let view = proto::event::Payload::ProductViewed(proto::ProductViewed { sku: "s".into(), ..Default::default() });
+    let on = |id: &str, who: &str, day: i64, payload| {
+        let (k, mut v) = event(id, who, 0, proto::Channel::MobileApp, payload);
+        let mut e = proto::Event::decode(&v[..]).unwrap();
+        e.occurred_at = Some(to_timestamp(t + day * DAY));
+        v = e.encode_to_vec();
+        (k, v)
+    };
+    let records = vec![
+        on("e1", "m-1", 0, order("o-1", 10_000)), // enters recent_buyers
+        on("e2", "m-1", 1, consent(true)),        // enters marketable_buyers
+        on("e3", "m-2", 10, view.clone()),        // time passes day 7: m-1 leaves recent_buyers then
+        on("e4", "m-1", 20, order("o-2", 5_000)), // enters again; lapsed left behind never held
+        on("e5", "m-1", 21, consent(false)),      // leaves marketable_buyers
+        on("e6", "m-3", 19, order("o-3", 1_000)), // late (day 19 < day 21): enters at day 21
+    ];
+    setup.produce(&records);
+    service.wait_consumed(&setup, records.len() as i64).await;
+    let got = eventually("the transitions", Duration::from_secs(30), || async {
+        let got = transitions(&setup, &topic);
+        (got.len() >= 8).then_some(got)
+    })
+    .await;
+    let want = |m: &str, a: &str, e: &str, seq: u64, day: i64| (m.to_owned(), a.to_owned(), e.to_owned(), seq, at(day));
+    assert_eq!(
+        got,
+        [
+            want("m-1", "recent_buyers", "entered", 1, 0),
+            want("m-1", "marketable_buyers", "entered", 1, 1),
+            want("m-1", "recent_buyers", "exited", 2, 7),
+            want("m-1", "recent_buyers", "entered", 3, 20),
+            want("m-1", "marketable_buyers", "exited", 2, 21),
+            want("m-3", "recent_buyers", "entered", 1, 21),
+            // The test's probes (dated now, day 30) move event time on:
+            // the later orders leave the week behind them too.
+            want("m-3", "recent_buyers", "exited", 2, 26),
+            want("m-1", "recent_buyers", "exited", 4, 27),
+        ]
+    );
+    // A replay of the log into a fresh store keeps the same memberships
+    // and sequence numbers.
+    assert!(service.stop().success());
+    assert_eq!(digest(&setup, data.path()), replayed_digest(&setup));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn entries_and_exits_survive_a_crash_once_each_by_their_sequence_numbers() {
+    let (Stack { broker: _broker, data, setup, service }, _dir, topic) =
+        audience_stack("audience-crash", AUDIENCES, &[("OMNIFOLD_KAFKA__BATCH_MAX_RECORDS", "3")]);
+    drop(service);
+    let t = now() - 60 * DAY;
+    let mut records = Vec::new();
+    for i in 0..30i64 {
+        let who = format!("m-{}", i % 5);
+        let (k, v) = event(&format!("e{i}"), &who, 0, proto::Channel::StorePos, order(&format!("o-{i}"), 1_000));
+        let mut e = proto::Event::decode(&v[..]).unwrap();
+        e.occurred_at = Some(to_timestamp(t + i * 2 * DAY));
+        records.push((k, e.encode_to_vec()));
+    }
+    setup.produce(&records);
+    // Aborts right before its 4th commit: that batch's entries and exits
+    // were written, its state was not; after the restart it is folded again.
+    let crashing = Service::start_with(&setup, data.path(), &[("OMNIFOLD_FAILPOINT", "before_commit:4")]);
+    let status = crashing.wait_exit(Duration::from_secs(60));
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(6), "aborted: {status}");
+    let service = Service::start(&setup, data.path());
+    service.wait_consumed(&setup, records.len() as i64).await;
+    let got = transitions(&setup, &topic);
+    // Per member and audience: every sequence number from 1 up, none
+    // missing; a number seen twice is the same entry or exit.
+    let mut seen: std::collections::BTreeMap<(String, String), std::collections::BTreeMap<u64, (String, String)>> =
+        Default::default();
+    for (m, a, e, seq, at) in &got {
+        let earlier = seen.entry((m.clone(), a.clone())).or_default().insert(*seq, (e.clone(), at.clone()));
+        assert!(earlier.is_none_or(|x| x == (e.clone(), at.clone())), "{m} {a} #{seq} differs when repeated");
+    }
+    assert!(got.len() > seen.values().map(|s| s.len()).sum::<usize>(), "the crash repeated some: {got:?}");
+    for ((m, a), seqs) in &seen {
+        let numbers: Vec<u64> = seqs.keys().copied().collect();
+        assert_eq!(numbers, (1..=numbers.len() as u64).collect::<Vec<_>>(), "{m} {a}");
+    }
+    // And the store agrees: the last number written is each membership's.
+    assert!(service.stop().success());
+    let dump = setup.run(&["dump", "--data-dir", data.path().to_str().unwrap()]);
+    for line in dump.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let key = v["key"].as_str().unwrap();
+        for (a, m) in v["audiences"]["memberships"].as_object().into_iter().flatten() {
+            let last = seen.get(&(key.to_owned(), a.clone())).and_then(|s| s.keys().last().copied()).unwrap_or(0);
+            assert_eq!(m["seq"].as_u64().unwrap(), last, "{key} {a}");
+        }
+    }
+}

@@ -105,3 +105,27 @@ pub(crate) const FORMAT_VERSION: &[u8] = b"format_version";
 
 /// The name of the instance that serves from this store (meta).
 pub(crate) const INSTANCE_NAME: &[u8] = b"instance_name";
+
+/// A member's timer in its partition: partition, instant (ordered as
+/// signed), member. Scanned in instant order as the partition's event time
+/// passes them.
+pub(crate) fn timer(partition: u32, at: i64, member: &str) -> Vec<u8> {
+    let mut k = timer_prefix(partition, at);
+    k.extend_from_slice(member.as_bytes());
+    k
+}
+
+/// The key of a partition's timers from `at` on.
+pub(crate) fn timer_prefix(partition: u32, at: i64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(12);
+    k.extend_from_slice(&partition.to_be_bytes());
+    k.extend_from_slice(&((at as u64) ^ (1 << 63)).to_be_bytes());
+    k
+}
+
+/// The instant and member of a timer key of `partition`.
+pub(crate) fn decode_timer(partition: u32, key: &[u8]) -> Option<(i64, String)> {
+    let rest = key.strip_prefix(&partition.to_be_bytes()[..])?;
+    let (at, member) = rest.split_first_chunk::<8>()?;
+    Some(((u64::from_be_bytes(*at) ^ (1 << 63)) as i64, String::from_utf8(member.to_vec()).ok()?))
+}

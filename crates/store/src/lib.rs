@@ -23,6 +23,7 @@ use rocksdb::{
 
 pub use config::StoreConfig;
 pub use format::CURRENT as FORMAT_VERSION;
+use omnifold_core::audience::AudienceState;
 use omnifold_core::member::{Counts, Lineage};
 use omnifold_core::{LedgerEntry, Member, Verdict};
 pub use snapshot::{Chunk, PartitionSnapshot};
@@ -36,8 +37,23 @@ const CF_INDEX: &str = "index";
 const CF_HISTORY: &str = "history";
 const CF_JOINS: &str = "joins";
 const CF_BOOKS: &str = "books";
-const ALL_CFS: [&str; 9] =
-    [CF_MEMBERS, CF_DEDUPE, CF_META, CF_LEDGER, CF_VERDICTS, CF_INDEX, CF_HISTORY, CF_JOINS, CF_BOOKS];
+/// Each member's audience memberships and timer (docs/audiences.md).
+const CF_AUDIENCES: &str = "audiences";
+/// Each partition's member timers, in instant order.
+const CF_TIMERS: &str = "timers";
+const ALL_CFS: [&str; 11] = [
+    CF_MEMBERS,
+    CF_DEDUPE,
+    CF_META,
+    CF_LEDGER,
+    CF_VERDICTS,
+    CF_INDEX,
+    CF_HISTORY,
+    CF_JOINS,
+    CF_BOOKS,
+    CF_AUDIENCES,
+    CF_TIMERS,
+];
 
 /// Members read per snapshot by `scan_members`.
 const SCAN_CHUNK: usize = 1_000;
@@ -436,6 +452,48 @@ impl Store {
         Ok(out)
     }
 
+    /// The audience states of `members` of one partition (none: never
+    /// evaluated).
+    pub fn audience_states(&self, partition: u32, members: &[&str]) -> Result<Vec<Option<AudienceState>>> {
+        let ks: Vec<Vec<u8>> = members.iter().map(|m| keys::scoped(partition, m)).collect();
+        self.db
+            .batched_multi_get_cf(self.cf(CF_AUDIENCES), &ks, false)
+            .into_iter()
+            .map(|r| Ok(r?.map(|v| AudienceState::decode(&v)).transpose()?))
+            .collect()
+    }
+
+    /// Up to `limit` timers of `partition` due at or before `until`, in
+    /// instant order: `(instant, member)`.
+    pub fn due_timers(&self, partition: u32, until: i64, limit: usize) -> Result<Vec<(i64, String)>> {
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(keys::timer_prefix(partition, until.saturating_add(1)));
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(CF_TIMERS), opts);
+        it.seek(keys::timer_prefix(partition, i64::MIN));
+        let mut out = Vec::new();
+        while let Some(k) = it.key() {
+            if out.len() == limit {
+                break;
+            }
+            let corrupt = || Error::Corrupt(omnifold_core::Error::Corrupt("a timer key is cut short".into()));
+            out.push(keys::decode_timer(partition, k).ok_or_else(corrupt)?);
+            it.next();
+        }
+        it.status()?;
+        Ok(out)
+    }
+
+    /// The earliest timer of `partition` after `after`, if any.
+    pub fn next_timer(&self, partition: u32, after: i64) -> Result<Option<i64>> {
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(keys::prefix_end(&partition.to_be_bytes()));
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(CF_TIMERS), opts);
+        it.seek(keys::timer_prefix(partition, after.saturating_add(1)));
+        let at = it.key().and_then(|k| keys::decode_timer(partition, k)).map(|(at, _)| at);
+        it.status()?;
+        Ok(at)
+    }
+
     /// The parts of a join kept for `member`, in order: `(join id, index,
     /// event time, data)`, for one join or (with `None`) all of them.
     pub fn join_parts(&self, partition: u32, member: &str, join_id: Option<&str>) -> Result<Vec<JoinPart>> {
@@ -791,6 +849,23 @@ impl Batch {
     /// Drops a kept part (its join was applied, or it moved on with its member).
     pub fn delete_join_part(&mut self, store: &Store, member: &str, join_id: &str, index: u32) {
         self.inner.delete_cf(store.cf(CF_JOINS), keys::join_part(self.partition, member, join_id, index));
+    }
+
+    /// Writes a member's audience state, moving its timer from `old` to the
+    /// state's.
+    pub fn put_audience_state(&mut self, store: &Store, member: &str, state: &AudienceState, old: Option<i64>) {
+        if let Some(at) = old {
+            self.inner.delete_cf(store.cf(CF_TIMERS), keys::timer(self.partition, at, member));
+        }
+        if let Some(at) = state.timer {
+            self.inner.put_cf(store.cf(CF_TIMERS), keys::timer(self.partition, at, member), []);
+        }
+        self.inner.put_cf(store.cf(CF_AUDIENCES), keys::scoped(self.partition, member), state.encode());
+    }
+
+    /// Removes a member's timer at `at` (it fired).
+    pub fn delete_timer(&mut self, store: &Store, member: &str, at: i64) {
+        self.inner.delete_cf(store.cf(CF_TIMERS), keys::timer(self.partition, at, member));
     }
 
     /// Sets (or with `None` removes) a key's entry in the identity index.

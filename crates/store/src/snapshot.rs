@@ -27,13 +27,14 @@ use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 
 use crate::{
-    CF_BOOKS, CF_DEDUPE, CF_HISTORY, CF_JOINS, CF_LEDGER, CF_MEMBERS, CF_META, CF_VERDICTS, Error, Result, Store,
-    format, keys,
+    CF_AUDIENCES, CF_BOOKS, CF_DEDUPE, CF_HISTORY, CF_JOINS, CF_LEDGER, CF_MEMBERS, CF_META, CF_TIMERS, CF_VERDICTS,
+    Error, Result, Store, format, keys,
 };
 
 /// The column families whose keys start with the partition: a partition's
 /// whole state besides its offsets.
-const PARTITION_CFS: [&str; 7] = [CF_MEMBERS, CF_BOOKS, CF_LEDGER, CF_VERDICTS, CF_HISTORY, CF_JOINS, CF_DEDUPE];
+const PARTITION_CFS: [&str; 9] =
+    [CF_MEMBERS, CF_BOOKS, CF_LEDGER, CF_VERDICTS, CF_HISTORY, CF_JOINS, CF_DEDUPE, CF_AUDIENCES, CF_TIMERS];
 
 /// The first bytes of every chunk file.
 const MAGIC: &[u8; 8] = b"OFCHUNK1";

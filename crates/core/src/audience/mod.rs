@@ -11,6 +11,7 @@
 mod check;
 mod eval;
 mod parse;
+mod state;
 
 use crate::Channel;
 use crate::ident::IdType;
@@ -141,6 +142,7 @@ impl Rule {
 }
 
 pub use eval::{holds, next_change};
+pub use state::{AudienceState, Membership, Transition};
 
 /// `[audiences.NAME]`: one audience's definition as configured.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -193,7 +193,7 @@ impl Parser {
         matches!(self.peek(), Some((_, Token::Word(x))) if x == w)
     }
 
-    fn expect(&mut self, want: &Token, what: &str) -> Result<(), RuleError> {
+    fn eat(&mut self, want: &Token, what: &str) -> Result<(), RuleError> {
         match self.take() {
             Some((_, t)) if &t == want => Ok(()),
             Some((at, t)) => Err(RuleError::at(at, format!("expected {what}, found {}", describe(&t)))),
@@ -227,7 +227,7 @@ impl Parser {
         if matches!(self.peek(), Some((_, Token::Open))) {
             self.next += 1;
             let e = self.or()?;
-            self.expect(&Token::Close, "`)`")?;
+            self.eat(&Token::Close, "`)`")?;
             return Ok(e);
         }
         let call = self.call()?;
@@ -257,7 +257,7 @@ impl Parser {
             self.next += 1;
             while !matches!(self.peek(), Some((_, Token::Close))) {
                 if !args.is_empty() {
-                    self.expect(&Token::Comma, "`,` or `)`")?;
+                    self.eat(&Token::Comma, "`,` or `)`")?;
                 }
                 args.push(self.arg()?);
             }

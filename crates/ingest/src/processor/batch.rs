@@ -55,7 +55,9 @@ pub(super) struct Run<'a> {
     /// `(member, request id)` of the commands already decided.
     decided: HashSet<(String, String)>,
     /// The partition's latest applied event time.
-    watermark: Option<i64>,
+    pub(super) watermark: Option<i64>,
+    /// Audience evaluation (none: no audiences configured).
+    pub(super) audiences: Option<super::audiences::AudienceRun>,
     dirty: HashSet<String>,
     /// Keys an erasure deleted (their record is removed at the commit).
     deleted: HashSet<String>,
@@ -127,9 +129,12 @@ impl<'a> Run<'a> {
             .filter(|(_, v)| v.is_some())
             .map(|((k, r), _)| ((*k).to_owned(), (*r).to_owned()))
             .collect();
+        let watermark = store.watermark(&p.topic, partition)?;
+        let audiences = p.audiences.clone().map(|a| super::audiences::AudienceRun::new(a, watermark));
         Ok(Run {
             p,
             store,
+            audiences,
             partition,
             records,
             batch: store.batch(&p.topic, partition),
@@ -141,7 +146,7 @@ impl<'a> Run<'a> {
             forwards_marked: markers.keys().any(|k| is_forwarded_marker(k)),
             markers,
             decided,
-            watermark: store.watermark(&p.topic, partition)?,
+            watermark,
             dirty: HashSet::new(),
             deleted: HashSet::new(),
             erased,
@@ -333,6 +338,11 @@ impl<'a> Run<'a> {
     /// Folds record `i` into the member stored under `key`.
     fn fold(&mut self, i: usize, key: String) -> Result<()> {
         let record = self.records[i];
+        // Event time reached the event's: timers due by then fire first.
+        if let Ok(e) = &self.decoded[i] {
+            let at = e.occurred_at;
+            self.audiences_advance(at)?;
+        }
         let Ok(event) = &self.decoded[i] else {
             return Ok(());
         };
@@ -376,6 +386,7 @@ impl<'a> Run<'a> {
         self.applied += 1;
         self.watermark = Some(self.watermark.map_or(at, |w| w.max(at)));
         self.mark_seen(&id, at);
+        self.audiences_after_event(&key)?;
         self.dirty.insert(key);
         Ok(())
     }
@@ -528,6 +539,7 @@ impl<'a> Run<'a> {
         let reported = self.p.on_changes.is_some() || self.p.change_topic.is_some();
         let changed = if reported { self.changed(&dirty) } else { Vec::new() };
         let changes = self.change_records(&changed);
+        let audiences = self.audiences_finish();
         let next_offset = self.records.last().map_or(0, |r| r.offset + 1);
         if !self.records.is_empty() {
             self.batch.set_next_offset(store, next_offset);
@@ -553,6 +565,7 @@ impl<'a> Run<'a> {
             outbox: self.outbox,
             index: self.index,
             changes,
+            audiences,
             applied: self.applied,
             duplicates: self.duplicates,
             misrouted: self.misrouted,

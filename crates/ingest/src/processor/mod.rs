@@ -7,6 +7,7 @@
 //! snapshot is in `history.rs`. This module holds the types and the guard
 //! that keeps a bug in the fold from stopping a partition.
 
+mod audiences;
 mod batch;
 mod cache;
 mod history;
@@ -19,6 +20,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tracing::error;
 
+use omnifold_core::audience::Audiences;
 use omnifold_core::{Change, FoldConfig, Member};
 use omnifold_store::{Batch, Store, StoreHandle};
 
@@ -96,6 +98,9 @@ pub struct Processed {
     /// The changed profiles for the profile-changes topic
     /// (`kafka.changes_topic`), written before the commit.
     pub changes: Vec<OutRecord>,
+    /// Audience entries and exits for the audience topic
+    /// (`kafka.audience_topic`), written before the commit.
+    pub audiences: Vec<OutRecord>,
     pub applied: u64,
     pub duplicates: u64,
     /// Events that arrived on a partition that does not own their key.
@@ -185,6 +190,10 @@ pub struct Processor {
     on_changes: Option<OnChanges>,
     /// Renders each batch's changes for the profile-changes topic.
     change_topic: Option<Arc<dyn ChangeTopic>>,
+    /// The audiences evaluated in the fold (none configured: none).
+    audiences: Option<Arc<Audiences>>,
+    /// Whether batches return their audience entries and exits as records.
+    emit_transitions: bool,
 }
 
 /// The changed profiles as committed (copies of the batch's members).
@@ -233,6 +242,8 @@ impl Processor {
             on_commit: None,
             on_changes: None,
             change_topic: None,
+            audiences: None,
+            emit_transitions: false,
         }
     }
 
@@ -276,6 +287,14 @@ impl Processor {
     /// topic ([`Processed::changes`]).
     pub fn with_change_topic(mut self, topic: Arc<dyn ChangeTopic>) -> Self {
         self.change_topic = Some(topic);
+        self
+    }
+
+    /// Evaluates `audiences` in the fold (docs/audiences.md); with `emit`,
+    /// each batch returns their entries and exits ([`Processed::audiences`]).
+    pub fn with_audiences(mut self, audiences: Arc<Audiences>, emit: bool) -> Self {
+        self.audiences = (!audiences.is_empty()).then_some(audiences);
+        self.emit_transitions = emit;
         self
     }
 

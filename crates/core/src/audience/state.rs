@@ -1,0 +1,119 @@
+//! A member's memberships as the fold keeps them: in or out of each
+//! audience, with a sequence number per member and audience that grows by
+//! one with each entry and exit, and the next instant at which time alone
+//! may change one of them (the member's timer).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Audiences, holds, next_change};
+use crate::config::FoldConfig;
+use crate::member::{Member, ProfileKind};
+use crate::time::Millis;
+
+/// The encoding's version byte.
+const STATE_VERSION: u8 = 1;
+
+/// One audience's membership of one member.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    /// In the audience now.
+    pub member: bool,
+    /// Entries and exits so far: odd while in.
+    pub seq: u64,
+    /// The instant of the latest entry or exit.
+    pub at: Millis,
+}
+
+/// Every membership of one member, and its timer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AudienceState {
+    pub memberships: BTreeMap<String, Membership>,
+    /// The next instant time alone may change a membership.
+    pub timer: Option<Millis>,
+}
+
+/// A member entering or leaving an audience: emitted once per `seq`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub audience: String,
+    pub entered: bool,
+    pub seq: u64,
+    pub at: Millis,
+}
+
+impl AudienceState {
+    #[allow(clippy::expect_used, reason = "serialising our own plain data into a Vec cannot fail")]
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_extend(self, vec![STATE_VERSION]).expect("plain data serialises")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<AudienceState, crate::Error> {
+        match bytes.split_first() {
+            Some((&STATE_VERSION, rest)) => {
+                postcard::from_bytes(rest).map_err(|e| crate::Error::Corrupt(e.to_string()))
+            }
+            Some((v, _)) => Err(crate::Error::Corrupt(format!("unknown audience state version {v}"))),
+            None => Err(crate::Error::Corrupt("empty audience state".into())),
+        }
+    }
+
+    /// The audiences the member is in, in name order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.memberships.iter().filter(|(_, m)| m.member).map(|(n, _)| n.as_str())
+    }
+
+    /// Sets membership of `audience` to `now` at `at`; the transition if it
+    /// changed.
+    fn set(&mut self, audience: &str, now: bool, at: Millis) -> Option<Transition> {
+        let m = self.memberships.entry(audience.to_owned()).or_default();
+        if m.member == now {
+            return None;
+        }
+        *m = Membership { member: now, seq: m.seq + 1, at };
+        Some(Transition { audience: audience.to_owned(), entered: now, seq: m.seq, at })
+    }
+
+    /// Leaves every audience at `at` (an erased or merged-away member) and
+    /// drops the timer.
+    pub fn leave_all(&mut self, at: Millis) -> Vec<Transition> {
+        let names: Vec<String> = self.names().map(str::to_owned).collect();
+        self.timer = None;
+        names.iter().filter_map(|n| self.set(n, false, at)).collect()
+    }
+}
+
+impl Audiences {
+    /// Evaluates every audience for `member` at `at` into `state`: the
+    /// entries and exits, in audience name order, and the member's next
+    /// timer. A profile that is not a live member's is in none; a
+    /// membership of an audience no longer configured ends.
+    pub fn evaluate(
+        &self,
+        state: &mut AudienceState,
+        member: &Member,
+        at: Millis,
+        cfg: &FoldConfig,
+    ) -> Vec<Transition> {
+        let live = member.kind == ProfileKind::KnownMember && member.erased_at.is_none() && member.routes_to.is_none();
+        if !live {
+            return state.leave_all(at);
+        }
+        let mut out = Vec::new();
+        let gone: Vec<String> =
+            state.names().filter(|n| !self.iter().any(|a| a.name == *n)).map(str::to_owned).collect();
+        out.extend(gone.iter().filter_map(|n| state.set(n, false, at)));
+        let mut timer: Option<Millis> = None;
+        for a in self.iter() {
+            let consented = a.purpose.as_ref().is_none_or(|p| member.consents.get(p).is_some_and(|c| c.value.granted));
+            let now = consented && holds(&a.rule, member, at, cfg);
+            out.extend(state.set(&a.name, now, at));
+            if consented && let Some(t) = next_change(&a.rule, member, at, cfg) {
+                timer = Some(timer.map_or(t, |x| x.min(t)));
+            }
+        }
+        state.timer = timer;
+        out
+    }
+}

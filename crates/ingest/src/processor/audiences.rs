@@ -1,0 +1,191 @@
+//! Audiences in the fold (docs/audiences.md): after each event its member
+//! is evaluated at the partition's event time, and as that time passes a
+//! member's timer, the member is evaluated at the timer's instant. Each
+//! entry and exit is a [`Transition`] with its sequence number; the states
+//! and timers are written with the batch, the transitions before it commits.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use omnifold_core::audience::{AudienceState, Audiences, Transition};
+use omnifold_core::{FoldConfig, Member};
+use omnifold_store::Store;
+
+use super::OutRecord;
+use super::batch::Run;
+use crate::Result;
+
+/// Timers read from the store per round.
+const TIMER_ROUND: usize = 1_024;
+
+/// One member's audience state in a batch.
+struct Held {
+    state: AudienceState,
+    /// The timer the store holds for the member (to move when it changes).
+    stored_timer: Option<i64>,
+    changed: bool,
+}
+
+/// What a batch does with audiences.
+pub(super) struct AudienceRun {
+    audiences: Arc<Audiences>,
+    held: HashMap<String, Held>,
+    /// Timers set in this batch, and store timers this batch removed.
+    added: BTreeSet<(i64, String)>,
+    removed: HashSet<(i64, String)>,
+    /// Every timer at or before this instant has fired.
+    fired_until: i64,
+    /// Entries and exits, in the order they happened: (member, transition).
+    pub(super) transitions: Vec<(String, Transition)>,
+}
+
+impl AudienceRun {
+    pub(super) fn new(audiences: Arc<Audiences>, watermark: Option<i64>) -> AudienceRun {
+        AudienceRun {
+            audiences,
+            held: HashMap::new(),
+            added: BTreeSet::new(),
+            removed: HashSet::new(),
+            fired_until: watermark.unwrap_or(i64::MIN),
+            transitions: Vec::new(),
+        }
+    }
+}
+
+impl Run<'_> {
+    /// Event time reached `now`: every timer due by then fires, in instant
+    /// order, each member evaluated at its timer's instant.
+    pub(super) fn audiences_advance(&mut self, now: i64) -> Result<()> {
+        let Some(run) = &self.audiences else { return Ok(()) };
+        if now <= run.fired_until {
+            return Ok(());
+        }
+        loop {
+            let due = self.due_timers(now)?;
+            if due.is_empty() {
+                break;
+            }
+            for (at, key) in due {
+                self.fire(at, &key)?;
+            }
+        }
+        if let Some(run) = &mut self.audiences {
+            run.fired_until = now;
+        }
+        Ok(())
+    }
+
+    /// Timers due at or before `now` not fired yet, stored or set here.
+    fn due_timers(&self, now: i64) -> Result<Vec<(i64, String)>> {
+        let Some(run) = &self.audiences else { return Ok(Vec::new()) };
+        let mut due: BTreeSet<(i64, String)> = self
+            .store()
+            .due_timers(self.partition, now, TIMER_ROUND)?
+            .into_iter()
+            .filter(|t| !run.removed.contains(t))
+            .collect();
+        due.extend(run.added.iter().take_while(|(at, _)| *at <= now).cloned());
+        Ok(due.into_iter().collect())
+    }
+
+    /// The timer `(at, key)` fires: the member is evaluated at `at`.
+    fn fire(&mut self, at: i64, key: &str) -> Result<()> {
+        let store = self.store();
+        let stored = if self.members.contains_key(key) { None } else { store.member(self.partition, key)? };
+        let Some(run) = &mut self.audiences else { return Ok(()) };
+        let t = (at, key.to_owned());
+        if !run.added.remove(&t) {
+            run.removed.insert(t);
+        }
+        if let Some(m) = self.members.get(key).or(stored.as_ref()) {
+            evaluate(run, store, self.partition, &self.p.fold, key, m, at)?;
+        }
+        Ok(())
+    }
+
+    /// Evaluates the batch's member `key` after its event, at the
+    /// partition's event time.
+    pub(super) fn audiences_after_event(&mut self, key: &str) -> Result<()> {
+        let store = self.store();
+        let (Some(run), Some(at), Some(member)) = (&mut self.audiences, self.watermark, self.members.get(key)) else {
+            return Ok(());
+        };
+        evaluate(run, store, self.partition, &self.p.fold, key, member, at)
+    }
+
+    /// Stages the changed states (with their timers) for the commit, and
+    /// returns the transitions as records of the audience topic (none when
+    /// the processor writes none).
+    pub(super) fn audiences_finish(&mut self) -> Vec<OutRecord> {
+        let Some(run) = self.audiences.take() else { return Vec::new() };
+        let store = self.store();
+        for (key, h) in &run.held {
+            if h.changed {
+                self.batch.put_audience_state(store, key, &h.state, h.stored_timer);
+            }
+        }
+        // A timer that fired for a member not otherwise changed here.
+        for (at, key) in &run.removed {
+            if !run.held.get(key).is_some_and(|h| h.changed) {
+                self.batch.delete_timer(store, key, *at);
+            }
+        }
+        if !self.p.emit_transitions {
+            return Vec::new();
+        }
+        run.transitions.iter().map(|(key, t)| transition_record(self.partition, key, t)).collect()
+    }
+}
+
+/// A transition as a record of the audience topic: keyed by member id,
+/// JSON with the audience, the direction, its sequence number and instant.
+fn transition_record(partition: u32, key: &str, t: &Transition) -> OutRecord {
+    let value = serde_json::json!({
+        "memberId": key,
+        "audience": t.audience,
+        "event": if t.entered { "entered" } else { "exited" },
+        "seq": t.seq,
+        "at": omnifold_core::time::rfc3339(t.at),
+    });
+    OutRecord {
+        key: Some(key.as_bytes().to_vec()),
+        value: serde_json::to_vec(&value).unwrap_or_default(),
+        headers: vec![("omnifold-partition", partition.to_string())],
+    }
+}
+
+/// Evaluates `member` at `at` into its state: its transitions, its timer.
+fn evaluate(
+    run: &mut AudienceRun,
+    store: &Store,
+    partition: u32,
+    fold: &FoldConfig,
+    key: &str,
+    member: &Member,
+    at: i64,
+) -> Result<()> {
+    if !run.held.contains_key(key) {
+        let state = store.audience_states(partition, &[key])?.pop().flatten().unwrap_or_default();
+        let stored_timer = state.timer;
+        run.held.insert(key.to_owned(), Held { state, stored_timer, changed: false });
+    }
+    let Some(h) = run.held.get_mut(key) else { return Ok(()) };
+    let before = h.state.timer;
+    let transitions = run.audiences.evaluate(&mut h.state, member, at, fold);
+    let after = h.state.timer;
+    h.changed |= !transitions.is_empty() || before != after || h.stored_timer != after;
+    if before != after {
+        if let Some(b) = before {
+            let t = (b, key.to_owned());
+            if !run.added.remove(&t) {
+                run.removed.insert(t);
+            }
+        }
+        if let Some(a) = after {
+            run.removed.remove(&(a, key.to_owned()));
+            run.added.insert((a, key.to_owned()));
+        }
+    }
+    run.transitions.extend(transitions.into_iter().map(|t| (key.to_owned(), t)));
+    Ok(())
+}
