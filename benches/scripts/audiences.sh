@@ -12,28 +12,6 @@ set -euo pipefail
 RUNS=${RUNS:-2} CONCURRENCY=${CONCURRENCY:-32} TARGET=profile PORT=${PORT:-19097}
 . "$(dirname "$0")/common.sh"
 
-# A configuration file with $1 audiences, cycling through rule shapes.
-audiences() {
-  local n=$1 file=$work/audiences-$1.toml
-  : >"$file"
-  for k in $(seq 1 "$n"); do
-    case $((k % 10)) in
-      0) rule="orders(within=$((k % 300 + 1))d) > 0" ;;
-      1) rule="spend(within=365d) >= $((k * 10))" ;;
-      2) rule="tier >= GOLD and since_last_order < $((k % 90 + 1))d" ;;
-      3) rule="products_viewed(within=$((k % 30 + 1))d) > 0" ;;
-      4) rule="points_expiring(within=$((k % 60 + 1))d) > 0" ;;
-      5) rule="affinity(\"c$((k % 7))\") > 0.2" ;;
-      6) rule="consented(\"marketing\") and orders > $((k % 5))" ;;
-      7) rule="events(MOBILE_APP) > $((k % 20))" ;;
-      8) rule="since_last_seen < $((k % 45 + 1))d or not enrolled" ;;
-      9) rule="not has_trait(\"city\") or trait(\"city\") == \"Shanghai\"" ;;
-    esac
-    printf '[audiences.a%03d]\nrule = %s\n' "$k" "'$rule'" >>"$file"
-  done
-  echo "$file"
-}
-
 start_tansu_with_events
 start_serve "$B/omnifold"
 wait_caught_up 2

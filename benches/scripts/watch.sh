@@ -16,12 +16,6 @@ set -euo pipefail
 RUNS=${RUNS:-3} PORT=${PORT:-19095} EVENTS=${EVENTS:-500000}
 . "$(dirname "$0")/common.sh"
 
-# Records folded so far, summed over the partitions.
-folded() {
-  "$B/omnifold" status --server "http://$addr" --json 2>/dev/null \
-    | grep -o '"nextOffset": *"[0-9]*"' | grep -o '[0-9]*' | awk '{ s += $1 } END { print s + 0 }'
-}
-
 start_tansu_with_events
 for i in $(seq 1 "$RUNS"); do
   for watch in ${MODES:-off unwatched topic}; do

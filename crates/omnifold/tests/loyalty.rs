@@ -785,7 +785,8 @@ async fn entries_and_exits_survive_a_crash_once_each_by_their_sequence_numbers()
     for line in dump.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         let key = v["key"].as_str().unwrap();
-        for (a, m) in v["audiences"]["memberships"].as_object().into_iter().flatten() {
+        for pair in v["audiences"]["memberships"].as_array().into_iter().flatten() {
+            let (a, m) = (pair[0].as_str().unwrap().to_owned(), &pair[1]);
             let last = seen.get(&(key.to_owned(), a.clone())).and_then(|s| s.keys().last().copied()).unwrap_or(0);
             assert_eq!(m["seq"].as_u64().unwrap(), last, "{key} {a}");
         }

@@ -165,6 +165,9 @@ pub const MAX_AUDIENCES: usize = 1_000;
 pub struct Audience {
     pub name: String,
     pub rule: Rule,
+    /// Time alone can change the rule's answer (it has a window, a
+    /// recency, points or a tier): only then is a timer asked for.
+    pub timed: bool,
     pub purpose: Option<String>,
     pub description: String,
 }
@@ -191,13 +194,19 @@ impl Audiences {
             let rule = Rule::compile(&def.rule)
                 .map_err(|e| crate::Error::Config(format!("audience `{name}`: rule `{}`: {e}", def.rule)))?;
             let purpose = Some(def.purpose.trim().to_owned()).filter(|p| !p.is_empty());
-            all.push(Audience { name: name.clone(), rule, purpose, description: def.description.clone() });
+            let timed = rule.timed();
+            all.push(Audience { name: name.clone(), rule, timed, purpose, description: def.description.clone() });
         }
         Ok(Audiences(all))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Audience> {
         self.0.iter()
+    }
+
+    /// The audience named `name` (they are kept in name order).
+    pub fn get(&self, name: &str) -> Option<&Audience> {
+        self.0.binary_search_by(|a| a.name.as_str().cmp(name)).ok().map(|i| &self.0[i])
     }
 
     pub fn is_empty(&self) -> bool {
@@ -217,6 +226,24 @@ impl Audiences {
 }
 
 impl Rule {
+    /// Whether time alone may change the answer: the rule measures a
+    /// window, a recency, points, a tier or enrolment.
+    pub fn timed(&self) -> bool {
+        match self {
+            Rule::And(all) | Rule::Or(all) => all.iter().any(Rule::timed),
+            Rule::Not(inner) => inner.timed(),
+            Rule::Test(t) => matches!(t, Test::Enrolled),
+            Rule::Compare(m, ..) => !matches!(
+                m,
+                Measure::Orders { within: None, .. }
+                    | Measure::Spend { within: None, .. }
+                    | Measure::Affinity { .. }
+                    | Measure::Events { .. }
+                    | Measure::Trait(_)
+            ),
+        }
+    }
+
     /// The traits the rule reads (`trait(...)`, `has_trait(...)`).
     pub fn traits(&self) -> Vec<&str> {
         match self {

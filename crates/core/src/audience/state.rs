@@ -3,8 +3,6 @@
 //! one with each entry and exit, and the next instant at which time alone
 //! may change one of them (the member's timer).
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
 use super::{Audiences, holds, next_change};
@@ -29,7 +27,8 @@ pub struct Membership {
 /// Every membership of one member, and its timer.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AudienceState {
-    pub memberships: BTreeMap<String, Membership>,
+    /// By audience name, in name order; an audience never entered has none.
+    pub memberships: Vec<(String, Membership)>,
     /// The next instant time alone may change a membership.
     pub timer: Option<Millis>,
 }
@@ -64,24 +63,28 @@ impl AudienceState {
         self.memberships.iter().filter(|(_, m)| m.member).map(|(n, _)| n.as_str())
     }
 
-    /// Sets membership of `audience` to `now` at `at`; the transition if it
-    /// changed.
-    fn set(&mut self, audience: &str, now: bool, at: Millis) -> Option<Transition> {
-        let m = self.memberships.entry(audience.to_owned()).or_default();
-        if m.member == now {
-            return None;
-        }
-        *m = Membership { member: now, seq: m.seq + 1, at };
-        Some(Transition { audience: audience.to_owned(), entered: now, seq: m.seq, at })
+    /// The membership of `audience`, if it was ever entered.
+    pub fn get(&self, audience: &str) -> Option<&Membership> {
+        let i = self.memberships.binary_search_by(|(n, _)| n.as_str().cmp(audience)).ok()?;
+        Some(&self.memberships[i].1)
     }
 
     /// Leaves every audience at `at` (an erased or merged-away member) and
     /// drops the timer.
     pub fn leave_all(&mut self, at: Millis) -> Vec<Transition> {
-        let names: Vec<String> = self.names().map(str::to_owned).collect();
         self.timer = None;
-        names.iter().filter_map(|n| self.set(n, false, at)).collect()
+        self.memberships.iter_mut().filter_map(|(n, m)| update(n, m, false, at)).collect()
     }
+}
+
+/// Sets `m`, the membership of `audience`, to `now` at `at`; the
+/// transition if it changed.
+fn update(audience: &str, m: &mut Membership, now: bool, at: Millis) -> Option<Transition> {
+    if m.member == now {
+        return None;
+    }
+    *m = Membership { member: now, seq: m.seq + 1, at };
+    Some(Transition { audience: audience.to_owned(), entered: now, seq: m.seq, at })
 }
 
 impl Audiences {
@@ -100,18 +103,40 @@ impl Audiences {
         if !live {
             return state.leave_all(at);
         }
-        let mut out = Vec::new();
-        let gone: Vec<String> =
-            state.names().filter(|n| !self.iter().any(|a| a.name == *n)).map(str::to_owned).collect();
-        out.extend(gone.iter().filter_map(|n| state.set(n, false, at)));
-        let mut timer: Option<Millis> = None;
+        // One walk over the audiences and the memberships, both in name
+        // order: a membership before the next audience's name is of an
+        // audience no longer configured.
+        let (mut out, mut timer, mut i) = (Vec::new(), None::<Millis>, 0);
         for a in self.iter() {
+            while let Some((n, m)) = state.memberships.get_mut(i)
+                && n.as_str() < a.name.as_str()
+            {
+                out.extend(update(n, m, false, at));
+                i += 1;
+            }
             let consented = a.purpose.as_ref().is_none_or(|p| member.consents.get(p).is_some_and(|c| c.value.granted));
             let now = consented && holds(&a.rule, member, at, cfg);
-            out.extend(state.set(&a.name, now, at));
-            if consented && let Some(t) = next_change(&a.rule, member, at, cfg) {
+            match state.memberships.get_mut(i) {
+                Some((n, m)) if *n == a.name => {
+                    out.extend(update(n, m, now, at));
+                    i += 1;
+                }
+                _ if now => {
+                    state.memberships.insert(i, (a.name.clone(), Membership { member: true, seq: 1, at }));
+                    out.push(Transition { audience: a.name.clone(), entered: true, seq: 1, at });
+                    i += 1;
+                }
+                _ => {}
+            }
+            if consented
+                && a.timed
+                && let Some(t) = next_change(&a.rule, member, at, cfg)
+            {
                 timer = Some(timer.map_or(t, |x| x.min(t)));
             }
+        }
+        for (n, m) in state.memberships.iter_mut().skip(i) {
+            out.extend(update(n, m, false, at));
         }
         state.timer = timer;
         out
