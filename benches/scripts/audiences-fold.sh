@@ -16,13 +16,7 @@ start_tansu_with_events
 for i in $(seq 1 "$RUNS"); do
   for n in ${COUNTS:-0 10 100}; do
     export OMNIFOLD_CONFIG=$(audiences "$n")
-    rm -rf "$work/data"
     export OMNIFOLD_KAFKA__GROUP_ID=bench-$i-$n   # nothing committed: every event is folded
-    started=$(date +%s.%N)
-    start_serve "$B/omnifold"
-    for _ in $(seq 6000); do [ "$(folded || true)" -ge "$EVENTS" ] 2>/dev/null && break; sleep 0.05; done
-    took=$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
-    echo "run $i audiences=$n: $EVENTS events folded in ${took} s ($(awk -v t="$took" -v n="$EVENTS" 'BEGIN { printf "%.0f", n / t }') events/s), serve_cpu_s=$(cents "$(ticks "$serve")")"
-    stop_serve
+    fold_round "run $i audiences=$n"
   done
 done

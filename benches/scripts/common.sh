@@ -79,3 +79,17 @@ folded() {
   "$B/omnifold" status --server "http://$addr" --json 2>/dev/null \
     | grep -o '"nextOffset": *"[0-9]*"' | grep -o '[0-9]*' | awk '{ s += $1 } END { print s + 0 }'
 }
+
+# One fold of every event by a fresh serve (a fresh store; set a fresh
+# OMNIFOLD_KAFKA__GROUP_ID first): prints "$1: ... folded in ... s" with
+# the events per second and serve's CPU.
+fold_round() {
+  rm -rf "$work/data"
+  local started took
+  started=$(date +%s.%N)
+  start_serve "$B/omnifold"
+  for _ in $(seq 6000); do [ "$(folded || true)" -ge "$EVENTS" ] 2>/dev/null && break; sleep 0.05; done
+  took=$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
+  echo "$1: $EVENTS events folded in ${took} s ($(awk -v t="$took" -v n="$EVENTS" 'BEGIN { printf "%.0f", n / t }') events/s), serve_cpu_s=$(cents "$(ticks "$serve")")"
+  stop_serve
+}

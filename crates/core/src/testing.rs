@@ -200,3 +200,24 @@ pub fn hostile_events(max_len: usize) -> impl Strategy<Value = Vec<proto::Event>
             stream
         })
 }
+
+/// The default fold rules, validated: what the fold tests fold with.
+#[allow(clippy::expect_used, reason = "a test helper fails loudly")]
+pub fn fold_config() -> crate::FoldConfig {
+    crate::FoldConfig::default().validate().expect("the default rules are valid")
+}
+
+/// An event of member `m-1` at `at` on `channel`, carrying `payload` (a
+/// till's events name their store, `store-1`).
+#[allow(clippy::expect_used, reason = "a test helper fails loudly")]
+pub fn member_event(id: &str, at: i64, channel: proto::Channel, payload: Payload) -> crate::Event {
+    crate::Event::try_from(proto::Event {
+        event_id: id.into(),
+        occurred_at: Some(to_timestamp(at)),
+        channel: channel as i32,
+        store_id: if channel == proto::Channel::StorePos { "store-1".into() } else { String::new() },
+        subject: Some(proto::Subject { member_id: "m-1".into(), ..Default::default() }),
+        payload: Some(payload),
+    })
+    .expect("a valid test event")
+}

@@ -6,29 +6,14 @@
 
 use omnifold_core::audience::{Rule, holds, next_change};
 use omnifold_core::fold::{Position, apply, kind_of};
-use omnifold_core::time::{DAY, HOUR, to_timestamp};
-use omnifold_core::{Event, FoldConfig, Member};
+use omnifold_core::testing::{fold_config as cfg, member_event as ev};
+use omnifold_core::time::{DAY, HOUR};
+use omnifold_core::{Event, Member};
 use omnifold_proto::v1 as proto;
 use proto::Channel::{MobileApp, StorePos};
 use proto::event::Payload;
 
 const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
-
-fn cfg() -> FoldConfig {
-    FoldConfig::default().validate().unwrap()
-}
-
-fn ev(id: &str, at: i64, channel: proto::Channel, payload: Payload) -> Event {
-    Event::try_from(proto::Event {
-        event_id: id.into(),
-        occurred_at: Some(to_timestamp(at)),
-        channel: channel as i32,
-        store_id: if channel == StorePos { "store-1".into() } else { String::new() },
-        subject: Some(proto::Subject { member_id: "m-1".into(), ..Default::default() }),
-        payload: Some(payload),
-    })
-    .unwrap()
-}
 
 fn order(id: &str, at: i64, channel: proto::Channel, yuan: i64) -> Event {
     let line =

@@ -5,28 +5,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test fails loudly on what it did not expect")]
 
 use omnifold_core::fold::{Position, apply, kind_of};
-use omnifold_core::time::{DAY, to_timestamp};
+use omnifold_core::testing::{fold_config as cfg, member_event as ev};
+use omnifold_core::time::DAY;
 use omnifold_core::{Event, FoldConfig, Member};
 use omnifold_proto::v1 as proto;
 use proto::event::Payload;
 
 const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
-
-fn cfg() -> FoldConfig {
-    FoldConfig::default().validate().unwrap()
-}
-
-fn ev(id: &str, at: i64, channel: proto::Channel, payload: Payload) -> Event {
-    Event::try_from(proto::Event {
-        event_id: id.into(),
-        occurred_at: Some(to_timestamp(at)),
-        channel: channel as i32,
-        store_id: if channel == proto::Channel::StorePos { "store-1".into() } else { String::new() },
-        subject: Some(proto::Subject { member_id: "m-1".into(), ..Default::default() }),
-        payload: Some(payload),
-    })
-    .unwrap()
-}
 
 fn line(sku: &str, category: &str, quantity: i32, unit: i64) -> proto::OrderLine {
     proto::OrderLine { sku: sku.into(), category: category.into(), quantity, unit_price_minor: unit }

@@ -5,6 +5,7 @@
 
 use omnifold_core::fold::{Position, apply, kind_of};
 use omnifold_core::loyalty::{EntryKind, NegativeBalance, VerdictStatus};
+use omnifold_core::testing::{fold_config as cfg, member_event as ev};
 use omnifold_core::time::{DAY, to_timestamp};
 use omnifold_core::{Event, FoldConfig, LedgerEntry, Member, Tier, Verdict};
 use omnifold_proto::v1 as proto;
@@ -13,22 +14,6 @@ use proto::event::Payload;
 
 const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
 const MS: i64 = 1;
-
-fn cfg() -> FoldConfig {
-    FoldConfig::default().validate().unwrap()
-}
-
-fn ev(id: &str, at: i64, channel: proto::Channel, payload: Payload) -> Event {
-    Event::try_from(proto::Event {
-        event_id: id.into(),
-        occurred_at: Some(to_timestamp(at)),
-        channel: channel as i32,
-        store_id: String::new(),
-        subject: Some(proto::Subject { member_id: "m-1".into(), ..Default::default() }),
-        payload: Some(payload),
-    })
-    .unwrap()
-}
 
 /// An order paid `total` (minor units) for one line of the same list value.
 fn order(id: &str, currency: &str, total: i64) -> Payload {

@@ -644,32 +644,14 @@ fn a_configured_audience_that_cannot_work_is_refused_with_what_to_fix() {
 /// event, seq, instant).
 fn transitions(setup: &Setup, topic: &str) -> Vec<(String, String, String, u64, String)> {
     use rdkafka::Message as _;
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let c: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &setup.brokers)
-        .set("group.id", format!("{topic}.reader"))
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "10")
-        .create()
-        .unwrap();
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning).unwrap();
-    let end = c.fetch_watermarks(topic, 0, Duration::from_secs(10)).unwrap().1;
-    c.assign(&tpl).unwrap();
-    let (mut out, mut next) = (Vec::new(), 0);
-    let mut quiet = std::time::Instant::now();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while next < end || quiet.elapsed() < Duration::from_millis(500) {
-        assert!(std::time::Instant::now() < deadline, "{topic} read to {next}, not to {end}");
-        let Some(m) = c.poll(Duration::from_millis(50)) else { continue };
-        let m = m.unwrap();
-        let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
-        let s = |k: &str| v[k].as_str().unwrap().to_owned();
-        out.push((s("memberId"), s("audience"), s("event"), v["seq"].as_u64().unwrap(), s("at")));
-        next = m.offset() + 1;
-        quiet = std::time::Instant::now();
-    }
-    out
+    read_topic(setup, topic, 1)
+        .iter()
+        .map(|m| {
+            let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+            let s = |k: &str| v[k].as_str().unwrap().to_owned();
+            (s("memberId"), s("audience"), s("event"), v["seq"].as_u64().unwrap(), s("at"))
+        })
+        .collect()
 }
 
 /// A stack on one partition (one event-time clock) with the audiences of

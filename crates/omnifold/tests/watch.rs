@@ -262,52 +262,28 @@ struct Published {
     routes_to: Option<String>,
 }
 
-/// Every record of `topic` (all partitions, from the start): read at
-/// least to each partition's end as the broker tells it (tansu's may lag
-/// behind, never run ahead), then until the topic has been quiet a moment.
-fn read_topic(setup: &Setup, topic: &str) -> Vec<Published> {
+/// Every record of `topic` (all partitions, from the start).
+fn read_changes(setup: &Setup, topic: &str) -> Vec<Published> {
     use rdkafka::Message as _;
-    use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Headers;
-    let c: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &setup.brokers)
-        .set("group.id", format!("{topic}.reader"))
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "10")
-        .create()
-        .unwrap();
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    let mut ends = std::collections::BTreeMap::new();
-    for p in 0..setup.partitions {
-        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning).unwrap();
-        ends.insert(p, c.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap().1);
-    }
-    c.assign(&tpl).unwrap();
-    let mut out = Vec::new();
-    let mut read_to: std::collections::BTreeMap<i32, i64> = ends.keys().map(|p| (*p, 0)).collect();
-    let mut quiet_since = std::time::Instant::now();
-    let deadline = std::time::Instant::now() + WAIT;
-    while ends.iter().any(|(p, end)| read_to[p] < *end) || quiet_since.elapsed() < Duration::from_millis(500) {
-        assert!(std::time::Instant::now() < deadline, "{topic} read to {read_to:?}, not to {ends:?}");
-        let Some(m) = c.poll(Duration::from_millis(50)) else { continue };
-        let m = m.unwrap();
-        let header = |name: &str| {
-            m.headers()
-                .and_then(|h| h.iter().find(|h| h.key == name))
-                .and_then(|h| h.value)
-                .map(|v| String::from_utf8(v.to_vec()).unwrap())
-        };
-        out.push(Published {
-            key: String::from_utf8(m.key().unwrap().to_vec()).unwrap(),
-            partition: m.partition(),
-            change: m.payload().map(|v| serde_json::from_slice(v).unwrap()),
-            version: header("omnifold-version").expect("every record has its version"),
-            routes_to: header("omnifold-routes-to"),
-        });
-        read_to.insert(m.partition(), m.offset() + 1);
-        quiet_since = std::time::Instant::now();
-    }
-    out
+    read_topic(setup, topic, setup.partitions)
+        .into_iter()
+        .map(|m| {
+            let header = |name: &str| {
+                m.headers()
+                    .and_then(|h| h.iter().find(|h| h.key == name))
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8(v.to_vec()).unwrap())
+            };
+            Published {
+                key: String::from_utf8(m.key().unwrap().to_vec()).unwrap(),
+                partition: m.partition(),
+                change: m.payload().map(|v| serde_json::from_slice(v).unwrap()),
+                version: header("omnifold-version").expect("every record has its version"),
+                routes_to: header("omnifold-routes-to"),
+            }
+        })
+        .collect()
 }
 
 /// The records of `key`, in the order written.
@@ -344,7 +320,7 @@ async fn changes_go_to_the_compacted_topic_masked_with_a_tombstone_for_an_erased
     assert_eq!(done.status, proto::ErasureStatus::Done as i32);
 
     let records = eventually("the erasure on the topic", WAIT, || async {
-        let records = read_topic(&stack.setup, topic);
+        let records = read_changes(&stack.setup, topic);
         of(&records, "m-2").last().is_some_and(|r| r.change.is_none()).then_some(records)
     })
     .await;
@@ -398,7 +374,7 @@ async fn a_crash_right_after_a_commit_loses_no_change_on_the_topic() {
 
     let service = Service::start(&setup, data.path());
     service.wait_consumed(&setup, members.len() as i64).await;
-    let records = read_topic(&setup, topic);
+    let records = read_changes(&setup, topic);
     for m in &members {
         let r = of(&records, m);
         let version = get(&service, m).await.unwrap().version.unwrap();

@@ -1,8 +1,8 @@
 //! The rule language's types: each measure's arguments and the type of
 //! value it compares with, checked once, so evaluation cannot fail.
 
-use super::parse::{Arg, Call, Expr, Literal, LiteralKind, Op};
-use super::{Cmp, MAX_RULE_DEPTH, MAX_RULE_NODES, Measure, Rule, RuleError, Test, Value};
+use super::parse::{Arg, Call, Expr, Literal, LiteralKind};
+use super::{Cmp as Op, MAX_RULE_DEPTH, MAX_RULE_NODES, Measure, Rule, RuleError, Test, Value};
 use crate::Channel;
 use crate::ident::IdType;
 use crate::loyalty::Tier;
@@ -74,7 +74,7 @@ fn build(e: &Expr, depth: usize, nodes: &mut usize) -> Result<Rule, RuleError> {
             }
             let m = measure(call)?;
             let v = value(&m, call, *op, lit)?;
-            Rule::Compare(m, cmp(*op), v)
+            Rule::Compare(m, *op, v)
         }
     })
 }
@@ -87,17 +87,6 @@ fn example(call: &Call) -> &'static str {
         "trait" => "trait(\"city\") == \"Shanghai\"",
         n if n.starts_with("since_") => "since_last_order > 90d",
         _ => "orders(within=7d) > 0",
-    }
-}
-
-fn cmp(op: Op) -> Cmp {
-    match op {
-        Op::Eq => Cmp::Eq,
-        Op::Ne => Cmp::Ne,
-        Op::Lt => Cmp::Lt,
-        Op::Le => Cmp::Le,
-        Op::Gt => Cmp::Gt,
-        Op::Ge => Cmp::Ge,
     }
 }
 

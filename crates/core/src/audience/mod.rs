@@ -111,6 +111,19 @@ pub enum Cmp {
     Ge,
 }
 
+impl Cmp {
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Cmp::Eq => "==",
+            Cmp::Ne => "!=",
+            Cmp::Lt => "<",
+            Cmp::Le => "<=",
+            Cmp::Gt => ">",
+            Cmp::Ge => ">=",
+        }
+    }
+}
+
 /// A value of a measure's type.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {

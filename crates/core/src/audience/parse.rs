@@ -1,7 +1,7 @@
 //! The rule language's syntax: text to an untyped tree, every node with
 //! the character position it starts at, so a refusal can say where.
 
-use super::RuleError;
+use super::{Cmp as Op, RuleError};
 
 /// An untyped rule, as written.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,29 +28,6 @@ pub(super) struct Call {
 pub(super) struct Arg {
     pub name: Option<String>,
     pub value: Literal,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Op {
-    Eq,
-    Ne,
-    Lt,
-    Le,
-    Gt,
-    Ge,
-}
-
-impl Op {
-    pub fn symbol(self) -> &'static str {
-        match self {
-            Op::Eq => "==",
-            Op::Ne => "!=",
-            Op::Lt => "<",
-            Op::Le => "<=",
-            Op::Gt => ">",
-            Op::Ge => ">=",
-        }
-    }
 }
 
 /// A value as written, with where it starts.

@@ -708,3 +708,36 @@ pub fn replayed_digest(setup: &Setup) -> String {
     setup.run(&["replay", "--data-dir", dir.to_str().unwrap(), "--idle-ms", "500"]);
     digest(setup, &dir)
 }
+
+/// Every record of `topic` (its `partitions`, from the start): read at
+/// least to each partition's end as the broker tells it (tansu's may lag
+/// behind, never run ahead), then until the topic has been quiet a moment.
+pub fn read_topic(setup: &Setup, topic: &str, partitions: i32) -> Vec<rdkafka::message::OwnedMessage> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &setup.brokers)
+        .set("group.id", format!("{topic}.reader"))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+        ends.insert(p, c.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap().1);
+    }
+    c.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let mut read_to: BTreeMap<i32, i64> = ends.keys().map(|p| (*p, 0)).collect();
+    let mut quiet_since = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ends.iter().any(|(p, end)| read_to[p] < *end) || quiet_since.elapsed() < Duration::from_millis(500) {
+        assert!(Instant::now() < deadline, "{topic} read to {read_to:?}, not to {ends:?}");
+        let Some(m) = c.poll(Duration::from_millis(50)) else { continue };
+        let m = m.unwrap();
+        read_to.insert(m.partition(), m.offset() + 1);
+        out.push(m.detach());
+        quiet_since = Instant::now();
+    }
+    out
+}
