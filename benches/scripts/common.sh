@@ -17,13 +17,17 @@ wait_for() {
   for _ in $(seq 150); do "$@" >/dev/null 2>&1 && return; sleep 0.2; done
   echo "gave up waiting for: $*" >&2; cat "$work"/*.log >&2; exit 1
 }
-# Starts tansu (memory storage) and produces the events; sets $tansu.
-start_tansu_with_events() {
-  echo "starting tansu on :$PORT and producing ${EVENTS:-100000} events of 5,000 members" >&2
+# Starts tansu (memory storage) with omnifold's topics; sets $tansu.
+start_tansu() {
   tansu broker --listener-url "tcp://127.0.0.1:$PORT" --advertised-listener-url "tcp://127.0.0.1:$PORT" \
     --storage-engine memory://tansu/ >"$work/tansu.log" 2>&1 &
   tansu=$!
   wait_for "$B/omnifold" topics create --partitions 4
+}
+# Starts tansu and produces the events.
+start_tansu_with_events() {
+  echo "starting tansu on :$PORT and producing ${EVENTS:-100000} events of 5,000 members" >&2
+  start_tansu
   "$B/omnifold-produce" --file "$work/events.jsonl" --count "${EVENTS:-100000}" --members 5000 >/dev/null
   "$B/omnifold" produce --file "$work/events.jsonl" >/dev/null
 }
