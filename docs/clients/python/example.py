@@ -15,9 +15,11 @@ twice), and waits on WatchProfile until the change that spent them.
 """
 
 import argparse
+import atexit
 import importlib
 import os
 import pathlib
+import shutil
 import sys
 import tempfile
 import uuid
@@ -31,6 +33,7 @@ REPO = pathlib.Path(__file__).resolve().parents[3]
 def generate_stubs(proto_root: pathlib.Path) -> pathlib.Path:
     """Generates Python modules for proto/omnifold/v1/*.proto; returns their directory."""
     out = pathlib.Path(tempfile.mkdtemp(prefix="omnifold-stubs-"))
+    atexit.register(shutil.rmtree, out, ignore_errors=True)
     well_known = pathlib.Path(protoc.__file__).parent / "_proto"
     files = sorted(str(p.relative_to(proto_root)) for p in (proto_root / "omnifold" / "v1").glob("*.proto"))
     args = ["protoc", f"-I{proto_root}", f"-I{well_known}", f"--python_out={out}", f"--grpc_python_out={out}", *files]
