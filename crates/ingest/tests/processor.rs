@@ -496,3 +496,67 @@ fn a_forward_that_arrives_past_the_dedupe_window_is_too_late_not_applied_twice()
     let m = store.member(home, "m").unwrap().unwrap();
     assert_eq!((m.version.events_applied, m.browse.searches), (2, 2));
 }
+
+/// More timers due at once than the fold reads from the store in one round
+/// (1,024): each fires once, in instant order, and where batches end does
+/// not change the entries and exits written.
+#[test]
+fn more_timers_than_a_round_fire_in_one_batch_each_once_in_order() {
+    use omnifold_core::audience::{AudienceConfig, Audiences};
+    use omnifold_core::time::{DAY, to_timestamp};
+    let rule = AudienceConfig { rule: "orders(within=7d) > 0".into(), ..Default::default() };
+    let audiences = Arc::new(Audiences::compile(&BTreeMap::from([("buyers".to_owned(), rule)])).unwrap());
+    let t0 = omnifold_core::testing::BASE;
+    let event = |id: String, who: String, at: i64, payload| {
+        proto::Event {
+            event_id: id,
+            occurred_at: Some(to_timestamp(at)),
+            channel: proto::Channel::StorePos as i32,
+            store_id: "s-1".into(),
+            subject: Some(proto::Subject { member_id: who, ..Default::default() }),
+            payload: Some(payload),
+        }
+        .encode_to_vec()
+    };
+    let members = 1_500u64;
+    let mut values: Vec<Vec<u8>> = (0..members)
+        .map(|i| {
+            let order = proto::event::Payload::OrderPlaced(proto::OrderPlaced {
+                order_id: format!("o-{i}"),
+                currency: "CNY".into(),
+                lines: vec![],
+                total_minor: 1_000,
+            });
+            event(format!("e-{i}"), format!("m-{i:05}"), t0 + i as i64, order)
+        })
+        .collect();
+    // A week and a day later: every order has left the window by then.
+    let search = proto::event::Payload::SearchPerformed(proto::SearchPerformed { query: "later".into() });
+    values.push(event("late".into(), "m-other".into(), t0 + 8 * DAY, search));
+    let written = |cuts: &[usize]| -> Vec<serde_json::Value> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&StoreConfig { path: dir.path().into(), ..StoreConfig::default() }).unwrap();
+        let fold = Arc::new(FoldConfig::default().validate().unwrap());
+        let processor = Processor::new(store, fold, "t", 65536, signer()).with_audiences(audiences.clone(), true);
+        let records: Vec<Record<'_>> =
+            values.iter().enumerate().map(|(i, v)| Record::new(i as i64, None, Some(v))).collect();
+        let mut out = Vec::new();
+        let mut start = 0;
+        for &end in cuts.iter().chain([&records.len()]) {
+            let p = processor.process(0, &records[start..end]).unwrap();
+            out.extend(p.audiences.iter().map(|r| serde_json::from_slice::<serde_json::Value>(&r.value).unwrap()));
+            processor.commit(p).unwrap();
+            start = end;
+        }
+        out
+    };
+    let one_by_one = written(&[1_500]);
+    let exits: Vec<&serde_json::Value> = one_by_one.iter().filter(|v| v["event"] == "exited").collect();
+    assert_eq!(exits.len(), members as usize, "every member leaves once");
+    for (i, v) in exits.iter().enumerate() {
+        assert_eq!(v["memberId"], format!("m-{i:05}"), "in the order of their instants");
+        assert_eq!(v["seq"], 2);
+        assert_eq!(v["at"], omnifold_core::time::rfc3339(t0 + i as i64 + 7 * DAY));
+    }
+    assert_eq!(written(&[100, 700, 1_200, 1_499]), one_by_one, "batch boundaries change nothing");
+}

@@ -463,13 +463,29 @@ impl Store {
             .collect()
     }
 
-    /// Up to `limit` timers of `partition` due at or before `until`, in
-    /// instant order: `(instant, member)`.
-    pub fn due_timers(&self, partition: u32, until: i64, limit: usize) -> Result<Vec<(i64, String)>> {
+    /// Up to `limit` timers of `partition` after `after` (from the first
+    /// with `None`) and due at or before `until`, in instant order:
+    /// `(instant, member)`.
+    pub fn due_timers(
+        &self,
+        partition: u32,
+        after: Option<(i64, &str)>,
+        until: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, String)>> {
         let mut opts = ReadOptions::default();
         opts.set_iterate_upper_bound(keys::timer_prefix(partition, until.saturating_add(1)));
         let mut it = self.db.raw_iterator_cf_opt(self.cf(CF_TIMERS), opts);
-        it.seek(keys::timer_prefix(partition, i64::MIN));
+        match after {
+            Some((at, member)) => {
+                let from = keys::timer(partition, at, member);
+                it.seek(&from);
+                if it.key() == Some(&from[..]) {
+                    it.next();
+                }
+            }
+            None => it.seek(keys::timer_prefix(partition, i64::MIN)),
+        }
         let mut out = Vec::new();
         while let Some(k) = it.key() {
             if out.len() == limit {

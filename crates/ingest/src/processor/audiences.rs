@@ -53,20 +53,35 @@ impl AudienceRun {
 }
 
 impl Run<'_> {
-    /// Event time reached `now`: every timer due by then fires, in instant
-    /// order, each member evaluated at its timer's instant.
+    /// Event time reached `now`: every timer due by then fires, in
+    /// `(instant, member)` order, each member evaluated at its timer's
+    /// instant. The store's timers are read in rounds after a cursor (what
+    /// fired here is deleted only at the commit), merged with the timers
+    /// set in this batch, which firing may add to.
     pub(super) fn audiences_advance(&mut self, now: i64) -> Result<()> {
         let Some(run) = &self.audiences else { return Ok(()) };
         if now <= run.fired_until {
             return Ok(());
         }
+        let mut after: Option<(i64, String)> = None;
         loop {
-            let due = self.due_timers(now)?;
-            if due.is_empty() {
-                break;
-            }
-            for (at, key) in due {
+            let chunk = self.store().due_timers(
+                self.partition,
+                after.as_ref().map(|(a, k)| (*a, k.as_str())),
+                now,
+                TIMER_ROUND,
+            )?;
+            let last_round = chunk.len() < TIMER_ROUND;
+            // This round fires everything up to its last stored timer (all
+            // up to `now` in the last round).
+            let bound = if last_round { None } else { chunk.last().cloned() };
+            let mut stored = chunk.into_iter().peekable();
+            while let Some((at, key)) = self.next_due(&mut stored, now, bound.as_ref()) {
                 self.fire(at, &key)?;
+            }
+            match bound {
+                Some(b) => after = Some(b),
+                None => break,
             }
         }
         if let Some(run) = &mut self.audiences {
@@ -75,17 +90,27 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Timers due at or before `now` not fired yet, stored or set here.
-    fn due_timers(&self, now: i64) -> Result<Vec<(i64, String)>> {
-        let Some(run) = &self.audiences else { return Ok(Vec::new()) };
-        let mut due: BTreeSet<(i64, String)> = self
-            .store()
-            .due_timers(self.partition, now, TIMER_ROUND)?
-            .into_iter()
-            .filter(|t| !run.removed.contains(t))
-            .collect();
-        due.extend(run.added.iter().take_while(|(at, _)| *at <= now).cloned());
-        Ok(due.into_iter().collect())
+    /// The earliest timer still to fire: the next of the store's round not
+    /// removed here, or the first set here, whichever comes first, within
+    /// `bound` (or `now`).
+    fn next_due(
+        &self,
+        stored: &mut std::iter::Peekable<std::vec::IntoIter<(i64, String)>>,
+        now: i64,
+        bound: Option<&(i64, String)>,
+    ) -> Option<(i64, String)> {
+        let run = self.audiences.as_ref()?;
+        while stored.peek().is_some_and(|t| run.removed.contains(t)) {
+            stored.next();
+        }
+        let within = |t: &(i64, String)| t.0 <= now && bound.is_none_or(|b| t <= b);
+        let set_here = run.added.first().filter(|t| within(t));
+        match (stored.peek(), set_here) {
+            (Some(s), Some(a)) if a < s => Some(a.clone()),
+            (Some(_), _) => stored.next(),
+            (None, Some(a)) => Some(a.clone()),
+            (None, None) => None,
+        }
     }
 
     /// The timer `(at, key)` fires: the member is evaluated at `at`.
