@@ -597,17 +597,18 @@ impl Ingest<'_> {
             }
             failpoint::hit("after_outbox");
         }
-        if !processed.changes.is_empty() {
-            if let Some(o) = self.deliver(&self.cfg.changes_topic.clone(), &processed.changes) {
+        let audiences = if self.cfg.audience_topic.is_empty() { Vec::new() } else { processed.audience_records() };
+        for (topic, records, counter) in [
+            (self.cfg.changes_topic.clone(), &processed.changes, "omnifold_profile_changes_published_total"),
+            (self.cfg.audience_topic.clone(), &audiences, "omnifold_audience_transitions_total"),
+        ] {
+            if records.is_empty() {
+                continue;
+            }
+            if let Some(o) = self.deliver(&topic, records) {
                 return Some(o);
             }
-            metrics::counter!("omnifold_profile_changes_published_total").increment(processed.changes.len() as u64);
-        }
-        if !processed.audiences.is_empty() {
-            if let Some(o) = self.deliver(&self.cfg.audience_topic.clone(), &processed.audiences) {
-                return Some(o);
-            }
-            metrics::counter!("omnifold_audience_transitions_total").increment(processed.audiences.len() as u64);
+            metrics::counter!(counter).increment(records.len() as u64);
         }
         None
     }

@@ -537,14 +537,16 @@ fn more_timers_than_a_round_fire_in_one_batch_each_once_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&StoreConfig { path: dir.path().into(), ..StoreConfig::default() }).unwrap();
         let fold = Arc::new(FoldConfig::default().validate().unwrap());
-        let processor = Processor::new(store, fold, "t", 65536, signer()).with_audiences(audiences.clone(), true);
+        let processor = Processor::new(store, fold, "t", 65536, signer()).with_audiences(audiences.clone());
         let records: Vec<Record<'_>> =
             values.iter().enumerate().map(|(i, v)| Record::new(i as i64, None, Some(v))).collect();
         let mut out = Vec::new();
         let mut start = 0;
         for &end in cuts.iter().chain([&records.len()]) {
             let p = processor.process(0, &records[start..end]).unwrap();
-            out.extend(p.audiences.iter().map(|r| serde_json::from_slice::<serde_json::Value>(&r.value).unwrap()));
+            out.extend(
+                p.audience_records().iter().map(|r| serde_json::from_slice::<serde_json::Value>(&r.value).unwrap()),
+            );
             processor.commit(p).unwrap();
             start = end;
         }

@@ -144,7 +144,7 @@ fn replay_files(config: &Config, args: &ReplayArgs) -> Result<()> {
         signer,
     )
     .with_member_cache(config.kafka.member_cache_entries, config.kafka.member_cache_bytes)
-    .with_audiences(Arc::new(config.audiences()?), false);
+    .with_audiences(Arc::new(config.audiences()?));
     let mut log = omnifold_ingest::LocalLog::new(
         &processor,
         &config.kafka.topic,
@@ -202,7 +202,7 @@ fn rebuild(
     let processor =
         Processor::new(store, Arc::new(config.fold.clone()), &config.kafka.topic, config.kafka.max_event_bytes, signer)
             .with_member_cache(config.kafka.member_cache_entries, config.kafka.member_cache_bytes)
-            .with_audiences(Arc::new(config.audiences()?), false);
+            .with_audiences(Arc::new(config.audiences()?));
     let bar = progress(0, "replaying");
     let done = omnifold_ingest::replay(&config.kafka, &processor, end, from_time, &Shutdown::default(), |p| {
         bar.set_length(p.expected.max(p.records));

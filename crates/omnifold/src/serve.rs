@@ -347,20 +347,19 @@ pub async fn serve(config: Config) -> Result<()> {
         processor = processor.with_on_changes(Arc::new(Published(published)));
     }
     // Audiences are evaluated by every fold (a standby's copy keeps them
-    // too); only the owner's writes their entries and exits.
+    // too); only the owner's ingest writes their entries and exits.
     let audiences = Arc::new(config.audiences()?);
-    processor = processor.with_audiences(audiences.clone(), false);
+    processor = processor.with_audiences(audiences.clone());
     // The standby fold shares the member cache: the two never fold one
     // partition at once (omnifold_ingest::Standbys).
     let standby =
         (config.kafka.standby == omnifold_ingest::Standby::All).then(|| (Standbys::default(), processor.clone()));
-    processor = processor.with_audiences(audiences, !config.kafka.audience_topic.is_empty());
     // Changed profiles to the profile-changes topic (only the owner's fold:
     // the standby copy above writes nothing to Kafka).
     if !config.kafka.changes_topic.is_empty() {
         let privacy = Arc::new(config.privacy.clone());
-        let audiences = Arc::new(config.audiences()?);
-        let feed = omnifold_server::feed::ChangeFeed::new(fold.clone(), privacy, audiences, config.kafka.changes_pii);
+        let feed =
+            omnifold_server::feed::ChangeFeed::new(fold.clone(), privacy, audiences.clone(), config.kafka.changes_pii);
         processor = processor.with_change_topic(Arc::new(Feed(feed)));
     }
     let status = IngestStatus::default();
@@ -450,7 +449,7 @@ pub async fn serve(config: Config) -> Result<()> {
     if let Some(tls) = tls {
         app = app.with_tls(tls);
     }
-    app = app.with_privacy(config.privacy.clone()).with_audiences(config.audiences()?);
+    app = app.with_privacy(config.privacy.clone()).with_audiences(audiences);
     let audit = omnifold_ingest::AuditProducer::new(&config.kafka, signer_for_audit, AUDIT_TIMEOUT)?;
     app = app.with_audit(Arc::new(crate::audit::Audit(audit)));
     if snapshotter.is_some() {

@@ -327,8 +327,8 @@ impl AppState {
     }
 
     /// The audiences profiles show their members' memberships in.
-    pub fn with_audiences(mut self, audiences: omnifold_core::audience::Audiences) -> Self {
-        self.audiences = Arc::new(audiences);
+    pub fn with_audiences(mut self, audiences: Arc<omnifold_core::audience::Audiences>) -> Self {
+        self.audiences = audiences;
         self
     }
 

@@ -251,7 +251,7 @@ pub(crate) fn find_for(state: &AppState, addr: &MemberAddress, mask: &ReadMask) 
 /// `m`'s profile as the request's caller may see it (privacy.rs).
 pub(crate) fn profile_for(state: &AppState, m: &Member, at: Millis, mask: &ReadMask) -> proto::Profile {
     let mut p = convert::profile(m, at, mask, &state.fold);
-    if mask.includes("audiences") && m.kind == omnifold_core::ProfileKind::KnownMember {
+    if mask.includes("audiences") {
         p.audiences = state.audiences.of(m, at, &state.fold).into_iter().map(str::to_owned).collect();
     }
     privacy::profile(&mut p, privacy::view_of(&auth::caller(), m, &state.privacy), &state.privacy);

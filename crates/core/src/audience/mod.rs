@@ -228,7 +228,11 @@ impl Audiences {
 
     /// The names of the audiences `member` is in at `at`, in name order: its
     /// rule holds and, for an audience with a purpose, the member granted it.
+    /// A profile that is not a live member's is in none.
     pub fn of<'a>(&'a self, member: &Member, at: Millis, cfg: &crate::FoldConfig) -> Vec<&'a str> {
+        if !state::in_audiences(member) {
+            return Vec::new();
+        }
         self.0
             .iter()
             .filter(|a| a.purpose.as_ref().is_none_or(|p| member.consents.get(p).is_some_and(|c| c.value.granted)))

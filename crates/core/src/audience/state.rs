@@ -87,6 +87,12 @@ fn update(audience: &str, m: &mut Membership, now: bool, at: Millis) -> Option<T
     Some(Transition { audience: audience.to_owned(), entered: now, seq: m.seq, at })
 }
 
+/// Whether `member` can be in an audience: a live member, not an
+/// anonymous or provisional profile, an erased member or a merged-away one.
+pub(super) fn in_audiences(member: &Member) -> bool {
+    member.kind == ProfileKind::KnownMember && member.erased_at.is_none() && member.routes_to.is_none()
+}
+
 impl Audiences {
     /// Evaluates every audience for `member` at `at` into `state`: the
     /// entries and exits, in audience name order, and the member's next
@@ -99,8 +105,7 @@ impl Audiences {
         at: Millis,
         cfg: &FoldConfig,
     ) -> Vec<Transition> {
-        let live = member.kind == ProfileKind::KnownMember && member.erased_at.is_none() && member.routes_to.is_none();
-        if !live {
+        if !in_audiences(member) {
             return state.leave_all(at);
         }
         // One walk over the audiences and the memberships, both in name

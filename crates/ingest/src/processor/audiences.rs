@@ -139,9 +139,8 @@ impl Run<'_> {
     }
 
     /// Stages the changed states (with their timers) for the commit, and
-    /// returns the transitions as records of the audience topic (none when
-    /// the processor writes none).
-    pub(super) fn audiences_finish(&mut self) -> Vec<OutRecord> {
+    /// returns the batch's entries and exits.
+    pub(super) fn audiences_finish(&mut self) -> Vec<(String, Transition)> {
         let Some(run) = self.audiences.take() else { return Vec::new() };
         let store = self.store();
         for (key, h) in &run.held {
@@ -155,28 +154,30 @@ impl Run<'_> {
                 self.batch.delete_timer(store, key, *at);
             }
         }
-        if !self.p.emit_transitions {
-            return Vec::new();
-        }
-        run.transitions.iter().map(|(key, t)| transition_record(self.partition, key, t)).collect()
+        run.transitions
     }
 }
 
-/// A transition as a record of the audience topic: keyed by member id,
+/// Entries and exits as records of the audience topic: keyed by member id,
 /// JSON with the audience, the direction, its sequence number and instant.
-fn transition_record(partition: u32, key: &str, t: &Transition) -> OutRecord {
-    let value = serde_json::json!({
-        "memberId": key,
-        "audience": t.audience,
-        "event": if t.entered { "entered" } else { "exited" },
-        "seq": t.seq,
-        "at": omnifold_core::time::rfc3339(t.at),
-    });
-    OutRecord {
-        key: Some(key.as_bytes().to_vec()),
-        value: serde_json::to_vec(&value).unwrap_or_default(),
-        headers: vec![("omnifold-partition", partition.to_string())],
-    }
+pub(super) fn records(partition: u32, transitions: &[(String, Transition)]) -> Vec<OutRecord> {
+    transitions
+        .iter()
+        .map(|(key, t)| {
+            let value = serde_json::json!({
+                "memberId": key,
+                "audience": t.audience,
+                "event": if t.entered { "entered" } else { "exited" },
+                "seq": t.seq,
+                "at": omnifold_core::time::rfc3339(t.at),
+            });
+            OutRecord {
+                key: Some(key.as_bytes().to_vec()),
+                value: serde_json::to_vec(&value).unwrap_or_default(),
+                headers: vec![("omnifold-partition", partition.to_string())],
+            }
+        })
+        .collect()
 }
 
 /// Evaluates `member` at `at` into its state: its transitions, its timer.

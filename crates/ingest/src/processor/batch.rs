@@ -338,11 +338,11 @@ impl<'a> Run<'a> {
     /// Folds record `i` into the member stored under `key`.
     fn fold(&mut self, i: usize, key: String) -> Result<()> {
         let record = self.records[i];
+        let Some(at) = self.decoded[i].as_ref().ok().map(|e| e.occurred_at) else {
+            return Ok(());
+        };
         // Event time reached the event's: timers due by then fire first.
-        if let Ok(e) = &self.decoded[i] {
-            let at = e.occurred_at;
-            self.audiences_advance(at)?;
-        }
+        self.audiences_advance(at)?;
         let Ok(event) = &self.decoded[i] else {
             return Ok(());
         };
@@ -539,7 +539,7 @@ impl<'a> Run<'a> {
         let reported = self.p.on_changes.is_some() || self.p.change_topic.is_some();
         let changed = if reported { self.changed(&dirty) } else { Vec::new() };
         let changes = self.change_records(&changed);
-        let audiences = self.audiences_finish();
+        let transitions = self.audiences_finish();
         let next_offset = self.records.last().map_or(0, |r| r.offset + 1);
         if !self.records.is_empty() {
             self.batch.set_next_offset(store, next_offset);
@@ -565,7 +565,7 @@ impl<'a> Run<'a> {
             outbox: self.outbox,
             index: self.index,
             changes,
-            audiences,
+            transitions,
             applied: self.applied,
             duplicates: self.duplicates,
             misrouted: self.misrouted,

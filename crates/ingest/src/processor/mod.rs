@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tracing::error;
 
-use omnifold_core::audience::Audiences;
+use omnifold_core::audience::{Audiences, Transition};
 use omnifold_core::{Change, FoldConfig, Member};
 use omnifold_store::{Batch, Store, StoreHandle};
 
@@ -98,9 +98,9 @@ pub struct Processed {
     /// The changed profiles for the profile-changes topic
     /// (`kafka.changes_topic`), written before the commit.
     pub changes: Vec<OutRecord>,
-    /// Audience entries and exits for the audience topic
-    /// (`kafka.audience_topic`), written before the commit.
-    pub audiences: Vec<OutRecord>,
+    /// Audience entries and exits, in the order they happened:
+    /// `(member, transition)` ([`Processed::audience_records`]).
+    transitions: Vec<(String, Transition)>,
     pub applied: u64,
     pub duplicates: u64,
     /// Events that arrived on a partition that does not own their key.
@@ -140,6 +140,12 @@ pub trait ChangeSink: Send + Sync {
 }
 
 impl Processed {
+    /// The batch's audience entries and exits as records of the audience
+    /// topic (`kafka.audience_topic`), to write before the commit.
+    pub fn audience_records(&self) -> Vec<OutRecord> {
+        audiences::records(self.partition, &self.transitions)
+    }
+
     /// Applies the batch's identity-index updates to `store` itself, in the
     /// same batch, instead of writing them to the identity topic (replays,
     /// which write nothing back to Kafka).
@@ -192,8 +198,6 @@ pub struct Processor {
     change_topic: Option<Arc<dyn ChangeTopic>>,
     /// The audiences evaluated in the fold (none configured: none).
     audiences: Option<Arc<Audiences>>,
-    /// Whether batches return their audience entries and exits as records.
-    emit_transitions: bool,
 }
 
 /// The changed profiles as committed (copies of the batch's members).
@@ -243,7 +247,6 @@ impl Processor {
             on_changes: None,
             change_topic: None,
             audiences: None,
-            emit_transitions: false,
         }
     }
 
@@ -290,18 +293,10 @@ impl Processor {
         self
     }
 
-    /// Evaluates `audiences` in the fold (docs/audiences.md); with `emit`,
-    /// each batch returns their entries and exits ([`Processed::audiences`]).
-    pub fn with_audiences(mut self, audiences: Arc<Audiences>, emit: bool) -> Self {
+    /// Evaluates `audiences` in the fold (docs/audiences.md): each batch
+    /// keeps the memberships and returns their entries and exits.
+    pub fn with_audiences(mut self, audiences: Arc<Audiences>) -> Self {
         self.audiences = (!audiences.is_empty()).then_some(audiences);
-        self.emit_transitions = emit;
-        self
-    }
-
-    /// The same processor without the profile-changes topic (a standby
-    /// copy's fold, which writes nothing to Kafka).
-    pub fn without_change_topic(mut self) -> Self {
-        self.change_topic = None;
         self
     }
 
