@@ -8,7 +8,7 @@ use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
-    let files: Vec<PathBuf> = ["common", "internal", "event", "profile", "loyalty", "admin"]
+    let files: Vec<PathBuf> = ["common", "internal", "event", "profile", "loyalty", "admin", "audience"]
         .iter()
         .map(|f| root.join(format!("omnifold/v1/{f}.proto")))
         .collect();

@@ -280,6 +280,9 @@ pub struct Change {
     pub next_offset: i64,
     /// The profile as committed; none when its record was deleted (an erasure).
     pub member: Option<std::sync::Arc<Member>>,
+    /// The audiences the profile entered and left in the batch, in order
+    /// (time alone may change them: then the profile is otherwise as it was).
+    pub audiences: Vec<crate::audience::Transition>,
 }
 
 /// How far the fold had read when it last changed this member.

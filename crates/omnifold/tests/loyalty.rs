@@ -774,3 +774,137 @@ async fn entries_and_exits_survive_a_crash_once_each_by_their_sequence_numbers()
         }
     }
 }
+
+async fn audience_reads(service: &Service) -> proto::audience_service_client::AudienceServiceClient<Conn> {
+    proto::audience_service_client::AudienceServiceClient::new(connect(&service.grpc).await.unwrap())
+}
+
+fn page(name: &str, size: i32, token: &str) -> proto::ListAudienceMembersRequest {
+    proto::ListAudienceMembersRequest { name: name.into(), page_size: size, page_token: token.into() }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_audience_lists_its_members_a_page_at_a_time_from_one_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("omnifold.toml");
+    std::fs::write(&file, AUDIENCES).unwrap();
+    let broker = Broker::start();
+    let mut setup = Setup::new(&broker, "audience-list", 3);
+    setup.extra_env.insert("OMNIFOLD_CONFIG".into(), file.display().to_string());
+    setup.create_topics();
+    let data = tempfile::tempdir().unwrap();
+    let service = Service::start(&setup, data.path());
+    let buyer = |i: usize, days_ago| {
+        event(
+            &format!("e-{i}"),
+            &format!("m-{i:02}"),
+            days_ago,
+            proto::Channel::StorePos,
+            order(&format!("o-{i}"), 100),
+        )
+    };
+    // 25 bought this week, 5 more than 30 days ago.
+    let mut records: Vec<_> = (0..25).map(|i| buyer(i, 2)).collect();
+    records.extend((25..30).map(|i| buyer(i, 40)));
+    setup.produce(&records);
+    let mut total = records.len() as i64;
+    service.wait_consumed(&setup, total).await;
+    let mut reads = audience_reads(&service).await;
+
+    let all = reads.list_audiences(proto::ListAudiencesRequest {}).await.unwrap().into_inner().audiences;
+    let sizes: Vec<(&str, u64)> = all.iter().map(|a| (a.name.as_str(), a.size)).collect();
+    assert_eq!(sizes, [("lapsed", 5), ("marketable_buyers", 0), ("recent_buyers", 25)]);
+    assert!(all.iter().all(|a| a.partitions == [0, 1, 2]), "{all:?}");
+    let one = reads.get_audience(proto::GetAudienceRequest { name: "marketable_buyers".into() }).await.unwrap();
+    let one = one.into_inner();
+    assert_eq!((one.rule.as_str(), one.purpose.as_str(), one.size), ("orders > 0", "marketing", 0));
+
+    // A listing's first page; then five more buyers are folded while it is
+    // open: its later pages are of the snapshot it started with.
+    let first = reads.list_audience_members(page("recent_buyers", 10, "")).await.unwrap().into_inner();
+    assert_eq!((first.member_ids.len(), first.total_size), (10, 25));
+    setup.produce(&(30..35).map(|i| buyer(i, 1)).collect::<Vec<_>>());
+    total += 5;
+    service.wait_consumed(&setup, total).await;
+    let mut listed = first.member_ids.clone();
+    let mut token = first.next_page_token;
+    let mut pages = 1;
+    while !token.is_empty() {
+        let next = reads.list_audience_members(page("recent_buyers", 10, &token)).await.unwrap().into_inner();
+        assert_eq!(next.total_size, 25);
+        listed.extend(next.member_ids);
+        token = next.next_page_token;
+        pages += 1;
+    }
+    assert_eq!(pages, 3, "10, 10 and 5: no empty last page");
+    listed.sort();
+    assert_eq!(listed, (0..25).map(|i| format!("m-{i:02}")).collect::<Vec<_>>());
+    // A new listing sees the new members.
+    let now_listed = reads.list_audience_members(page("recent_buyers", 1000, "")).await.unwrap().into_inner();
+    assert_eq!((now_listed.member_ids.len(), now_listed.total_size), (30, 30));
+    assert!(now_listed.next_page_token.is_empty());
+
+    // What to fix.
+    let code = |r: Result<tonic::Response<proto::ListAudienceMembersResponse>, tonic::Status>| {
+        let s = r.unwrap_err();
+        (s.code(), s.message().to_owned())
+    };
+    let (c, m) = code(reads.list_audience_members(page("nobody", 10, "")).await);
+    assert!(c == Code::NotFound && m.contains("ListAudiences lists"), "{m}");
+    let (c, m) = code(reads.list_audience_members(page("recent_buyers", 5000, "")).await);
+    assert!(c == Code::InvalidArgument && m.contains("page_size must be 0 to 1000"), "{m}");
+    let (c, m) = code(reads.list_audience_members(page("recent_buyers", 10, "garbage")).await);
+    assert!(c == Code::InvalidArgument && m.contains("page_token is not one this server gave"), "{m}");
+    let open = reads.list_audience_members(page("lapsed", 2, "")).await.unwrap().into_inner();
+    let (c, m) = code(reads.list_audience_members(page("recent_buyers", 2, &open.next_page_token)).await);
+    assert!(c == Code::InvalidArgument && m.contains("belongs to a listing of audience `lapsed`"), "{m}");
+    let gone = reads.get_audience(proto::GetAudienceRequest { name: " ".into() }).await.unwrap_err();
+    assert_eq!(gone.code(), Code::InvalidArgument, "{gone:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_change_stream_carries_entries_and_exits_also_those_time_alone_makes() {
+    let (Stack { broker: _broker, data: _data, setup, service }, _dir, _topic) =
+        audience_stack("audience-watch", AUDIENCES, &[]);
+    let watch = proto::WatchProfileRequest {
+        partitions: Some(proto::PartitionRange { first: 0, last: 0 }),
+        ..Default::default()
+    };
+    let mut stream = service.profiles().await.watch_profile(watch).await.unwrap().into_inner();
+    let t = now() - 30 * DAY;
+    let on = |id: &str, who: &str, day: i64, payload| {
+        let (k, v) = event(id, who, 0, proto::Channel::MobileApp, payload);
+        let mut e = proto::Event::decode(&v[..]).unwrap();
+        e.occurred_at = Some(to_timestamp(t + day * DAY));
+        (k, e.encode_to_vec())
+    };
+    let view = proto::event::Payload::ProductViewed(proto::ProductViewed { sku: "s".into(), ..Default::default() });
+    // m-1 buys on day 0 (enters recent_buyers); m-2's view on day 10 moves
+    // event time past day 7, when m-1 leaves it.
+    setup.produce(&[on("e1", "m-1", 0, order("o-1", 100)), on("e2", "m-2", 10, view)]);
+    // m-1's changes until both moves came (one batch may fold both events:
+    // then one change carries both).
+    let moves = |c: &proto::ProfileChange| -> Vec<(String, bool, u64, i64)> {
+        c.audience_transitions
+            .iter()
+            .map(|x| (x.audience.clone(), x.entered, x.seq, omnifold_core::time::from_timestamp(&x.at.unwrap())))
+            .collect()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let (mut seen, mut last) = (Vec::new(), None);
+    while seen.len() < 2 {
+        let msg = tokio::time::timeout_at(deadline, stream.message()).await.expect("m-1's moves in time");
+        if let Some(proto::watch_profile_response::Event::Change(c)) = msg.unwrap().unwrap().event
+            && c.member_id == "m-1"
+        {
+            seen.extend(moves(&c));
+            last = Some(c);
+        }
+    }
+    assert_eq!(seen, [("recent_buyers".to_owned(), true, 1, t), ("recent_buyers".to_owned(), false, 2, t + 7 * DAY)]);
+    // The exit came with the record that moved time (offset 1), the
+    // profile otherwise as it was (one order).
+    let last = last.unwrap();
+    assert_eq!(last.version.unwrap().next_offset, 2);
+    assert_eq!(last.profile.as_ref().unwrap().purchases.as_ref().unwrap().orders, 1);
+}

@@ -15,11 +15,14 @@ use omnifold_proto::v1 as proto;
 use tonic::Code;
 
 /// Every method of the contract and the scopes it needs (docs/security.md).
-const METHODS: [(&str, &[&str]); 17] = [
+const METHODS: [(&str, &[&str]); 20] = [
     ("omnifold.v1.ProfileService/GetProfile", &["profile:read"]),
     ("omnifold.v1.ProfileService/BatchGetProfiles", &["profile:read"]),
     ("omnifold.v1.ProfileService/LookupIdentifier", &["profile:read"]),
     ("omnifold.v1.ProfileService/WatchProfile", &["profile:read"]),
+    ("omnifold.v1.AudienceService/ListAudiences", &["profile:read"]),
+    ("omnifold.v1.AudienceService/GetAudience", &["profile:read"]),
+    ("omnifold.v1.AudienceService/ListAudienceMembers", &["profile:read"]),
     ("omnifold.v1.LoyaltyService/GetBalance", &["loyalty:read"]),
     ("omnifold.v1.LoyaltyService/ListLedger", &["loyalty:read"]),
     ("omnifold.v1.LoyaltyService/GetBenefits", &["loyalty:read"]),
@@ -194,6 +197,7 @@ async fn every_call_needs_credentials_and_each_method_its_scope() {
         "grpc.health.v1.Health",
         "omnifold.v1.ProfileService",
         "omnifold.v1.LoyaltyService",
+        "omnifold.v1.AudienceService",
         "omnifold.v1.AdminService",
     ] {
         assert!(services.iter().any(|l| l == s), "{s} not in {services:?}");
@@ -215,8 +219,9 @@ async fn every_call_needs_credentials_and_each_method_its_scope() {
         "{}",
         String::from_utf8_lossy(&status.stderr)
     );
-    // The audit trail: every admin and loyalty-write call, allowed or
-    // refused, with its caller and result, signed; reads are not in it.
+    // The audit trail: every admin and loyalty-write call and audience
+    // listing, allowed or refused, with its caller and result, signed;
+    // other reads are not in it.
     let records = eventually("the refusals in the audit trail", std::time::Duration::from_secs(30), || async {
         let out = setup.command().args(["audit", "--json"]).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -232,7 +237,7 @@ async fn every_call_needs_credentials_and_each_method_its_scope() {
     };
     for (path, needs) in METHODS {
         let method = path.trim_start_matches("omnifold.v1.");
-        let audited = path.contains("AdminService") || path.ends_with("Points");
+        let audited = path.contains("AdminService") || path.ends_with("Points") || path.ends_with("AudienceMembers");
         let allowed = find(method, &format!("only-{}", needs.join("+")));
         assert_eq!(allowed.is_some(), audited, "{path}: audited is {audited}");
         if let Some(r) = allowed {

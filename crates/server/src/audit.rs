@@ -53,13 +53,14 @@ pub trait AuditLog: std::fmt::Debug + Send + Sync + 'static {
     async fn append(&self, key: &str, value: Vec<u8>) -> Result<(), String>;
 }
 
-/// Whether calls to `path` are audited: every admin method and the
-/// loyalty writes.
+/// Whether calls to `path` are audited: every admin method, the loyalty
+/// writes and audience listings (bulk reads of who is in a segment).
 pub(crate) fn audited(path: &str) -> bool {
     let path = path.trim_start_matches('/');
     path.starts_with("omnifold.v1.AdminService/")
         || path == "omnifold.v1.LoyaltyService/RedeemPoints"
         || path == "omnifold.v1.LoyaltyService/AdjustPoints"
+        || path == "omnifold.v1.AudienceService/ListAudienceMembers"
 }
 
 tokio::task_local! {

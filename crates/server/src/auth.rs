@@ -651,6 +651,9 @@ pub(crate) fn need(path: &str) -> Need {
         ("omnifold.v1.ProfileService", "GetProfile" | "BatchGetProfiles" | "LookupIdentifier" | "WatchProfile") => {
             Need::Scope(&[Scope::ProfileRead])
         }
+        ("omnifold.v1.AudienceService", "ListAudiences" | "GetAudience" | "ListAudienceMembers") => {
+            Need::Scope(&[Scope::ProfileRead])
+        }
         ("omnifold.v1.LoyaltyService", "GetBalance" | "ListLedger" | "GetBenefits") => {
             Need::Scope(&[Scope::LoyaltyRead])
         }

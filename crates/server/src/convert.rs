@@ -298,3 +298,13 @@ pub fn liability(
         partitions,
     }
 }
+
+/// An audience entry or exit as the change stream sends it.
+pub(crate) fn transition(t: &omnifold_core::audience::Transition) -> proto::AudienceTransition {
+    proto::AudienceTransition {
+        audience: t.audience.clone(),
+        entered: t.entered,
+        seq: t.seq,
+        at: Some(omnifold_core::time::to_timestamp(t.at)),
+    }
+}

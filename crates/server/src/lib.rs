@@ -1,10 +1,11 @@
 //! The gRPC face of omnifold: `ProfileService`, `LoyaltyService`,
-//! `AdminService`, `grpc.health.v1` and server reflection.
+//! `AudienceService`, `AdminService`, `grpc.health.v1` and server reflection.
 //!
 //! Architecture invariant: generated protobuf types stay in this crate and
 //! `omnifold-proto`; requests become validated domain values in `request.rs`,
 //! and every error becomes a `tonic::Status` in one place (`From<Error>`).
 
+pub mod audiences;
 pub mod audit;
 pub mod auth;
 mod commands;
@@ -35,8 +36,8 @@ pub use commands::{CommandLog, Commands, Commits};
 pub use health::{DEFAULT_READY_MAX_LAG, IngestHealth, IngestReport, PartitionReport};
 use omnifold_core::{FoldConfig, Member, Millis, partition::partition_for};
 use omnifold_proto::v1::{
-    admin_service_server::AdminServiceServer, loyalty_service_server::LoyaltyServiceServer,
-    profile_service_server::ProfileServiceServer,
+    admin_service_server::AdminServiceServer, audience_service_server::AudienceServiceServer,
+    loyalty_service_server::LoyaltyServiceServer, profile_service_server::ProfileServiceServer,
 };
 use omnifold_store::{Store, StoreHandle};
 pub use request::member_ref;
@@ -134,6 +135,8 @@ pub struct AppState {
     pub privacy: Arc<privacy::PrivacyConfig>,
     /// The configured audiences, shown in profiles (docs/audiences.md).
     pub audiences: Arc<omnifold_core::audience::Audiences>,
+    /// The open `ListAudienceMembers` listings.
+    listings: Arc<audiences::Listings>,
     /// TLS on the gRPC port (absent: plain text).
     pub(crate) tls: Option<Tls>,
     /// The largest request message decoded, in bytes.
@@ -235,6 +238,7 @@ impl AppState {
             changes: None,
             privacy: Arc::default(),
             audiences: Arc::default(),
+            listings: Arc::default(),
             tls: None,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             standby_read: false,
@@ -474,6 +478,9 @@ pub async fn run(listener: TcpListener, state: AppState, shutdown: impl Future<O
         .add_service(reflection)
         .add_service(ProfileServiceServer::new(services::Profiles(state.clone())).max_decoding_message_size(limit))
         .add_service(LoyaltyServiceServer::new(services::Loyalty(state.clone())).max_decoding_message_size(limit))
+        .add_service(
+            AudienceServiceServer::new(audiences::AudienceReads(state.clone())).max_decoding_message_size(limit),
+        )
         .add_service(AdminServiceServer::new(services::Admin(state)).max_decoding_message_size(limit))
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await?;

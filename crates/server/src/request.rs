@@ -418,6 +418,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_page_token_comes_back_as_it_went_and_a_bad_one_says_what_to_do() {
+        for after in [None, Some("m-1.with.dots".to_owned())] {
+            let t = PageToken { listing: u128::MAX - 7, partition: 3, after };
+            let r = proto::ListAudienceMembersRequest { name: "a".into(), page_size: 0, page_token: t.encode() };
+            let page = AudiencePage::try_from(r).unwrap();
+            assert_eq!((page.page_size, page.token), (DEFAULT_AUDIENCE_PAGE, Some(t)));
+        }
+        let bad = |page_size, page_token: &str| {
+            let r = proto::ListAudienceMembersRequest { name: "a".into(), page_size, page_token: page_token.into() };
+            AudiencePage::try_from(r).unwrap_err().to_string()
+        };
+        assert!(bad(0, "not-a-token").contains("page_token is not one this server gave"));
+        assert!(bad(-1, "").contains("page_size must be 0 to 1000"));
+        assert!(bad(1001, "").contains("page_size must be 0 to 1000"));
+    }
+
+    #[test]
     fn member_ref_is_required_and_checked() {
         let err = MemberAddress::try_from(None).unwrap_err().to_string();
         assert!(err.contains("member is required"), "{err}");
@@ -501,5 +518,87 @@ mod tests {
                 .to_string();
             assert!(err.contains(want), "{err}");
         }
+    }
+}
+
+/// Members per page of `ListAudienceMembers` when the request says 0, and at most.
+pub const DEFAULT_AUDIENCE_PAGE: usize = 100;
+pub const MAX_AUDIENCE_PAGE: usize = 1_000;
+
+/// A `ListAudienceMembers` request: which audience, how many, from where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AudiencePage {
+    pub name: String,
+    pub page_size: usize,
+    /// None: the first page of a new listing.
+    pub token: Option<PageToken>,
+}
+
+/// Where a listing's next page starts: the listing, the index of the
+/// partition among its partitions, and the last member sent there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageToken {
+    pub listing: u128,
+    pub partition: usize,
+    pub after: Option<String>,
+}
+
+impl PageToken {
+    /// The token as the client sees it: opaque, URL-safe.
+    pub fn encode(&self) -> String {
+        use base64::Engine;
+        let text = format!("{:032x}.{}.{}", self.listing, self.partition, self.after.as_deref().unwrap_or(""));
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+    }
+
+    fn decode(token: &str) -> Option<PageToken> {
+        use base64::Engine;
+        let text = String::from_utf8(base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).ok()?).ok()?;
+        let mut parts = text.splitn(3, '.');
+        let listing = u128::from_str_radix(parts.next()?, 16).ok()?;
+        let partition = parts.next()?.parse().ok()?;
+        let after = parts.next()?;
+        Some(PageToken { listing, partition, after: (!after.is_empty()).then(|| after.to_owned()) })
+    }
+}
+
+/// An audience name as a request gives it.
+pub fn audience_name(name: &str) -> Result<String, Error> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(Error::InvalidArgument("name is required: the audience's name (ListAudiences lists them)".into()));
+    }
+    if name.len() > 64 {
+        return Err(Error::InvalidArgument("name must be at most 64 characters".into()));
+    }
+    Ok(name.to_owned())
+}
+
+impl TryFrom<proto::ListAudienceMembersRequest> for AudiencePage {
+    type Error = Error;
+
+    fn try_from(r: proto::ListAudienceMembersRequest) -> Result<Self, Error> {
+        let name = audience_name(&r.name)?;
+        let page_size = match usize::try_from(r.page_size) {
+            Ok(0) => DEFAULT_AUDIENCE_PAGE,
+            Ok(n) if n <= MAX_AUDIENCE_PAGE => n,
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "page_size must be 0 to {MAX_AUDIENCE_PAGE} (0: {DEFAULT_AUDIENCE_PAGE}), got {}",
+                    r.page_size
+                )));
+            }
+        };
+        let token = match r.page_token.as_str() {
+            "" => None,
+            t => Some(PageToken::decode(t).ok_or_else(|| {
+                Error::InvalidArgument(
+                    "page_token is not one this server gave: pass next_page_token as it came, or leave it empty to \
+                     start again"
+                        .into(),
+                )
+            })?),
+        };
+        Ok(AudiencePage { name, page_size, token })
     }
 }

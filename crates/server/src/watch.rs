@@ -385,8 +385,12 @@ async fn plan(
         }
     }
     for (p, member) in first {
-        let change =
-            Change { key: member.key.clone(), next_offset: member.version.next_offset, member: Some(member.into()) };
+        let change = Change {
+            key: member.key.clone(),
+            next_offset: member.version.next_offset,
+            member: Some(member.into()),
+            audiences: Vec::new(),
+        };
         if let Some(mut msg) = change_message(state, p, &change, &mask) {
             msg.initial = true;
             send(tx, proto::watch_profile_response::Event::Change(msg)).await?;
@@ -542,6 +546,7 @@ fn wanted(w: &mut Watched, c: &Change) -> bool {
 fn change_message(state: &AppState, p: u32, c: &Change, mask: &ReadMask) -> Option<proto::ProfileChange> {
     let caller = auth::caller();
     let version = Some(proto::WatchCursor { partition: p, next_offset: c.next_offset });
+    let transitions = || c.audiences.iter().map(crate::convert::transition).collect();
     // A deleted record was a provisional or anonymous profile's.
     let anonymous = c.member.as_ref().is_none_or(|m| m.kind != omnifold_core::member::ProfileKind::KnownMember);
     let removed = |routes_to: String| proto::ProfileChange {
@@ -553,6 +558,7 @@ fn change_message(state: &AppState, p: u32, c: &Change, mask: &ReadMask) -> Opti
         version,
         removed: true,
         routes_to,
+        audience_transitions: transitions(),
         ..Default::default()
     };
     match c.member.as_deref() {
@@ -566,6 +572,7 @@ fn change_message(state: &AppState, p: u32, c: &Change, mask: &ReadMask) -> Opti
                 member_id: profile.member_id.clone(),
                 version,
                 profile: Some(profile),
+                audience_transitions: transitions(),
                 ..Default::default()
             })
         }
@@ -591,7 +598,7 @@ mod tests {
     use super::*;
 
     fn change(key: &str, next_offset: i64) -> Change {
-        Change { key: key.into(), next_offset, member: None }
+        Change { key: key.into(), next_offset, member: None, audiences: Vec::new() }
     }
 
     #[test]

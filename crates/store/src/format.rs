@@ -20,15 +20,19 @@
 //!   their member next changes: the upgrade only stamps the version, so
 //!   that an older omnifold, which cannot read the new records, refuses the
 //!   store instead of failing on its members.
+//! - 5: each audience's members are listed per partition
+//!   (`audience_members`) beside the members' audience states. The upgrade
+//!   lists every member each state says is in an audience (`index_audiences`;
+//!   it is also how a restored snapshot of format 4 gets its lists).
 
 use std::path::Path;
 
 use omnifold_core::Member;
 
-use crate::{CF_BOOKS, CF_MEMBERS, CF_META, Error, Result, Store, keys};
+use crate::{CF_AUDIENCE_MEMBERS, CF_AUDIENCES, CF_BOOKS, CF_MEMBERS, CF_META, Error, Result, Store, keys};
 
 /// The format this omnifold writes.
-pub const CURRENT: u32 = 4;
+pub const CURRENT: u32 = 5;
 
 pub(crate) fn read(store: &Store) -> Result<Option<u32>> {
     let v = store.db.get_cf(store.cf(CF_META), keys::FORMAT_VERSION)?;
@@ -79,6 +83,9 @@ pub(crate) fn check_and_upgrade(store: &Store, path: &Path, read_only: bool) -> 
         }
         if found < 3 {
             upgrade_from_2(store)?;
+        }
+        if found < 5 {
+            index_audiences(store, None)?;
         }
         write(store, CURRENT)?;
         tracing::info!(path = %path.display(), from = found, to = CURRENT, "store format upgraded");
@@ -155,6 +162,42 @@ fn upgrade_from_2(store: &Store) -> Result<()> {
         }
     }
     batch.put_cf(store.cf(CF_META), keys::FORMAT_VERSION, 3i64.to_be_bytes());
+    store.db.write_opt(batch, &store.write_opts)?;
+    Ok(())
+}
+
+/// Lists every member an audience state says is in an audience, of one
+/// partition or (with `None`) all: the lists of format 5, from states
+/// written before them. Lists already there are rewritten the same.
+pub(crate) fn index_audiences(store: &Store, partition: Option<u32>) -> Result<()> {
+    let (states, lists) = (store.cf(CF_AUDIENCES), store.cf(CF_AUDIENCE_MEMBERS));
+    let mut opts = rocksdb::ReadOptions::default();
+    let start = partition.map(u32::to_be_bytes);
+    if let Some(p) = &start {
+        opts.set_iterate_upper_bound(keys::prefix_end(p));
+    }
+    let mut it = store.db.raw_iterator_cf_opt(states, opts);
+    match &start {
+        Some(p) => it.seek(p),
+        None => it.seek_to_first(),
+    }
+    let (mut batch, mut listed) = (rocksdb::WriteBatch::default(), 0usize);
+    while let (Some(k), Some(v)) = (it.key(), it.value()) {
+        let (Some(p), Some(member)) = (keys::partition_of(k), k.get(4..).and_then(|m| std::str::from_utf8(m).ok()))
+        else {
+            return Err(Error::Format("an audience state's key is not a partition and a member".into()));
+        };
+        for audience in omnifold_core::audience::AudienceState::decode(v)?.names() {
+            batch.put_cf(lists, keys::audience_member(p, audience, member), []);
+            listed += 1;
+        }
+        if batch.len() >= SPLIT_CHUNK {
+            store.db.write_opt(std::mem::take(&mut batch), &store.write_opts)?;
+            tracing::info!(memberships = listed, "listing audience members");
+        }
+        it.next();
+    }
+    it.status()?;
     store.db.write_opt(batch, &store.write_opts)?;
     Ok(())
 }

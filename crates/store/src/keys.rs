@@ -129,3 +129,23 @@ pub(crate) fn decode_timer(partition: u32, key: &[u8]) -> Option<(i64, String)> 
     let (at, member) = rest.split_first_chunk::<8>()?;
     Some(((u64::from_be_bytes(*at) ^ (1 << 63)) as i64, String::from_utf8(member.to_vec()).ok()?))
 }
+
+/// One member of an audience: partition, the audience's name (a length
+/// byte, then the name), the member. One audience's members of a partition
+/// are one key range, in member order.
+pub(crate) fn audience_member(partition: u32, audience: &str, member: &str) -> Vec<u8> {
+    let mut k = audience_prefix(partition, audience);
+    k.extend_from_slice(member.as_bytes());
+    k
+}
+
+/// The prefix of one audience's members of a partition. Names are at most
+/// 64 bytes; a longer one is cut (it could never have been configured).
+pub(crate) fn audience_prefix(partition: u32, audience: &str) -> Vec<u8> {
+    let name = &audience.as_bytes()[..audience.len().min(u8::MAX as usize)];
+    let mut k = Vec::with_capacity(5 + name.len() + 16);
+    k.extend_from_slice(&partition.to_be_bytes());
+    k.push(name.len() as u8);
+    k.extend_from_slice(name);
+    k
+}

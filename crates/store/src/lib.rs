@@ -10,6 +10,7 @@ mod books;
 mod config;
 mod dedupe;
 mod format;
+mod frozen;
 mod keys;
 mod snapshot;
 
@@ -23,6 +24,7 @@ use rocksdb::{
 
 pub use config::StoreConfig;
 pub use format::CURRENT as FORMAT_VERSION;
+pub use frozen::Frozen;
 use omnifold_core::audience::AudienceState;
 use omnifold_core::member::{Counts, Lineage};
 use omnifold_core::{LedgerEntry, Member, Verdict};
@@ -41,7 +43,9 @@ const CF_BOOKS: &str = "books";
 const CF_AUDIENCES: &str = "audiences";
 /// Each partition's member timers, in instant order.
 const CF_TIMERS: &str = "timers";
-const ALL_CFS: [&str; 11] = [
+/// Each audience's members, per partition (`keys::audience_member`).
+const CF_AUDIENCE_MEMBERS: &str = "audience_members";
+const ALL_CFS: [&str; 12] = [
     CF_MEMBERS,
     CF_DEDUPE,
     CF_META,
@@ -53,6 +57,7 @@ const ALL_CFS: [&str; 11] = [
     CF_BOOKS,
     CF_AUDIENCES,
     CF_TIMERS,
+    CF_AUDIENCE_MEMBERS,
 ];
 
 /// Members read per snapshot by `scan_members`.
@@ -877,6 +882,16 @@ impl Batch {
             self.inner.put_cf(store.cf(CF_TIMERS), keys::timer(self.partition, at, member), []);
         }
         self.inner.put_cf(store.cf(CF_AUDIENCES), keys::scoped(self.partition, member), state.encode());
+    }
+
+    /// Puts `member` in `audience`'s member list (`entered`) or takes it out.
+    pub fn set_audience_member(&mut self, store: &Store, audience: &str, member: &str, entered: bool) {
+        let k = keys::audience_member(self.partition, audience, member);
+        if entered {
+            self.inner.put_cf(store.cf(CF_AUDIENCE_MEMBERS), k, []);
+        } else {
+            self.inner.delete_cf(store.cf(CF_AUDIENCE_MEMBERS), k);
+        }
     }
 
     /// Removes a member's timer at `at` (it fired).

@@ -27,14 +27,29 @@ use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 
 use crate::{
-    CF_AUDIENCES, CF_BOOKS, CF_DEDUPE, CF_HISTORY, CF_JOINS, CF_LEDGER, CF_MEMBERS, CF_META, CF_TIMERS, CF_VERDICTS,
-    Error, Result, Store, format, keys,
+    CF_AUDIENCE_MEMBERS, CF_AUDIENCES, CF_BOOKS, CF_DEDUPE, CF_HISTORY, CF_JOINS, CF_LEDGER, CF_MEMBERS, CF_META,
+    CF_TIMERS, CF_VERDICTS, Error, Result, Store, format, keys,
 };
 
 /// The column families whose keys start with the partition: a partition's
 /// whole state besides its offsets.
-const PARTITION_CFS: [&str; 9] =
-    [CF_MEMBERS, CF_BOOKS, CF_LEDGER, CF_VERDICTS, CF_HISTORY, CF_JOINS, CF_DEDUPE, CF_AUDIENCES, CF_TIMERS];
+/// A chunk names its column family by its index here: new ones go last.
+const PARTITION_CFS: [&str; 10] = [
+    CF_MEMBERS,
+    CF_BOOKS,
+    CF_LEDGER,
+    CF_VERDICTS,
+    CF_HISTORY,
+    CF_JOINS,
+    CF_DEDUPE,
+    CF_AUDIENCES,
+    CF_TIMERS,
+    CF_AUDIENCE_MEMBERS,
+];
+
+/// The oldest store format a snapshot may be of: format 4 lacks only the
+/// audiences' member lists, which a restore builds from the states.
+const OLDEST_FORMAT: u32 = 4;
 
 /// The first bytes of every chunk file.
 const MAGIC: &[u8; 8] = b"OFCHUNK1";
@@ -261,9 +276,9 @@ impl Store {
     }
 
     fn check_snapshot(&self, s: &PartitionSnapshot) -> Result<()> {
-        if s.format_version != format::CURRENT {
+        if !(OLDEST_FORMAT..=format::CURRENT).contains(&s.format_version) {
             return Err(bad(format!(
-                "of store format {}, and this omnifold reads and writes format {}",
+                "of store format {}, and this omnifold restores formats {OLDEST_FORMAT} to {}",
                 s.format_version,
                 format::CURRENT
             )));
@@ -327,6 +342,9 @@ impl Store {
             let mut opts = IngestExternalFileOptions::default();
             opts.set_move_files(true);
             self.db.ingest_external_file_cf_opts(self.cf(cf), &opts, paths.clone())?;
+        }
+        if s.format_version < 5 {
+            format::index_audiences(self, Some(p))?;
         }
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CF_META), keys::offset(topic, p), s.next_offset.to_be_bytes());

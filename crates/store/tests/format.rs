@@ -97,3 +97,49 @@ fn a_store_refuses_a_topic_whose_partition_count_changed_or_another_topic() {
     let err = store.bind_partitions("other", 4).unwrap_err().to_string();
     assert!(err.contains("holds the state of topic events, not other"), "{err}");
 }
+
+/// A store of format 4 has its members' audience states but no member
+/// lists: the upgrade lists every member a state says is in an audience.
+#[test]
+fn a_store_of_format_4_gets_its_audience_member_lists() {
+    use omnifold_core::audience::{AudienceState, Membership};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), false).unwrap();
+    let state = |ins: &[(&str, bool)]| AudienceState {
+        memberships: ins
+            .iter()
+            .map(|(a, member)| {
+                ((*a).to_owned(), Membership { member: *member, seq: if *member { 1 } else { 2 }, at: 0 })
+            })
+            .collect(),
+        timer: None,
+    };
+    for (p, key, ins) in [
+        (0, "m-1", state(&[("buyers", true), ("lapsed", false)])),
+        (0, "m-2", state(&[("buyers", true)])),
+        (1, "m-3", state(&[("buyers", true), ("lapsed", true)])),
+        (1, "m-4", state(&[("buyers", false)])),
+    ] {
+        let mut b = store.batch("events", p);
+        b.put_audience_state(&store, key, &ins, None);
+        store.commit(b).unwrap();
+    }
+    store.set_format_version_for_tests(4).unwrap();
+    let frozen = store.freeze();
+    assert!(frozen.audience_members(0, "buyers", None, 10).unwrap().is_empty(), "format 4 has no lists");
+    drop(frozen);
+    drop(store);
+
+    let store = open(dir.path(), false).unwrap();
+    assert_eq!(store.format_version().unwrap(), Some(omnifold_store::FORMAT_VERSION));
+    let frozen = store.freeze();
+    let list = |p, a| frozen.audience_members(p, a, None, 10).unwrap();
+    assert_eq!(list(0, "buyers"), ["m-1", "m-2"]);
+    assert_eq!(list(1, "buyers"), ["m-3"]);
+    assert!(list(0, "lapsed").is_empty());
+    assert_eq!(list(1, "lapsed"), ["m-3"]);
+    assert_eq!((frozen.audience_size(0, "buyers").unwrap(), frozen.audience_size(1, "buyers").unwrap()), (2, 1));
+    // Pages go on after the member given.
+    assert_eq!(frozen.audience_members(0, "buyers", Some("m-1"), 10).unwrap(), ["m-2"]);
+    assert_eq!(frozen.audience_members(0, "buyers", None, 1).unwrap(), ["m-1"]);
+}

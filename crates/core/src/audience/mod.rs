@@ -178,6 +178,8 @@ pub const MAX_AUDIENCES: usize = 1_000;
 pub struct Audience {
     pub name: String,
     pub rule: Rule,
+    /// The rule as written.
+    pub source: String,
     /// Time alone can change the rule's answer (it has a window, a
     /// recency, points or a tier): only then is a timer asked for.
     pub timed: bool,
@@ -208,7 +210,14 @@ impl Audiences {
                 .map_err(|e| crate::Error::Config(format!("audience `{name}`: rule `{}`: {e}", def.rule)))?;
             let purpose = Some(def.purpose.trim().to_owned()).filter(|p| !p.is_empty());
             let timed = rule.timed();
-            all.push(Audience { name: name.clone(), rule, timed, purpose, description: def.description.clone() });
+            all.push(Audience {
+                name: name.clone(),
+                rule,
+                source: def.rule.clone(),
+                timed,
+                purpose,
+                description: def.description.clone(),
+            });
         }
         Ok(Audiences(all))
     }

@@ -37,6 +37,16 @@ pub(super) struct AudienceRun {
     fired_until: i64,
     /// Entries and exits, in the order they happened: (member, transition).
     pub(super) transitions: Vec<(String, Transition)>,
+    /// The offset after the record being folded: a transition's version.
+    pub(super) next_offset: i64,
+    /// Each member with a transition, and the version of its latest one.
+    moved: HashMap<String, i64>,
+}
+
+/// A batch's entries and exits: in order, and each moved member's version.
+pub(super) struct Moves {
+    pub(super) transitions: Vec<(String, Transition)>,
+    pub(super) versions: HashMap<String, i64>,
 }
 
 impl AudienceRun {
@@ -48,6 +58,8 @@ impl AudienceRun {
             removed: HashSet::new(),
             fired_until: watermark.unwrap_or(i64::MIN),
             transitions: Vec::new(),
+            next_offset: 0,
+            moved: HashMap::new(),
         }
     }
 }
@@ -113,19 +125,32 @@ impl Run<'_> {
         }
     }
 
-    /// The timer `(at, key)` fires: the member is evaluated at `at`.
+    /// The timer `(at, key)` fires: the member is evaluated at `at` (and
+    /// joins the batch's members, for the change stream).
     fn fire(&mut self, at: i64, key: &str) -> Result<()> {
         let store = self.store();
-        let stored = if self.members.contains_key(key) { None } else { store.member(self.partition, key)? };
+        if !self.members.contains_key(key)
+            && let Some(m) = store.member(self.partition, key)?
+        {
+            self.members.insert(key.to_owned(), m);
+        }
         let Some(run) = &mut self.audiences else { return Ok(()) };
         let t = (at, key.to_owned());
         if !run.added.remove(&t) {
             run.removed.insert(t);
         }
-        if let Some(m) = self.members.get(key).or(stored.as_ref()) {
+        if let Some(m) = self.members.get(key) {
             evaluate(run, store, self.partition, &self.p.fold, key, m, at)?;
         }
         Ok(())
+    }
+
+    /// Record `next_offset - 1` is being folded: transitions from here on
+    /// carry its version.
+    pub(super) fn audiences_at_record(&mut self, next_offset: i64) {
+        if let Some(run) = &mut self.audiences {
+            run.next_offset = next_offset;
+        }
     }
 
     /// Evaluates the batch's member `key` after its event, at the
@@ -138,11 +163,16 @@ impl Run<'_> {
         evaluate(run, store, self.partition, &self.p.fold, key, member, at)
     }
 
-    /// Stages the changed states (with their timers) for the commit, and
-    /// returns the batch's entries and exits.
-    pub(super) fn audiences_finish(&mut self) -> Vec<(String, Transition)> {
-        let Some(run) = self.audiences.take() else { return Vec::new() };
+    /// Stages the changed states (with their timers) and the audiences'
+    /// member lists for the commit, and returns the batch's moves.
+    pub(super) fn audiences_finish(&mut self) -> Moves {
+        let Some(run) = self.audiences.take() else {
+            return Moves { transitions: Vec::new(), versions: HashMap::new() };
+        };
         let store = self.store();
+        for (key, t) in &run.transitions {
+            self.batch.set_audience_member(store, &t.audience, key, t.entered);
+        }
         for (key, h) in &run.held {
             if h.changed {
                 self.batch.put_audience_state(store, key, &h.state, h.stored_timer);
@@ -154,7 +184,7 @@ impl Run<'_> {
                 self.batch.delete_timer(store, key, *at);
             }
         }
-        run.transitions
+        Moves { transitions: run.transitions, versions: run.moved }
     }
 }
 
@@ -200,6 +230,9 @@ fn evaluate(
     let transitions = run.audiences.evaluate(&mut h.state, member, at, fold);
     let after = h.state.timer;
     h.changed |= !transitions.is_empty() || before != after || h.stored_timer != after;
+    if !transitions.is_empty() {
+        run.moved.insert(key.to_owned(), run.next_offset);
+    }
     if before != after {
         if let Some(b) = before {
             let t = (b, key.to_owned());

@@ -342,6 +342,7 @@ impl<'a> Run<'a> {
             return Ok(());
         };
         // Event time reached the event's: timers due by then fire first.
+        self.audiences_at_record(record.offset + 1);
         self.audiences_advance(at)?;
         let Ok(event) = &self.decoded[i] else {
             return Ok(());
@@ -536,10 +537,11 @@ impl<'a> Run<'a> {
                 self.batch.put_member(store, m, self.loaded.get(key).copied());
             }
         }
+        let moves = self.audiences_finish();
         let reported = self.p.on_changes.is_some() || self.p.change_topic.is_some();
-        let changed = if reported { self.changed(&dirty) } else { Vec::new() };
+        let changed = if reported { self.changed(&dirty, &moves) } else { Vec::new() };
         let changes = self.change_records(&changed);
-        let transitions = self.audiences_finish();
+        let transitions = moves.transitions;
         let next_offset = self.records.last().map_or(0, |r| r.offset + 1);
         if !self.records.is_empty() {
             self.batch.set_next_offset(store, next_offset);
@@ -576,20 +578,30 @@ impl<'a> Run<'a> {
     }
 
     /// What the batch changed, for the change stream: each changed
-    /// profile's key and version, and whether its record is deleted, in
-    /// fold order. Erasure markers are omnifold's own and are left out.
+    /// profile's key and version, whether its record is deleted, and the
+    /// audiences it entered and left, in fold order. A profile only time
+    /// moved in or out of an audience has the version of the record that
+    /// moved time. Erasure markers are omnifold's own and are left out.
     /// (The profiles themselves are taken at the commit, and only when
     /// someone watches the partition.)
-    fn changed(&self, dirty: &[String]) -> Vec<Changed> {
+    fn changed(&self, dirty: &[String], moves: &super::audiences::Moves) -> Vec<Changed> {
+        let mut by_member: HashMap<&str, Vec<omnifold_core::audience::Transition>> = HashMap::new();
+        for (key, t) in &moves.transitions {
+            by_member.entry(key.as_str()).or_default().push(t.clone());
+        }
+        let only_moved = moves.versions.keys().filter(|k| dirty.binary_search(k).is_err());
         let mut changed: Vec<Changed> = dirty
             .iter()
+            .chain(only_moved)
             .filter(|k| !k.starts_with(ERASED_PREFIX))
             .filter_map(|key| {
                 let m = self.members.get(key)?;
+                let moved = moves.versions.get(key).copied().unwrap_or(i64::MIN);
                 Some(Changed {
                     key: key.clone(),
-                    next_offset: m.version.next_offset,
+                    next_offset: m.version.next_offset.max(moved),
                     deleted: self.deleted.contains(key),
+                    audiences: by_member.remove(key.as_str()).unwrap_or_default(),
                 })
             })
             .collect();

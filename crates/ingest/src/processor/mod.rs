@@ -118,6 +118,8 @@ pub(crate) struct Changed {
     key: String,
     next_offset: i64,
     deleted: bool,
+    /// The audiences it entered and left here, in order.
+    audiences: Vec<Transition>,
 }
 
 /// A committed batch's changes: the records `first_offset..next_offset`
@@ -209,6 +211,7 @@ fn changes_of(changed: &[Changed], touched: &[Member]) -> Vec<Change> {
             key: c.key.clone(),
             next_offset: c.next_offset,
             member: (!c.deleted).then(|| by_key.get(c.key.as_str()).map(|m| Arc::new((*m).clone()))).flatten(),
+            audiences: c.audiences.clone(),
         })
         .collect()
 }

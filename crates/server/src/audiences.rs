@@ -1,0 +1,223 @@
+//! `AudienceService`: the audiences defined, their sizes, and their members
+//! a page at a time, every page of a listing from one snapshot of the store
+//! (docs/audiences.md, "Reading audiences").
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tonic::{Request, Response, Status};
+
+use omnifold_core::audience::Audience;
+use omnifold_proto::v1 as proto;
+use omnifold_store::Frozen;
+
+use crate::audit::Audited;
+use crate::request::{AudiencePage, PageToken, audience_name};
+use crate::{AppState, Error, ReadCost};
+
+/// A listing unused this long expires (its snapshot is let go).
+pub const LISTING_IDLE: Duration = Duration::from_secs(600);
+/// Listings open at most per instance: opening one more expires the least
+/// recently used. Each holds a snapshot, which keeps RocksDB from dropping
+/// what was overwritten since.
+pub const MAX_LISTINGS: usize = 16;
+
+/// One open listing: the audience, its snapshot, what it covers.
+struct Listing {
+    name: String,
+    frozen: Arc<Frozen>,
+    partitions: Vec<u32>,
+    total: u64,
+    used: Instant,
+}
+
+/// The open listings of this instance.
+#[derive(Default)]
+pub struct Listings(Mutex<HashMap<u128, Listing>>);
+
+impl std::fmt::Debug for Listings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listings").field("open", &self.lock().len()).finish()
+    }
+}
+
+impl Listings {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u128, Listing>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Keeps `listing` open; its id.
+    fn open(&self, listing: Listing) -> u128 {
+        let mut all = self.lock();
+        all.retain(|_, l| l.used.elapsed() < LISTING_IDLE);
+        while all.len() >= MAX_LISTINGS {
+            let Some(oldest) = all.iter().min_by_key(|(_, l)| l.used).map(|(id, _)| *id) else { break };
+            all.remove(&oldest);
+        }
+        let id = rand::random::<u128>();
+        all.insert(id, listing);
+        id
+    }
+
+    /// The open listing `id`, marked used now.
+    fn get(&self, id: u128) -> Option<(String, Arc<Frozen>, Vec<u32>, u64)> {
+        let mut all = self.lock();
+        all.retain(|_, l| l.used.elapsed() < LISTING_IDLE);
+        let l = all.get_mut(&id)?;
+        l.used = Instant::now();
+        Some((l.name.clone(), l.frozen.clone(), l.partitions.clone(), l.total))
+    }
+
+    fn close(&self, id: u128) {
+        self.lock().remove(&id);
+    }
+}
+
+/// The audience named `name`, or NOT_FOUND saying where the names are.
+fn defined<'a>(state: &'a AppState, name: &str) -> Result<&'a Audience, Error> {
+    state.audiences.get(name).ok_or_else(|| {
+        Error::NotFound(format!("no audience `{name}` is defined; ListAudiences lists the audiences there are"))
+    })
+}
+
+/// The partitions this instance answers for and has folded.
+fn partitions(state: &AppState, frozen: &Frozen) -> Result<Vec<u32>, Error> {
+    let store = frozen.store();
+    let count = store.partition_count(&state.topic)?.unwrap_or(0);
+    let mut out = Vec::new();
+    for p in 0..count {
+        if store.next_offset(&state.topic, p)?.is_some() && state.answers_for(p).is_ok() {
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+/// `a` with its size in `frozen` over `parts`.
+fn described(a: &Audience, frozen: &Frozen, parts: &[u32]) -> Result<proto::Audience, Error> {
+    let mut size = 0;
+    for p in parts {
+        size += frozen.audience_size(*p, &a.name)?;
+    }
+    Ok(proto::Audience {
+        name: a.name.clone(),
+        rule: a.source.clone(),
+        purpose: a.purpose.clone().unwrap_or_default(),
+        description: a.description.clone(),
+        size,
+        partitions: parts.to_vec(),
+    })
+}
+
+fn list(state: &AppState) -> Result<proto::ListAudiencesResponse, Error> {
+    let frozen = state.store().freeze();
+    let parts = partitions(state, &frozen)?;
+    let audiences = state.audiences.iter().map(|a| described(a, &frozen, &parts)).collect::<Result<_, _>>()?;
+    Ok(proto::ListAudiencesResponse { audiences })
+}
+
+fn get(state: &AppState, name: &str) -> Result<proto::Audience, Error> {
+    let a = defined(state, name)?;
+    let frozen = state.store().freeze();
+    let parts = partitions(state, &frozen)?;
+    described(a, &frozen, &parts)
+}
+
+/// One page of a listing: a new one for a request without a token.
+fn members(state: &AppState, page: AudiencePage) -> Result<proto::ListAudienceMembersResponse, Error> {
+    let (id, frozen, parts, total, mut at) = match page.token {
+        Some(t) => {
+            let (name, frozen, parts, total) = state.listings.get(t.listing).ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "page_token's listing has expired (unused for {} minutes, or more than {MAX_LISTINGS} listings \
+                     were opened since): start again with an empty page_token",
+                    LISTING_IDLE.as_secs() / 60
+                ))
+            })?;
+            if name != page.name {
+                return Err(Error::InvalidArgument(format!(
+                    "page_token belongs to a listing of audience `{name}`, not `{}`",
+                    page.name
+                )));
+            }
+            (t.listing, frozen, parts, total, (t.partition, t.after))
+        }
+        None => {
+            let a = defined(state, &page.name)?;
+            let frozen = Arc::new(state.store().freeze());
+            let parts = partitions(state, &frozen)?;
+            let total = described(a, &frozen, &parts)?.size;
+            let listing = Listing {
+                name: page.name.clone(),
+                frozen: frozen.clone(),
+                partitions: parts.clone(),
+                total,
+                used: Instant::now(),
+            };
+            (state.listings.open(listing), frozen, parts, total, (0, None))
+        }
+    };
+    let mut member_ids = Vec::new();
+    while member_ids.len() < page.page_size && at.0 < parts.len() {
+        let want = page.page_size - member_ids.len();
+        // One more than wanted: whether this partition has more.
+        let mut got = frozen.audience_members(parts[at.0], &page.name, at.1.as_deref(), want + 1)?;
+        if got.len() > want {
+            got.truncate(want);
+            at.1 = got.last().cloned();
+            member_ids.extend(got);
+            break;
+        }
+        member_ids.extend(got);
+        at = (at.0 + 1, None);
+    }
+    // The next page starts in a partition with members, if one is left.
+    while at.1.is_none() && at.0 < parts.len() && frozen.audience_members(parts[at.0], &page.name, None, 1)?.is_empty()
+    {
+        at.0 += 1;
+    }
+    let next_page_token = if at.0 < parts.len() {
+        PageToken { listing: id, partition: at.0, after: at.1 }.encode()
+    } else {
+        state.listings.close(id);
+        String::new()
+    };
+    Ok(proto::ListAudienceMembersResponse { member_ids, next_page_token, total_size: total, partitions: parts })
+}
+
+/// The gRPC service.
+pub struct AudienceReads(pub AppState);
+
+#[tonic::async_trait]
+impl proto::audience_service_server::AudienceService for AudienceReads {
+    async fn list_audiences(
+        &self,
+        _req: Request<proto::ListAudiencesRequest>,
+    ) -> Result<Response<proto::ListAudiencesResponse>, Status> {
+        Ok(Response::new(self.0.read(ReadCost::Long, list).await?))
+    }
+
+    async fn get_audience(&self, req: Request<proto::GetAudienceRequest>) -> Result<Response<proto::Audience>, Status> {
+        let name = audience_name(&req.get_ref().name)?;
+        Ok(Response::new(self.0.read(ReadCost::Long, move |state| get(state, &name)).await?))
+    }
+
+    async fn list_audience_members(
+        &self,
+        req: Request<proto::ListAudienceMembersRequest>,
+    ) -> Result<Response<proto::ListAudienceMembersResponse>, Status> {
+        let r = req.get_ref();
+        let audit = Audited::of(
+            "AudienceService/ListAudienceMembers",
+            &req,
+            serde_json::json!({"name": r.name, "page_size": r.page_size, "continued": !r.page_token.is_empty()}),
+        );
+        audit
+            .run(&self.0, async move {
+                let page = AudiencePage::try_from(req.into_inner())?;
+                Ok(Response::new(self.0.read(ReadCost::Long, move |state| members(state, page)).await?))
+            })
+            .await
+    }
+}
