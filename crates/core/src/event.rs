@@ -196,7 +196,16 @@ pub enum Payload {
         member_id: String,
         cause_event_id: String,
     },
+    /// Internal: evaluate the partition's next `members` members against
+    /// every audience; with `audiences`, start a new pass for them first.
+    AudienceBackfill {
+        audiences: Vec<String>,
+        members: u32,
+    },
 }
+
+/// The most members one `audienceBackfill` record evaluates.
+pub const MAX_BACKFILL_MEMBERS: u32 = 100_000;
 
 /// What kind of subject key a profile is stored under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -245,6 +254,7 @@ impl Event {
                 | Payload::ProfileJoined { .. }
                 | Payload::ProfileJoinPart { .. }
                 | Payload::KeyErased { .. }
+                | Payload::AudienceBackfill { .. }
         )
     }
 
@@ -499,6 +509,23 @@ impl Event {
                 member_id: text("keyErased.memberId", p.member_id, true)?,
                 cause_event_id: text("keyErased.causeEventId", p.cause_event_id, false)?,
             },
+            P::AudienceBackfill(p) => {
+                if p.members == 0 || p.members > MAX_BACKFILL_MEMBERS {
+                    return Err(Error::invalid(
+                        "audienceBackfill.members",
+                        format!("must be 1 to {MAX_BACKFILL_MEMBERS}"),
+                    ));
+                }
+                if p.audiences.len() > crate::audience::MAX_AUDIENCES * 2 {
+                    return Err(Error::invalid("audienceBackfill.audiences", "too many audiences"));
+                }
+                let audiences = p
+                    .audiences
+                    .into_iter()
+                    .map(|a| text("audienceBackfill.audiences", a, true))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Payload::AudienceBackfill { audiences, members: p.members }
+            }
             P::IdentityClaimed(p) => Payload::IdentityClaimed {
                 member_id: text("identityClaimed.memberId", p.member_id, true)?,
                 merge: p.merge,

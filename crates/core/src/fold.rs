@@ -146,6 +146,9 @@ pub fn apply(member: &mut Member, event: &Event, pos: Position, cfg: &FoldConfig
         Payload::ErasureRequested { .. } | Payload::KeyErased { .. } => {
             return Err(Rejection("an erasure is folded before any other event".into()));
         }
+        Payload::AudienceBackfill { .. } => {
+            return Err(Rejection("an audience backfill is a partition's, not a member's".into()));
+        }
     }
     // A member claims every anonymous id and identifier its events carry;
     // another profile just records the identifiers it was seen with.

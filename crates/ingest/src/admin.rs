@@ -10,6 +10,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, FutureProducer, FutureRecord, Producer};
 
 use crate::consumer::client_config;
+use crate::sign::Signer;
 use crate::{Error, IngestConfig, Result};
 
 /// What happened to one topic.
@@ -131,6 +132,17 @@ impl CommandProducer {
     pub async fn append_event(&self, key: &[u8], payload: &[u8]) -> Result<()> {
         let record = FutureRecord::to(&self.topic).key(key).payload(payload);
         self.producer.send(record, self.timeout).await.map(|_| ()).map_err(|(e, _)| Error::Kafka(e))
+    }
+
+    /// Sends one record only omnifold may write, signed, to `partition`,
+    /// and waits for the broker's acknowledgement: its offset.
+    pub async fn append_internal(&self, partition: u32, key: &[u8], payload: &[u8], signer: &Signer) -> Result<i64> {
+        let sig = signer.sign(Some(key), None, payload);
+        let headers = OwnedHeaders::new().insert(Header { key: crate::sign::SIGNATURE_HEADER, value: Some(&sig) });
+        let record =
+            FutureRecord::to(&self.topic).partition(partition as i32).key(key).payload(payload).headers(headers);
+        let delivered = self.producer.send(record, self.timeout).await.map_err(|(e, _)| Error::Kafka(e))?;
+        Ok(delivered.offset)
     }
 
     /// Sends one record and waits for the broker's acknowledgement.

@@ -82,6 +82,14 @@ pub struct IngestConfig {
     /// sequence number and instant. Written before each batch commits.
     /// Empty (default): not written (memberships are still kept).
     pub audience_topic: String,
+    /// Members one `audienceBackfill` record evaluates (docs/audiences.md,
+    /// "Backfill"): a pass over a partition of N members takes N / this
+    /// records. 1 to 100000; default 1000.
+    pub audience_backfill_members: u32,
+    /// How often the owner of a partition with a pass under way writes its
+    /// next `audienceBackfill` record, once the last one is folded. 1 to
+    /// 3600000; default 100.
+    pub audience_backfill_interval_ms: u64,
     /// This instance's stable name. Set, it is also the consumer's
     /// `group.instance.id` (static membership): a restart within the
     /// session timeout keeps the instance's partitions, and it recognises
@@ -162,6 +170,8 @@ impl Default for IngestConfig {
             changes_topic: String::new(),
             changes_pii: false,
             audience_topic: String::new(),
+            audience_backfill_members: 1_000,
+            audience_backfill_interval_ms: 100,
             instance_id: String::new(),
             session_timeout_ms: 0,
             ownership_interval_ms: 1_000,
@@ -264,6 +274,15 @@ impl IngestConfig {
             return Err(Error::Config(
                 "standby = \"all\" needs assignment = \"group\": with assignment = \"all\" every partition is this instance's own".into(),
             ));
+        }
+        if !(1..=omnifold_core::event::MAX_BACKFILL_MEMBERS).contains(&self.audience_backfill_members) {
+            return Err(Error::Config(format!(
+                "audience_backfill_members must be 1 to {}",
+                omnifold_core::event::MAX_BACKFILL_MEMBERS
+            )));
+        }
+        if !(1..=3_600_000).contains(&self.audience_backfill_interval_ms) {
+            return Err(Error::Config("audience_backfill_interval_ms must be 1 to 3600000".into()));
         }
         if self.batch_max_records == 0 {
             return Err(Error::Config("batch_max_records must be at least 1".into()));

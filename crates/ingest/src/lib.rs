@@ -8,6 +8,7 @@
 
 mod admin;
 mod audit;
+mod backfill;
 mod config;
 mod consumer;
 mod copy;
@@ -29,6 +30,7 @@ mod status;
 
 pub use admin::{CommandProducer, EventProducer, TopicOutcome, create_topics};
 pub use audit::{AuditProducer, StoredAudit, read_audit};
+pub use backfill::{BackfillDriver, run_backfills};
 pub use config::{Assignment, IngestConfig, MIN_SECRET_LEN, Secret, Standby};
 pub use consumer::{RunOptions, Shutdown, client_config, partition_count, run};
 pub use copy::{CopyProgress, copy_topic};

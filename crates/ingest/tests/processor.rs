@@ -562,3 +562,124 @@ fn more_timers_than_a_round_fire_in_one_batch_each_once_in_order() {
     }
     assert_eq!(written(&[100, 700, 1_200, 1_499]), one_by_one, "batch boundaries change nothing");
 }
+
+/// A backfill pass (`audienceBackfill` records, signed) evaluates every
+/// member of the partition once, a chunk per record, at the partition's
+/// event time; a member an event evaluated first does not move twice; an
+/// unsigned record is refused; and where batches end changes nothing.
+#[test]
+fn a_backfill_pass_evaluates_every_member_once_a_chunk_per_record() {
+    use omnifold_core::audience::{AudienceConfig, Audiences};
+    use omnifold_core::time::{DAY, to_timestamp};
+    let t0 = omnifold_core::testing::BASE;
+    let event = |id: String, who: String, at: i64, payload| proto::Event {
+        event_id: id,
+        occurred_at: Some(to_timestamp(at)),
+        channel: proto::Channel::StorePos as i32,
+        store_id: "s-1".into(),
+        subject: Some(proto::Subject { member_id: who, ..Default::default() }),
+        payload: Some(payload),
+    };
+    let order = |i: usize| {
+        proto::event::Payload::OrderPlaced(proto::OrderPlaced {
+            order_id: format!("o-{i}"),
+            currency: "CNY".into(),
+            lines: vec![],
+            total_minor: 1_000,
+        })
+    };
+    // Fifty members ordered before any audience was defined.
+    let before: Vec<Vec<u8>> = (0..50)
+        .map(|i| event(format!("e-{i}"), format!("m-{i:02}"), t0 + i as i64, order(i)).encode_to_vec())
+        .collect();
+    let backfill = |n: usize, audiences: &[&str]| {
+        let payload = proto::event::Payload::AudienceBackfill(proto::AudienceBackfill {
+            audiences: audiences.iter().map(|a| (*a).to_owned()).collect(),
+            members: 7,
+        });
+        event(format!("b-{n}"), "p".into(), t0 + DAY, payload).encode_to_vec()
+    };
+    // Then: a pass for both audiences, ten records of seven members (the
+    // pass needs eight), m-49 ordering again after the third.
+    let mut after: Vec<Vec<u8>> = vec![backfill(0, &["buyers", "recent"])];
+    after.extend((1..3).map(|n| backfill(n, &[])));
+    after.push(event("again".into(), "m-49".into(), t0 + DAY, order(99)).encode_to_vec());
+    after.extend((3..10).map(|n| backfill(n, &[])));
+    let defs = BTreeMap::from([
+        ("buyers".to_owned(), AudienceConfig { rule: "orders > 0".into(), ..Default::default() }),
+        ("recent".to_owned(), AudienceConfig { rule: "orders(within=7d) > 0".into(), ..Default::default() }),
+    ]);
+    let audiences = Arc::new(Audiences::compile(&defs).unwrap());
+    let sign = |v: &Vec<u8>| signer().sign(Some(b"p"), None, v);
+    // (member, audience, entered or exited, seq, instant)
+    type Move = (String, String, String, u64, String);
+    let run = |cuts: &[usize]| -> (Vec<Move>, omnifold_core::audience::Backfill) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&StoreConfig { path: dir.path().into(), ..StoreConfig::default() }).unwrap();
+        let fold = Arc::new(FoldConfig::default().validate().unwrap());
+        let plain = Processor::new(store.clone(), fold.clone(), "t", 65536, signer());
+        let records: Vec<Record<'_>> =
+            before.iter().enumerate().map(|(i, v)| Record::new(i as i64, None, Some(v))).collect();
+        plain.commit(plain.process(0, &records).unwrap()).unwrap();
+        let processor = Processor::new(store.clone(), fold, "t", 65536, signer()).with_audiences(audiences.clone());
+        let sigs: Vec<String> = after.iter().map(sign).collect();
+        let records: Vec<Record<'_>> = after
+            .iter()
+            .zip(&sigs)
+            .enumerate()
+            .map(|(i, (v, s))| Record {
+                key: Some(b"p"),
+                signature: Some(s.as_bytes()),
+                ..Record::new(50 + i as i64, Some(b"p"), Some(v))
+            })
+            .collect();
+        let mut out = Vec::new();
+        let mut start = 0;
+        for &end in cuts.iter().chain([&records.len()]) {
+            let p = processor.process(0, &records[start..end]).unwrap();
+            for r in p.audience_records() {
+                let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
+                let s = |k: &str| v[k].as_str().unwrap().to_owned();
+                out.push((s("memberId"), s("audience"), s("event"), v["seq"].as_u64().unwrap(), s("at")));
+            }
+            processor.commit(p).unwrap();
+            if end == 3 {
+                // Three records in: 21 members evaluated, both still building.
+                let b = store.backfill(0).unwrap().unwrap();
+                assert_eq!((b.evaluated, b.pending.len()), (21, 2), "{b:?}");
+            }
+            start = end;
+        }
+        (out, store.backfill(0).unwrap().unwrap())
+    };
+    let (moves, pass) = run(&[3]);
+    assert!(pass.pending.is_empty() && pass.after.is_none(), "the pass ended: {pass:?}");
+    assert_eq!(pass.evaluated, 50);
+    for audience in ["buyers", "recent"] {
+        let entered: Vec<&String> = moves.iter().filter(|m| m.1 == audience).map(|m| &m.0).collect();
+        assert_eq!(entered.len(), 50, "{audience}: every member enters once");
+        assert!(moves.iter().filter(|m| m.1 == audience).all(|m| m.2 == "entered" && m.3 == 1));
+    }
+    // Each entered at the partition's event time when it was reached (the
+    // pass's records do not move it): the first three records' 21 members
+    // at the last order's time; m-49 by its own event a day later, and the
+    // rest then too.
+    for (member, _, _, _, at) in &moves {
+        let first_three = member.as_str() < "m-21";
+        let when = if first_three { t0 + 49 } else { t0 + DAY };
+        assert_eq!(*at, omnifold_core::time::rfc3339(when), "{member}");
+    }
+    assert_eq!(run(&[1, 3, 4, 9]).0, moves, "batch boundaries change nothing");
+
+    // Unsigned, it is refused as forged.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&StoreConfig { path: dir.path().into(), ..StoreConfig::default() }).unwrap();
+    let fold = Arc::new(FoldConfig::default().validate().unwrap());
+    let processor = Processor::new(store.clone(), fold, "t", 65536, signer()).with_audiences(audiences);
+    let forged = [Record::new(0, Some(b"p"), Some(&after[0]))];
+    let p = processor.process(0, &forged).unwrap();
+    assert_eq!(p.dead_letters.len(), 1);
+    assert!(p.dead_letters[0].reason.contains("audienceBackfill events are written only by omnifold"));
+    processor.commit(p).unwrap();
+    assert!(store.backfill(0).unwrap().is_none());
+}

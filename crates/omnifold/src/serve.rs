@@ -312,6 +312,7 @@ pub async fn serve(config: Config) -> Result<()> {
     }
     let signer = config.kafka.signer()?;
     let signer_for_audit = signer.clone();
+    let signer_for_backfill = signer.clone();
     let store = Store::open(&config.store).with_context(|| format!("opening store {}", config.store.path.display()))?;
     // Bound before any thread starts: an error from here on returns from
     // `main` with nothing of RocksDB's still running.
@@ -365,6 +366,7 @@ pub async fn serve(config: Config) -> Result<()> {
     let status = IngestStatus::default();
     let timeout = std::time::Duration::from_millis(config.server.command_timeout_ms);
     let producer = CommandProducer::new(&config.kafka, timeout).context("creating the command producer")?;
+    let backfill_producer = producer.clone();
     let commands = Commands { log: Arc::new(Log(producer)), commits, timeout };
     let shutdown = Shutdown::default();
 
@@ -449,6 +451,7 @@ pub async fn serve(config: Config) -> Result<()> {
     if let Some(tls) = tls {
         app = app.with_tls(tls);
     }
+    let audiences_for_backfill = audiences.clone();
     app = app.with_privacy(config.privacy.clone()).with_audiences(audiences);
     let audit = omnifold_ingest::AuditProducer::new(&config.kafka, signer_for_audit, AUDIT_TIMEOUT)?;
     app = app.with_audit(Arc::new(crate::audit::Audit(audit)));
@@ -471,6 +474,19 @@ pub async fn serve(config: Config) -> Result<()> {
     let server = tokio::spawn(omnifold_server::run(listener, app, async {
         let _ = stop_rx.await;
     }));
+    // Audience backfills of the partitions this instance owns.
+    let backfills = {
+        let own = ownership.clone();
+        let driver = omnifold_ingest::BackfillDriver {
+            producer: backfill_producer,
+            signer: signer_for_backfill,
+            stores: stores.clone(),
+            audiences: audiences_for_backfill,
+            owns: Arc::new(move |p| matches!(own.view(p), OwnerView::Here { .. })),
+        };
+        let (cfg, stop) = (config.kafka.clone(), shutdown.clone());
+        tokio::spawn(async move { omnifold_ingest::run_backfills(&cfg, driver, stop).await })
+    };
     // The operator's port: metrics and probes, until the process ends.
     let ops = metrics.map(|(listener, handle)| {
         let health = Arc::new(Health(status.clone()));
@@ -510,6 +526,8 @@ pub async fn serve(config: Config) -> Result<()> {
     for task in ops.into_iter().flatten() {
         task.abort();
     }
+    backfills.abort();
+    let _ = backfills.await;
     // Its error is returned only once the threads are joined and the store closed.
     let served = server.await.context("gRPC server task").and_then(|r| r.context("gRPC server"));
     let mut background = vec![index.ended().await, owners.ended().await];

@@ -908,3 +908,78 @@ async fn the_change_stream_carries_entries_and_exits_also_those_time_alone_makes
     assert_eq!(last.version.unwrap().next_offset, 2);
     assert_eq!(last.profile.as_ref().unwrap().purchases.as_ref().unwrap().orders, 1);
 }
+
+/// `GetAudience` of `name`.
+async fn get(service: &Service, name: &str) -> proto::Audience {
+    let mut reads = audience_reads(service).await;
+    reads.get_audience(proto::GetAudienceRequest { name: name.into() }).await.unwrap().into_inner()
+}
+
+/// `name` once its pass has evaluated some members.
+async fn building(service: &Service, name: &str) -> proto::Audience {
+    eventually("the first chunk", Duration::from_secs(30), || async {
+        let a = get(service, name).await;
+        (a.members_evaluated > 0).then_some(a)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn audiences_added_or_changed_in_the_configuration_are_built_over_the_members_there_are() {
+    // Members who ordered before any audience was defined.
+    let (Stack { broker: _broker, data, mut setup, service }, dir, topic) =
+        audience_stack("audience-backfill", "", &[]);
+    let records: Vec<_> = (0..10)
+        .map(|i| event(&format!("e{i}"), &format!("m-{i}"), 40, proto::Channel::StorePos, order("o", 1_000)))
+        .collect();
+    setup.produce(&records);
+    service.wait_consumed(&setup, records.len() as i64).await;
+    assert!(service.stop().success());
+    let config = |buyers: &str| {
+        let toml =
+            format!("[audiences.buyers]\nrule = \"{buyers}\"\n[audiences.big_spenders]\nrule = \"spend >= 10\"\n");
+        std::fs::write(dir.path().join("omnifold.toml"), toml).unwrap();
+    };
+    let (ready, building_) = (proto::AudienceStatus::Ready as i32, proto::AudienceStatus::Building as i32);
+    // Two new audiences every member qualifies for, though none has an
+    // event again. Three members a record, the next record not for an
+    // hour: the pass stops after its first record, and both say building.
+    config("orders > 0");
+    setup.extra_env.insert("OMNIFOLD_KAFKA__AUDIENCE_BACKFILL_MEMBERS".into(), "3".into());
+    setup.extra_env.insert("OMNIFOLD_KAFKA__AUDIENCE_BACKFILL_INTERVAL_MS".into(), "3600000".into());
+    let service = Service::start(&setup, data.path());
+    let a = building(&service, "big_spenders").await;
+    assert_eq!((a.status, a.size, a.members_evaluated, &a.building_partitions), (building_, 3, 3, &vec![0]), "{a:?}");
+    assert_eq!(get(&service, "buyers").await.status, building_);
+    assert!(service.stop().success());
+    // At the usual pace the pass ends; every member entered each once.
+    setup.extra_env.insert("OMNIFOLD_KAFKA__AUDIENCE_BACKFILL_INTERVAL_MS".into(), "20".into());
+    let service = Service::start(&setup, data.path());
+    let built = eventually("the pass to end", Duration::from_secs(60), || async {
+        let a = get(&service, "big_spenders").await;
+        (a.status == ready).then_some(a)
+    })
+    .await;
+    assert_eq!((built.size, built.building_partitions.len()), (10, 0));
+    let entered = |audience: &str| -> std::collections::BTreeSet<String> {
+        let got = transitions(&setup, &topic);
+        got.into_iter()
+            .filter(|(_, a, e, seq, _)| a == audience && e == "entered" && *seq == 1)
+            .map(|(m, ..)| m)
+            .collect()
+    };
+    let everyone: std::collections::BTreeSet<String> = (0..10).map(|i| format!("m-{i}")).collect();
+    assert_eq!((entered("big_spenders"), entered("buyers")), (everyone.clone(), everyone));
+    assert!(service.stop().success());
+    // One rule changed: only its audience is built again (one member an
+    // hour here, so it is still building), the other stays ready.
+    config("orders > 1");
+    setup.extra_env.insert("OMNIFOLD_KAFKA__AUDIENCE_BACKFILL_MEMBERS".into(), "1".into());
+    setup.extra_env.insert("OMNIFOLD_KAFKA__AUDIENCE_BACKFILL_INTERVAL_MS".into(), "3600000".into());
+    let service = Service::start(&setup, data.path());
+    let changed = building(&service, "buyers").await;
+    assert_eq!((changed.status, changed.members_evaluated), (building_, 1));
+    assert_eq!(get(&service, "big_spenders").await.status, ready);
+    // The member it reached left: one order is not more than one.
+    assert_eq!(changed.size, 9, "{changed:?}");
+}

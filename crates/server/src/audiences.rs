@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tonic::{Request, Response, Status};
 
-use omnifold_core::audience::Audience;
+use omnifold_core::audience::{Audience, Backfill};
 use omnifold_proto::v1 as proto;
 use omnifold_store::Frozen;
 
@@ -94,13 +94,34 @@ fn partitions(state: &AppState, frozen: &Frozen) -> Result<Vec<u32>, Error> {
     Ok(out)
 }
 
-/// `a` with its size in `frozen` over `parts`.
-fn described(a: &Audience, frozen: &Frozen, parts: &[u32]) -> Result<proto::Audience, Error> {
+/// Each of `parts` with a backfill pass under way, and its pass.
+fn passes(frozen: &Frozen, parts: &[u32]) -> Result<Vec<(u32, Backfill)>, Error> {
+    let mut out = Vec::new();
+    for p in parts {
+        if let Some(b) = frozen.backfill(*p)?.filter(|b| !b.pending.is_empty()) {
+            out.push((*p, b));
+        }
+    }
+    Ok(out)
+}
+
+/// `a` with its size in `frozen` over `parts`, and whether it is built.
+fn described(
+    a: &Audience,
+    frozen: &Frozen,
+    parts: &[u32],
+    passes: &[(u32, Backfill)],
+) -> Result<proto::Audience, Error> {
     let mut size = 0;
     for p in parts {
         size += frozen.audience_size(*p, &a.name)?;
     }
+    let building: Vec<&(u32, Backfill)> = passes.iter().filter(|(_, b)| b.pending.contains(&a.name)).collect();
+    let status = if building.is_empty() { proto::AudienceStatus::Ready } else { proto::AudienceStatus::Building };
     Ok(proto::Audience {
+        status: status as i32,
+        building_partitions: building.iter().map(|(p, _)| *p).collect(),
+        members_evaluated: building.iter().map(|(_, b)| b.evaluated).sum(),
         name: a.name.clone(),
         rule: a.source.clone(),
         purpose: a.purpose.clone().unwrap_or_default(),
@@ -113,7 +134,8 @@ fn described(a: &Audience, frozen: &Frozen, parts: &[u32]) -> Result<proto::Audi
 fn list(state: &AppState) -> Result<proto::ListAudiencesResponse, Error> {
     let frozen = state.store().freeze();
     let parts = partitions(state, &frozen)?;
-    let audiences = state.audiences.iter().map(|a| described(a, &frozen, &parts)).collect::<Result<_, _>>()?;
+    let passes = passes(&frozen, &parts)?;
+    let audiences = state.audiences.iter().map(|a| described(a, &frozen, &parts, &passes)).collect::<Result<_, _>>()?;
     Ok(proto::ListAudiencesResponse { audiences })
 }
 
@@ -121,7 +143,7 @@ fn get(state: &AppState, name: &str) -> Result<proto::Audience, Error> {
     let a = defined(state, name)?;
     let frozen = state.store().freeze();
     let parts = partitions(state, &frozen)?;
-    described(a, &frozen, &parts)
+    described(a, &frozen, &parts, &passes(&frozen, &parts)?)
 }
 
 /// One page of a listing: a new one for a request without a token.
@@ -147,7 +169,7 @@ fn members(state: &AppState, page: AudiencePage) -> Result<proto::ListAudienceMe
             let a = defined(state, &page.name)?;
             let frozen = Arc::new(state.store().freeze());
             let parts = partitions(state, &frozen)?;
-            let total = described(a, &frozen, &parts)?.size;
+            let total = described(a, &frozen, &parts, &[])?.size;
             let listing = Listing {
                 name: page.name.clone(),
                 frozen: frozen.clone(),

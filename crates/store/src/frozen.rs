@@ -93,6 +93,13 @@ impl Frozen {
         Ok(n)
     }
 
+    /// The audience backfill of `partition` as it stood (none: it never had one).
+    pub fn backfill(&self, partition: u32) -> Result<Option<omnifold_core::audience::Backfill>> {
+        let store = self.0.borrow_owner();
+        let v = self.0.borrow_dependent().get_cf(store.cf(CF_AUDIENCE_MEMBERS), keys::backfill(partition))?;
+        Ok(v.map(|v| omnifold_core::audience::Backfill::decode(&v)).transpose()?)
+    }
+
     fn iter(&self, prefix: &[u8]) -> rocksdb::DBRawIteratorWithThreadMode<'_, DB> {
         let mut opts = ReadOptions::default();
         opts.set_iterate_upper_bound(keys::prefix_end(prefix));

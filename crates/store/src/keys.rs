@@ -149,3 +149,13 @@ pub(crate) fn audience_prefix(partition: u32, audience: &str) -> Vec<u8> {
     k.extend_from_slice(name);
     k
 }
+
+/// A partition's audience backfill (`omnifold_core::audience::Backfill`),
+/// kept beside the audiences' member lists so snapshots carry it: the
+/// partition, then a zero length byte no audience name has.
+pub(crate) fn backfill(partition: u32) -> Vec<u8> {
+    let mut k = partition.to_be_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(b"backfill");
+    k
+}

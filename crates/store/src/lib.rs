@@ -468,6 +468,21 @@ impl Store {
             .collect()
     }
 
+    /// The audience backfill of `partition` (none: it never had one).
+    pub fn backfill(&self, partition: u32) -> Result<Option<omnifold_core::audience::Backfill>> {
+        let v = self.db.get_pinned_cf(self.cf(CF_AUDIENCE_MEMBERS), keys::backfill(partition))?;
+        Ok(v.map(|v| omnifold_core::audience::Backfill::decode(&v)).transpose()?)
+    }
+
+    /// Up to `limit` members of `partition` after the member `after` (from
+    /// the first with `None`), in key order, each whole; and whether more
+    /// follow.
+    pub fn members_after(&self, partition: u32, after: Option<&str>, limit: usize) -> Result<(Vec<Member>, bool)> {
+        let from = after.map(|a| keys::scoped(partition, a));
+        let (members, last) = self.scan_chunk_of(partition, from.as_deref(), limit)?;
+        Ok((members, last.is_some()))
+    }
+
     /// Up to `limit` timers of `partition` after `after` (from the first
     /// with `None`) and due at or before `until`, in instant order:
     /// `(instant, member)`.
@@ -639,6 +654,16 @@ impl Store {
     /// Up to `SCAN_CHUNK` members of a partition after the key `after`, and
     /// the last key read (`None` at the partition's end).
     fn scan_chunk(&self, partition: u32, after: Option<&[u8]>) -> Result<(Vec<Member>, Option<Vec<u8>>)> {
+        self.scan_chunk_of(partition, after, SCAN_CHUNK)
+    }
+
+    /// [`Store::scan_chunk`] of up to `limit` members.
+    fn scan_chunk_of(
+        &self,
+        partition: u32,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<Member>, Option<Vec<u8>>)> {
         let snapshot = self.db.snapshot();
         let start = partition.to_be_bytes();
         let mut opts = ReadOptions::default();
@@ -651,7 +676,7 @@ impl Store {
         let mut cursor = books::cursor(self, &snapshot);
         let (mut members, mut last) = (Vec::new(), None);
         while let (Some(k), Some(v)) = (records.key(), records.value()) {
-            if members.len() == SCAN_CHUNK {
+            if members.len() == limit {
                 break;
             }
             members.push(books::member(&mut cursor, partition, v, books::Which::All)?);
@@ -892,6 +917,11 @@ impl Batch {
         } else {
             self.inner.delete_cf(store.cf(CF_AUDIENCE_MEMBERS), k);
         }
+    }
+
+    /// Writes the partition's audience backfill.
+    pub fn put_backfill(&mut self, store: &Store, backfill: &omnifold_core::audience::Backfill) {
+        self.inner.put_cf(store.cf(CF_AUDIENCE_MEMBERS), keys::backfill(self.partition), backfill.encode());
     }
 
     /// Removes a member's timer at `at` (it fired).

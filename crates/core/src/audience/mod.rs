@@ -155,7 +155,7 @@ impl Rule {
 }
 
 pub use eval::{holds, next_change};
-pub use state::{AudienceState, Membership, Transition};
+pub use state::{AudienceState, Backfill, Membership, Transition};
 
 /// `[audiences.NAME]`: one audience's definition as configured.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

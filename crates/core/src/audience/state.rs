@@ -147,3 +147,82 @@ impl Audiences {
         out
     }
 }
+
+/// The encoding's version byte of [`Backfill`].
+const BACKFILL_VERSION: u8 = 1;
+
+/// A partition's pass over its members for audiences defined, changed or
+/// removed (docs/audiences.md, "Backfill"). Folded from the partition's
+/// `audienceBackfill` records, so a replay makes the same passes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backfill {
+    /// Audiences being built: the pass under way is for them.
+    pub pending: std::collections::BTreeSet<String>,
+    /// The last member the pass evaluated (none: it starts at the first).
+    pub after: Option<String>,
+    /// Members the pass has evaluated.
+    pub evaluated: u64,
+    /// Each audience's fingerprint when the latest pass started: what the
+    /// next start compares the definitions with.
+    pub defined: std::collections::BTreeMap<String, u64>,
+}
+
+impl Backfill {
+    #[allow(clippy::expect_used, reason = "serialising our own plain data into a Vec cannot fail")]
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_extend(self, vec![BACKFILL_VERSION]).expect("plain data serialises")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Backfill, crate::Error> {
+        match bytes.split_first() {
+            Some((&BACKFILL_VERSION, rest)) => {
+                postcard::from_bytes(rest).map_err(|e| crate::Error::Corrupt(e.to_string()))
+            }
+            Some((v, _)) => Err(crate::Error::Corrupt(format!("unknown backfill version {v}"))),
+            None => Err(crate::Error::Corrupt("empty backfill".into())),
+        }
+    }
+
+    /// Starts a new pass for `audiences` (with those already pending), over
+    /// every member, recording the definitions `defined`.
+    pub fn start(&mut self, audiences: &[String], defined: std::collections::BTreeMap<String, u64>) {
+        self.pending.extend(audiences.iter().cloned());
+        self.after = None;
+        self.evaluated = 0;
+        self.defined = defined;
+    }
+
+    /// The pass evaluated `members`, the last of them `last`; `more`: the
+    /// partition has members after it. A finished pass builds nothing.
+    pub fn advance(&mut self, members: u64, last: Option<String>, more: bool) {
+        self.evaluated += members;
+        if more {
+            self.after = last;
+        } else {
+            self.pending.clear();
+            self.after = None;
+        }
+    }
+}
+
+impl Audiences {
+    /// Each audience's fingerprint: a hash of what decides its members
+    /// (its rule as written and its purpose).
+    pub fn fingerprints(&self) -> std::collections::BTreeMap<String, u64> {
+        self.iter()
+            .map(|a| {
+                let text = format!("{}\0{}", a.source, a.purpose.as_deref().unwrap_or(""));
+                (a.name.clone(), xxhash_rust::xxh3::xxh3_64(text.as_bytes()))
+            })
+            .collect()
+    }
+
+    /// The audiences defined, changed or removed since `before` was recorded.
+    pub fn changed_since(&self, before: &std::collections::BTreeMap<String, u64>) -> Vec<String> {
+        let now = self.fingerprints();
+        let mut names: std::collections::BTreeSet<&String> =
+            now.iter().filter(|(n, f)| before.get(*n) != Some(f)).map(|(n, _)| n).collect();
+        names.extend(before.keys().filter(|n| !now.contains_key(*n)));
+        names.into_iter().cloned().collect()
+    }
+}

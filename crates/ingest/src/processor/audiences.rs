@@ -188,6 +188,48 @@ impl Run<'_> {
     }
 }
 
+impl Run<'_> {
+    /// Folds record `i`, an `audienceBackfill`: starts a pass over the
+    /// partition for `audiences` if it names any, then evaluates the pass's
+    /// next `members` members at the partition's event time.
+    pub(super) fn audiences_backfill(&mut self, i: usize, audiences: &[String], members: u32) -> Result<()> {
+        let store = self.store();
+        let mut state = match self.backfill.take() {
+            Some(b) => b,
+            None => store.backfill(self.partition)?.unwrap_or_default(),
+        };
+        if !audiences.is_empty() {
+            let defined = self.p.audiences.as_ref().map(|a| a.fingerprints()).unwrap_or_default();
+            state.start(audiences, defined);
+        }
+        if !state.pending.is_empty() {
+            let (chunk, more) = store.members_after(self.partition, state.after.as_deref(), members as usize)?;
+            let (n, last) = (chunk.len() as u64, chunk.last().map(|m| m.key.clone()));
+            self.audiences_at_record(self.records[i].offset + 1);
+            for m in chunk {
+                self.backfill_member(m)?;
+            }
+            state.advance(n, last, more);
+        }
+        self.backfill = Some(state);
+        Ok(())
+    }
+
+    /// Evaluates one member of a backfill pass (as this batch has it, if it
+    /// has it); one that moved joins the batch's members.
+    fn backfill_member(&mut self, stored: Member) -> Result<()> {
+        let store = self.store();
+        let (Some(run), Some(at)) = (&mut self.audiences, self.watermark) else { return Ok(()) };
+        let key = stored.key.clone();
+        let member = self.members.get(&key).unwrap_or(&stored);
+        evaluate(run, store, self.partition, &self.p.fold, &key, member, at)?;
+        if run.moved.contains_key(&key) && !self.members.contains_key(&key) {
+            self.members.insert(key, stored);
+        }
+        Ok(())
+    }
+}
+
 /// Entries and exits as records of the audience topic: keyed by member id,
 /// JSON with the audience, the direction, its sequence number and instant.
 pub(super) fn records(partition: u32, transitions: &[(String, Transition)]) -> Vec<OutRecord> {

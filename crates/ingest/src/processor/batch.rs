@@ -58,6 +58,8 @@ pub(super) struct Run<'a> {
     pub(super) watermark: Option<i64>,
     /// Audience evaluation (none: no audiences configured).
     pub(super) audiences: Option<super::audiences::AudienceRun>,
+    /// The partition's audience backfill, once a record of it was folded.
+    pub(super) backfill: Option<omnifold_core::audience::Backfill>,
     dirty: HashSet<String>,
     /// Keys an erasure deleted (their record is removed at the commit).
     deleted: HashSet<String>,
@@ -135,6 +137,7 @@ impl<'a> Run<'a> {
             p,
             store,
             audiences,
+            backfill: None,
             partition,
             records,
             batch: store.batch(&p.topic, partition),
@@ -212,6 +215,10 @@ impl<'a> Run<'a> {
         // Decided at the key it names, route or not (a claim, an erased key).
         let at_key = matches!(event.payload, Payload::IdentityClaimed { .. } | Payload::KeyErased { .. });
         let request = event.request_id().map(str::to_owned);
+        let backfill = match &event.payload {
+            Payload::AudienceBackfill { audiences, members } => Some((audiences.clone(), *members)),
+            _ => None,
+        };
         let part = match &event.payload {
             Payload::ProfileJoinPart { join_id, index, data } => {
                 Some(JoinPart { join_id: join_id.clone(), index: *index, at, data: data.clone() })
@@ -246,6 +253,11 @@ impl<'a> Run<'a> {
             let reason = self.too_late_reason(at);
             self.dead_letter(i, "too_late", reason);
             return Ok(());
+        }
+        // The partition's, not a member's: no key, route or member.
+        if let Some((audiences, members)) = backfill {
+            self.mark_seen(&id, at);
+            return self.audiences_backfill(i, &audiences, members);
         }
         let Some(key) = self.keys[i].take() else {
             return Err(crate::Error::Bug("a valid event without a key".into()));
@@ -549,6 +561,9 @@ impl<'a> Run<'a> {
         if let Some(w) = self.watermark {
             self.batch.set_watermark(store, w);
         }
+        if let Some(b) = &self.backfill {
+            self.batch.put_backfill(store, b);
+        }
         // Members created here but refused every event were never stored.
         let touched = self
             .members
@@ -705,6 +720,7 @@ fn internal_name(p: &Payload) -> &'static str {
         Payload::ProfileJoined { .. } => "profileJoined",
         Payload::ProfileJoinPart { .. } => "profileJoinPart",
         Payload::KeyErased { .. } => "keyErased",
+        Payload::AudienceBackfill { .. } => "audienceBackfill",
         _ => "internal",
     }
 }

@@ -1,0 +1,124 @@
+//! The audience backfill driver (docs/audiences.md, "Backfill"): for each
+//! partition this instance owns, it writes the `audienceBackfill` records
+//! the fold makes its passes from. At start, one naming the audiences
+//! defined, changed or removed since the partition's last pass; then, while
+//! a pass is under way, the next one each interval once the last is folded.
+//!
+//! Architecture invariant: the fold's passes depend only on these records'
+//! place in the log, never on when they were written, so a replay makes the
+//! same ones.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+use tracing::{debug, warn};
+
+use omnifold_core::audience::Audiences;
+use omnifold_core::partition::partition_for;
+use omnifold_proto::v1 as proto;
+use omnifold_store::StoreHandle;
+
+use crate::{CommandProducer, IngestConfig, Result, Shutdown, Signer};
+
+/// What the driver needs.
+pub struct BackfillDriver {
+    pub producer: CommandProducer,
+    pub signer: Signer,
+    pub stores: Arc<StoreHandle>,
+    pub audiences: Arc<Audiences>,
+    /// Whether this instance owns a partition (only the owner writes).
+    pub owns: Arc<dyn Fn(u32) -> bool + Send + Sync>,
+}
+
+/// Drives every owned partition's passes until `shutdown`.
+pub async fn run_backfills(cfg: &IngestConfig, d: BackfillDriver, shutdown: Shutdown) {
+    let interval = Duration::from_millis(cfg.audience_backfill_interval_ms);
+    let mut run = Driving { cfg, d, checked: HashSet::new(), outstanding: HashMap::new() };
+    while !shutdown.is_triggered() {
+        if let Err(e) = run.round().await {
+            warn!(error = %e, "audience backfill: will try again");
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+struct Driving<'a> {
+    cfg: &'a IngestConfig,
+    d: BackfillDriver,
+    /// Partitions whose definitions were compared since the start.
+    checked: HashSet<u32>,
+    /// The offset of each partition's last record, until it is folded.
+    outstanding: HashMap<u32, i64>,
+}
+
+impl Driving<'_> {
+    async fn round(&mut self) -> Result<()> {
+        let store = self.d.stores.get();
+        let Some(count) = store.partition_count(&self.cfg.topic)? else { return Ok(()) };
+        for p in (0..count).filter(|p| (self.d.owns)(*p)) {
+            let next = store.next_offset(&self.cfg.topic, p)?.unwrap_or(0);
+            if self.outstanding.get(&p).is_some_and(|o| next <= *o) {
+                continue;
+            }
+            self.outstanding.remove(&p);
+            let state = store.backfill(p)?.unwrap_or_default();
+            let start =
+                if self.checked.contains(&p) { Vec::new() } else { self.d.audiences.changed_since(&state.defined) };
+            if start.is_empty() && state.pending.is_empty() {
+                self.checked.insert(p);
+                continue;
+            }
+            let offset = self.write(p, count, start).await?;
+            debug!(partition = p, offset, evaluated = state.evaluated, "audience backfill record written");
+            self.checked.insert(p);
+            self.outstanding.insert(p, offset);
+        }
+        Ok(())
+    }
+
+    /// Writes one record to partition `p` of `count`: its offset.
+    async fn write(&self, p: u32, count: u32, audiences: Vec<String>) -> Result<i64> {
+        let key = partition_key(p, count);
+        let event = proto::Event {
+            event_id: format!("audience-backfill-{p}-{:032x}", rand::random::<u128>()),
+            occurred_at: Some(omnifold_core::time::to_timestamp(now_millis())),
+            channel: proto::Channel::OnlineWeb as i32,
+            store_id: String::new(),
+            subject: Some(proto::Subject { member_id: key.clone(), ..Default::default() }),
+            payload: Some(proto::event::Payload::AudienceBackfill(proto::AudienceBackfill {
+                audiences,
+                members: self.cfg.audience_backfill_members,
+            })),
+        };
+        self.d.producer.append_internal(p, key.as_bytes(), &event.encode_to_vec(), &self.d.signer).await
+    }
+}
+
+/// A key Kafka's partitioner puts on partition `p` of `count` (the record
+/// is also written to `p` by number).
+fn partition_key(p: u32, count: u32) -> String {
+    (0u64..)
+        .map(|n| format!("omnifold.partition.{p}.{n}"))
+        .find(|k| partition_for(k.as_bytes(), count) == p)
+        .unwrap_or_default()
+}
+
+fn now_millis() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partition_key_lands_on_its_partition() {
+        for count in [1, 3, 12] {
+            for p in 0..count {
+                assert_eq!(partition_for(partition_key(p, count).as_bytes(), count), p);
+            }
+        }
+    }
+}
