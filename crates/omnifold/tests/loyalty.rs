@@ -870,7 +870,12 @@ async fn the_change_stream_carries_entries_and_exits_also_those_time_alone_makes
         partitions: Some(proto::PartitionRange { first: 0, last: 0 }),
         ..Default::default()
     };
-    let mut stream = service.profiles().await.watch_profile(watch).await.unwrap().into_inner();
+    // Right after the start the partition may still be changing hands
+    // (UNAVAILABLE, retry): watch once it is this instance's.
+    let mut stream = eventually("a watch", Duration::from_secs(30), || async {
+        service.profiles().await.watch_profile(watch.clone()).await.ok().map(tonic::Response::into_inner)
+    })
+    .await;
     let t = now() - 30 * DAY;
     let on = |id: &str, who: &str, day: i64, payload| {
         let (k, v) = event(id, who, 0, proto::Channel::MobileApp, payload);

@@ -232,7 +232,9 @@ async fn a_watcher_that_does_not_read_ends_out_of_range_instead_of_holding_chang
         partitions: Some(proto::PartitionRange { first: 0, last: 0 }),
         ..Default::default()
     };
-    let mut stream = watch(&stack.service, all).await.unwrap();
+    // Right after the start the partition may still be changing hands
+    // (UNAVAILABLE, retry): watch once it is this instance's.
+    let mut stream = eventually("a watch", WAIT, || async { watch(&stack.service, all.clone()).await.ok() }).await;
     next_progress(&mut stream).await;
     // Thousands of changes while the watcher reads nothing.
     let events: Vec<_> = (0..3000).map(|i| view(&format!("m-{i}"), 1)).collect();
