@@ -446,6 +446,11 @@ impl CommandLog for Log {
     async fn append(&self, key: &str, value: Vec<u8>) -> Result<(), String> {
         self.0.append(key.as_bytes(), &value).await.map_err(|e| e.to_string())
     }
+
+    /// Audience definitions are not measured here; nothing calls this.
+    async fn append_internal(&self, _partition: u32, _key: &str, _value: Vec<u8>) -> Result<i64, String> {
+        Err("the benchmark writes no internal records".into())
+    }
 }
 
 /// With ingest running, as in `serve`: first `first` (reads while new

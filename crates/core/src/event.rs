@@ -202,6 +202,8 @@ pub enum Payload {
         audiences: Vec<String>,
         members: u32,
     },
+    /// Internal: an audience defined, changed or deleted through `AdminService`.
+    AudienceDefined(crate::audience::Definition),
 }
 
 /// The most members one `audienceBackfill` record evaluates.
@@ -255,6 +257,7 @@ impl Event {
                 | Payload::ProfileJoinPart { .. }
                 | Payload::KeyErased { .. }
                 | Payload::AudienceBackfill { .. }
+                | Payload::AudienceDefined(_)
         )
     }
 
@@ -525,6 +528,27 @@ impl Event {
                     .map(|a| text("audienceBackfill.audiences", a, true))
                     .collect::<Result<Vec<_>, _>>()?;
                 Payload::AudienceBackfill { audiences, members: p.members }
+            }
+            P::AudienceDefined(p) => {
+                let name = text("audienceDefined.name", p.name, true)?;
+                crate::audience::check_name(&name).map_err(|e| Error::invalid("audienceDefined.name", e))?;
+                if p.version == 0 {
+                    return Err(Error::invalid("audienceDefined.version", "must be at least 1"));
+                }
+                if p.rule.chars().count() > crate::audience::MAX_RULE_CHARS || p.description.len() > 4_096 {
+                    return Err(Error::invalid("audienceDefined.rule", "too long"));
+                }
+                let config = crate::audience::AudienceConfig {
+                    rule: p.rule,
+                    purpose: text("audienceDefined.purpose", p.purpose, false)?,
+                    description: p.description,
+                };
+                Payload::AudienceDefined(crate::audience::Definition {
+                    name,
+                    config,
+                    version: p.version,
+                    deleted: p.deleted,
+                })
             }
             P::IdentityClaimed(p) => Payload::IdentityClaimed {
                 member_id: text("identityClaimed.memberId", p.member_id, true)?,

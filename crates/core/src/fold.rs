@@ -146,7 +146,7 @@ pub fn apply(member: &mut Member, event: &Event, pos: Position, cfg: &FoldConfig
         Payload::ErasureRequested { .. } | Payload::KeyErased { .. } => {
             return Err(Rejection("an erasure is folded before any other event".into()));
         }
-        Payload::AudienceBackfill { .. } => {
+        Payload::AudienceBackfill { .. } | Payload::AudienceDefined(_) => {
             return Err(Rejection("an audience backfill is a partition's, not a member's".into()));
         }
     }

@@ -40,9 +40,27 @@ pub fn partition_for(key: &[u8], partitions: u32) -> u32 {
     (murmur2(key) & 0x7fff_ffff) % partitions
 }
 
+/// A key Kafka's partitioner puts on `partition` of `partitions`: for
+/// records omnifold writes to one partition, which concern no member.
+pub fn key_on(partition: u32, partitions: u32) -> String {
+    (0u64..)
+        .map(|n| format!("omnifold.partition.{partition}.{n}"))
+        .find(|k| partition_for(k.as_bytes(), partitions) == partition)
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_on_a_partition_lands_there() {
+        for count in [1, 3, 12] {
+            for p in 0..count {
+                assert_eq!(partition_for(key_on(p, count).as_bytes(), count), p);
+            }
+        }
+    }
 
     /// Vectors from Kafka's `UtilsTest.testMurmur2` (signed ints there).
     #[test]

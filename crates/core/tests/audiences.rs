@@ -309,3 +309,44 @@ fn a_member_enters_and_leaves_with_numbers_and_a_timer() {
     assert_eq!(AudienceState::decode(&state.encode()).unwrap(), state);
     assert!(AudienceState::decode(&[9, 1, 2]).is_err());
 }
+
+/// Audiences defined through the API: every partition keeps the same
+/// definition whatever order two of them come in, and they join the
+/// configured ones without replacing them.
+#[test]
+fn definitions_agree_in_any_order_and_never_replace_a_configured_audience() {
+    use omnifold_core::audience::{AudienceConfig, Audiences, Definition};
+    let def = |name: &str, rule: &str, version, deleted| Definition {
+        name: name.into(),
+        config: AudienceConfig { rule: rule.into(), ..Default::default() },
+        version,
+        deleted,
+    };
+    let (v1, v2) = (def("a", "orders > 0", 1, false), def("a", "orders > 1", 2, false));
+    assert!(v2.supersedes(&v1) && !v1.supersedes(&v2));
+    // Two changes of one version: exactly one of them wins, either way round.
+    let (x, y) = (def("a", "orders > 2", 2, false), def("a", "orders > 3", 2, false));
+    assert!(x.supersedes(&y) != y.supersedes(&x));
+    assert!(!x.supersedes(&x.clone()), "the same one again changes nothing");
+    let bytes = v2.encode();
+    assert_eq!(Definition::decode(&bytes).unwrap(), v2);
+    assert!(Definition::decode(&bytes[1..]).is_err());
+
+    let configured = Audiences::compile(&std::collections::BTreeMap::from([(
+        "b".to_owned(),
+        AudienceConfig { rule: "spend > 1".into(), ..Default::default() },
+    )]))
+    .unwrap();
+    let all = Audiences::with_defined(
+        &configured,
+        &[
+            v2.clone(),
+            def("b", "orders > 9", 4, false),
+            def("c", "orders > 0", 1, true),
+            def("d", "nonsense", 1, false),
+        ],
+    );
+    let names: Vec<(&str, u64, &str)> = all.iter().map(|a| (a.name.as_str(), a.version, a.source.as_str())).collect();
+    // `b` stays as configured, `c` is deleted, `d` no longer compiles.
+    assert_eq!(names, [("a", 2, "orders > 1"), ("b", 0, "spend > 1")]);
+}

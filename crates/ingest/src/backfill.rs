@@ -16,7 +16,7 @@ use prost::Message;
 use tracing::{debug, warn};
 
 use omnifold_core::audience::Audiences;
-use omnifold_core::partition::partition_for;
+use omnifold_core::partition::key_on;
 use omnifold_proto::v1 as proto;
 use omnifold_store::StoreHandle;
 
@@ -27,6 +27,8 @@ pub struct BackfillDriver {
     pub producer: CommandProducer,
     pub signer: Signer,
     pub stores: Arc<StoreHandle>,
+    /// The configured audiences (each partition adds those it has folded
+    /// through `AdminService`).
     pub audiences: Arc<Audiences>,
     /// Whether this instance owns a partition (only the owner writes).
     pub owns: Arc<dyn Fn(u32) -> bool + Send + Sync>,
@@ -80,7 +82,7 @@ impl Driving<'_> {
 
     /// Writes one record to partition `p` of `count`: its offset.
     async fn write(&self, p: u32, count: u32, audiences: Vec<String>) -> Result<i64> {
-        let key = partition_key(p, count);
+        let key = key_on(p, count);
         let event = proto::Event {
             event_id: format!("audience-backfill-{p}-{:032x}", rand::random::<u128>()),
             occurred_at: Some(omnifold_core::time::to_timestamp(now_millis())),
@@ -96,29 +98,6 @@ impl Driving<'_> {
     }
 }
 
-/// A key Kafka's partitioner puts on partition `p` of `count` (the record
-/// is also written to `p` by number).
-fn partition_key(p: u32, count: u32) -> String {
-    (0u64..)
-        .map(|n| format!("omnifold.partition.{p}.{n}"))
-        .find(|k| partition_for(k.as_bytes(), count) == p)
-        .unwrap_or_default()
-}
-
 fn now_millis() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_partition_key_lands_on_its_partition() {
-        for count in [1, 3, 12] {
-            for p in 0..count {
-                assert_eq!(partition_for(partition_key(p, count).as_bytes(), count), p);
-            }
-        }
-    }
 }

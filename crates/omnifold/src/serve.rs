@@ -22,8 +22,9 @@ use omnifold_store::{Store, StoreHandle};
 
 use crate::config::Config;
 
-/// The server's command log is the ingest crate's producer.
-struct Log(CommandProducer);
+/// The server's command log is the ingest crate's producer (and signer,
+/// for the records only omnifold writes).
+struct Log(CommandProducer, omnifold_ingest::Signer);
 
 #[tonic::async_trait]
 impl CommandLog for Log {
@@ -33,6 +34,10 @@ impl CommandLog for Log {
 
     async fn append_event(&self, key: &str, value: Vec<u8>) -> Result<(), String> {
         self.0.append_event(key.as_bytes(), &value).await.map_err(|e| e.to_string())
+    }
+
+    async fn append_internal(&self, partition: u32, key: &str, value: Vec<u8>) -> Result<i64, String> {
+        self.0.append_internal(partition, key.as_bytes(), &value, &self.1).await.map_err(|e| e.to_string())
     }
 }
 
@@ -258,8 +263,9 @@ impl omnifold_ingest::ChangeTopic for Feed {
         key: &str,
         next_offset: i64,
         member: Option<&omnifold_core::Member>,
+        audiences: &omnifold_core::audience::Audiences,
     ) -> Option<omnifold_ingest::OutRecord> {
-        let r = self.0.record(partition, key, next_offset, member)?;
+        let r = self.0.record(partition, key, next_offset, member, audiences)?;
         Some(omnifold_ingest::OutRecord { key: Some(r.key.into_bytes()), value: r.value, headers: r.headers })
     }
 }
@@ -359,15 +365,14 @@ pub async fn serve(config: Config) -> Result<()> {
     // the standby copy above writes nothing to Kafka).
     if !config.kafka.changes_topic.is_empty() {
         let privacy = Arc::new(config.privacy.clone());
-        let feed =
-            omnifold_server::feed::ChangeFeed::new(fold.clone(), privacy, audiences.clone(), config.kafka.changes_pii);
+        let feed = omnifold_server::feed::ChangeFeed::new(fold.clone(), privacy, config.kafka.changes_pii);
         processor = processor.with_change_topic(Arc::new(Feed(feed)));
     }
     let status = IngestStatus::default();
     let timeout = std::time::Duration::from_millis(config.server.command_timeout_ms);
     let producer = CommandProducer::new(&config.kafka, timeout).context("creating the command producer")?;
     let backfill_producer = producer.clone();
-    let commands = Commands { log: Arc::new(Log(producer)), commits, timeout };
+    let commands = Commands { log: Arc::new(Log(producer, signer_for_backfill.clone())), commits, timeout };
     let shutdown = Shutdown::default();
 
     let snapshots = open_snapshots(&config, &name)?;

@@ -988,3 +988,98 @@ async fn audiences_added_or_changed_in_the_configuration_are_built_over_the_memb
     // The member it reached left: one order is not more than one.
     assert_eq!(changed.size, 9, "{changed:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn audiences_defined_through_the_api_are_built_changed_and_deleted_through_the_log() {
+    let fast =
+        [("OMNIFOLD_KAFKA__AUDIENCE_BACKFILL_INTERVAL_MS", "20"), ("OMNIFOLD_KAFKA__AUDIENCE_BACKFILL_MEMBERS", "2")];
+    let (Stack { broker: _broker, data, setup, service }, _dir, topic) =
+        audience_stack("audience-api", AUDIENCES, &fast);
+    // Three members with two orders, three with one, before any definition.
+    let mut records = Vec::new();
+    for i in 0..6 {
+        let who = format!("m-{i}");
+        records.push(event(&format!("a{i}"), &who, 40, proto::Channel::StorePos, order("o-a", 1_000)));
+        if i < 3 {
+            records.push(event(&format!("b{i}"), &who, 39, proto::Channel::StorePos, order("o-b", 1_000)));
+        }
+    }
+    setup.produce(&records);
+    service.wait_consumed(&setup, records.len() as i64).await;
+    let mut admin = service.admin().await;
+    let create = |name: &str, rule: &str| proto::CreateAudienceRequest {
+        name: name.into(),
+        rule: rule.into(),
+        purpose: String::new(),
+        description: "repeat buyers".into(),
+    };
+    // What cannot be defined, and why.
+    let refused = admin.create_audience(create("recent_buyers", "orders > 0")).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("defined in the configuration"), "{}", refused.message());
+    let refused = admin.create_audience(create("repeat", "orders >> 1")).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("at character"), "{}", refused.message());
+    let refused = admin.create_audience(create("Repeat!", "orders > 1")).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+
+    let ready = |size: u64, version: u64| {
+        let service = &service;
+        async move {
+            eventually("the audience built", Duration::from_secs(60), || async {
+                let a = get(service, "repeat").await;
+                (a.status == proto::AudienceStatus::Ready as i32 && a.version == version).then_some(a)
+            })
+            .await
+            .size
+                == size
+        }
+    };
+    // Created: version 1, from the API, built over the members there are.
+    let made = admin.create_audience(create("repeat", "orders > 1")).await.unwrap().into_inner();
+    assert_eq!((made.version, made.source), (1, proto::AudienceSource::Api as i32));
+    assert!(ready(3, 1).await, "the three with two orders");
+    let again = admin.create_audience(create("repeat", "orders > 1")).await.unwrap_err();
+    assert_eq!(again.code(), Code::AlreadyExists);
+    // Profiles list it.
+    let r = proto::GetProfileRequest { member: member("m-0"), ..Default::default() };
+    let profile = service.profiles().await.get_profile(r).await.unwrap().into_inner();
+    assert!(profile.audiences.contains(&"repeat".to_owned()), "{:?}", profile.audiences);
+
+    // Changed on a stale version: ABORTED; on the current one, rebuilt.
+    let update = |version: u64| proto::UpdateAudienceRequest {
+        name: "repeat".into(),
+        rule: "orders > 0".into(),
+        purpose: String::new(),
+        description: "buyers".into(),
+        version,
+    };
+    let stale = admin.update_audience(update(7)).await.unwrap_err();
+    assert_eq!(stale.code(), Code::Aborted, "{stale:?}");
+    assert!(stale.message().contains("is at version 1"), "{}", stale.message());
+    let changed = admin.update_audience(update(1)).await.unwrap().into_inner();
+    assert_eq!((changed.version, changed.rule.as_str()), (2, "orders > 0"));
+    assert!(ready(6, 2).await, "every buyer now");
+
+    // Deleted: gone from reads, and every member left it.
+    let gone = admin.delete_audience(proto::DeleteAudienceRequest { name: "repeat".into(), version: 2 }).await;
+    assert_eq!(gone.unwrap().into_inner().version, 3);
+    let mut reads = audience_reads(&service).await;
+    let missing = reads.get_audience(proto::GetAudienceRequest { name: "repeat".into() }).await.unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+    let moves = eventually("every member out", Duration::from_secs(60), || async {
+        let got: Vec<_> = transitions(&setup, &topic).into_iter().filter(|t| t.1 == "repeat").collect();
+        (got.iter().filter(|t| t.2 == "exited").count() == 6).then_some(got)
+    })
+    .await;
+    for i in 0..6 {
+        let of: Vec<(&str, u64)> =
+            moves.iter().filter(|t| t.0 == format!("m-{i}")).map(|t| (t.2.as_str(), t.3)).collect();
+        assert_eq!(of, [("entered", 1), ("exited", 2)], "m-{i}");
+    }
+    // The definitions are in the log: a replay makes the same memberships.
+    // (The replay folds each whole batch at once: the pass includes the
+    // members folded earlier in the same batch.)
+    assert!(service.stop().success());
+    assert_eq!(digest(&setup, data.path()), replayed_digest(&setup));
+}

@@ -15,7 +15,7 @@ use omnifold_proto::v1 as proto;
 use tonic::Code;
 
 /// Every method of the contract and the scopes it needs (docs/security.md).
-const METHODS: [(&str, &[&str]); 20] = [
+const METHODS: [(&str, &[&str]); 23] = [
     ("omnifold.v1.ProfileService/GetProfile", &["profile:read"]),
     ("omnifold.v1.ProfileService/BatchGetProfiles", &["profile:read"]),
     ("omnifold.v1.ProfileService/LookupIdentifier", &["profile:read"]),
@@ -36,6 +36,9 @@ const METHODS: [(&str, &[&str]); 20] = [
     ("omnifold.v1.AdminService/SwitchStore", &["admin"]),
     ("omnifold.v1.AdminService/GetPointsLiability", &["admin"]),
     ("omnifold.v1.AdminService/TakeSnapshot", &["admin"]),
+    ("omnifold.v1.AdminService/CreateAudience", &["admin"]),
+    ("omnifold.v1.AdminService/UpdateAudience", &["admin"]),
+    ("omnifold.v1.AdminService/DeleteAudience", &["admin"]),
 ];
 
 const SCOPES: [&str; 6] = ["profile:read", "profile:pii", "loyalty:read", "loyalty:write", "loyalty:adjust", "admin"];

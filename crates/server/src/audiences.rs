@@ -2,7 +2,7 @@
 //! a page at a time, every page of a listing from one snapshot of the store
 //! (docs/audiences.md, "Reading audiences").
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 
 use omnifold_core::audience::{Audience, Backfill};
 use omnifold_proto::v1 as proto;
-use omnifold_store::Frozen;
+use omnifold_store::{Frozen, Store};
 
 use crate::audit::Audited;
 use crate::request::{AudiencePage, PageToken, audience_name};
@@ -74,15 +74,30 @@ impl Listings {
     }
 }
 
+/// The audiences of `parts`: the configured ones and those defined through
+/// `AdminService`, each of the latest version any of them has folded, in
+/// name order (the configured ones alone when there are no partitions).
+pub(crate) fn catalogue(state: &AppState, store: &Store, parts: &[u32]) -> Result<Vec<Audience>, Error> {
+    let mut by_name: BTreeMap<String, Audience> = state.audiences.iter().map(|a| (a.name.clone(), a.clone())).collect();
+    for p in parts {
+        for a in store.audiences(*p, &state.audiences)?.iter() {
+            if by_name.get(&a.name).is_none_or(|held| held.version < a.version) {
+                by_name.insert(a.name.clone(), a.clone());
+            }
+        }
+    }
+    Ok(by_name.into_values().collect())
+}
+
 /// The audience named `name`, or NOT_FOUND saying where the names are.
-fn defined<'a>(state: &'a AppState, name: &str) -> Result<&'a Audience, Error> {
-    state.audiences.get(name).ok_or_else(|| {
+pub(crate) fn defined(state: &AppState, store: &Store, parts: &[u32], name: &str) -> Result<Audience, Error> {
+    catalogue(state, store, parts)?.into_iter().find(|a| a.name == name).ok_or_else(|| {
         Error::NotFound(format!("no audience `{name}` is defined; ListAudiences lists the audiences there are"))
     })
 }
 
 /// The partitions this instance answers for and has folded.
-fn partitions(state: &AppState, frozen: &Frozen) -> Result<Vec<u32>, Error> {
+pub(crate) fn partitions(state: &AppState, frozen: &Frozen) -> Result<Vec<u32>, Error> {
     let store = frozen.store();
     let count = store.partition_count(&state.topic)?.unwrap_or(0);
     let mut out = Vec::new();
@@ -128,6 +143,8 @@ fn described(
         description: a.description.clone(),
         size,
         partitions: parts.to_vec(),
+        version: a.version,
+        source: if a.version == 0 { proto::AudienceSource::Configuration } else { proto::AudienceSource::Api } as i32,
     })
 }
 
@@ -135,15 +152,18 @@ fn list(state: &AppState) -> Result<proto::ListAudiencesResponse, Error> {
     let frozen = state.store().freeze();
     let parts = partitions(state, &frozen)?;
     let passes = passes(&frozen, &parts)?;
-    let audiences = state.audiences.iter().map(|a| described(a, &frozen, &parts, &passes)).collect::<Result<_, _>>()?;
+    let audiences = catalogue(state, frozen.store(), &parts)?
+        .iter()
+        .map(|a| described(a, &frozen, &parts, &passes))
+        .collect::<Result<_, _>>()?;
     Ok(proto::ListAudiencesResponse { audiences })
 }
 
-fn get(state: &AppState, name: &str) -> Result<proto::Audience, Error> {
-    let a = defined(state, name)?;
+pub(crate) fn get(state: &AppState, name: &str) -> Result<proto::Audience, Error> {
     let frozen = state.store().freeze();
     let parts = partitions(state, &frozen)?;
-    described(a, &frozen, &parts, &passes(&frozen, &parts)?)
+    let a = defined(state, frozen.store(), &parts, name)?;
+    described(&a, &frozen, &parts, &passes(&frozen, &parts)?)
 }
 
 /// One page of a listing: a new one for a request without a token.
@@ -166,10 +186,10 @@ fn members(state: &AppState, page: AudiencePage) -> Result<proto::ListAudienceMe
             (t.listing, frozen, parts, total, (t.partition, t.after))
         }
         None => {
-            let a = defined(state, &page.name)?;
             let frozen = Arc::new(state.store().freeze());
             let parts = partitions(state, &frozen)?;
-            let total = described(a, &frozen, &parts, &[])?.size;
+            let a = defined(state, frozen.store(), &parts, &page.name)?;
+            let total = described(&a, &frozen, &parts, &[])?.size;
             let listing = Listing {
                 name: page.name.clone(),
                 frozen: frozen.clone(),

@@ -664,7 +664,7 @@ pub(crate) fn need(path: &str) -> Need {
         (
             "omnifold.v1.AdminService",
             "EraseMember" | "MergeMembers" | "GetPartitionStatus" | "GetReplayStatus" | "SwitchStore"
-            | "GetPointsLiability" | "TakeSnapshot",
+            | "GetPointsLiability" | "TakeSnapshot" | "CreateAudience" | "UpdateAudience" | "DeleteAudience",
         ) => Need::Scope(&[Scope::Admin]),
         // Not a gRPC method: the HTTP event collector, checked by the same table.
         (HTTP_EVENTS_SERVICE, HTTP_EVENTS_METHOD) => Need::Scope(&[Scope::EventsWrite]),

@@ -31,6 +31,10 @@ pub trait CommandLog: Send + Sync + 'static {
     async fn append_event(&self, key: &str, value: Vec<u8>) -> Result<(), String> {
         self.append(key, value).await
     }
+
+    /// Appends one record only omnifold may write (signed) to `partition`,
+    /// and returns its offset once the broker has acknowledged it.
+    async fn append_internal(&self, partition: u32, key: &str, value: Vec<u8>) -> Result<i64, String>;
 }
 
 /// Commit counters per partition: a request waiting for a verdict is woken
@@ -215,6 +219,10 @@ mod tests {
 
     #[tonic::async_trait]
     impl CommandLog for CountingLog {
+        async fn append_internal(&self, _partition: u32, key: &str, value: Vec<u8>) -> Result<i64, String> {
+            self.append(key, value).await.map(|()| 0)
+        }
+
         async fn append(&self, key: &str, _value: Vec<u8>) -> Result<(), String> {
             self.0.lock().unwrap().push(key.to_owned());
             Ok(())

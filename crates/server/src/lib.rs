@@ -10,6 +10,7 @@ pub mod audit;
 pub mod auth;
 mod commands;
 mod convert;
+mod definitions;
 mod erasure;
 mod export;
 mod fanout;
@@ -56,6 +57,11 @@ pub enum Error {
     #[error("{0}")]
     FailedPrecondition(String),
     #[error("{0}")]
+    AlreadyExists(String),
+    /// A change made on a version that is no longer the current one.
+    #[error("{0}")]
+    Aborted(String),
+    #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
     Unimplemented(&'static str),
@@ -92,6 +98,8 @@ impl From<Error> for Status {
             Error::InvalidArgument(m) => Status::invalid_argument(m),
             Error::NotFound(m) => Status::not_found(m),
             Error::FailedPrecondition(m) => Status::failed_precondition(m),
+            Error::AlreadyExists(m) => Status::already_exists(m),
+            Error::Aborted(m) => Status::aborted(m),
             Error::Unavailable(m) => Status::unavailable(m),
             Error::Unimplemented(m) => Status::unimplemented(m),
             Error::OutOfRange(m) => Status::out_of_range(m),
@@ -363,6 +371,17 @@ impl AppState {
     }
 
     /// The partition that owns a subject key.
+    /// The audiences of the partition of `key`: the configured ones, and
+    /// those defined through `AdminService` it has folded. Should the store
+    /// not say, the configured ones.
+    pub(crate) fn audiences_of(&self, key: &str) -> Arc<omnifold_core::audience::Audiences> {
+        let read = || -> Result<_, Error> { Ok(self.store().audiences(self.partition(key)?, &self.audiences)?) };
+        read().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "reading the partition's audiences; the configured ones are used");
+            self.audiences.clone()
+        })
+    }
+
     pub(crate) fn partition(&self, key: &str) -> Result<u32, Error> {
         let partitions = self
             .store()

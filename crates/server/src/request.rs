@@ -8,6 +8,8 @@ use omnifold_proto::v1 as proto;
 use omnifold_proto::wkt::{FieldMask, Timestamp};
 
 use crate::Error;
+use crate::definitions::Change;
+use omnifold_core::audience::AudienceConfig;
 
 /// A member addressed by a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -600,5 +602,47 @@ impl TryFrom<proto::ListAudienceMembersRequest> for AudiencePage {
             })?),
         };
         Ok(AudiencePage { name, page_size, token })
+    }
+}
+
+/// An audience name a definition request gives.
+fn defined_name(name: &str) -> Result<String, Error> {
+    let name = name.trim();
+    omnifold_core::audience::check_name(name).map_err(Error::InvalidArgument)?;
+    Ok(name.to_owned())
+}
+
+fn audience_config(rule: String, purpose: String, description: String) -> Result<AudienceConfig, Error> {
+    if description.len() > 4_096 {
+        return Err(Error::InvalidArgument("description must be at most 4096 bytes".into()));
+    }
+    Ok(AudienceConfig { rule, purpose: purpose.trim().to_owned(), description })
+}
+
+impl TryFrom<proto::CreateAudienceRequest> for Change {
+    type Error = Error;
+
+    fn try_from(r: proto::CreateAudienceRequest) -> Result<Self, Error> {
+        let name = defined_name(&r.name)?;
+        Ok(Change { name, config: audience_config(r.rule, r.purpose, r.description)?, deleted: false, on: None })
+    }
+}
+
+impl TryFrom<proto::UpdateAudienceRequest> for Change {
+    type Error = Error;
+
+    fn try_from(r: proto::UpdateAudienceRequest) -> Result<Self, Error> {
+        let name = defined_name(&r.name)?;
+        let config = audience_config(r.rule, r.purpose, r.description)?;
+        Ok(Change { name, config, deleted: false, on: Some(r.version) })
+    }
+}
+
+impl TryFrom<proto::DeleteAudienceRequest> for Change {
+    type Error = Error;
+
+    fn try_from(r: proto::DeleteAudienceRequest) -> Result<Self, Error> {
+        let name = defined_name(&r.name)?;
+        Ok(Change { name, config: AudienceConfig::default(), deleted: true, on: Some(r.version) })
     }
 }

@@ -19,6 +19,7 @@ use omnifold_proto::v1::profile_service_client::ProfileServiceClient;
 use crate::audit::{self, Audited};
 use crate::auth;
 use crate::commands::{self, Command, Outcome};
+use crate::definitions::Change;
 use crate::request::{
     Adjust, AsOf, Erasure, LedgerQuery, MemberAddress, Merge, ReadMask, Redeem, identifier_address, instant, page_token,
 };
@@ -252,7 +253,8 @@ pub(crate) fn find_for(state: &AppState, addr: &MemberAddress, mask: &ReadMask) 
 pub(crate) fn profile_for(state: &AppState, m: &Member, at: Millis, mask: &ReadMask) -> proto::Profile {
     let mut p = convert::profile(m, at, mask, &state.fold);
     if mask.includes("audiences") {
-        p.audiences = state.audiences.of(m, at, &state.fold).into_iter().map(str::to_owned).collect();
+        let audiences = state.audiences_of(&m.key);
+        p.audiences = audiences.of(m, at, &state.fold).into_iter().map(str::to_owned).collect();
     }
     privacy::profile(&mut p, privacy::view_of(&auth::caller(), m, &state.privacy), &state.privacy);
     p
@@ -725,6 +727,57 @@ pub struct Admin(pub AppState);
 
 #[tonic::async_trait]
 impl proto::admin_service_server::AdminService for Admin {
+    async fn create_audience(
+        &self,
+        req: Request<proto::CreateAudienceRequest>,
+    ) -> Result<Response<proto::Audience>, Status> {
+        let r = req.get_ref();
+        let audit =
+            Audited::of("AdminService/CreateAudience", &req, serde_json::json!({"name": r.name, "rule": r.rule}));
+        audit
+            .run(&self.0, async move {
+                let change = Change::try_from(req.into_inner())?;
+                let (name, _) = crate::definitions::define(&self.0, change).await?;
+                Ok(Response::new(self.0.read(ReadCost::Long, move |s| crate::definitions::answer(s, &name)).await?))
+            })
+            .await
+    }
+
+    async fn update_audience(
+        &self,
+        req: Request<proto::UpdateAudienceRequest>,
+    ) -> Result<Response<proto::Audience>, Status> {
+        let r = req.get_ref();
+        let audit = Audited::of(
+            "AdminService/UpdateAudience",
+            &req,
+            serde_json::json!({"name": r.name, "rule": r.rule, "version": r.version}),
+        );
+        audit
+            .run(&self.0, async move {
+                let change = Change::try_from(req.into_inner())?;
+                let (name, _) = crate::definitions::define(&self.0, change).await?;
+                Ok(Response::new(self.0.read(ReadCost::Long, move |s| crate::definitions::answer(s, &name)).await?))
+            })
+            .await
+    }
+
+    async fn delete_audience(
+        &self,
+        req: Request<proto::DeleteAudienceRequest>,
+    ) -> Result<Response<proto::DeleteAudienceResponse>, Status> {
+        let r = req.get_ref();
+        let audit =
+            Audited::of("AdminService/DeleteAudience", &req, serde_json::json!({"name": r.name, "version": r.version}));
+        audit
+            .run(&self.0, async move {
+                let change = Change::try_from(req.into_inner())?;
+                let (name, version) = crate::definitions::define(&self.0, change).await?;
+                Ok(Response::new(proto::DeleteAudienceResponse { name, version }))
+            })
+            .await
+    }
+
     async fn erase_member(
         &self,
         req: Request<proto::EraseMemberRequest>,

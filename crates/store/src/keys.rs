@@ -159,3 +159,19 @@ pub(crate) fn backfill(partition: u32) -> Vec<u8> {
     k.extend_from_slice(b"backfill");
     k
 }
+
+/// The prefix of a partition's audience definitions (through
+/// `AdminService`), in the same reserved range as [`backfill`].
+pub(crate) fn definitions(partition: u32) -> Vec<u8> {
+    let mut k = partition.to_be_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(b"def/");
+    k
+}
+
+/// One audience definition of a partition.
+pub(crate) fn definition(partition: u32, name: &str) -> Vec<u8> {
+    let mut k = definitions(partition);
+    k.extend_from_slice(name.as_bytes());
+    k
+}

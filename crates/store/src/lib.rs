@@ -25,7 +25,7 @@ use rocksdb::{
 pub use config::StoreConfig;
 pub use format::CURRENT as FORMAT_VERSION;
 pub use frozen::Frozen;
-use omnifold_core::audience::AudienceState;
+use omnifold_core::audience::{AudienceState, Audiences, Definition};
 use omnifold_core::member::{Counts, Lineage};
 use omnifold_core::{LedgerEntry, Member, Verdict};
 pub use snapshot::{Chunk, PartitionSnapshot};
@@ -111,7 +111,13 @@ pub struct Store {
     /// the fold and every read take it from here instead of RocksDB.
     bound: std::sync::OnceLock<(String, u32)>,
     _cache: Cache,
+    /// Each partition's audiences as last read ([`Store::audiences`]),
+    /// with the configured ones they were made with.
+    audiences: std::sync::Mutex<std::collections::HashMap<u32, PartitionAudiences>>,
 }
+
+/// A partition's audiences, and the configured ones they were made with.
+type PartitionAudiences = (Arc<Audiences>, Arc<Audiences>);
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -191,6 +197,7 @@ impl Store {
             write_opts,
             bound: std::sync::OnceLock::new(),
             _cache: cache,
+            audiences: Default::default(),
         };
         format::check_and_upgrade(&store, &config.path, config.read_only)?;
         if !config.read_only {
@@ -615,7 +622,13 @@ impl Store {
 
     /// Starts a batch for one partition of one topic.
     pub fn batch(&self, topic: &str, partition: u32) -> Batch {
-        Batch { inner: rocksdb::WriteBatch::default(), topic: topic.to_owned(), partition, watermark: None }
+        Batch {
+            inner: rocksdb::WriteBatch::default(),
+            topic: topic.to_owned(),
+            partition,
+            watermark: None,
+            audiences_changed: false,
+        }
     }
 
     /// Writes a batch atomically: state, dedupe markers and offset together.
@@ -624,7 +637,52 @@ impl Store {
         if let Some(w) = batch.watermark {
             self.horizons.advance(batch.partition, w.saturating_sub(self.retention_ms));
         }
+        if batch.audiences_changed {
+            self.forget_audiences(Some(batch.partition));
+        }
         Ok(())
+    }
+
+    /// The audiences of `partition`: `configured`, and those defined
+    /// through `AdminService` that the partition has folded.
+    pub fn audiences(&self, partition: u32, configured: &Arc<Audiences>) -> Result<Arc<Audiences>> {
+        let cache = || self.audiences.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((c, a)) = cache().get(&partition)
+            && Arc::ptr_eq(c, configured)
+        {
+            return Ok(a.clone());
+        }
+        let all = Arc::new(Audiences::with_defined(configured, &self.definitions(partition)?));
+        cache().insert(partition, (configured.clone(), all.clone()));
+        Ok(all)
+    }
+
+    /// The audience definitions `partition` has folded, deleted ones too,
+    /// in name order.
+    pub fn definitions(&self, partition: u32) -> Result<Vec<Definition>> {
+        let prefix = keys::definitions(partition);
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(keys::prefix_end(&prefix));
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(CF_AUDIENCE_MEMBERS), opts);
+        it.seek(&prefix);
+        let mut out = Vec::new();
+        while let Some(v) = it.value() {
+            out.push(Definition::decode(v)?);
+            it.next();
+        }
+        it.status()?;
+        Ok(out)
+    }
+
+    /// Forgets the audiences read of one partition, or of all.
+    pub(crate) fn forget_audiences(&self, partition: Option<u32>) {
+        let mut cache = self.audiences.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match partition {
+            Some(p) => {
+                cache.remove(&p);
+            }
+            None => cache.clear(),
+        }
     }
 
     /// All members of a partition, in key order. Each chunk of members is
@@ -818,6 +876,8 @@ pub struct Batch {
     partition: u32,
     /// The partition's watermark after this batch, if it moved.
     watermark: Option<i64>,
+    /// The batch writes an audience definition.
+    audiences_changed: bool,
 }
 
 impl Batch {
@@ -917,6 +977,13 @@ impl Batch {
         } else {
             self.inner.delete_cf(store.cf(CF_AUDIENCE_MEMBERS), k);
         }
+    }
+
+    /// Writes one of the partition's audience definitions.
+    pub fn put_definition(&mut self, store: &Store, definition: &Definition) {
+        let k = keys::definition(self.partition, &definition.name);
+        self.inner.put_cf(store.cf(CF_AUDIENCE_MEMBERS), k, definition.encode());
+        self.audiences_changed = true;
     }
 
     /// Writes the partition's audience backfill.

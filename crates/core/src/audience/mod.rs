@@ -180,11 +180,79 @@ pub struct Audience {
     pub rule: Rule,
     /// The rule as written.
     pub source: String,
+    /// Its version through `AdminService` (0: from the configuration).
+    pub version: u64,
     /// Time alone can change the rule's answer (it has a window, a
     /// recency, points or a tier): only then is a timer asked for.
     pub timed: bool,
     pub purpose: Option<String>,
     pub description: String,
+}
+
+impl Audience {
+    /// Compiles one definition; what is wrong with it, named.
+    pub fn compile(name: &str, def: &AudienceConfig, version: u64) -> Result<Audience, String> {
+        check_name(name)?;
+        let rule = Rule::compile(&def.rule).map_err(|e| format!("audience `{name}`: rule `{}`: {e}", def.rule))?;
+        let purpose = Some(def.purpose.trim().to_owned()).filter(|p| !p.is_empty());
+        let timed = rule.timed();
+        Ok(Audience {
+            name: name.to_owned(),
+            rule,
+            source: def.rule.clone(),
+            version,
+            timed,
+            purpose,
+            description: def.description.clone(),
+        })
+    }
+}
+
+/// A name is 1 to 64 of a-z, 0-9, `_` and `-`.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let fine = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-';
+    if name.is_empty() || name.len() > 64 || !name.chars().all(fine) {
+        return Err(format!("audience `{name}`: a name is 1 to 64 of a-z, 0-9, `_` and `-`"));
+    }
+    Ok(())
+}
+
+/// The encoding's version byte of [`Definition`].
+const DEFINITION_VERSION: u8 = 1;
+
+/// An audience defined through `AdminService`, as the log carries it to
+/// every partition (`audienceDefined`) and each partition keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Definition {
+    pub name: String,
+    pub config: AudienceConfig,
+    /// 1 when created, one more with each change; a deletion is a version too.
+    pub version: u64,
+    pub deleted: bool,
+}
+
+impl Definition {
+    #[allow(clippy::expect_used, reason = "serialising our own plain data into a Vec cannot fail")]
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_extend(self, vec![DEFINITION_VERSION]).expect("plain data serialises")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Definition, crate::Error> {
+        match bytes.split_first() {
+            Some((&DEFINITION_VERSION, rest)) => {
+                postcard::from_bytes(rest).map_err(|e| crate::Error::Corrupt(e.to_string()))
+            }
+            Some((v, _)) => Err(crate::Error::Corrupt(format!("unknown audience definition version {v}"))),
+            None => Err(crate::Error::Corrupt("empty audience definition".into())),
+        }
+    }
+
+    /// Whether `self` replaces `other`: a later version or, of one version
+    /// (two callers at once), the one whose encoding sorts last. Every
+    /// partition keeps the same one, whatever order they come in.
+    pub fn supersedes(&self, other: &Definition) -> bool {
+        (self.version, self.encode()) > (other.version, other.encode())
+    }
 }
 
 /// Every configured audience, compiled, in name order.
@@ -200,26 +268,23 @@ impl Audiences {
         }
         let mut all = Vec::with_capacity(defs.len());
         for (name, def) in defs {
-            let fine = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-';
-            if name.is_empty() || name.len() > 64 || !name.chars().all(fine) {
-                return Err(crate::Error::Config(format!(
-                    "audience `{name}`: a name is 1 to 64 of a-z, 0-9, `_` and `-`"
-                )));
-            }
-            let rule = Rule::compile(&def.rule)
-                .map_err(|e| crate::Error::Config(format!("audience `{name}`: rule `{}`: {e}", def.rule)))?;
-            let purpose = Some(def.purpose.trim().to_owned()).filter(|p| !p.is_empty());
-            let timed = rule.timed();
-            all.push(Audience {
-                name: name.clone(),
-                rule,
-                source: def.rule.clone(),
-                timed,
-                purpose,
-                description: def.description.clone(),
-            });
+            all.push(Audience::compile(name, def, 0).map_err(crate::Error::Config)?);
         }
         Ok(Audiences(all))
+    }
+
+    /// `configured` with the live `defined` audiences (through
+    /// `AdminService`) not named there, in name order. A definition that no
+    /// longer compiles is left out (it compiled when it was made).
+    pub fn with_defined(configured: &Audiences, defined: &[Definition]) -> Audiences {
+        let mut all = configured.0.clone();
+        for d in defined.iter().filter(|d| !d.deleted && configured.get(&d.name).is_none()) {
+            if let Ok(a) = Audience::compile(&d.name, &d.config, d.version) {
+                all.push(a);
+            }
+        }
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        Audiences(all)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Audience> {

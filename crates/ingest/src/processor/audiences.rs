@@ -4,10 +4,10 @@
 //! entry and exit is a [`Transition`] with its sequence number; the states
 //! and timers are written with the batch, the transitions before it commits.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use omnifold_core::audience::{AudienceState, Audiences, Transition};
+use omnifold_core::audience::{AudienceState, Audiences, Definition, Transition};
 use omnifold_core::{FoldConfig, Member};
 use omnifold_store::Store;
 
@@ -28,6 +28,7 @@ struct Held {
 
 /// What a batch does with audiences.
 pub(super) struct AudienceRun {
+    /// The partition's audiences (a definition folded here replaces them).
     audiences: Arc<Audiences>,
     held: HashMap<String, Held>,
     /// Timers set in this batch, and store timers this batch removed.
@@ -50,6 +51,10 @@ pub(super) struct Moves {
 }
 
 impl AudienceRun {
+    pub(super) fn audiences(&self) -> &Arc<Audiences> {
+        &self.audiences
+    }
+
     pub(super) fn new(audiences: Arc<Audiences>, watermark: Option<i64>) -> AudienceRun {
         AudienceRun {
             audiences,
@@ -199,11 +204,11 @@ impl Run<'_> {
             None => store.backfill(self.partition)?.unwrap_or_default(),
         };
         if !audiences.is_empty() {
-            let defined = self.p.audiences.as_ref().map(|a| a.fingerprints()).unwrap_or_default();
+            let defined = self.audiences.as_ref().map(|r| r.audiences.fingerprints()).unwrap_or_default();
             state.start(audiences, defined);
         }
-        if !state.pending.is_empty() {
-            let (chunk, more) = store.members_after(self.partition, state.after.as_deref(), members as usize)?;
+        if !state.pending.is_empty() && members > 0 {
+            let (chunk, more) = self.pass_chunk(state.after.as_deref(), members as usize)?;
             let (n, last) = (chunk.len() as u64, chunk.last().map(|m| m.key.clone()));
             self.audiences_at_record(self.records[i].offset + 1);
             for m in chunk {
@@ -213,6 +218,54 @@ impl Run<'_> {
         }
         self.backfill = Some(state);
         Ok(())
+    }
+
+    /// Folds record `i`, an `audienceDefined`: a later version than the
+    /// partition has replaces it, the partition's audiences are made again
+    /// for the rest of the batch, and a backfill pass starts for it (the
+    /// owner's `audienceBackfill` records carry it on).
+    pub(super) fn audience_defined(&mut self, i: usize, definition: Definition) -> Result<()> {
+        let store = self.store();
+        let mut all: BTreeMap<String, Definition> =
+            store.definitions(self.partition)?.into_iter().map(|d| (d.name.clone(), d)).collect();
+        all.extend(self.defined.iter().map(|(n, d)| (n.clone(), d.clone())));
+        if all.get(&definition.name).is_some_and(|held| !definition.supersedes(held)) {
+            return Ok(());
+        }
+        self.batch.put_definition(store, &definition);
+        let name = definition.name.clone();
+        all.insert(name.clone(), definition.clone());
+        self.defined.insert(name.clone(), definition);
+        let defs: Vec<Definition> = all.into_values().collect();
+        let effective = Arc::new(Audiences::with_defined(&self.p.audiences, &defs));
+        match &mut self.audiences {
+            Some(run) => run.audiences = effective,
+            None => self.audiences = Some(AudienceRun::new(effective, self.watermark)),
+        }
+        self.audiences_backfill(i, &[name], 0)
+    }
+
+    /// The next `limit` members of the partition after `after`, in key
+    /// order, as they stand at this record: the store's and this batch's
+    /// (a member folded earlier in the batch is not in the store yet), so
+    /// where batches end changes nothing. And whether more follow.
+    fn pass_chunk(&self, after: Option<&str>, limit: usize) -> Result<(Vec<Member>, bool)> {
+        let (stored, more_stored) = self.store().members_after(self.partition, after, limit)?;
+        // The store's chunk ends at its last key when more follow there:
+        // batch members beyond it come in a later chunk.
+        let bound = if more_stored { stored.last().map(|m| m.key.clone()) } else { None };
+        let fresh = |k: &String| after.is_none_or(|a| k.as_str() > a) && bound.as_ref().is_none_or(|b| k <= b);
+        let mut all: BTreeMap<String, Member> = stored.into_iter().map(|m| (m.key.clone(), m)).collect();
+        // As the commit would store them: a profile made here whose every
+        // event was refused is never stored, a deleted one is gone.
+        let stored_at_commit =
+            |m: &Member| m.version.events_applied > 0 || m.routes_to.is_some() || m.erased_at.is_some();
+        for (k, m) in self.members.iter().filter(|(k, m)| fresh(k) && stored_at_commit(m)) {
+            all.insert(k.clone(), m.clone());
+        }
+        all.retain(|k, _| !self.is_deleted(k));
+        let more = more_stored || all.len() > limit;
+        Ok((all.into_values().take(limit).collect(), more))
     }
 
     /// Evaluates one member of a backfill pass (as this batch has it, if it

@@ -60,6 +60,8 @@ pub(super) struct Run<'a> {
     pub(super) audiences: Option<super::audiences::AudienceRun>,
     /// The partition's audience backfill, once a record of it was folded.
     pub(super) backfill: Option<omnifold_core::audience::Backfill>,
+    /// Audience definitions folded in this batch, by name.
+    pub(super) defined: std::collections::BTreeMap<String, omnifold_core::audience::Definition>,
     dirty: HashSet<String>,
     /// Keys an erasure deleted (their record is removed at the commit).
     deleted: HashSet<String>,
@@ -132,12 +134,14 @@ impl<'a> Run<'a> {
             .map(|((k, r), _)| ((*k).to_owned(), (*r).to_owned()))
             .collect();
         let watermark = store.watermark(&p.topic, partition)?;
-        let audiences = p.audiences.clone().map(|a| super::audiences::AudienceRun::new(a, watermark));
+        let effective = store.audiences(partition, &p.audiences)?;
+        let audiences = (!effective.is_empty()).then(|| super::audiences::AudienceRun::new(effective, watermark));
         Ok(Run {
             p,
             store,
             audiences,
             backfill: None,
+            defined: std::collections::BTreeMap::new(),
             partition,
             records,
             batch: store.batch(&p.topic, partition),
@@ -170,6 +174,11 @@ impl<'a> Run<'a> {
 
     pub(super) fn store(&self) -> &'a Store {
         self.store
+    }
+
+    /// Whether an erasure in this batch deletes the record under `key`.
+    pub(super) fn is_deleted(&self, key: &str) -> bool {
+        self.deleted.contains(key)
     }
 
     /// Sends record `i` to the dead-letter topic with its reason.
@@ -219,6 +228,10 @@ impl<'a> Run<'a> {
             Payload::AudienceBackfill { audiences, members } => Some((audiences.clone(), *members)),
             _ => None,
         };
+        let defined = match &event.payload {
+            Payload::AudienceDefined(d) => Some(d.clone()),
+            _ => None,
+        };
         let part = match &event.payload {
             Payload::ProfileJoinPart { join_id, index, data } => {
                 Some(JoinPart { join_id: join_id.clone(), index: *index, at, data: data.clone() })
@@ -258,6 +271,10 @@ impl<'a> Run<'a> {
         if let Some((audiences, members)) = backfill {
             self.mark_seen(&id, at);
             return self.audiences_backfill(i, &audiences, members);
+        }
+        if let Some(definition) = defined {
+            self.mark_seen(&id, at);
+            return self.audience_defined(i, definition);
         }
         let Some(key) = self.keys[i].take() else {
             return Err(crate::Error::Bug("a valid event without a key".into()));
@@ -549,10 +566,11 @@ impl<'a> Run<'a> {
                 self.batch.put_member(store, m, self.loaded.get(key).copied());
             }
         }
+        let effective = self.audiences.as_ref().map(|r| r.audiences().clone()).unwrap_or_default();
         let moves = self.audiences_finish();
         let reported = self.p.on_changes.is_some() || self.p.change_topic.is_some();
         let changed = if reported { self.changed(&dirty, &moves) } else { Vec::new() };
-        let changes = self.change_records(&changed);
+        let changes = self.change_records(&changed, &effective);
         let transitions = moves.transitions;
         let next_offset = self.records.last().map_or(0, |r| r.offset + 1);
         if !self.records.is_empty() {
@@ -625,13 +643,13 @@ impl<'a> Run<'a> {
     }
 
     /// The profile-changes topic's records of `changed`, in fold order.
-    fn change_records(&self, changed: &[Changed]) -> Vec<OutRecord> {
+    fn change_records(&self, changed: &[Changed], audiences: &omnifold_core::audience::Audiences) -> Vec<OutRecord> {
         let Some(topic) = &self.p.change_topic else { return Vec::new() };
         changed
             .iter()
             .filter_map(|c| {
                 let member = if c.deleted { None } else { self.members.get(&c.key) };
-                topic.record(self.partition, &c.key, c.next_offset, member)
+                topic.record(self.partition, &c.key, c.next_offset, member, audiences)
             })
             .collect()
     }
@@ -721,6 +739,7 @@ fn internal_name(p: &Payload) -> &'static str {
         Payload::ProfileJoinPart { .. } => "profileJoinPart",
         Payload::KeyErased { .. } => "keyErased",
         Payload::AudienceBackfill { .. } => "audienceBackfill",
+        Payload::AudienceDefined(_) => "audienceDefined",
         _ => "internal",
     }
 }

@@ -176,7 +176,14 @@ pub type OnChanges = Arc<dyn ChangeSink>;
 /// `None` leaves it out. `member` is the profile as the batch leaves it,
 /// none when its record is deleted.
 pub trait ChangeTopic: Send + Sync {
-    fn record(&self, partition: u32, key: &str, next_offset: i64, member: Option<&Member>) -> Option<OutRecord>;
+    fn record(
+        &self,
+        partition: u32,
+        key: &str,
+        next_offset: i64,
+        member: Option<&Member>,
+        audiences: &Audiences,
+    ) -> Option<OutRecord>;
 }
 
 /// Folds records of one topic into the store.
@@ -198,8 +205,9 @@ pub struct Processor {
     on_changes: Option<OnChanges>,
     /// Renders each batch's changes for the profile-changes topic.
     change_topic: Option<Arc<dyn ChangeTopic>>,
-    /// The audiences evaluated in the fold (none configured: none).
-    audiences: Option<Arc<Audiences>>,
+    /// The configured audiences; each partition adds those defined through
+    /// `AdminService` it has folded (`Store::audiences`).
+    audiences: Arc<Audiences>,
 }
 
 /// The changed profiles as committed (copies of the batch's members).
@@ -249,7 +257,7 @@ impl Processor {
             on_commit: None,
             on_changes: None,
             change_topic: None,
-            audiences: None,
+            audiences: Arc::default(),
         }
     }
 
@@ -299,7 +307,7 @@ impl Processor {
     /// Evaluates `audiences` in the fold (docs/audiences.md): each batch
     /// keeps the memberships and returns their entries and exits.
     pub fn with_audiences(mut self, audiences: Arc<Audiences>) -> Self {
-        self.audiences = (!audiences.is_empty()).then_some(audiences);
+        self.audiences = audiences;
         self
     }
 

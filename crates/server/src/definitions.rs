@@ -1,0 +1,160 @@
+//! `AdminService`'s audience definitions (docs/audiences.md, "Defining
+//! audiences"): checked here, written as `audienceDefined` to every
+//! partition of the events topic, and answered once the partitions this
+//! instance folds have taken them. The fold keeps each partition's latest
+//! version and starts a backfill pass for it.
+
+use std::time::Duration;
+
+use prost::Message;
+
+use omnifold_core::audience::{Audience, AudienceConfig, Definition};
+use omnifold_core::partition::key_on;
+use omnifold_core::time::to_timestamp;
+use omnifold_proto::v1 as proto;
+
+use crate::audiences::{self, partitions};
+use crate::privacy::Class;
+use crate::{AppState, Error, now_millis};
+
+/// How often a definition's writer looks whether this instance's
+/// partitions have folded it.
+const RECHECK: Duration = Duration::from_millis(20);
+
+/// A definition a request asks for: what it changes, from which version.
+pub(crate) struct Change {
+    pub name: String,
+    pub config: AudienceConfig,
+    pub deleted: bool,
+    /// The version the caller read (`None`: create; `Some(0)`: any).
+    pub on: Option<u64>,
+}
+
+/// Checks `c`, writes it to every partition, waits for this instance's
+/// partitions to fold it; the audience as it then stands (or, deleted, its
+/// name and version).
+pub(crate) async fn define(state: &AppState, c: Change) -> Result<(String, u64), Error> {
+    let commands = state
+        .commands
+        .as_ref()
+        .ok_or_else(|| Error::Unavailable("this instance does not accept commands (no producer configured)".into()))?;
+    let definition = checked(state, c)?;
+    let store = state.store();
+    let count = store
+        .partition_count(&state.topic)?
+        .ok_or_else(|| Error::Unavailable("the store has not joined the events topic yet; retry shortly".into()))?;
+    let deadline = tokio::time::Instant::now() + commands.timeout;
+    let mut written = Vec::with_capacity(count as usize);
+    for p in 0..count {
+        let event = record(&definition, p, count);
+        let offset = commands.log.append_internal(p, &key_on(p, count), event.encode_to_vec()).await.map_err(|e| {
+            Error::Unavailable(format!(
+                "could not write the definition to partition {p} ({e}); send the same request again (the \
+                 partitions that have it keep it once)"
+            ))
+        })?;
+        written.push((p, offset));
+    }
+    // Answered once the partitions folded here have it.
+    for (p, offset) in written.into_iter().filter(|(p, _)| state.answers_for(*p).is_ok()) {
+        while state.store().next_offset(&state.topic, p)?.unwrap_or(0) <= offset {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Unavailable(format!(
+                    "the definition was written, and partition {p} has not folded it yet; read it with GetAudience"
+                )));
+            }
+            tokio::time::sleep(RECHECK).await;
+        }
+    }
+    Ok((definition.name, definition.version))
+}
+
+/// The definition `c` asks for, checked against the audiences there are.
+fn checked(state: &AppState, c: Change) -> Result<Definition, Error> {
+    let store = state.store();
+    let parts = partitions(state, &store.freeze())?;
+    if state.audiences.get(&c.name).is_some() {
+        return Err(Error::FailedPrecondition(format!(
+            "audience `{}` is defined in the configuration ([audiences.{}]); change it there",
+            c.name, c.name
+        )));
+    }
+    let current = latest(state, &parts, &c.name)?;
+    let live = current.as_ref().filter(|d| !d.deleted);
+    match (c.on, live) {
+        (None, Some(_)) => {
+            return Err(Error::AlreadyExists(format!("audience `{}` exists; change it with UpdateAudience", c.name)));
+        }
+        (Some(_), None) => {
+            return Err(Error::NotFound(format!(
+                "no audience `{}` is defined through the API; create it with CreateAudience",
+                c.name
+            )));
+        }
+        (Some(v), Some(d)) if v != 0 && v != d.version => {
+            return Err(Error::Aborted(format!(
+                "audience `{}` is at version {}, not {v}: read it again (GetAudience) and retry",
+                c.name, d.version
+            )));
+        }
+        _ => {}
+    }
+    if !c.deleted {
+        let audience = Audience::compile(&c.name, &c.config, 1).map_err(Error::InvalidArgument)?;
+        sensitive(state, &audience)?;
+    }
+    let version = current.map_or(0, |d| d.version) + 1;
+    Ok(Definition { name: c.name, config: c.config, version, deleted: c.deleted })
+}
+
+/// The latest definition of `name` any of `parts` has folded.
+fn latest(state: &AppState, parts: &[u32], name: &str) -> Result<Option<Definition>, Error> {
+    let store = state.store();
+    let mut found: Option<Definition> = None;
+    for p in parts {
+        for d in store.definitions(*p)?.into_iter().filter(|d| d.name == name) {
+            if found.as_ref().is_none_or(|f| d.supersedes(f)) {
+                found = Some(d);
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// A rule may not read a sensitive trait: memberships are shown to every
+/// profile reader.
+fn sensitive(state: &AppState, a: &Audience) -> Result<(), Error> {
+    match a.rule.traits().into_iter().find(|t| state.privacy.trait_class(t) == Class::Sensitive) {
+        Some(t) => Err(Error::InvalidArgument(format!(
+            "rule reads the sensitive trait `{t}` (privacy.sensitive_traits): memberships are shown to every \
+             profile reader, so an audience may not tell a sensitive trait"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The `audienceDefined` record of `d` for partition `p` of `count`.
+fn record(d: &Definition, p: u32, count: u32) -> proto::Event {
+    proto::Event {
+        // Two callers' changes of one version both reach every partition,
+        // which keeps the same one of them (`Definition::supersedes`).
+        event_id: format!("audience-defined-{}-{}-{p}-{:016x}", d.name, d.version, rand::random::<u64>()),
+        occurred_at: Some(to_timestamp(now_millis())),
+        channel: proto::Channel::OnlineWeb as i32,
+        store_id: String::new(),
+        subject: Some(proto::Subject { member_id: key_on(p, count), ..Default::default() }),
+        payload: Some(proto::event::Payload::AudienceDefined(proto::AudienceDefined {
+            name: d.name.clone(),
+            rule: d.config.rule.clone(),
+            purpose: d.config.purpose.clone(),
+            description: d.config.description.clone(),
+            version: d.version,
+            deleted: d.deleted,
+        })),
+    }
+}
+
+/// The audience after a create or update, as `GetAudience` reads it.
+pub(crate) fn answer(state: &AppState, name: &str) -> Result<proto::Audience, Error> {
+    audiences::get(state, name)
+}
