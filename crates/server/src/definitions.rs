@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use prost::Message;
 
-use omnifold_core::audience::{Audience, AudienceConfig, Definition};
+use omnifold_core::audience::{Audience, AudienceConfig, Definition, MAX_AUDIENCES};
 use omnifold_core::partition::key_on;
 use omnifold_core::time::to_timestamp;
 use omnifold_proto::v1 as proto;
@@ -81,6 +81,11 @@ fn checked(state: &AppState, c: Change) -> Result<Definition, Error> {
     }
     let current = latest(state, &parts, &c.name)?;
     let live = current.as_ref().filter(|d| !d.deleted);
+    if c.on.is_none() && audiences::catalogue(state, &store, &parts)?.len() >= MAX_AUDIENCES {
+        return Err(Error::ResourceExhausted(format!(
+            "at most {MAX_AUDIENCES} audiences are defined (configured and through the API): delete one first"
+        )));
+    }
     match (c.on, live) {
         (None, Some(_)) => {
             return Err(Error::AlreadyExists(format!("audience `{}` exists; change it with UpdateAudience", c.name)));
@@ -157,4 +162,54 @@ fn record(d: &Definition, p: u32, count: u32) -> proto::Event {
 /// The audience after a create or update, as `GetAudience` reads it.
 pub(crate) fn answer(state: &AppState, name: &str) -> Result<proto::Audience, Error> {
     audiences::get(state, name)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use omnifold_core::audience::Audiences;
+
+    use super::*;
+
+    fn state(configured: usize) -> (tempfile::TempDir, AppState) {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            omnifold_store::Store::open(&omnifold_store::StoreConfig { path: dir.path().into(), ..Default::default() })
+                .unwrap();
+        store.bind_partitions("events", 1).unwrap();
+        let fold = Arc::new(omnifold_core::FoldConfig::default().validate().unwrap());
+        let defs: BTreeMap<String, AudienceConfig> = (0..configured)
+            .map(|i| (format!("a{i:04}"), AudienceConfig { rule: "orders > 0".into(), ..Default::default() }))
+            .collect();
+        let state = AppState::new(omnifold_store::StoreHandle::new(store), "events", fold)
+            .with_audiences(Arc::new(Audiences::compile(&defs).unwrap()));
+        (dir, state)
+    }
+
+    fn create(name: &str, rule: &str) -> Change {
+        Change {
+            name: name.into(),
+            config: AudienceConfig { rule: rule.into(), ..Default::default() },
+            deleted: false,
+            on: None,
+        }
+    }
+
+    #[test]
+    fn a_definition_is_checked_before_it_is_written() {
+        let (_dir, full) = state(MAX_AUDIENCES);
+        let err = checked(&full, create("one_more", "orders > 0")).unwrap_err();
+        assert!(matches!(err, Error::ResourceExhausted(ref m) if m.contains("at most 1000 audiences")), "{err}");
+        let (_dir, state) = state(1);
+        let err = checked(&state, create("a0000", "orders > 0")).unwrap_err();
+        assert!(matches!(err, Error::FailedPrecondition(ref m) if m.contains("configuration")), "{err}");
+        let err = checked(&state, create("fine", "tier >= BRONZE")).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(ref m) if m.contains("at character 8")), "{err}");
+        let update = Change { on: Some(0), ..create("nobody", "orders > 0") };
+        assert!(matches!(checked(&state, update), Err(Error::NotFound(_))));
+        let made = checked(&state, create("fine", "orders > 1")).unwrap();
+        assert_eq!((made.name.as_str(), made.version, made.deleted), ("fine", 1, false));
+    }
 }
