@@ -159,9 +159,10 @@ fn record(d: &Definition, p: u32, count: u32) -> proto::Event {
     }
 }
 
-/// The audience after a create or update, as `GetAudience` reads it.
-pub(crate) fn answer(state: &AppState, name: &str) -> Result<proto::Audience, Error> {
-    audiences::get(state, name)
+/// [`define`]s `c` and answers the audience as `GetAudience` then reads it.
+pub(crate) async fn define_and_read(state: &AppState, c: Change) -> Result<proto::Audience, Error> {
+    let (name, _) = define(state, c).await?;
+    state.read(crate::ReadCost::Long, move |s| audiences::get(s, &name)).await
 }
 
 #[cfg(test)]

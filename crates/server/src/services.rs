@@ -737,8 +737,7 @@ impl proto::admin_service_server::AdminService for Admin {
         audit
             .run(&self.0, async move {
                 let change = Change::try_from(req.into_inner())?;
-                let (name, _) = crate::definitions::define(&self.0, change).await?;
-                Ok(Response::new(self.0.read(ReadCost::Long, move |s| crate::definitions::answer(s, &name)).await?))
+                Ok(Response::new(crate::definitions::define_and_read(&self.0, change).await?))
             })
             .await
     }
@@ -756,8 +755,7 @@ impl proto::admin_service_server::AdminService for Admin {
         audit
             .run(&self.0, async move {
                 let change = Change::try_from(req.into_inner())?;
-                let (name, _) = crate::definitions::define(&self.0, change).await?;
-                Ok(Response::new(self.0.read(ReadCost::Long, move |s| crate::definitions::answer(s, &name)).await?))
+                Ok(Response::new(crate::definitions::define_and_read(&self.0, change).await?))
             })
             .await
     }
