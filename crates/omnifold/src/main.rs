@@ -2,6 +2,7 @@
 //! `replay`, `dump`, `profile get`, `points ...` and `topics create` are the
 //! tools around it.
 
+mod audiences;
 mod audit;
 mod client;
 mod config;
@@ -79,6 +80,17 @@ enum Command {
     Dlq {
         #[command(subcommand)]
         command: data::DlqCommand,
+    },
+    /// Audiences: list, get, members; create, update, delete (over gRPC).
+    Audiences {
+        /// gRPC address of a running `omnifold serve`.
+        #[arg(long, global = true, default_value = tools::DEFAULT_SERVER, env = "OMNIFOLD_SERVER")]
+        server: String,
+        /// Print the proto JSON instead of a summary.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: audiences::AudienceCommand,
     },
     /// Points: balance, ledger, benefits, redeem, adjust (over gRPC).
     Points {
@@ -235,6 +247,7 @@ fn run() -> Result<()> {
         Command::Dump(args) => data::dump(&config, args),
         Command::Verify(args) => data::verify(&config, args),
         Command::Dlq { command } => data::dlq(&config, command),
+        Command::Audiences { server, json, command } => runtime.block_on(audiences::run(server, json, command)),
         Command::Points { server, json, command } => {
             let out = tools::Output { json, currency: config.fold.program_currency.clone() };
             runtime.block_on(tools::points(server, out, command))

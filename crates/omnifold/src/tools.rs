@@ -118,7 +118,7 @@ fn member_ref(member: String) -> Option<proto::MemberRef> {
     Some(proto::MemberRef { r#ref: Some(proto::member_ref::Ref::MemberId(member)) })
 }
 
-fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }

@@ -1043,6 +1043,11 @@ async fn audiences_defined_through_the_api_are_built_changed_and_deleted_through
     let made = admin.create_audience(create("repeat", "orders > 1")).await.unwrap().into_inner();
     assert_eq!((made.version, made.source), (1, proto::AudienceSource::Api as i32));
     assert!(ready(3, 1).await, "the three with two orders");
+    // The CLI lists it and its members (every page: two ids a page).
+    let said = setup.run(&["audiences", "list", "--server", &service.grpc]);
+    assert!(said.lines().any(|l| l.starts_with("repeat ") && l.contains("READY") && l.contains("API")), "{said}");
+    let ids = setup.run(&["audiences", "members", "repeat", "--page-size", "2", "--server", &service.grpc]);
+    assert_eq!(ids.lines().collect::<Vec<_>>(), ["m-0", "m-1", "m-2"]);
     let again = admin.create_audience(create("repeat", "orders > 1")).await.unwrap_err();
     assert_eq!(again.code(), Code::AlreadyExists);
     // Profiles list it.
