@@ -535,7 +535,9 @@ impl Event {
                 if p.version == 0 {
                     return Err(Error::invalid("audienceDefined.version", "must be at least 1"));
                 }
-                if p.rule.chars().count() > crate::audience::MAX_RULE_CHARS || p.description.len() > 4_096 {
+                if p.rule.chars().count() > crate::audience::MAX_RULE_CHARS
+                    || p.description.len() > crate::audience::MAX_DESCRIPTION_BYTES
+                {
                     return Err(Error::invalid("audienceDefined.rule", "too long"));
                 }
                 let config = crate::audience::AudienceConfig {

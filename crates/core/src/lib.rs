@@ -7,6 +7,7 @@
 
 pub mod audience;
 pub mod book;
+pub mod codec;
 pub mod config;
 pub mod decode;
 pub mod effects;

@@ -477,15 +477,11 @@ fn corrupt(e: postcard::Error) -> Error {
 
 /// One stored book entry (an order, a lot): `ENTRY_FORMAT_VERSION`, then postcard.
 pub fn encode_entry<T: Serialize>(entry: &T) -> Vec<u8> {
-    append(entry, vec![ENTRY_FORMAT_VERSION])
+    crate::codec::encode(ENTRY_FORMAT_VERSION, entry)
 }
 
 pub fn decode_entry<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
-    match bytes.split_first() {
-        Some((&ENTRY_FORMAT_VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| Error::Corrupt(e.to_string())),
-        Some((v, _)) => Err(Error::Corrupt(format!("unknown entry format version {v}"))),
-        None => Err(Error::Corrupt("empty entry value".into())),
-    }
+    crate::codec::decode(ENTRY_FORMAT_VERSION, "entry format", bytes)
 }
 
 /// `value` in postcard after the bytes in `out`. `to_extend`, not `to_io`:

@@ -49,6 +49,29 @@ pub fn key_on(partition: u32, partitions: u32) -> String {
         .unwrap_or_default()
 }
 
+/// A record omnifold writes about `partition` of `partitions` itself, not
+/// a member (`audienceBackfill`, `audienceDefined`): keyed by [`key_on`],
+/// dated `at`. Its key, and the event.
+pub fn partition_event(
+    partition: u32,
+    partitions: u32,
+    event_id: String,
+    at: crate::time::Millis,
+    payload: omnifold_proto::v1::event::Payload,
+) -> (String, omnifold_proto::v1::Event) {
+    use omnifold_proto::v1 as proto;
+    let key = key_on(partition, partitions);
+    let event = proto::Event {
+        event_id,
+        occurred_at: Some(crate::time::to_timestamp(at)),
+        channel: proto::Channel::OnlineWeb as i32,
+        store_id: String::new(),
+        subject: Some(proto::Subject { member_id: key.clone(), ..Default::default() }),
+        payload: Some(payload),
+    };
+    (key, event)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

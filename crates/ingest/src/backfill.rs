@@ -16,10 +16,11 @@ use prost::Message;
 use tracing::{debug, warn};
 
 use omnifold_core::audience::Audiences;
-use omnifold_core::partition::key_on;
+use omnifold_core::partition::partition_event;
 use omnifold_proto::v1 as proto;
 use omnifold_store::StoreHandle;
 
+use crate::status::now_ms;
 use crate::{CommandProducer, IngestConfig, Result, Shutdown, Signer};
 
 /// What the driver needs.
@@ -82,22 +83,12 @@ impl Driving<'_> {
 
     /// Writes one record to partition `p` of `count`: its offset.
     async fn write(&self, p: u32, count: u32, audiences: Vec<String>) -> Result<i64> {
-        let key = key_on(p, count);
-        let event = proto::Event {
-            event_id: format!("audience-backfill-{p}-{:032x}", rand::random::<u128>()),
-            occurred_at: Some(omnifold_core::time::to_timestamp(now_millis())),
-            channel: proto::Channel::OnlineWeb as i32,
-            store_id: String::new(),
-            subject: Some(proto::Subject { member_id: key.clone(), ..Default::default() }),
-            payload: Some(proto::event::Payload::AudienceBackfill(proto::AudienceBackfill {
-                audiences,
-                members: self.cfg.audience_backfill_members,
-            })),
-        };
+        let id = format!("audience-backfill-{p}-{:032x}", rand::random::<u128>());
+        let payload = proto::event::Payload::AudienceBackfill(proto::AudienceBackfill {
+            audiences,
+            members: self.cfg.audience_backfill_members,
+        });
+        let (key, event) = partition_event(p, count, id, now_ms(), payload);
         self.d.producer.append_internal(p, key.as_bytes(), &event.encode_to_vec(), &self.d.signer).await
     }
-}
-
-fn now_millis() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }

@@ -3,7 +3,7 @@
 //! create, update and delete (`AdminService`, scope admin).
 
 use anyhow::Result;
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 
 use omnifold_proto::v1 as proto;
 
@@ -26,23 +26,14 @@ pub enum AudienceCommand {
     /// Define an audience through the log (scope admin).
     Create {
         name: String,
-        #[arg(long)]
-        rule: String,
-        /// A consent purpose its members must have granted.
-        #[arg(long, default_value = "")]
-        purpose: String,
-        #[arg(long, default_value = "")]
-        description: String,
+        #[command(flatten)]
+        def: Definition,
     },
     /// Change an audience defined through the API (scope admin).
     Update {
         name: String,
-        #[arg(long)]
-        rule: String,
-        #[arg(long, default_value = "")]
-        purpose: String,
-        #[arg(long, default_value = "")]
-        description: String,
+        #[command(flatten)]
+        def: Definition,
         /// The version it was read at (0: whatever it is).
         #[arg(long, default_value_t = 0)]
         version: u64,
@@ -55,12 +46,30 @@ pub enum AudienceCommand {
     },
 }
 
+/// What an audience is, as `create` and `update` take it.
+#[derive(Args)]
+pub struct Definition {
+    #[arg(long)]
+    rule: String,
+    /// A consent purpose its members must have granted.
+    #[arg(long, default_value = "")]
+    purpose: String,
+    #[arg(long, default_value = "")]
+    description: String,
+}
+
 /// Runs `cmd` against `server`; `json`: proto JSON instead of a table.
 pub async fn run(server: String, json: bool, cmd: AudienceCommand) -> Result<()> {
     let reads = || async {
         Ok::<_, anyhow::Error>(proto::audience_service_client::AudienceServiceClient::new(connect(&server).await?))
     };
-    let show = |a: &proto::Audience| if json { print_json(a) } else { Ok(println!("{}", line(a))) };
+    let show = |a: &proto::Audience| {
+        if json {
+            return print_json(a);
+        }
+        println!("{}", line(a));
+        Ok(())
+    };
     match cmd {
         AudienceCommand::List => {
             let all = reads().await?.list_audiences(proto::ListAudiencesRequest {}).await.map_err(refused)?;
@@ -68,25 +77,32 @@ pub async fn run(server: String, json: bool, cmd: AudienceCommand) -> Result<()>
             if json {
                 return print_json(&all);
             }
-            all.audiences.iter().try_for_each(|a| Ok(println!("{}", line(a))))
+            for a in &all.audiences {
+                println!("{}", line(a));
+            }
+            Ok(())
         }
         AudienceCommand::Get { name } => {
             let a = reads().await?.get_audience(proto::GetAudienceRequest { name }).await.map_err(refused)?;
             show(&a.into_inner())
         }
         AudienceCommand::Members { name, page_size } => members(&mut reads().await?, name, page_size).await,
-        AudienceCommand::Create { name, rule, purpose, description } => {
+        AudienceCommand::Create { name, def: Definition { rule, purpose, description } } => {
             let req = proto::CreateAudienceRequest { name, rule, purpose, description };
             show(&admin(&server).await?.create_audience(req).await.map_err(refused)?.into_inner())
         }
-        AudienceCommand::Update { name, rule, purpose, description, version } => {
+        AudienceCommand::Update { name, def: Definition { rule, purpose, description }, version } => {
             let req = proto::UpdateAudienceRequest { name, rule, purpose, description, version };
             show(&admin(&server).await?.update_audience(req).await.map_err(refused)?.into_inner())
         }
         AudienceCommand::Delete { name, version } => {
             let req = proto::DeleteAudienceRequest { name, version };
             let r = admin(&server).await?.delete_audience(req).await.map_err(refused)?.into_inner();
-            if json { print_json(&r) } else { Ok(println!("deleted {} at version {}", r.name, r.version)) }
+            if json {
+                return print_json(&r);
+            }
+            println!("deleted {} at version {}", r.name, r.version);
+            Ok(())
         }
     }
 }

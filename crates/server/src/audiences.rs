@@ -23,12 +23,17 @@ pub const LISTING_IDLE: Duration = Duration::from_secs(600);
 /// what was overwritten since.
 pub const MAX_LISTINGS: usize = 16;
 
-/// One open listing: the audience, its snapshot, what it covers.
-struct Listing {
+/// What a listing reads: the audience, its snapshot, what it covers.
+struct Opened {
     name: String,
-    frozen: Arc<Frozen>,
+    frozen: Frozen,
     partitions: Vec<u32>,
     total: u64,
+}
+
+/// One open listing, and when it was last used.
+struct Listing {
+    opened: Arc<Opened>,
     used: Instant,
 }
 
@@ -47,8 +52,8 @@ impl Listings {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Keeps `listing` open; its id.
-    fn open(&self, listing: Listing) -> u128 {
+    /// Keeps `opened` open; its id.
+    fn open(&self, opened: Arc<Opened>) -> u128 {
         let mut all = self.lock();
         all.retain(|_, l| l.used.elapsed() < LISTING_IDLE);
         while all.len() >= MAX_LISTINGS {
@@ -56,17 +61,17 @@ impl Listings {
             all.remove(&oldest);
         }
         let id = rand::random::<u128>();
-        all.insert(id, listing);
+        all.insert(id, Listing { opened, used: Instant::now() });
         id
     }
 
     /// The open listing `id`, marked used now.
-    fn get(&self, id: u128) -> Option<(String, Arc<Frozen>, Vec<u32>, u64)> {
+    fn get(&self, id: u128) -> Option<Arc<Opened>> {
         let mut all = self.lock();
         all.retain(|_, l| l.used.elapsed() < LISTING_IDLE);
         let l = all.get_mut(&id)?;
         l.used = Instant::now();
-        Some((l.name.clone(), l.frozen.clone(), l.partitions.clone(), l.total))
+        Some(l.opened.clone())
     }
 
     fn close(&self, id: u128) {
@@ -94,19 +99,6 @@ pub(crate) fn defined(state: &AppState, store: &Store, parts: &[u32], name: &str
     catalogue(state, store, parts)?.into_iter().find(|a| a.name == name).ok_or_else(|| {
         Error::NotFound(format!("no audience `{name}` is defined; ListAudiences lists the audiences there are"))
     })
-}
-
-/// The partitions this instance answers for and has folded.
-pub(crate) fn partitions(state: &AppState, frozen: &Frozen) -> Result<Vec<u32>, Error> {
-    let store = frozen.store();
-    let count = store.partition_count(&state.topic)?.unwrap_or(0);
-    let mut out = Vec::new();
-    for p in 0..count {
-        if store.next_offset(&state.topic, p)?.is_some() && state.answers_for(p).is_ok() {
-            out.push(p);
-        }
-    }
-    Ok(out)
 }
 
 /// Each of `parts` with a backfill pass under way, and its pass.
@@ -150,7 +142,7 @@ fn described(
 
 fn list(state: &AppState) -> Result<proto::ListAudiencesResponse, Error> {
     let frozen = state.store().freeze();
-    let parts = partitions(state, &frozen)?;
+    let parts = state.held_partitions(frozen.store())?;
     let passes = passes(&frozen, &parts)?;
     let audiences = catalogue(state, frozen.store(), &parts)?
         .iter()
@@ -161,45 +153,46 @@ fn list(state: &AppState) -> Result<proto::ListAudiencesResponse, Error> {
 
 pub(crate) fn get(state: &AppState, name: &str) -> Result<proto::Audience, Error> {
     let frozen = state.store().freeze();
-    let parts = partitions(state, &frozen)?;
+    let parts = state.held_partitions(frozen.store())?;
     let a = defined(state, frozen.store(), &parts, name)?;
     described(&a, &frozen, &parts, &passes(&frozen, &parts)?)
 }
 
-/// One page of a listing: a new one for a request without a token.
-fn members(state: &AppState, page: AudiencePage) -> Result<proto::ListAudienceMembersResponse, Error> {
-    let (id, frozen, parts, total, mut at) = match page.token {
-        Some(t) => {
-            let (name, frozen, parts, total) = state.listings.get(t.listing).ok_or_else(|| {
-                Error::InvalidArgument(format!(
-                    "page_token's listing has expired (unused for {} minutes, or more than {MAX_LISTINGS} listings \
-                     were opened since): start again with an empty page_token",
-                    LISTING_IDLE.as_secs() / 60
-                ))
-            })?;
-            if name != page.name {
-                return Err(Error::InvalidArgument(format!(
-                    "page_token belongs to a listing of audience `{name}`, not `{}`",
-                    page.name
-                )));
-            }
-            (t.listing, frozen, parts, total, (t.partition, t.after))
-        }
-        None => {
-            let frozen = Arc::new(state.store().freeze());
-            let parts = partitions(state, &frozen)?;
-            let a = defined(state, frozen.store(), &parts, &page.name)?;
-            let total = described(&a, &frozen, &parts, &[])?.size;
-            let listing = Listing {
-                name: page.name.clone(),
-                frozen: frozen.clone(),
-                partitions: parts.clone(),
-                total,
-                used: Instant::now(),
-            };
-            (state.listings.open(listing), frozen, parts, total, (0, None))
-        }
+/// Where a page starts: a partition's index, and the member after which
+/// it goes on there.
+type Start = (usize, Option<String>);
+
+/// The listing a page reads (a new one for a request without a token),
+/// its id, and where the page starts.
+fn listing_of(state: &AppState, page: &AudiencePage) -> Result<(u128, Arc<Opened>, Start), Error> {
+    let Some(t) = &page.token else {
+        let frozen = state.store().freeze();
+        let partitions = state.held_partitions(frozen.store())?;
+        let a = defined(state, frozen.store(), &partitions, &page.name)?;
+        let total = described(&a, &frozen, &partitions, &[])?.size;
+        let opened = Arc::new(Opened { name: page.name.clone(), frozen, partitions, total });
+        return Ok((state.listings.open(opened.clone()), opened, (0, None)));
     };
+    let opened = state.listings.get(t.listing).ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "page_token's listing has expired (unused for {} minutes, or more than {MAX_LISTINGS} listings were \
+             opened since): start again with an empty page_token",
+            LISTING_IDLE.as_secs() / 60
+        ))
+    })?;
+    if opened.name != page.name {
+        return Err(Error::InvalidArgument(format!(
+            "page_token belongs to a listing of audience `{}`, not `{}`",
+            opened.name, page.name
+        )));
+    }
+    Ok((t.listing, opened, (t.partition, t.after.clone())))
+}
+
+/// One page of a listing.
+fn members(state: &AppState, page: AudiencePage) -> Result<proto::ListAudienceMembersResponse, Error> {
+    let (id, opened, mut at) = listing_of(state, &page)?;
+    let Opened { frozen, partitions: parts, total, .. } = &*opened;
     let mut member_ids = Vec::new();
     while member_ids.len() < page.page_size && at.0 < parts.len() {
         let want = page.page_size - member_ids.len();
@@ -225,7 +218,12 @@ fn members(state: &AppState, page: AudiencePage) -> Result<proto::ListAudienceMe
         state.listings.close(id);
         String::new()
     };
-    Ok(proto::ListAudienceMembersResponse { member_ids, next_page_token, total_size: total, partitions: parts })
+    Ok(proto::ListAudienceMembersResponse {
+        member_ids,
+        next_page_token,
+        total_size: *total,
+        partitions: parts.clone(),
+    })
 }
 
 /// The gRPC service.

@@ -184,6 +184,16 @@ pub(crate) async fn append_and_wait<T>(
         // It may or may not be in the log: asking again is safe either way.
         Err(_) => return Ok(Outcome::InProgress),
     }
+    wait_for(&mut commits, deadline, outcome).await
+}
+
+/// Waits until `outcome` has an answer, looking again at each commit of
+/// the partition `commits` follows (and every `RECHECK`), until `deadline`.
+pub(crate) async fn wait_for<T>(
+    commits: &mut watch::Receiver<u64>,
+    deadline: Instant,
+    outcome: impl Fn() -> Result<Option<T>, Error>,
+) -> Result<Outcome<T>, Error> {
     loop {
         if let Some(v) = outcome()? {
             return Ok(Outcome::Decided(v));

@@ -4,22 +4,16 @@
 //! instance folds have taken them. The fold keeps each partition's latest
 //! version and starts a backfill pass for it.
 
-use std::time::Duration;
-
 use prost::Message;
 
 use omnifold_core::audience::{Audience, AudienceConfig, Definition, MAX_AUDIENCES};
-use omnifold_core::partition::key_on;
-use omnifold_core::time::to_timestamp;
+use omnifold_core::partition::partition_event;
 use omnifold_proto::v1 as proto;
 
-use crate::audiences::{self, partitions};
+use crate::audiences;
+use crate::commands::{self, Outcome};
 use crate::privacy::Class;
 use crate::{AppState, Error, now_millis};
-
-/// How often a definition's writer looks whether this instance's
-/// partitions have folded it.
-const RECHECK: Duration = Duration::from_millis(20);
 
 /// A definition a request asks for: what it changes, from which version.
 pub(crate) struct Change {
@@ -46,8 +40,8 @@ pub(crate) async fn define(state: &AppState, c: Change) -> Result<(String, u64),
     let deadline = tokio::time::Instant::now() + commands.timeout;
     let mut written = Vec::with_capacity(count as usize);
     for p in 0..count {
-        let event = record(&definition, p, count);
-        let offset = commands.log.append_internal(p, &key_on(p, count), event.encode_to_vec()).await.map_err(|e| {
+        let (key, event) = record(&definition, p, count);
+        let offset = commands.log.append_internal(p, &key, event.encode_to_vec()).await.map_err(|e| {
             Error::Unavailable(format!(
                 "could not write the definition to partition {p} ({e}); send the same request again (the \
                  partitions that have it keep it once)"
@@ -55,15 +49,13 @@ pub(crate) async fn define(state: &AppState, c: Change) -> Result<(String, u64),
         })?;
         written.push((p, offset));
     }
-    // Answered once the partitions folded here have it.
+    // Answered once the partitions folded here have it, woken by their commits.
     for (p, offset) in written.into_iter().filter(|(p, _)| state.answers_for(*p).is_ok()) {
-        while state.store().next_offset(&state.topic, p)?.unwrap_or(0) <= offset {
-            if tokio::time::Instant::now() >= deadline {
-                return Err(Error::Unavailable(format!(
-                    "the definition was written, and partition {p} has not folded it yet; read it with GetAudience"
-                )));
-            }
-            tokio::time::sleep(RECHECK).await;
+        let folded = || Ok(state.store().next_offset(&state.topic, p)?.filter(|next| *next > offset).map(|_| ()));
+        if let Outcome::InProgress = commands::wait_for(&mut commands.commits.subscribe(p), deadline, folded).await? {
+            return Err(Error::Unavailable(format!(
+                "the definition was written, and partition {p} has not folded it yet; read it with GetAudience"
+            )));
         }
     }
     Ok((definition.name, definition.version))
@@ -72,7 +64,7 @@ pub(crate) async fn define(state: &AppState, c: Change) -> Result<(String, u64),
 /// The definition `c` asks for, checked against the audiences there are.
 fn checked(state: &AppState, c: Change) -> Result<Definition, Error> {
     let store = state.store();
-    let parts = partitions(state, &store.freeze())?;
+    let parts = state.held_partitions(&store)?;
     if state.audiences.get(&c.name).is_some() {
         return Err(Error::FailedPrecondition(format!(
             "audience `{}` is defined in the configuration ([audiences.{}]); change it there",
@@ -138,25 +130,21 @@ fn sensitive(state: &AppState, a: &Audience) -> Result<(), Error> {
     }
 }
 
-/// The `audienceDefined` record of `d` for partition `p` of `count`.
-fn record(d: &Definition, p: u32, count: u32) -> proto::Event {
-    proto::Event {
-        // Two callers' changes of one version both reach every partition,
-        // which keeps the same one of them (`Definition::supersedes`).
-        event_id: format!("audience-defined-{}-{}-{p}-{:016x}", d.name, d.version, rand::random::<u64>()),
-        occurred_at: Some(to_timestamp(now_millis())),
-        channel: proto::Channel::OnlineWeb as i32,
-        store_id: String::new(),
-        subject: Some(proto::Subject { member_id: key_on(p, count), ..Default::default() }),
-        payload: Some(proto::event::Payload::AudienceDefined(proto::AudienceDefined {
-            name: d.name.clone(),
-            rule: d.config.rule.clone(),
-            purpose: d.config.purpose.clone(),
-            description: d.config.description.clone(),
-            version: d.version,
-            deleted: d.deleted,
-        })),
-    }
+/// The `audienceDefined` record of `d` for partition `p` of `count`: its
+/// key and the event.
+fn record(d: &Definition, p: u32, count: u32) -> (String, proto::Event) {
+    // Two callers' changes of one version both reach every partition,
+    // which keeps the same one of them (`Definition::supersedes`).
+    let id = format!("audience-defined-{}-{}-{p}-{:016x}", d.name, d.version, rand::random::<u64>());
+    let payload = proto::event::Payload::AudienceDefined(proto::AudienceDefined {
+        name: d.name.clone(),
+        rule: d.config.rule.clone(),
+        purpose: d.config.purpose.clone(),
+        description: d.config.description.clone(),
+        version: d.version,
+        deleted: d.deleted,
+    });
+    partition_event(p, count, id, now_millis(), payload)
 }
 
 /// [`define`]s `c` and answers the audience as `GetAudience` then reads it.

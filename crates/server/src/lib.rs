@@ -407,6 +407,20 @@ impl AppState {
 
     /// Ok when this instance answers for `partition` now (or keeps a warm
     /// copy of it, when the request accepts one).
+    /// The partitions of `store` this instance answers for and has folded:
+    /// what a report over all members covers (a copy of a partition it no
+    /// longer owns would count its members twice across instances).
+    pub(crate) fn held_partitions(&self, store: &Store) -> Result<Vec<u32>, Error> {
+        let count = store.partition_count(&self.topic)?.unwrap_or(0);
+        let mut out = Vec::new();
+        for p in 0..count {
+            if store.next_offset(&self.topic, p)?.is_some() && self.answers_for(p).is_ok() {
+                out.push(p);
+            }
+        }
+        Ok(out)
+    }
+
     pub(crate) fn answers_for(&self, partition: u32) -> Result<(), Error> {
         match &self.routing {
             None => Ok(()),

@@ -613,8 +613,11 @@ fn defined_name(name: &str) -> Result<String, Error> {
 }
 
 fn audience_config(rule: String, purpose: String, description: String) -> Result<AudienceConfig, Error> {
-    if description.len() > 4_096 {
-        return Err(Error::InvalidArgument("description must be at most 4096 bytes".into()));
+    if description.len() > omnifold_core::audience::MAX_DESCRIPTION_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "description must be at most {} bytes",
+            omnifold_core::audience::MAX_DESCRIPTION_BYTES
+        )));
     }
     Ok(AudienceConfig { rule, purpose: purpose.trim().to_owned(), description })
 }

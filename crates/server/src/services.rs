@@ -633,15 +633,10 @@ impl proto::loyalty_service_server::LoyaltyService for Loyalty {
 /// longer owns would count its members twice across instances).
 fn liability(state: &AppState, as_of: Millis) -> Result<proto::GetPointsLiabilityResponse, Error> {
     let store = state.store();
-    let count = store.partition_count(&state.topic)?.unwrap_or(0);
     let mut report = Liability::new(as_of);
-    let mut partitions = Vec::new();
-    for p in 0..count {
-        if store.next_offset(&state.topic, p)?.is_none() || state.answers_for(p).is_err() {
-            continue;
-        }
-        partitions.push(p);
-        for m in store.scan_members(p) {
+    let partitions = state.held_partitions(&store)?;
+    for p in &partitions {
+        for m in store.scan_members(*p) {
             report.add(&m?, &state.fold.loyalty);
         }
     }

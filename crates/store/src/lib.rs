@@ -526,17 +526,6 @@ impl Store {
         Ok(out)
     }
 
-    /// The earliest timer of `partition` after `after`, if any.
-    pub fn next_timer(&self, partition: u32, after: i64) -> Result<Option<i64>> {
-        let mut opts = ReadOptions::default();
-        opts.set_iterate_upper_bound(keys::prefix_end(&partition.to_be_bytes()));
-        let mut it = self.db.raw_iterator_cf_opt(self.cf(CF_TIMERS), opts);
-        it.seek(keys::timer_prefix(partition, after.saturating_add(1)));
-        let at = it.key().and_then(|k| keys::decode_timer(partition, k)).map(|(at, _)| at);
-        it.status()?;
-        Ok(at)
-    }
-
     /// The parts of a join kept for `member`, in order: `(join id, index,
     /// event time, data)`, for one join or (with `None`) all of them.
     pub fn join_parts(&self, partition: u32, member: &str, join_id: Option<&str>) -> Result<Vec<JoinPart>> {
@@ -638,7 +627,7 @@ impl Store {
             self.horizons.advance(batch.partition, w.saturating_sub(self.retention_ms));
         }
         if batch.audiences_changed {
-            self.forget_audiences(Some(batch.partition));
+            self.forget_audiences(batch.partition);
         }
         Ok(())
     }
@@ -674,15 +663,9 @@ impl Store {
         Ok(out)
     }
 
-    /// Forgets the audiences read of one partition, or of all.
-    pub(crate) fn forget_audiences(&self, partition: Option<u32>) {
-        let mut cache = self.audiences.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        match partition {
-            Some(p) => {
-                cache.remove(&p);
-            }
-            None => cache.clear(),
-        }
+    /// Forgets the audiences read of `partition` (its definitions changed).
+    pub(crate) fn forget_audiences(&self, partition: u32) {
+        self.audiences.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&partition);
     }
 
     /// All members of a partition, in key order. Each chunk of members is

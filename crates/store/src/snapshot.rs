@@ -346,7 +346,7 @@ impl Store {
         if s.format_version < 5 {
             format::index_audiences(self, Some(p))?;
         }
-        self.forget_audiences(Some(p));
+        self.forget_audiences(p);
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CF_META), keys::offset(topic, p), s.next_offset.to_be_bytes());
         if let Some(w) = s.watermark {

@@ -170,6 +170,9 @@ pub struct AudienceConfig {
     pub description: String,
 }
 
+/// The longest description of an audience defined through the API, in bytes.
+pub const MAX_DESCRIPTION_BYTES: usize = 4_096;
+
 /// The most audiences one configuration defines.
 pub const MAX_AUDIENCES: usize = 1_000;
 
@@ -232,19 +235,12 @@ pub struct Definition {
 }
 
 impl Definition {
-    #[allow(clippy::expect_used, reason = "serialising our own plain data into a Vec cannot fail")]
     pub fn encode(&self) -> Vec<u8> {
-        postcard::to_extend(self, vec![DEFINITION_VERSION]).expect("plain data serialises")
+        crate::codec::encode(DEFINITION_VERSION, self)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Definition, crate::Error> {
-        match bytes.split_first() {
-            Some((&DEFINITION_VERSION, rest)) => {
-                postcard::from_bytes(rest).map_err(|e| crate::Error::Corrupt(e.to_string()))
-            }
-            Some((v, _)) => Err(crate::Error::Corrupt(format!("unknown audience definition version {v}"))),
-            None => Err(crate::Error::Corrupt("empty audience definition".into())),
-        }
+        crate::codec::decode(DEFINITION_VERSION, "audience definition", bytes)
     }
 
     /// Whether `self` replaces `other`: a later version or, of one version

@@ -43,30 +43,17 @@ pub struct Transition {
 }
 
 impl AudienceState {
-    #[allow(clippy::expect_used, reason = "serialising our own plain data into a Vec cannot fail")]
     pub fn encode(&self) -> Vec<u8> {
-        postcard::to_extend(self, vec![STATE_VERSION]).expect("plain data serialises")
+        crate::codec::encode(STATE_VERSION, self)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<AudienceState, crate::Error> {
-        match bytes.split_first() {
-            Some((&STATE_VERSION, rest)) => {
-                postcard::from_bytes(rest).map_err(|e| crate::Error::Corrupt(e.to_string()))
-            }
-            Some((v, _)) => Err(crate::Error::Corrupt(format!("unknown audience state version {v}"))),
-            None => Err(crate::Error::Corrupt("empty audience state".into())),
-        }
+        crate::codec::decode(STATE_VERSION, "audience state", bytes)
     }
 
     /// The audiences the member is in, in name order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.memberships.iter().filter(|(_, m)| m.member).map(|(n, _)| n.as_str())
-    }
-
-    /// The membership of `audience`, if it was ever entered.
-    pub fn get(&self, audience: &str) -> Option<&Membership> {
-        let i = self.memberships.binary_search_by(|(n, _)| n.as_str().cmp(audience)).ok()?;
-        Some(&self.memberships[i].1)
     }
 
     /// Leaves every audience at `at` (an erased or merged-away member) and
@@ -168,19 +155,12 @@ pub struct Backfill {
 }
 
 impl Backfill {
-    #[allow(clippy::expect_used, reason = "serialising our own plain data into a Vec cannot fail")]
     pub fn encode(&self) -> Vec<u8> {
-        postcard::to_extend(self, vec![BACKFILL_VERSION]).expect("plain data serialises")
+        crate::codec::encode(BACKFILL_VERSION, self)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Backfill, crate::Error> {
-        match bytes.split_first() {
-            Some((&BACKFILL_VERSION, rest)) => {
-                postcard::from_bytes(rest).map_err(|e| crate::Error::Corrupt(e.to_string()))
-            }
-            Some((v, _)) => Err(crate::Error::Corrupt(format!("unknown backfill version {v}"))),
-            None => Err(crate::Error::Corrupt("empty backfill".into())),
-        }
+        crate::codec::decode(BACKFILL_VERSION, "backfill", bytes)
     }
 
     /// Starts a new pass for `audiences` (with those already pending), over

@@ -195,17 +195,12 @@ impl Verdict {
     }
 }
 
-#[allow(clippy::expect_used, reason = "serialising our own plain data into a Vec cannot fail")]
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    postcard::to_extend(v, vec![RECORD_VERSION]).expect("plain data serialises")
+    crate::codec::encode(RECORD_VERSION, v)
 }
 
-fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, Error> {
-    match bytes.split_first() {
-        Some((&RECORD_VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| Error::Corrupt(e.to_string())),
-        Some((v, _)) => Err(Error::Corrupt(format!("unknown record version {v}"))),
-        None => Err(Error::Corrupt("empty value".into())),
-    }
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    crate::codec::decode(RECORD_VERSION, "record", bytes)
 }
 
 /// Points that become active later.

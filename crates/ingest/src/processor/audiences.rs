@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use omnifold_core::audience::{AudienceState, Audiences, Definition, Transition};
-use omnifold_core::{FoldConfig, Member};
+use omnifold_core::{FoldConfig, Member, Payload};
 use omnifold_store::Store;
 
 use super::OutRecord;
@@ -194,10 +194,20 @@ impl Run<'_> {
 }
 
 impl Run<'_> {
+    /// Folds record `i`, one about the partition's audiences (a definition,
+    /// or the next chunk of a backfill pass).
+    pub(super) fn audiences_of_partition(&mut self, i: usize) -> Result<()> {
+        match self.event(i).map(|e| e.payload.clone()) {
+            Some(Payload::AudienceBackfill { audiences, members }) => self.audiences_backfill(i, &audiences, members),
+            Some(Payload::AudienceDefined(definition)) => self.audience_defined(i, definition),
+            _ => Ok(()),
+        }
+    }
+
     /// Folds record `i`, an `audienceBackfill`: starts a pass over the
     /// partition for `audiences` if it names any, then evaluates the pass's
     /// next `members` members at the partition's event time.
-    pub(super) fn audiences_backfill(&mut self, i: usize, audiences: &[String], members: u32) -> Result<()> {
+    fn audiences_backfill(&mut self, i: usize, audiences: &[String], members: u32) -> Result<()> {
         let store = self.store();
         let mut state = match self.backfill.take() {
             Some(b) => b,
@@ -224,7 +234,7 @@ impl Run<'_> {
     /// partition has replaces it, the partition's audiences are made again
     /// for the rest of the batch, and a backfill pass starts for it (the
     /// owner's `audienceBackfill` records carry it on).
-    pub(super) fn audience_defined(&mut self, i: usize, definition: Definition) -> Result<()> {
+    fn audience_defined(&mut self, i: usize, definition: Definition) -> Result<()> {
         let store = self.store();
         let mut all: BTreeMap<String, Definition> =
             store.definitions(self.partition)?.into_iter().map(|d| (d.name.clone(), d)).collect();

@@ -224,14 +224,7 @@ impl<'a> Run<'a> {
         // Decided at the key it names, route or not (a claim, an erased key).
         let at_key = matches!(event.payload, Payload::IdentityClaimed { .. } | Payload::KeyErased { .. });
         let request = event.request_id().map(str::to_owned);
-        let backfill = match &event.payload {
-            Payload::AudienceBackfill { audiences, members } => Some((audiences.clone(), *members)),
-            _ => None,
-        };
-        let defined = match &event.payload {
-            Payload::AudienceDefined(d) => Some(d.clone()),
-            _ => None,
-        };
+        let of_partition = matches!(event.payload, Payload::AudienceBackfill { .. } | Payload::AudienceDefined(_));
         let part = match &event.payload {
             Payload::ProfileJoinPart { join_id, index, data } => {
                 Some(JoinPart { join_id: join_id.clone(), index: *index, at, data: data.clone() })
@@ -268,13 +261,9 @@ impl<'a> Run<'a> {
             return Ok(());
         }
         // The partition's, not a member's: no key, route or member.
-        if let Some((audiences, members)) = backfill {
+        if of_partition {
             self.mark_seen(&id, at);
-            return self.audiences_backfill(i, &audiences, members);
-        }
-        if let Some(definition) = defined {
-            self.mark_seen(&id, at);
-            return self.audience_defined(i, definition);
+            return self.audiences_of_partition(i);
         }
         let Some(key) = self.keys[i].take() else {
             return Err(crate::Error::Bug("a valid event without a key".into()));
