@@ -15,10 +15,10 @@ use std::time::Duration;
 use prost::Message;
 use tracing::{debug, warn};
 
-use omnifold_core::audience::Audiences;
+use omnifold_core::audience::{Audiences, Backfill};
 use omnifold_core::partition::partition_event;
 use omnifold_proto::v1 as proto;
-use omnifold_store::StoreHandle;
+use omnifold_store::{Store, StoreHandle};
 
 use crate::status::now_ms;
 use crate::{CommandProducer, IngestConfig, Result, Shutdown, Signer};
@@ -68,7 +68,7 @@ impl Driving<'_> {
             self.outstanding.remove(&p);
             let state = store.backfill(p)?.unwrap_or_default();
             let start =
-                if self.checked.contains(&p) { Vec::new() } else { self.d.audiences.changed_since(&state.defined) };
+                if self.checked.contains(&p) { Vec::new() } else { changed(&store, p, &self.d.audiences, &state)? };
             if start.is_empty() && state.pending.is_empty() {
                 self.checked.insert(p);
                 continue;
@@ -90,5 +90,59 @@ impl Driving<'_> {
         });
         let (key, event) = partition_event(p, count, id, now_ms(), payload);
         self.d.producer.append_internal(p, key.as_bytes(), &event.encode_to_vec(), &self.d.signer).await
+    }
+}
+
+/// The audiences to start a pass for on partition `p`: those defined,
+/// changed or removed since its last pass (`state`), among its audiences
+/// (the `configured` ones and those defined through `AdminService`, whose
+/// fingerprints the pass recorded too).
+fn changed(store: &Store, p: u32, configured: &Arc<Audiences>, state: &Backfill) -> Result<Vec<String>> {
+    Ok(store.audiences(p, configured)?.changed_since(&state.defined))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use omnifold_core::FoldConfig;
+    use omnifold_core::audience::AudienceConfig;
+    use omnifold_store::StoreConfig;
+
+    use super::*;
+    use crate::{Processor, Record};
+
+    /// A partition that folded an API definition and its pass has nothing
+    /// to start again at the next start: only a change does.
+    #[test]
+    fn a_restart_starts_no_pass_for_audiences_defined_through_the_api() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&StoreConfig { path: dir.path().into(), ..Default::default() }).unwrap();
+        let config = |rule: &str| AudienceConfig { rule: rule.into(), ..Default::default() };
+        let configured =
+            Arc::new(Audiences::compile(&BTreeMap::from([("a".to_owned(), config("orders > 0"))])).unwrap());
+        let signer = Signer::new("a-test-secret-of-at-least-32-characters", &[]);
+        let fold = Arc::new(FoldConfig::default().validate().unwrap());
+        let processor =
+            Processor::new(store.clone(), fold, "t", 65536, signer.clone()).with_audiences(configured.clone());
+        let payload = proto::event::Payload::AudienceDefined(proto::AudienceDefined {
+            name: "b".into(),
+            rule: "orders > 1".into(),
+            version: 1,
+            ..Default::default()
+        });
+        let (key, event) = partition_event(0, 1, "d-1".into(), omnifold_core::testing::BASE, payload);
+        let value = event.encode_to_vec();
+        let sig = signer.sign(Some(key.as_bytes()), None, &value);
+        let records =
+            [Record { signature: Some(sig.as_bytes()), ..Record::new(0, Some(key.as_bytes()), Some(&value)) }];
+        processor.commit(processor.process(0, &records).unwrap()).unwrap();
+        let state = store.backfill(0).unwrap().unwrap();
+        assert_eq!(state.defined.keys().collect::<Vec<_>>(), ["a", "b"], "the pass recorded both");
+        assert!(changed(&store, 0, &configured, &state).unwrap().is_empty());
+        // Changed in the configuration: that one starts again.
+        let changed_config =
+            Arc::new(Audiences::compile(&BTreeMap::from([("a".to_owned(), config("orders > 5"))])).unwrap());
+        assert_eq!(changed(&store, 0, &changed_config, &state).unwrap(), ["a"]);
     }
 }
